@@ -1,0 +1,123 @@
+"""The engine contract: what a worker needs from whatever runs the model.
+
+An engine streams a generation as `Delta`s, embeds a batch of texts, aborts a
+request by id and reports its figures. Admission (how many generate at once,
+how many may wait, for how long) is the engine's, because it owns the batch.
+No Django here: engines are used and tested on their own.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Knobs shared by every engine; `runworker` fills them from its options."""
+
+    model_path: str
+    device: str = "auto"  # cpu | cuda | auto
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    max_concurrency: int = 16  # sequences generating at once (the batch)
+    max_queue: int = 64  # requests waiting for a slot; beyond it QueueFull at once
+    queue_timeout: float = 60.0  # seconds a request may wait for a slot
+    max_model_len: int | None = None  # None: the model's own limit
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific options
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an engine serves, as the worker reports it."""
+
+    task: str  # "generate" or "embed"
+    backend: str  # "transformers", "vllm", "canned"
+    device: str
+    max_model_len: int
+    default_name: str  # served name when --model-names is not given
+    has_chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the previous delta. The last one has `finish_reason` and `usage`.
+
+    finish_reason: "stop" (EOS, stop string or stop token), "length"
+    (max_tokens or the context limit) or "abort" (cancelled).
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    in_flight: int  # generating now
+    queued: int  # waiting for a slot
+    tokens_per_second: float  # output tokens per second, recent window
+
+
+class Engine(abc.ABC):
+    """Base class of the transformers, vLLM and canned-token engines."""
+
+    info: ModelInfo
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background machinery (the batching loop); called once on the event loop."""
+
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Stop background machinery; requests still running end with finish_reason "abort"."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as the model sees it (no special tokens added)."""
+
+    @abc.abstractmethod
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt for a chat, through the tokenizer's chat template (or the fallback)."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the generation; raise QueueFull / QueueTimeout / InvalidRequest before the first delta."""
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        from inference.errors import WrongTask
+
+        raise WrongTask("This model generates text; it does not serve embeddings.", field="model")
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> bool:
+        """Stop a request; True if it was queued or running."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...

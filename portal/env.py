@@ -1,0 +1,49 @@
+"""The one place that reads the process environment.
+
+Every setting that a deployment may change is declared here with its type and
+its embedded-mode default; `portal.settings` and the worker read values from
+this module only.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+VAR_DIR = Path(env.str("PORTAL_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG: bool = env.bool("DEBUG", default=False)
+SECRET_KEY: str | None = env.str("SECRET_KEY", default=None)
+ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+DATABASE_URL: str = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")
+REDIS_URL: str | None = env.str("REDIS_URL", default=None)
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+
+# Workers
+HEARTBEAT_INTERVAL: float = env.float("HEARTBEAT_INTERVAL", default=5.0)
+# A worker whose last heartbeat is older than this many intervals is offline.
+HEARTBEAT_EXPIRY_INTERVALS: int = env.int("HEARTBEAT_EXPIRY_INTERVALS", default=3)
+MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "models")))
+WORKER_DRAIN_TIMEOUT: float = env.float("WORKER_DRAIN_TIMEOUT", default=30.0)
+
+# Gateway
+GATEWAY_MAX_ATTEMPTS: int = env.int("GATEWAY_MAX_ATTEMPTS", default=3)
+GATEWAY_CONNECT_TIMEOUT: float = env.float("GATEWAY_CONNECT_TIMEOUT", default=3.0)
+GATEWAY_READ_TIMEOUT: float = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
+GATEWAY_MAX_BODY_BYTES: int = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+API_KEY_CACHE_SECONDS: float = env.float("API_KEY_CACHE_SECONDS", default=5.0)
+WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
+
+# Signed API (go-infer compatible)
+SIGNED_TIMESTAMP_WINDOW: int = env.int("SIGNED_TIMESTAMP_WINDOW", default=300)
+SIGNED_MESSAGE_TIMEOUT: float = env.float("SIGNED_MESSAGE_TIMEOUT", default=60.0)
+SIGNED_MAX_WORKERS: int = env.int("SIGNED_MAX_WORKERS", default=8)
+SM2_PRIVATE_KEY: str | None = env.str("SM2_PRIVATE_KEY", default=None)
+
+# Chat page
+CHAT_ALLOW_ANONYMOUS: bool = env.bool("CHAT_ALLOW_ANONYMOUS", default=False)

@@ -1,0 +1,168 @@
+"""Django settings for the model portal; values come from `portal.env`."""
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from portal import env
+
+BASE_DIR = env.BASE_DIR
+DEBUG = env.DEBUG
+
+if env.SECRET_KEY:
+    SECRET_KEY = env.SECRET_KEY
+elif DEBUG:
+    SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+else:
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see .env.example).")
+
+ALLOWED_HOSTS = env.ALLOWED_HOSTS
+CSRF_TRUSTED_ORIGINS = env.CSRF_TRUSTED_ORIGINS
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "registry",
+    # Before channels: our `runworker` must win over Channels' own.
+    "inference",
+    "channels",
+    "portal",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict:
+    config = environ.Env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        env.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # WAL lets the portal read while a worker writes its heartbeat;
+        # IMMEDIATE transactions fail fast on a lock instead of deadlocking.
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    else:
+        config.setdefault("CONN_MAX_AGE", 60)
+        config.setdefault("CONN_HEALTH_CHECKS", True)
+    return config
+
+
+DATABASES = {"default": _database(env.DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if env.REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [env.REDIS_URL]},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env.REDIS_URL,
+        }
+    }
+    Q_CLUSTER = {
+        "name": "portal",
+        "workers": 2,
+        "timeout": 600,
+        "retry": 900,
+        "redis": env.REDIS_URL,
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    Q_CLUSTER = {"name": "portal", "workers": 2, "timeout": 600, "retry": 900, "orm": "default"}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.VAR_DIR / "static"
+LOGIN_URL = "/admin/login/"
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Model portal API",
+    "DESCRIPTION": "OpenAI-compatible inference API and go-infer compatible signed API.",
+    "VERSION": "1",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.LOG_LEVEL},
+    "loggers": {"httpx": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+}
+
+# Portal-specific settings, read at call time through django.conf.settings.
+HEARTBEAT_INTERVAL = env.HEARTBEAT_INTERVAL
+HEARTBEAT_EXPIRY_INTERVALS = env.HEARTBEAT_EXPIRY_INTERVALS
+MODEL_CACHE_DIR = env.MODEL_CACHE_DIR
+WORKER_DRAIN_TIMEOUT = env.WORKER_DRAIN_TIMEOUT
+GATEWAY_MAX_ATTEMPTS = env.GATEWAY_MAX_ATTEMPTS
+GATEWAY_CONNECT_TIMEOUT = env.GATEWAY_CONNECT_TIMEOUT
+GATEWAY_READ_TIMEOUT = env.GATEWAY_READ_TIMEOUT
+GATEWAY_MAX_BODY_BYTES = env.GATEWAY_MAX_BODY_BYTES
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.GATEWAY_MAX_BODY_BYTES
+API_KEY_CACHE_SECONDS = env.API_KEY_CACHE_SECONDS
+WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
+SIGNED_TIMESTAMP_WINDOW = env.SIGNED_TIMESTAMP_WINDOW
+SIGNED_MESSAGE_TIMEOUT = env.SIGNED_MESSAGE_TIMEOUT
+SIGNED_MAX_WORKERS = env.SIGNED_MAX_WORKERS
+SM2_PRIVATE_KEY = env.SM2_PRIVATE_KEY
+CHAT_ALLOW_ANONYMOUS = env.CHAT_ALLOW_ANONYMOUS
+# Signed-API pipelines by dotted path; a deployment appends its own.
+SIGNED_PIPELINES = [
+    "portal.signed.pipelines.chat.ChatPipeline",
+    "portal.signed.pipelines.embedding.EmbeddingPipeline",
+    "portal.signed.pipelines.echo.EchoPipeline",
+]

@@ -1,0 +1,1 @@
+"""Admin for the registry; each app area adds its own ModelAdmin classes here."""

@@ -1,0 +1,241 @@
+"""The data model: workers, served models and aliases, API keys, app credentials, usage."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class DispatchPolicy(models.TextChoices):
+    LEAST_INFLIGHT = "least_inflight", "Least in flight"
+    SHORTEST_QUEUE = "shortest_queue", "Shortest queue"
+    LOTTERY = "lottery", "Lottery"
+
+
+class ModelTask(models.TextChoices):
+    GENERATE = "generate", "Text generation"
+    EMBED = "embed", "Embeddings"
+
+
+class ServedModel(models.Model):
+    """A model name that clients ask for; any number of workers may serve it."""
+
+    name = models.CharField(max_length=200, unique=True)
+    task = models.CharField(max_length=16, choices=ModelTask.choices, default=ModelTask.GENERATE)
+    dispatch_policy = models.CharField(
+        max_length=32, choices=DispatchPolicy.choices, default=DispatchPolicy.LEAST_INFLIGHT
+    )
+    default_params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Sampling defaults applied when a request leaves them out.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelAlias(models.Model):
+    """Another name under which a served model is reachable (`gpt-4o-mini` → `smollm2`)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    served_model = models.ForeignKey(ServedModel, on_delete=models.CASCADE, related_name="aliases")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "model aliases"
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.served_model.name}"
+
+
+class WorkerStatus(models.TextChoices):
+    STARTING = "starting", "Starting"
+    ONLINE = "online", "Online"
+    DRAINING = "draining", "Draining"
+    OFFLINE = "offline", "Offline"
+
+
+class WorkerKind(models.TextChoices):
+    LOCAL = "local", "Our worker (runworker)"
+    REMOTE = "remote", "Remote OpenAI-compatible endpoint"
+
+
+class WorkerQuerySet(models.QuerySet["Worker"]):
+    def online(self) -> WorkerQuerySet:
+        """Workers that are online and whose heartbeat has not expired."""
+        return self.filter(status=WorkerStatus.ONLINE, expires_at__gt=timezone.now())
+
+    def expired(self) -> WorkerQuerySet:
+        """Workers marked live whose heartbeat is older than the expiry window."""
+        return self.exclude(status=WorkerStatus.OFFLINE).filter(
+            Q(expires_at__lte=timezone.now()) | Q(expires_at__isnull=True)
+        )
+
+
+class Worker(models.Model):
+    """A process (or a remote endpoint) that serves one or more models over the OpenAI format."""
+
+    identity = models.CharField(
+        max_length=255, unique=True, help_text="Stable across restarts: host, address and model."
+    )
+    kind = models.CharField(max_length=16, choices=WorkerKind.choices, default=WorkerKind.LOCAL)
+    address = models.URLField(max_length=500, help_text="Base URL the portal reaches it at.")
+    served_models = models.ManyToManyField(ServedModel, related_name="workers", blank=True)
+    status = models.CharField(max_length=16, choices=WorkerStatus.choices, default=WorkerStatus.STARTING)
+    backend = models.CharField(max_length=32, blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    model_path = models.CharField(max_length=1000, blank=True)
+    role = models.CharField(max_length=16, default="both", help_text="both, prefill or decode.")
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    # Remote endpoints only: the key the portal presents to them.
+    remote_api_key = models.CharField(max_length=500, blank=True)
+
+    max_concurrency = models.PositiveIntegerField(default=1)
+    max_queue = models.PositiveIntegerField(default=0)
+    max_model_len = models.PositiveIntegerField(null=True, blank=True)
+    heartbeat_interval = models.FloatField(default=5.0)
+
+    in_flight = models.PositiveIntegerField(default=0)
+    queued = models.PositiveIntegerField(default=0)
+    tokens_per_second = models.FloatField(default=0.0)
+    speed = models.FloatField(default=1.0, help_text="Relative weight for lottery dispatch.")
+
+    registered_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.TextField(blank=True)
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["identity"]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return self.identity
+
+    @property
+    def is_alive(self) -> bool:
+        """Online by its own word and its heartbeat still fresh: what every reader shows."""
+        return (
+            self.status == WorkerStatus.ONLINE
+            and self.expires_at is not None
+            and self.expires_at > timezone.now()
+        )
+
+    @property
+    def effective_status(self) -> str:
+        if self.status in (WorkerStatus.ONLINE, WorkerStatus.DRAINING, WorkerStatus.STARTING) and (
+            self.expires_at is None or self.expires_at <= timezone.now()
+        ):
+            return WorkerStatus.OFFLINE
+        return self.status
+
+    @property
+    def heartbeat_age(self) -> timedelta | None:
+        return None if self.last_heartbeat is None else timezone.now() - self.last_heartbeat
+
+
+class ApiKey(models.Model):
+    """A client key for the OpenAI-compatible API; only its hash is stored."""
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    hashed_secret = models.CharField(max_length=128, unique=True, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.ManyToManyField(
+        ServedModel, blank=True, related_name="api_keys", help_text="Empty means every model."
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class AppCredential(models.Model):
+    """An app id and secret for the signed (go-infer compatible) API."""
+
+    app_id = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    secret_ciphertext = models.TextField(editable=False, help_text="The secret, encrypted at rest.")
+    sm2_public_key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Uncompressed SM2 public key in hex (128 or 130 chars).",
+    )
+    allow_plain = models.BooleanField(default=False, help_text="Accept signType=plain (no signature).")
+    allowed_pipelines = models.JSONField(default=list, blank=True, help_text="Empty means every pipeline.")
+    enabled = models.BooleanField(default=True)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["app_id"]
+
+    def __str__(self) -> str:
+        return self.app_id
+
+
+class UsageStatus(models.TextChoices):
+    OK = "ok", "OK"
+    ERROR = "error", "Error"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class UsageRecord(models.Model):
+    """One request through the portal: who, which model and worker, tokens and timings."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    source = models.CharField(max_length=16, default="api", help_text="api, signed or chat.")
+    endpoint = models.CharField(max_length=64, blank=True)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    app_credential = models.ForeignKey(AppCredential, null=True, blank=True, on_delete=models.SET_NULL)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    model_name = models.CharField(max_length=200)
+    served_model = models.ForeignKey(ServedModel, null=True, blank=True, on_delete=models.SET_NULL)
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    time_to_first_token_ms = models.FloatField(null=True, blank=True)
+    total_time_ms = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=UsageStatus.choices, default=UsageStatus.OK)
+    status_code = models.PositiveSmallIntegerField(default=200)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_name} {self.status}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,14 @@
+"""Settings for the test run: the portal's own, with test-only environment defaults.
+
+The environment is set before `portal.settings` is imported, and child
+processes (workers, portals started by tests) inherit it.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from portal.settings import *  # noqa: F403
