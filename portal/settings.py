@@ -76,6 +76,8 @@ def _database(url: str) -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         }
+        # A file, not memory, so that worker processes started by tests share it.
+        config["TEST"] = {"NAME": str(env.VAR_DIR / "test-portal.sqlite3")}
     else:
         config.setdefault("CONN_MAX_AGE", 60)
         config.setdefault("CONN_HEALTH_CHECKS", True)
