@@ -2,11 +2,16 @@
 
 import os
 
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # Initialise Django before importing anything that touches models.
 django_asgi_app = get_asgi_application()
+if settings.SERVE_STATIC:
+    # Embedded mode has no nginx in front: serve the admin's and the chat page's files.
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -22,6 +22,8 @@ ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "loca
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 DATABASE_URL: str = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")
 REDIS_URL: str | None = env.str("REDIS_URL", default=None)
+# Off behind nginx, which serves STATIC_ROOT itself (deploy/nginx).
+SERVE_STATIC: bool = env.bool("SERVE_STATIC", default=True)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 
 # Workers

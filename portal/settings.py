@@ -124,6 +124,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.VAR_DIR / "static"
+SERVE_STATIC = env.SERVE_STATIC
 LOGIN_URL = "/admin/login/"
 
 REST_FRAMEWORK = {
