@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "inference",
     "channels",
     "portal",
+    "portal.chat",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""The browser chat page: conversations, a websocket consumer and the model arena."""
