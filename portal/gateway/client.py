@@ -1,0 +1,35 @@
+"""The pooled HTTP client the gateway talks to workers with.
+
+One `httpx.AsyncClient` per event loop (daphne has one; tests may run several),
+with keep-alive so that a request does not pay a TCP handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from django.conf import settings
+
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def get_client() -> httpx.AsyncClient:
+    """The client for the running loop, created on first use with timeouts from settings."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for old in [other for other in _clients if other.is_closed()]:
+            del _clients[old]
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.GATEWAY_CONNECT_TIMEOUT,
+                read=settings.GATEWAY_READ_TIMEOUT,
+                write=settings.GATEWAY_CONNECT_TIMEOUT,
+                pool=settings.GATEWAY_CONNECT_TIMEOUT,
+            ),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30),
+            trust_env=False,
+        )
+        _clients[loop] = client
+    return client

@@ -1,0 +1,80 @@
+"""GatewayError: a failure to report to the client, in OpenAI's error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """A failure to report to the client: OpenAI-shaped fields plus the HTTP status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+    def to_openai(self) -> dict[str, Any]:
+        """The body OpenAI clients parse: {"error": {"message", "type", "param", "code"}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status_code}, {self.message!r})"
+
+
+def invalid(message: str, *, param: str | None, code: str | None = None) -> GatewayError:
+    """A 400 naming the field at fault."""
+    return GatewayError(message, status_code=400, param=param, code=code)
+
+
+def model_not_found(name: str) -> GatewayError:
+    return GatewayError(
+        f"The model '{name}' does not exist or is not served here.",
+        status_code=404,
+        param="model",
+        code="model_not_found",
+    )
+
+
+def no_worker(message: str, *, retry_after: int = 2) -> GatewayError:
+    return GatewayError(
+        message,
+        status_code=503,
+        error_type="overloaded_error",
+        code="no_worker_available",
+        retry_after=retry_after,
+    )
+
+
+def worker_timeout(seconds: float) -> GatewayError:
+    return GatewayError(
+        f"The worker did not answer within {seconds:g} s.",
+        status_code=504,
+        error_type="timeout_error",
+        code="worker_timeout",
+    )
+
+
+def worker_failed(detail: str) -> GatewayError:
+    return GatewayError(
+        f"The worker failed: {detail}", status_code=502, error_type="server_error", code="worker_error"
+    )

@@ -1,0 +1,146 @@
+"""The gateway relay: the one way to send a request to a worker.
+
+Dispatch (which worker), failover, this portal's in-flight counters,
+cancellation (abort on the worker) and the usage record all happen here; the
+OpenAI API, the signed API and the chat page call these functions and never
+talk to workers themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from portal.gateway import counters
+from portal.gateway.caller import Caller, new_request_id
+from portal.gateway.client import get_client
+from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
+from portal.gateway.prepare import CHAT, COMPLETION, EMBEDDING, prepare
+from portal.gateway.streaming import ChatStream
+from portal.gateway.upstream import (
+    REFUSED,
+    Ticket,
+    abort_on_worker,
+    error_from_response,
+    is_retryable,
+    pick_worker,
+    timeout_seconds,
+    worker_headers,
+    worker_url,
+)
+from registry.models import UsageStatus
+from registry.services.dispatch import ResolvedModel, list_online_models
+
+__all__ = [
+    "Caller",
+    "ChatStream",
+    "GatewayError",
+    "chat_completion",
+    "completion",
+    "embeddings",
+    "list_models",
+    "stream_chat_completion",
+    "stream_completion",
+]
+
+
+async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket: Ticket) -> dict[str, Any]:
+    """POST to a worker, trying others (up to GATEWAY_MAX_ATTEMPTS) while workers refuse or fail."""
+    client = get_client()
+    tried: set[int] = set()
+    last_error: GatewayError | None = None
+    for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
+        worker = await pick_worker(model, tried, last_error)
+        tried.add(worker.id)
+        ticket.assign(worker)
+        headers = worker_headers(worker, ticket.entry.request_id)
+        try:
+            response = await client.post(worker_url(worker, endpoint), json=out, headers=headers)
+        except REFUSED as exc:
+            counters.exclude(worker.id)
+            last_error = worker_failed(f"{worker.identity} refused the connection ({type(exc).__name__}).")
+            continue
+        except httpx.TimeoutException:
+            abort_on_worker(worker, ticket.entry.request_id)
+            raise worker_timeout(timeout_seconds()) from None
+        except httpx.HTTPError as exc:
+            raise worker_failed(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code == 200:
+            ticket.first_token()
+            return response.json()
+        error = error_from_response(response.status_code, response.content)
+        if not is_retryable(response.status_code):
+            raise error
+        if response.status_code != 503:
+            counters.exclude(worker.id)
+        last_error = error
+    assert last_error is not None
+    raise last_error
+
+
+async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | None) -> dict[str, Any]:
+    request_id = request_id or new_request_id()
+    name = body.get("model") if isinstance(body, dict) else None
+    ticket = Ticket(caller.usage_entry(request_id=request_id, endpoint=endpoint, model_name=str(name or "")))
+    try:
+        model, out = await prepare(body, endpoint, stream=False)
+        ticket.entry.served_model_id, ticket.entry.model_name = model.id, model.name
+        result = await _send(model, out, endpoint, ticket)
+    except GatewayError as exc:
+        ticket.finish(UsageStatus.ERROR, exc)
+        raise
+    except asyncio.CancelledError:
+        # The client went away (Django cancels the view): stop the generation on the worker.
+        ticket.finish(UsageStatus.CANCELLED)
+        raise
+    ticket.set_usage(result.get("usage"))
+    ticket.finish()
+    return result
+
+
+async def chat_completion(body: dict, *, caller: Caller, request_id: str | None = None) -> dict:
+    """A non-streaming chat completion; raise GatewayError (400/404/502/503/504)."""
+    return await _unary(body, CHAT, caller, request_id)
+
+
+async def completion(body: dict, *, caller: Caller, request_id: str | None = None) -> dict:
+    """A non-streaming text completion; raise GatewayError."""
+    return await _unary(body, COMPLETION, caller, request_id)
+
+
+async def embeddings(body: dict, *, caller: Caller, request_id: str | None = None) -> dict:
+    """Embeddings of `body["input"]`; raise GatewayError."""
+    return await _unary(body, EMBEDDING, caller, request_id)
+
+
+def stream_chat_completion(body: dict, *, caller: Caller, request_id: str | None = None) -> ChatStream:
+    """A streaming chat completion; call `await stream.open()` then iterate chunks."""
+    return ChatStream(body, CHAT, caller=caller, request_id=request_id)
+
+
+def stream_completion(body: dict, *, caller: Caller, request_id: str | None = None) -> ChatStream:
+    """A streaming text completion, as `stream_chat_completion`."""
+    return ChatStream(body, COMPLETION, caller=caller, request_id=request_id)
+
+
+def _timestamp(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+async def list_models() -> list[dict]:
+    """Served models with at least one online worker, aliases included, as OpenAI model objects."""
+    rows = await sync_to_async(list_online_models)()
+    models: list[dict] = []
+    for row in rows:
+        created = _timestamp(row["created"])
+        models.append({"id": row["name"], "object": "model", "created": created, "owned_by": "portal"})
+        models.extend(
+            {"id": alias, "object": "model", "created": created, "owned_by": "portal", "root": row["name"]}
+            for alias in row["aliases"]
+        )
+    return models

@@ -1,0 +1,201 @@
+"""ChatStream: a streaming completion relayed from a worker, chunk by chunk.
+
+`open()` dispatches and waits for the first event, so that a worker that
+refuses or dies before its first byte is replaced by another (failover) and
+the client still gets an honest status code. After that, a failure becomes one
+error event and the stream ends. Closing early aborts the request on the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from portal.gateway import counters
+from portal.gateway.caller import Caller, new_request_id
+from portal.gateway.client import get_client
+from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
+from portal.gateway.prepare import prepare, wants_usage
+from portal.gateway.upstream import (
+    REFUSED,
+    Ticket,
+    abort_on_worker,
+    error_from_response,
+    is_retryable,
+    pick_worker,
+    timeout_seconds,
+    worker_headers,
+    worker_url,
+)
+from registry.models import UsageStatus
+
+DONE = b"data: [DONE]\n\n"
+
+
+class _WorkerDied(Exception):
+    """The worker's stream broke before its first event: another worker may take the request."""
+
+
+class ChatStream:
+    """Async iterator of OpenAI chunk dicts for a streaming chat (or text) completion."""
+
+    def __init__(self, body: Any, endpoint: str, *, caller: Caller, request_id: str | None = None) -> None:
+        self.request_id = request_id or new_request_id()
+        self.worker_identity: str | None = None
+        self.usage: dict | None = None
+        self.time_to_first_token_ms: float | None = None
+        self._body = body
+        self._endpoint = endpoint
+        self._include_usage = isinstance(body, dict) and wants_usage(body)
+        name = str(body.get("model") or "") if isinstance(body, dict) else ""
+        entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
+        self._ticket = Ticket(entry)
+        self._response: httpx.Response | None = None
+        self._lines: AsyncIterator[str] | None = None
+        self._first: str | None = None
+        self._payloads: AsyncIterator[str] | None = None
+
+    async def open(self) -> None:
+        """Dispatch and read the first event; raise GatewayError if no worker could start it."""
+        try:
+            model, out = await prepare(self._body, self._endpoint, stream=True)
+            self._ticket.entry.served_model_id, self._ticket.entry.model_name = model.id, model.name
+            await self._open_with_failover(model, out)
+        except GatewayError as exc:
+            await self._close_response()
+            self._ticket.finish(UsageStatus.ERROR, exc)
+            raise
+        except BaseException:
+            await self._close_response()
+            self._ticket.finish(UsageStatus.CANCELLED)
+            raise
+
+    async def _open_with_failover(self, model: Any, out: dict[str, Any]) -> None:
+        tried: set[int] = set()
+        last_error: GatewayError | None = None
+        for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
+            worker = await pick_worker(model, tried, last_error)
+            tried.add(worker.id)
+            self._ticket.assign(worker)
+            self.worker_identity = worker.identity
+            try:
+                await self._start(worker, out)
+                return
+            except (*REFUSED, _WorkerDied) as exc:
+                await self._close_response()
+                counters.exclude(worker.id)
+                reason = type(exc).__name__
+                last_error = worker_failed(f"{worker.identity} failed before answering ({reason}).")
+            except GatewayError as exc:
+                if not is_retryable(exc.status_code):
+                    raise
+                if exc.status_code != 503:
+                    counters.exclude(worker.id)
+                last_error = exc
+            except httpx.TimeoutException:
+                abort_on_worker(worker, self.request_id)
+                raise worker_timeout(timeout_seconds()) from None
+        assert last_error is not None
+        raise last_error
+
+    async def _start(self, worker: Any, out: dict[str, Any]) -> None:
+        """Send the request and hold its first event; raise on a refusal or an early death."""
+        client = get_client()
+        url, headers = worker_url(worker, self._endpoint), worker_headers(worker, self.request_id)
+        request = client.build_request("POST", url, json=out, headers=headers)
+        response = await client.send(request, stream=True)
+        self._response = response
+        if response.status_code != 200:
+            content = await response.aread()
+            await self._close_response()
+            raise error_from_response(response.status_code, content)
+        self._lines = response.aiter_lines()
+        try:
+            first = await self._next_payload()
+        except httpx.TimeoutException:
+            raise
+        except httpx.HTTPError as exc:
+            raise _WorkerDied(str(exc)) from exc
+        if first is None:
+            raise _WorkerDied("the stream ended before its first event")
+        self._first = first
+        self._ticket.first_token()
+        self.time_to_first_token_ms = self._ticket.entry.time_to_first_token_ms
+
+    async def _next_payload(self) -> str | None:
+        """The next `data:` payload, "[DONE]" included; None at the end of the stream."""
+        assert self._lines is not None
+        async for line in self._lines:
+            if line.startswith("data:"):
+                return line[5:].strip()
+        return None
+
+    def _note(self, payload: str) -> bool:
+        """Record usage and errors from a payload; False when the client must not see it."""
+        if '"usage":' in payload or '"error":' in payload:
+            chunk = json.loads(payload)
+            if chunk.get("error"):
+                self._ticket.finish(UsageStatus.ERROR, worker_failed(str(chunk["error"].get("message"))))
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+                self._ticket.set_usage(self.usage)
+                # We asked the worker for usage; a client that did not gets no usage-only chunk.
+                return self._include_usage or bool(chunk.get("choices"))
+        return True
+
+    def payloads(self) -> AsyncIterator[str]:
+        """The events' JSON text as the worker sent it (no re-encoding), ending at [DONE]."""
+        if self._payloads is None:
+            self._payloads = self._iterate()
+        return self._payloads
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        if self._first is None:
+            raise RuntimeError("ChatStream.open() must be awaited before iterating.")
+        payload: str | None = self._first
+        try:
+            while payload is not None and payload != "[DONE]":
+                if self._note(payload):
+                    yield payload
+                payload = await self._next_payload()
+            if payload is None:
+                raise _WorkerDied("the worker closed the stream before [DONE]")
+            self._ticket.finish()
+        except (httpx.HTTPError, _WorkerDied) as exc:
+            error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx.TimeoutException) else None
+            error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")
+            self._ticket.finish(UsageStatus.ERROR, error)
+            yield json.dumps(error.to_openai())
+        finally:
+            # Reaching here unfinished means the consumer left early: abort and record it as cancelled.
+            self._ticket.finish(UsageStatus.CANCELLED)
+            await self._close_response()
+
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self._dicts()
+
+    async def _dicts(self) -> AsyncIterator[dict]:
+        async for payload in self.payloads():
+            yield json.loads(payload)
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        """Server-sent events for the client, ending with `data: [DONE]`."""
+        async for payload in self.payloads():
+            yield b"data: " + payload.encode() + b"\n\n"
+        yield DONE
+
+    async def aclose(self) -> None:
+        """Stop early: abort the request on the worker and record it as cancelled."""
+        if self._payloads is not None:
+            await self._payloads.aclose()  # type: ignore[attr-defined]
+        self._ticket.finish(UsageStatus.CANCELLED)
+        await self._close_response()
+
+    async def _close_response(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            await response.aclose()

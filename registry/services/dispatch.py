@@ -1,0 +1,189 @@
+"""Dispatch: which worker serves this request.
+
+A pure policy (`choose_worker`) over plain `WorkerSnapshot`s, unit-tested
+without a database, plus the thin async service that feeds it live candidates
+(`aget_candidates`) and resolves the model a client names (`aresolve_model`).
+Both reads are cached in-process for `settings.WORKER_CACHE_SECONDS`: the hot
+path reads memory, not the database.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, WorkerStatus
+
+_RNG = random.Random()
+
+
+class NoWorkerAvailable(Exception):
+    """No candidate can take the request; `all_full` tells "busy" from "none online"."""
+
+    def __init__(self, message: str, *, all_full: bool = False) -> None:
+        super().__init__(message)
+        self.all_full = all_full
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """What dispatch knows of a worker: heartbeat figures plus this portal's own count."""
+
+    id: int
+    identity: str
+    address: str
+    kind: str = WorkerKind.LOCAL
+    remote_api_key: str = field(default="", repr=False)
+    max_concurrency: int = 1
+    max_queue: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    tokens_per_second: float = 0.0
+    speed: float = 1.0
+    local_in_flight: int = 0
+
+    @property
+    def load(self) -> int:
+        """Requests on the worker: the heartbeat's figure, or ours when it is fresher and higher."""
+        return max(self.in_flight + self.queued, self.local_in_flight)
+
+    @property
+    def is_full(self) -> bool:
+        """Every slot taken and the queue full. Remote endpoints do not tell us: never full."""
+        if self.kind == WorkerKind.REMOTE:
+            return False
+        return self.load >= self.max_concurrency + self.max_queue
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A served model as the gateway needs it, whatever name (or alias) the client used."""
+
+    id: int
+    name: str
+    task: str
+    dispatch_policy: str
+    default_params: dict[str, Any]
+
+
+def _speeds(candidates: list[WorkerSnapshot]) -> list[float]:
+    # Measured tokens/s where every candidate has one; otherwise the admin's relative weight,
+    # so that an idle worker (0 tokens/s in the recent window) is not starved.
+    if all(c.tokens_per_second > 0 for c in candidates):
+        return [c.tokens_per_second for c in candidates]
+    return [max(c.speed, 1e-6) for c in candidates]
+
+
+def _lowest(candidates: list[WorkerSnapshot], key: Callable[[int], float], rng: random.Random) -> int:
+    scores = [key(i) for i in range(len(candidates))]
+    best = min(scores)
+    # Ties broken at random so that idle workers share the load instead of the first taking it all.
+    return rng.choice([i for i, s in enumerate(scores) if s <= best + 1e-9])
+
+
+def choose_worker(
+    candidates: list[WorkerSnapshot], policy: str, *, rng: random.Random | None = None
+) -> WorkerSnapshot:
+    """Pick the worker for one request by `policy`; raise NoWorkerAvailable, never return None.
+
+    lottery: random, weighted by speed. shortest_queue: lowest (queued + local in-flight) / speed.
+    least_inflight (default): lowest load. Full workers are skipped.
+    """
+    rng = rng or _RNG
+    if not candidates:
+        raise NoWorkerAvailable("No online worker serves this model.")
+    open_ = [c for c in candidates if not c.is_full]
+    if not open_:
+        raise NoWorkerAvailable(
+            f"All {len(candidates)} workers serving this model are busy; retry shortly.", all_full=True
+        )
+    speeds = _speeds(open_)
+    if policy == DispatchPolicy.LOTTERY:
+        return rng.choices(open_, weights=speeds, k=1)[0]
+    if policy == DispatchPolicy.SHORTEST_QUEUE:
+        index = _lowest(open_, lambda i: (open_[i].queued + open_[i].local_in_flight) / speeds[i], rng)
+        return open_[index]
+    return open_[_lowest(open_, lambda i: open_[i].load, rng)]
+
+
+_candidate_cache: dict[int, tuple[float, list[WorkerSnapshot]]] = {}
+_model_cache: dict[str, tuple[float, ResolvedModel | None]] = {}
+
+
+def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
+    """Online, unexpired workers serving the model, as snapshots (one query)."""
+    rows = Worker.objects.filter(
+        served_models__id=served_model_id, status=WorkerStatus.ONLINE, expires_at__gt=timezone.now()
+    ).values(
+        "id", "identity", "address", "kind", "remote_api_key", "max_concurrency", "max_queue",
+        "in_flight", "queued", "tokens_per_second", "speed",
+    )  # fmt: skip
+    return [WorkerSnapshot(**row) for row in rows]
+
+
+async def aget_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
+    """Candidates for the model, from a cache refreshed every WORKER_CACHE_SECONDS."""
+    now = time.monotonic()
+    cached = _candidate_cache.get(served_model_id)
+    if cached and cached[0] > now:
+        return cached[1]
+    rows = await sync_to_async(list_candidates)(served_model_id=served_model_id)
+    _candidate_cache[served_model_id] = (now + settings.WORKER_CACHE_SECONDS, rows)
+    return rows
+
+
+def get_model(*, name: str) -> ResolvedModel | None:
+    """The enabled served model called `name` or aliased so; None when there is none."""
+    model = ServedModel.objects.filter(
+        Q(name=name) | Q(aliases__name=name), enabled=True
+    ).first()  # fmt: skip
+    if model is None:
+        return None
+    return ResolvedModel(
+        id=model.id,
+        name=model.name,
+        task=model.task,
+        dispatch_policy=model.dispatch_policy,
+        default_params=dict(model.default_params or {}),
+    )
+
+
+async def aresolve_model(*, name: str) -> ResolvedModel | None:
+    """`get_model`, cached for WORKER_CACHE_SECONDS (negative answers too)."""
+    now = time.monotonic()
+    cached = _model_cache.get(name)
+    if cached and cached[0] > now:
+        return cached[1]
+    model = await sync_to_async(get_model)(name=name)
+    _model_cache[name] = (now + settings.WORKER_CACHE_SECONDS, model)
+    return model
+
+
+def list_online_models() -> list[dict[str, Any]]:
+    """Served models with at least one online worker, each with its aliases."""
+    now = timezone.now()
+    models = (
+        ServedModel.objects.filter(
+            enabled=True, workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now
+        )
+        .distinct()
+        .prefetch_related("aliases")
+    )
+    return [
+        {"name": m.name, "created": m.created_at, "aliases": [a.name for a in m.aliases.all()]}
+        for m in models
+    ]
+
+
+def clear_caches() -> None:
+    """Forget cached models and candidates (tests, and after an admin change)."""
+    _candidate_cache.clear()
+    _model_cache.clear()

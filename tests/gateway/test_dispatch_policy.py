@@ -1,0 +1,69 @@
+"""The pure dispatch policy, without a database."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from registry.services.dispatch import NoWorkerAvailable, WorkerSnapshot, choose_worker
+
+
+def snap(worker_id: int, **kwargs: object) -> WorkerSnapshot:
+    fields: dict = {"max_concurrency": 4, "max_queue": 4, **kwargs}
+    return WorkerSnapshot(id=worker_id, identity=f"w{worker_id}", address=f"http://w{worker_id}", **fields)
+
+
+def test_no_candidates_raises_a_clear_error_instead_of_returning_none():
+    with pytest.raises(NoWorkerAvailable, match="No online worker"):
+        choose_worker([], "least_inflight")
+
+
+def test_all_full_workers_raise_no_worker_marked_busy():
+    full = [snap(1, in_flight=4, queued=4), snap(2, local_in_flight=8)]
+    with pytest.raises(NoWorkerAvailable) as info:
+        choose_worker(full, "least_inflight")
+    assert info.value.all_full
+
+
+def test_full_worker_is_skipped():
+    chosen = choose_worker([snap(1, in_flight=4, queued=4), snap(2, in_flight=3)], "least_inflight")
+    assert chosen.id == 2
+
+
+def test_least_inflight_prefers_the_least_loaded_by_heartbeat_or_local_count():
+    assert choose_worker([snap(1, in_flight=2), snap(2, in_flight=1)], "least_inflight").id == 2
+    # The local count is fresher than a heartbeat that still says idle.
+    assert choose_worker([snap(1, local_in_flight=3), snap(2, in_flight=1)], "least_inflight").id == 2
+
+
+def test_least_inflight_spreads_ties_between_idle_workers():
+    rng = random.Random(1)
+    picks = Counter(choose_worker([snap(1), snap(2)], "least_inflight", rng=rng).id for _ in range(200))
+    assert picks[1] > 50
+    assert picks[2] > 50
+
+
+def test_shortest_queue_divides_queue_by_speed():
+    slow = snap(1, queued=2, tokens_per_second=10.0)
+    fast = snap(2, queued=3, tokens_per_second=100.0)
+    assert choose_worker([slow, fast], "shortest_queue").id == 2
+    assert choose_worker([snap(1, local_in_flight=1), snap(2, local_in_flight=3)], "shortest_queue").id == 1
+
+
+def test_lottery_is_weighted_by_measured_speed():
+    rng = random.Random(7)
+    workers = [snap(1, tokens_per_second=90.0), snap(2, tokens_per_second=10.0)]
+    picks = Counter(choose_worker(workers, "lottery", rng=rng).id for _ in range(1000))
+    assert 850 < picks[1] < 950
+
+
+def test_lottery_falls_back_to_admin_speed_when_a_worker_has_no_measure():
+    rng = random.Random(3)
+    workers = [snap(1, tokens_per_second=0.0, speed=1.0), snap(2, tokens_per_second=50.0, speed=3.0)]
+    picks = Counter(choose_worker(workers, "lottery", rng=rng).id for _ in range(1000))
+    assert 180 < picks[1] < 320
+
+
+def test_remote_endpoint_is_never_considered_full():
+    remote = snap(1, kind="remote", max_concurrency=1, max_queue=0, local_in_flight=5)
+    assert choose_worker([remote], "least_inflight").id == 1

@@ -1,0 +1,144 @@
+"""The relay against a fake upstream: dispatch, failover, error mapping, usage records."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from portal.gateway import counters, relay
+from registry.models import UsageRecord
+from registry.services.usage import flush_pending
+from tests.gateway.conftest import add_worker, chat_result, chunk, sse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CALLER = relay.Caller(source="api")
+BODY = {"model": "tiny-alias", "messages": [{"role": "user", "content": "hello"}]}
+
+
+async def test_chat_completion_resolves_alias_and_fills_model_defaults(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    seen = upstream(lambda r: httpx.Response(200, json=chat_result()))
+    result = await relay.chat_completion(dict(BODY), caller=CALLER, request_id="r1")
+    assert result["choices"][0]["message"]["content"] == "hi"
+    sent = json.loads(seen[0].content)
+    assert sent["model"] == "tiny"
+    assert sent["max_tokens"] == 5
+    assert sent["stream"] is False
+    assert seen[0].headers["X-Request-Id"] == "r1"
+    assert str(seen[0].url) == "http://w1:9000/v1/chat/completions"
+    await flush_pending()
+    record = await UsageRecord.objects.aget(request_id="r1")
+    assert (record.prompt_tokens, record.completion_tokens, record.status) == (3, 2, "ok")
+
+
+async def test_unknown_model_is_404_in_openai_shape(served_model, upstream):
+    with pytest.raises(relay.GatewayError) as info:
+        await relay.chat_completion({**BODY, "model": "nope"}, caller=CALLER)
+    assert info.value.status_code == 404
+    assert info.value.to_openai()["error"]["param"] == "model"
+
+
+async def test_bad_sampling_field_is_400_naming_the_field(served_model, upstream):
+    with pytest.raises(relay.GatewayError) as info:
+        await relay.chat_completion({**BODY, "temperature": 9}, caller=CALLER)
+    assert (info.value.status_code, info.value.param) == (400, "temperature")
+
+
+async def test_no_online_worker_is_503_with_retry_after(served_model, upstream):
+    with pytest.raises(relay.GatewayError) as info:
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+    assert info.value.status_code == 503
+    assert info.value.retry_after
+
+
+async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served_model, upstream):
+    await sync(add_worker, served_model, "dead")
+    await sync(add_worker, served_model, "alive")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "dead":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json=chat_result())
+
+    upstream(handler)
+    for _ in range(6):
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+    dead_id = (await sync(lambda: served_model.workers.get(identity="dead"))).id
+    assert counters.is_excluded(dead_id)
+    assert counters.in_flight(dead_id) == 0
+
+
+async def test_worker_400_is_passed_through_without_failover(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    error = {
+        "error": {"message": "too long", "type": "invalid_request_error", "param": "messages", "code": None}
+    }
+    seen = upstream(lambda r: httpx.Response(400, json=error))
+    with pytest.raises(relay.GatewayError) as info:
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+    assert (info.value.status_code, info.value.param, len(seen)) == (400, "messages", 1)
+
+
+async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    body = sse(chunk("a"), chunk("b"), chunk(None, {"prompt_tokens": 3, "completion_tokens": 2}))
+    seen = upstream(lambda r: httpx.Response(200, content=body))
+    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
+    await stream.open()
+    chunks = [c async for c in stream]
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["a", "b"]
+    assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert stream.worker_identity == "w1"
+    assert stream.time_to_first_token_ms is not None
+    assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
+    await flush_pending()
+    record = await UsageRecord.objects.aget(request_id="s1")
+    assert (record.completion_tokens, record.status) == (2, "ok")
+
+
+async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    upstream(lambda r: httpx.Response(200, content=sse(chunk("a"), done=False)))
+    stream = relay.stream_chat_completion({**BODY, "stream_options": {"include_usage": True}}, caller=CALLER)
+    await stream.open()
+    events = [e async for e in stream.sse()]
+    assert events[0].startswith(b'data: {"id"')
+    assert b'"error"' in events[1]
+    assert events[-1] == b"data: [DONE]\n\n"
+
+
+async def test_stream_closed_early_records_cancelled_and_aborts(served_model, upstream):
+    worker = await sync(add_worker, served_model, "w1")
+    seen = upstream(
+        lambda r: (
+            httpx.Response(200, content=sse(chunk("a"), chunk("b")))
+            if r.url.path.endswith("completions")
+            else httpx.Response(200, json={"aborted": True})
+        )
+    )
+    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")
+    await stream.open()
+    async for _ in stream:
+        break
+    await stream.aclose()
+    await flush_pending()
+    record = await UsageRecord.objects.aget(request_id="c1")
+    assert record.status == "cancelled"
+    assert counters.in_flight(worker.id) == 0
+    await _settle()
+    assert any(r.url.path == "/abort/c1" for r in seen)
+
+
+async def _settle() -> None:
+    import asyncio
+
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def sync(fn, *args):
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(fn)(*args)
