@@ -1,11 +1,15 @@
 """Top-level URLs of the portal."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal.chat import views as chat_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("chat/", include("portal.chat.urls")),
+    path("leaderboard/", chat_views.leaderboard, name="leaderboard"),
 ]

@@ -1,0 +1,161 @@
+"""Stream one answer through the gateway relay and measure it.
+
+The chat page uses the same relay as the REST API (dispatch, failover, usage
+record, abort on the worker); this module only turns its chunks into text for
+the page and figures for the answer. Stopping races the next chunk against a
+stop event, so a stop is honoured even while the worker is silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from portal.chat.answers import Answer
+from portal.chat.owners import Owner
+from portal.chat.services import ChatError
+from portal.gateway import relay
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str], Awaitable[None]]
+# Bounds the page enforces too; the worker validates again.
+PARAM_BOUNDS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "max_tokens": (1, 4096)}
+
+
+def clean_params(raw: Any) -> dict[str, Any]:
+    """Return the sampling fields the user set, checked against PARAM_BOUNDS."""
+    params: dict[str, Any] = {}
+    if not isinstance(raw, dict):
+        return params
+    for name, (low, high) in PARAM_BOUNDS.items():
+        value = raw.get(name)
+        if value is None or value == "":
+            continue
+        try:
+            number = int(value) if name == "max_tokens" else float(value)
+        except (TypeError, ValueError):
+            raise ChatError(f"{name} must be a number.", code="invalid_param") from None
+        if not low <= number <= high:
+            raise ChatError(f"{name} must be between {low} and {high}.", code="invalid_param")
+        params[name] = number
+    return params
+
+
+def request_body(*, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
+    """Return the OpenAI streaming request body for one answer."""
+    return {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **params,
+    }
+
+
+async def _next_or_stop(chunks: AsyncIterator[dict[str, Any]], stop: asyncio.Event) -> dict[str, Any] | None:
+    """Return the next chunk, or None when the stream ended or `stop` was set first."""
+    following = asyncio.ensure_future(anext(chunks))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if following.done():
+        try:
+            return following.result()
+        except StopAsyncIteration:
+            return None
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await following
+    return None
+
+
+def _fail(answer: Answer, *, message: str, code: str, status_code: int) -> None:
+    answer.status = "error"
+    answer.error = message
+    answer.error_code = code
+    # Busy or absent workers and worker failures may pass; a bad request will not.
+    answer.retryable = status_code >= 500 or status_code == 429
+
+
+def _finish_figures(answer: Answer, stream: Any, *, pieces: int, first_at: float | None, end: float) -> None:
+    usage = getattr(stream, "usage", None) or {}
+    answer.worker_identity = getattr(stream, "worker_identity", None) or ""
+    answer.request_id = getattr(stream, "request_id", "") or ""
+    answer.prompt_tokens = usage.get("prompt_tokens")
+    answer.completion_tokens = usage.get("completion_tokens") or pieces or None
+    ttft = getattr(stream, "time_to_first_token_ms", None)
+    answer.time_to_first_token_ms = ttft
+    tokens = answer.completion_tokens or 0
+    if first_at is not None and tokens > 1 and end > first_at:
+        # Decode speed: tokens after the first over the time they took.
+        answer.tokens_per_second = round((tokens - 1) / (end - first_at), 2)
+
+
+async def stream_answer(
+    *,
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    owner: Owner,
+    emit: Emit,
+    stop: asyncio.Event,
+) -> Answer:
+    """Stream one answer to `emit`; return it complete, stopped (partial) or failed.
+
+    Never raises for a gateway or worker failure: the page shows it inline.
+    """
+    answer = Answer(model_name=model)
+    caller = relay.Caller(source="chat", user_id=owner.user_id)
+    stream = relay.stream_chat_completion(
+        request_body(model=model, messages=messages, params=params), caller=caller
+    )
+    started = time.monotonic()
+    first_at: float | None = None
+    pieces = 0
+    try:
+        await stream.open()
+        chunks = aiter(stream)
+        while (chunk := await _next_or_stop(chunks, stop)) is not None:
+            if "error" in chunk:
+                error = chunk["error"] or {}
+                message = str(error.get("message") or "The worker failed.")
+                _fail(
+                    answer, message=message, code=str(error.get("code") or "worker_failed"), status_code=502
+                )
+                break
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    first_at = first_at or time.monotonic()
+                    pieces += 1
+                    answer.content += text
+                    await emit(text)
+        if stop.is_set() and answer.status != "error":
+            answer.status = "stopped"
+    except relay.GatewayError as exc:
+        _fail(answer, message=exc.message, code=str(exc.code or exc.error_type), status_code=exc.status_code)
+    except Exception:
+        # Whatever broke, the page must show an error rather than wait forever.
+        logger.exception("chat stream failed for model %s", model)
+        _fail(answer, message="The answer failed unexpectedly.", code="internal_error", status_code=502)
+    finally:
+        # Closing aborts the request on the worker when it has not finished.
+        await stream.aclose()
+    _finish_figures(answer, stream, pieces=pieces, first_at=first_at, end=time.monotonic())
+    if answer.time_to_first_token_ms is None and first_at is not None:
+        answer.time_to_first_token_ms = round((first_at - started) * 1000, 1)
+    logger.info(
+        "chat answer %s model=%s status=%s tokens=%s",
+        answer.request_id,
+        model,
+        answer.status,
+        answer.completion_tokens,
+    )
+    return answer

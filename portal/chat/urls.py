@@ -1,0 +1,17 @@
+"""URLs of the chat page, its conversation endpoints and the arena."""
+
+from django.urls import path
+
+from portal.chat import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.chat_page, name="page"),
+    path("c/<int:conversation_id>/", views.chat_page, name="conversation"),
+    path("arena/", views.arena_page, name="arena"),
+    path("leaderboard/", views.leaderboard, name="leaderboard"),
+    path("api/conversations/", views.conversation_list, name="conversation-list"),
+    path("api/conversations/<int:conversation_id>/rename/", views.conversation_rename, name="rename"),
+    path("api/conversations/<int:conversation_id>/delete/", views.conversation_delete, name="delete"),
+]
