@@ -1,0 +1,1 @@
+"""The go-infer compatible signed REST API: envelope, signatures, replay guard, pipelines."""

@@ -1,0 +1,117 @@
+"""The go-infer envelope: result codes, request parsing and response bodies.
+
+Every answer is HTTP 200 with a `code`, like go-infer; `success` is true for
+code 0 only. Codes beyond go-infer's are marked below and documented in
+README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class Code(IntEnum):
+    OK = 0
+    BAD_SIGNATURE = 9800
+    BAD_FIELD = 9801
+    TIMESTAMP_OUTSIDE_WINDOW = 9802
+    SIGN_TYPE_NOT_ALLOWED = 9803
+    REPLAYED = 9804  # ours: the same signData was accepted earlier inside the window
+    UNKNOWN_APP = 9805
+    BAD_VERSION = 9806
+    RATE_LIMITED = 9807  # ours: the app's requests_per_minute is used up
+    PIPELINE_NOT_ALLOWED = 9808  # ours: the app may not call this pipeline
+    PARAMS_REFUSED = 9701
+    UNKNOWN_PIPELINE = 9709
+    TIMEOUT = 9997
+    INFERENCE_FAILED = 9998
+
+
+class SignedApiError(Exception):
+    """A refusal to report in the envelope: a code and a message for the caller."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """The checked top-level fields of a request; `fields` keeps every key for signing."""
+
+    app_id: str
+    sign_type: str
+    sign_data: str
+    timestamp: int
+    data: dict[str, Any]
+    fields: dict[str, Any]
+
+    def check_version(self) -> None:
+        """Refuse a version other than "1" (absent means 1, where go-infer insists on it)."""
+        if self.fields.get("version", "1") != "1":
+            raise SignedApiError(Code.BAD_VERSION, "unsupported version: only version 1 is known")
+
+
+def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = fields.get(key)
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+        raise SignedApiError(Code.BAD_FIELD, f"missing or wrong-typed field: {key}")
+    return value
+
+
+def parse_request(body: bytes) -> SignedRequest:
+    """Parse and type-check the envelope; raise 9801 naming the first bad field."""
+    try:
+        fields = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SignedApiError(Code.BAD_FIELD, "the body is not a JSON object") from exc
+    if not isinstance(fields, dict):
+        raise SignedApiError(Code.BAD_FIELD, "the body is not a JSON object")
+    app_id = _require(fields, "appId", str)
+    sign_type = _require(fields, "signType", str)
+    # A plain request has nothing to sign; go-infer clients still send the key.
+    sign_data = fields.get("signData", "") if sign_type == "plain" else _require(fields, "signData", str)
+    if not isinstance(sign_data, str):
+        raise SignedApiError(Code.BAD_FIELD, "missing or wrong-typed field: signData")
+    timestamp = _require(fields, "timestamp", (int, float))
+    data = _require(fields, "data", dict)
+    for optional in ("version", "encType"):
+        if optional in fields and not isinstance(fields[optional], str):
+            raise SignedApiError(Code.BAD_FIELD, f"missing or wrong-typed field: {optional}")
+    if timestamp != timestamp or abs(timestamp) > 2**62:  # NaN or absurd
+        raise SignedApiError(Code.BAD_FIELD, "missing or wrong-typed field: timestamp")
+    return SignedRequest(
+        app_id=app_id,
+        sign_type=sign_type,
+        sign_data=sign_data,
+        timestamp=int(timestamp),
+        data=data,
+        fields=fields,
+    )
+
+
+def _envelope(app_id: str, code: int, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "appId": app_id,
+        "code": int(code),
+        "success": code == Code.OK,
+        "timestamp": int(time.time()),
+        "signType": "plain",
+        "encType": "plain",
+        "data": data,
+    }
+
+
+def success_body(*, app_id: str, request_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Wrap a pipeline result; `msg` and `requestId` are added as go-infer does."""
+    return _envelope(app_id, Code.OK, {**result, "msg": "success", "requestId": request_id})
+
+
+def error_body(*, app_id: str, request_id: str, code: Code, message: str) -> dict[str, Any]:
+    """Describe a refusal or failure in the envelope (still HTTP 200, like go-infer)."""
+    return _envelope(app_id, code, {"msg": message, "requestId": request_id})

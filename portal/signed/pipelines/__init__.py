@@ -1,0 +1,1 @@
+"""Built-in pipelines of the signed API; `base` holds the contract they follow."""

@@ -1,0 +1,88 @@
+"""The pipeline contract: go-infer's model interface (ApiPath, ApiEntry, Init, Infer) in Python.
+
+A pipeline is found by its `path` (`POST /api/<path>`), checks and transforms the
+request's `data` in `api_entry` (a refusal becomes code 9701 with its reason),
+loads what it needs once in `init` (run in a thread, so it may block), and runs
+in `infer` (async; its dict becomes the response `data`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """Who asked and under which request id; the relay turns it into the usage record."""
+
+    request_id: str
+    app_id: str
+    app_credential_id: int
+
+
+class ParamsRefused(Exception):
+    """The pipeline refuses the parameters (code 9701); the message is the reason."""
+
+
+class InferenceFailed(Exception):
+    """The inference failed (code 9998); the message is safe to show the caller."""
+
+
+class InferenceTimedOut(Exception):
+    """No result came within the time allowed (code 9997)."""
+
+
+class Pipeline:
+    """Base class; subclasses set `path` and implement `api_entry` and `infer`."""
+
+    path: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self._init_lock = threading.Lock()
+        self.initialized = False
+
+    def init(self) -> None:
+        """Load what the pipeline needs (weights, clients) once; may block, runs in a thread."""
+
+    def ensure_initialized(self) -> None:
+        """Run `init` exactly once, however many requests arrive first."""
+        with self._init_lock:
+            if not self.initialized:
+                self.init()
+                self.initialized = True
+
+    def api_entry(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Validate `data` and return the parameters `infer` gets; raise ParamsRefused."""
+        raise NotImplementedError
+
+    async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
+        """Run and return the result fields; raise InferenceFailed or InferenceTimedOut."""
+        raise NotImplementedError
+
+
+def optional_number(
+    data: dict[str, Any], key: str, *, kind: type = float, low: float | None = None
+) -> int | float | None:
+    """Read an optional number field, refusing a wrong type (booleans are not numbers)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ParamsRefused(f"{key} must be a number")
+    if kind is int and (not float(value).is_integer()):
+        raise ParamsRefused(f"{key} must be an integer")
+    if low is not None and value < low:
+        raise ParamsRefused(f"{key} must be at least {low:g}")
+    return int(value) if kind is int else float(value)
+
+
+def optional_string(data: dict[str, Any], key: str) -> str | None:
+    """Read an optional non-empty string field."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsRefused(f"{key} must be a non-empty string")
+    return value

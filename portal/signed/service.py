@@ -1,0 +1,131 @@
+"""One signed request from body to envelope: parse, authenticate, guard, run the pipeline.
+
+The order of the checks follows go-infer (fields, timestamp, app, version,
+signature), then our additions (replay, rate limit, pipeline allow list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+
+from portal.signed.envelope import (
+    Code,
+    SignedApiError,
+    SignedRequest,
+    error_body,
+    parse_request,
+    success_body,
+)
+from portal.signed.guard import admit, check_timestamp
+from portal.signed.loader import aget_ready_pipeline
+from portal.signed.pipelines.base import (
+    InferenceFailed,
+    InferenceTimedOut,
+    ParamsRefused,
+    Pipeline,
+    PipelineContext,
+)
+from portal.signed.policies import POLICIES
+from registry.services.credentials import CredentialSnapshot, aget_credential
+
+logger = logging.getLogger(__name__)
+
+_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def new_request_id() -> str:
+    """go-infer's shape: the date then 32 hex digits."""
+    return f"{datetime.now(UTC):%Y%m%d}{secrets.token_hex(16)}"
+
+
+def _inference_slots() -> asyncio.Semaphore:
+    """SIGNED_MAX_WORKERS concurrent inferences per portal process (one semaphore per event loop)."""
+    loop = asyncio.get_running_loop()
+    semaphore = _semaphores.get(loop)
+    if semaphore is None:
+        semaphore = _semaphores[loop] = asyncio.Semaphore(max(1, int(settings.SIGNED_MAX_WORKERS)))
+    return semaphore
+
+
+async def authenticate(request: SignedRequest) -> CredentialSnapshot:
+    """Return the app behind a request whose timestamp, version and signature check out."""
+    check_timestamp(request.timestamp)
+    credential = await aget_credential(request.app_id)
+    if credential is None or not credential.enabled:
+        raise SignedApiError(Code.UNKNOWN_APP, "unknown or disabled appId")
+    request.check_version()
+    policy = POLICIES.get(request.sign_type)
+    if policy is None:
+        raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, f"unknown signType: {request.sign_type}")
+    refusal = policy.refusal(credential)
+    if refusal is not None:
+        raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, refusal)
+    if not await policy.verify(request, credential):
+        raise SignedApiError(Code.BAD_SIGNATURE, "signature verification failed")
+    return credential
+
+
+async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: PipelineContext) -> dict:
+    """Run within SIGNED_MESSAGE_TIMEOUT (waiting for a slot included) and map failures to codes."""
+    try:
+        async with asyncio.timeout(float(settings.SIGNED_MESSAGE_TIMEOUT)):
+            async with _inference_slots():
+                return await pipeline.infer(params, context=context)
+    except (TimeoutError, InferenceTimedOut) as exc:
+        raise SignedApiError(Code.TIMEOUT, "no result within the time allowed") from exc
+    except ParamsRefused as exc:
+        raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
+    except InferenceFailed as exc:
+        raise SignedApiError(Code.INFERENCE_FAILED, str(exc)) from exc
+    except Exception as exc:
+        logger.exception("signed %s: pipeline %s crashed", context.request_id, pipeline.path)
+        raise SignedApiError(Code.INFERENCE_FAILED, "inference failed") from exc
+
+
+async def _serve(
+    request: SignedRequest, credential: CredentialSnapshot, path: str, request_id: str
+) -> dict[str, Any]:
+    pipeline = await aget_ready_pipeline(path)
+    if pipeline is None:
+        raise SignedApiError(Code.UNKNOWN_PIPELINE, f"unknown pipeline: {path}")
+    if not credential.may_call(path):
+        raise SignedApiError(Code.PIPELINE_NOT_ALLOWED, f"this app may not call the {path} pipeline")
+    policy = POLICIES[request.sign_type]
+    await admit(
+        app_id=credential.app_id,
+        replay_key=policy.replay_key(request),
+        requests_per_minute=credential.requests_per_minute,
+    )
+    try:
+        params = pipeline.api_entry(request.data)
+    except ParamsRefused as exc:
+        raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
+    context = PipelineContext(
+        request_id=request_id, app_id=credential.app_id, app_credential_id=credential.id
+    )
+    return await run_pipeline(pipeline, params, context)
+
+
+async def handle_signed_request(*, body: bytes, path: str) -> dict[str, Any]:
+    """Answer one request with the envelope; every refusal is a code, never an exception."""
+    request_id = new_request_id()
+    app_id = ""
+    try:
+        request = parse_request(body)
+        credential = await authenticate(request)
+        # Like go-infer, the appId is echoed only once the signature proved it.
+        app_id = credential.app_id
+        result = await _serve(request, credential, path, request_id)
+    except SignedApiError as exc:
+        logger.info("signed %s: code %s: %s", request_id, int(exc.code), exc.message)
+        return error_body(app_id=app_id, request_id=request_id, code=exc.code, message=exc.message)
+    return success_body(app_id=app_id, request_id=request_id, result=result)
