@@ -1,0 +1,57 @@
+"""Build the engine a worker serves: `create_engine(config, backend)`.
+
+Heavy libraries (torch, transformers, sentence-transformers, vllm) are imported
+inside the chosen engine module only, so the web process imports this package
+without loading any of them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from inference.engines.base import Engine, EngineConfig
+from inference.errors import InvalidRequest
+
+BACKENDS = ("auto", "transformers", "vllm", "canned")
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "modelportal"
+
+
+def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
+    """Load the model `config.model_path` names into the backend that fits it.
+
+    "auto" picks the embedding engine for a sentence-transformers model, vLLM
+    when it is installed and the device is CUDA, and transformers otherwise.
+    Raises ModelLoadError (one-line message) when the model cannot be found.
+    """
+    if backend not in BACKENDS:
+        raise InvalidRequest(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "canned":
+        from inference.engines.canned import CannedTokenEngine
+
+        return CannedTokenEngine(config)
+    from inference.loading import resolve_model
+
+    cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+    resolved = resolve_model(config.model_path, cache_dir=cache_dir)
+    if resolved.task == "embed":
+        from inference.engines.embedding_engine import EmbeddingEngine
+
+        return EmbeddingEngine(config, folder=resolved.path, default_name=resolved.default_name)
+    if backend == "auto":
+        backend = "vllm" if _vllm_fits(config.device) else "transformers"
+    if backend == "vllm":
+        from inference.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(config, folder=resolved.path, default_name=resolved.default_name)
+    from inference.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(config, folder=resolved.path, default_name=resolved.default_name)
+
+
+def _vllm_fits(device: str) -> bool:
+    if device not in ("auto", "cuda") or importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

@@ -28,6 +28,7 @@ class EngineConfig:
     queue_timeout: float = 60.0  # seconds a request may wait for a slot
     max_model_len: int | None = None  # None: the model's own limit
     seed: int | None = None
+    cache_dir: str | None = None  # where converted GGUF models are kept; None: ~/.cache/modelportal
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific options
 
 

@@ -1,0 +1,166 @@
+"""The transformers engine: a Hugging Face causal LM behind a continuous-batching loop.
+
+The model runs in the `Batcher` thread; this module is the asyncio side. Each
+request passes `Admission`, is checked against the context limit, then joins
+the batch; its deltas come back through a small per-request queue fed with
+`loop.call_soon_threadsafe`, the way transformers' streamers bridge a
+blocking loop to async code. The event loop never runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference.engines.admission import Admission
+from inference.engines.base import (
+    Delta,
+    Engine,
+    EngineConfig,
+    EngineStats,
+    GenerationRequest,
+    ModelInfo,
+)
+from inference.engines.batcher import Batcher, Sequence
+from inference.engines.logits import TokenPicker
+from inference.engines.stops import TextStream
+from inference.errors import InvalidRequest, ModelLoadError, PromptTooLong
+from inference.templates import render_chat
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    """float32 on CPU (half precision is slow there), bfloat16 on a GPU unless told otherwise."""
+    if requested == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[requested]
+
+
+def configure_threads(config: EngineConfig) -> None:
+    """Give torch every core we have (or `extra["threads"]`): the batch loop is the only heavy user."""
+    threads = int(config.extra.get("threads") or os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
+
+
+class TransformersEngine(Engine):
+    """Serve a causal LM from a local folder, batching concurrent requests."""
+
+    def __init__(self, config: EngineConfig, *, folder: Path, default_name: str) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        device = pick_device(config.device)
+        configure_threads(config)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(config.dtype, device))
+            self.model = model.to(device)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load {folder}: {exc}".splitlines()[0]) from exc
+        self.model.eval()
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        if config.max_model_len:
+            limit = min(limit, config.max_model_len)
+        self.info = ModelInfo(
+            task="generate",
+            backend="transformers",
+            device=device,
+            max_model_len=limit,
+            default_name=default_name,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+        )
+        self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
+        self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def shutdown(self) -> None:
+        await asyncio.to_thread(self.batcher.stop)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        return render_chat(self.tokenizer, messages)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def check_length(self, request: GenerationRequest) -> None:
+        """Refuse a request that cannot fit the context before it takes a slot."""
+        prompt = len(request.prompt_token_ids)
+        if prompt == 0:
+            raise InvalidRequest("The prompt is empty.", field="prompt")
+        if prompt + request.params.max_tokens > self.info.max_model_len:
+            raise PromptTooLong(prompt, request.params.max_tokens, self.info.max_model_len)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self.check_length(request)
+        async with self.admission.slot():
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+
+            def sink(item: Delta | BaseException) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            params = request.params
+            self.batcher.submit(
+                Sequence(
+                    request_id=request.request_id,
+                    prompt_ids=list(request.prompt_token_ids),
+                    picker=TokenPicker(params, request.prompt_token_ids, self.vocab_size),
+                    stream=TextStream(self._decode, params.stop),
+                    sink=sink,
+                    max_new_tokens=params.max_tokens,
+                )
+            )
+            finished = False
+            try:
+                while not finished:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    finished = item.finish_reason is not None
+                    yield item
+            finally:
+                if not finished:  # the consumer went away: free the batch row
+                    self.batcher.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> bool:
+        return self.batcher.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            in_flight=self.admission.running,
+            queued=self.admission.waiting,
+            tokens_per_second=self.batcher.tokens_per_second(),
+        )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a turn: the generation config's EOS list and the tokenizer's EOS."""
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

