@@ -1,0 +1,128 @@
+"""`manage.py runworker --model-path PATH`: load one model and serve it in the OpenAI format.
+
+Overrides Channels' `runworker` (INSTALLED_APPS lists `inference` first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from argparse import ArgumentParser
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from inference.engines.base import Engine, EngineConfig
+from inference.errors import EngineError
+from inference.worker.serving import WorkerContext
+
+
+def build_engine(config: EngineConfig, backend: str) -> Engine:
+    """Create the engine through `inference.engines.create_engine`; raise CommandError in one line."""
+    try:
+        from inference.engines import create_engine
+    except ImportError:  # the engine package predates create_engine: only the canned engine exists
+        if backend != "canned":
+            raise CommandError("Only --backend canned is available in this build.") from None
+        from inference.engines.canned import CannedTokenEngine
+
+        return CannedTokenEngine(config)
+    try:
+        return create_engine(config, backend=backend)
+    except EngineError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def engine_config(options: dict[str, Any]) -> EngineConfig:
+    extra: dict[str, Any] = {}
+    if options["backend"] == "canned":
+        extra = {"token_delay": options["canned_token_delay"], "task": options["canned_task"]}
+    values: dict[str, Any] = {
+        "model_path": options["model_path"],
+        "device": options["device"],
+        "dtype": options["dtype"],
+        "max_concurrency": options["max_concurrency"],
+        "max_queue": options["max_queue"],
+        "queue_timeout": options["queue_timeout"],
+        "max_model_len": options["max_model_len"],
+        "seed": options["seed"],
+        "extra": extra,
+    }
+    if "cache_dir" in {f.name for f in dataclasses.fields(EngineConfig)}:
+        values["cache_dir"] = str(settings.MODEL_CACHE_DIR)
+    return EngineConfig(**values)
+
+
+class Command(BaseCommand):
+    help = "Load one model and serve it over HTTP in the OpenAI wire format, registered in the portal."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        add = parser.add_argument
+        add("--model-path", required=True, help="HF folder, GGUF file, packaged model name or hub id.")
+        add("--model-names", default="", help="Comma-separated served names (default: from the path).")
+        add("--host", default="127.0.0.1")
+        add("--port", type=int, default=0, help="0 picks a free port.")
+        add("--worker-address", default=None, help="URL others reach this worker at (checked at start).")
+        add("--worker-id", default=None, help="Stable identity (default: hostname@address).")
+        add("--device", choices=["cpu", "cuda", "auto"], default="auto")
+        add("--dtype", default="auto", help="auto, float32, float16 or bfloat16.")
+        add("--backend", choices=["auto", "transformers", "vllm", "canned"], default="auto")
+        add("--max-concurrency", type=int, default=16, help="Sequences generating at once.")
+        add("--max-queue", type=int, default=64, help="Requests waiting for a slot; more get 503.")
+        add("--queue-timeout", type=float, default=60.0, help="Seconds a request may wait for a slot.")
+        add("--stream-interval", type=int, default=1, help="Tokens per streamed chunk.")
+        add("--heartbeat-interval", type=float, default=None, help="Seconds (default HEARTBEAT_INTERVAL).")
+        add("--no-register", action="store_true", help="Serve without a row in the database.")
+        add("--max-model-len", type=int, default=None)
+        add("--seed", type=int, default=None)
+        add("--drain-timeout", type=float, default=None, help="Seconds (default WORKER_DRAIN_TIMEOUT).")
+        add("--canned-token-delay", type=float, default=0.0, help="Canned engine: seconds per token.")
+        add("--canned-task", choices=["generate", "embed"], default="generate", help="Canned engine task.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from inference.worker.server import ServeOptions, StartupError, WorkerServer
+
+        if options["stream_interval"] < 1 or options["max_concurrency"] < 1:
+            raise CommandError("--stream-interval and --max-concurrency must be at least 1.")
+        engine = build_engine(engine_config(options), options["backend"])
+        names = [n.strip() for n in options["model_names"].split(",") if n.strip()]
+        ctx = WorkerContext(
+            engine=engine,
+            served_names=names or [engine.info.default_name],
+            stream_interval=options["stream_interval"],
+            limits={
+                "max_concurrency": options["max_concurrency"],
+                "max_queue": options["max_queue"],
+                "queue_timeout": options["queue_timeout"],
+                "max_model_len": engine.info.max_model_len,
+            },
+        )
+        interval = options["heartbeat_interval"] or settings.HEARTBEAT_INTERVAL
+        serve = ServeOptions(
+            host=options["host"],
+            port=options["port"],
+            worker_address=options["worker_address"],
+            worker_id=options["worker_id"],
+            register=not options["no_register"],
+            heartbeat_interval=interval,
+            drain_timeout=options["drain_timeout"] or settings.WORKER_DRAIN_TIMEOUT,
+        )
+        registration = {
+            "model_names": tuple(ctx.served_names),
+            "task": engine.info.task,
+            "backend": engine.info.backend,
+            "device": engine.info.device,
+            "model_path": options["model_path"],
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "max_concurrency": options["max_concurrency"],
+            "max_queue": options["max_queue"],
+            "max_model_len": engine.info.max_model_len,
+            "heartbeat_interval": interval,
+        }
+        try:
+            WorkerServer(ctx, serve, registration).run()
+        except StartupError as exc:
+            raise CommandError(str(exc)) from None

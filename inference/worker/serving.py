@@ -1,0 +1,182 @@
+"""The serving logic between the HTTP layer and the engine: prompts, generations, abort.
+
+One `Generation` is one HTTP request: `n` engine requests started together,
+merged into one event stream, aborted together. It is always closed in a
+`finally`, so a client that leaves or an abort frees the engine's slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from inference.engines.base import Delta, Engine, GenerationRequest, Usage
+from inference.errors import EngineError, InvalidRequest, PromptTooLong
+from inference.sampling import SamplingParams
+from inference.worker.protocol import GenerateCall
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What the HTTP app shares across requests: the engine, names and live requests."""
+
+    engine: Engine
+    served_names: list[str]
+    worker_id: str = ""
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream_interval: int = 1
+    limits: dict[str, Any] = field(default_factory=dict)
+    draining: bool = False
+    active: dict[str, Generation] = field(default_factory=dict)
+    requests_in_progress: int = 0
+    # One thread: chat templates and tokenizers stay off the event loop, and a
+    # fast tokenizer is never used from two threads at once ("Already borrowed").
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+    )
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count a request as in progress, so draining waits for it."""
+        self.requests_in_progress += 1
+        try:
+            yield
+        finally:
+            self.requests_in_progress -= 1
+
+
+def _render_and_tokenize(engine: Engine, call: GenerateCall) -> list[int]:
+    if call.prompt_token_ids is not None:
+        return call.prompt_token_ids
+    if call.messages is not None:
+        try:
+            prompt = engine.render_chat(call.messages)
+        except Exception as exc:  # a template rejecting the conversation is the client's doing
+            raise InvalidRequest(f"The messages cannot be rendered: {exc}", field="messages") from None
+    else:
+        prompt = call.prompt or ""
+    return engine.tokenize(prompt)
+
+
+async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[int], SamplingParams]:
+    """Return the prompt's token ids and the params with max_tokens fitted to the context."""
+    loop = asyncio.get_running_loop()
+    ids = await loop.run_in_executor(ctx.executor, _render_and_tokenize, ctx.engine, call)
+    limit = ctx.engine.info.max_model_len
+    params = call.params
+    room = limit - len(ids)
+    if room < 1 or (call.max_tokens_given and params.max_tokens > room):
+        raise PromptTooLong(len(ids), params.max_tokens, limit)
+    if params.max_tokens > room:
+        # Not asked for explicitly: the default shrinks to what fits, as vLLM does.
+        params = replace(params, max_tokens=room)
+    return ids, params
+
+
+_DONE = object()
+
+
+class Generation:
+    """`n` engine requests for one HTTP request, under the client's request id."""
+
+    def __init__(
+        self, ctx: WorkerContext, request_id: str, prompt: list[int], params: SamplingParams, n: int
+    ):
+        self.ctx = ctx
+        self.request_id = request_id
+        self.engine_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
+        self._gens = [ctx.engine.generate(GenerationRequest(eid, prompt, params)) for eid in self.engine_ids]
+        self._first: list[Delta] = []
+        self._finished: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        ctx.active[request_id] = self
+
+    async def start(self) -> None:
+        """Wait for every first delta, so admission errors become a status code, not a broken stream."""
+        try:
+            results = await asyncio.gather(*(anext(g) for g in self._gens), return_exceptions=True)
+        except BaseException:
+            await self.close()
+            raise
+        for result in results:
+            if isinstance(result, BaseException):
+                await self.close()
+                if isinstance(result, StopAsyncIteration):
+                    raise RuntimeError("The engine ended a generation without a final delta.")
+                raise result
+        self._first = [r for r in results if isinstance(r, Delta)]
+
+    async def events(self) -> AsyncIterator[tuple[int, Delta | Exception]]:
+        """Yield (choice index, delta or engine error) as the engine produces them."""
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._tasks = [
+            asyncio.ensure_future(self._pump(i, gen, self._first[i], queue))
+            for i, gen in enumerate(self._gens)
+        ]
+        remaining = len(self._gens)
+        while remaining:
+            index, item = await queue.get()
+            if item is _DONE:
+                remaining -= 1
+                continue
+            if isinstance(item, Delta) and item.finish_reason is not None:
+                self._finished.add(index)
+            yield index, item
+
+    async def _pump(self, index: int, gen: AsyncIterator[Delta], first: Delta, queue: asyncio.Queue) -> None:
+        try:
+            await queue.put((index, first))
+            if first.finish_reason is None:
+                async for delta in gen:
+                    await queue.put((index, delta))
+                    if delta.finish_reason is not None:
+                        break
+        except Exception as exc:
+            logger.exception("Generation %s failed", self.request_id)
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, _DONE))
+
+    async def abort(self) -> None:
+        for index, eid in enumerate(self.engine_ids):
+            if index not in self._finished:
+                await self.ctx.engine.abort(eid)
+
+    async def close(self) -> None:
+        """Abort what is unfinished and release the engine's generators; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.ctx.active.pop(self.request_id, None)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.abort()
+        for gen in self._gens:
+            with contextlib.suppress(Exception):
+                await gen.aclose()  # type: ignore[attr-defined]
+
+
+def add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:
+    """Sum completions over choices; the prompt is counted once, as OpenAI does."""
+    if usage is None:
+        return total
+    if total is None:
+        return usage
+    return Usage(total.prompt_tokens, total.completion_tokens + usage.completion_tokens)
+
+
+def engine_failure(exc: Exception) -> EngineError:
+    if isinstance(exc, EngineError):
+        return exc
+    return EngineError(f"The engine failed: {exc}")

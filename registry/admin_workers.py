@@ -1,0 +1,85 @@
+"""Admin for workers and served models: what runs where, and how busy it is.
+
+Figures (status, heartbeat, load) are written by the workers themselves, so
+they are read-only here; an operator edits names, policies and remote endpoints.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from registry.models import ModelAlias, ServedModel, Worker
+
+LIVE_FIGURES = (
+    "status",
+    "in_flight",
+    "queued",
+    "tokens_per_second",
+    "speed",
+    "pid",
+    "hostname",
+    "registered_at",
+    "last_heartbeat",
+    "expires_at",
+    "last_error",
+)
+
+
+class ModelAliasInline(admin.TabularInline):
+    model = ModelAlias
+    extra = 1
+
+
+@admin.register(ServedModel)
+class ServedModelAdmin(admin.ModelAdmin):
+    list_display = ("name", "task", "dispatch_policy", "enabled", "online_workers")
+    list_filter = ("task", "dispatch_policy", "enabled")
+    search_fields = ("name", "aliases__name")
+    inlines = [ModelAliasInline]
+
+    @admin.display(description="Online workers")
+    def online_workers(self, obj: ServedModel) -> int:
+        return Worker.objects.online().filter(served_models=obj).count()
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = (
+        "identity",
+        "live_status",
+        "heartbeat_age_display",
+        "address",
+        "models",
+        "in_flight",
+        "queued",
+        "tokens_per_second_display",
+        "backend",
+        "device",
+    )
+    list_filter = ("status", "kind", "backend", "device", "served_models")
+    search_fields = ("identity", "address", "hostname", "served_models__name")
+    readonly_fields = LIVE_FIGURES
+    filter_horizontal = ("served_models",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        return super().get_queryset(request).prefetch_related("served_models")
+
+    @admin.display(description="Status")
+    def live_status(self, obj: Worker) -> str:
+        """The status readers act on: a stale heartbeat shows as offline before the sweep runs."""
+        return str(obj.effective_status)
+
+    @admin.display(description="Heartbeat age", ordering="last_heartbeat")
+    def heartbeat_age_display(self, obj: Worker) -> str:
+        age = obj.heartbeat_age
+        return "never" if age is None else f"{age.total_seconds():.1f} s"
+
+    @admin.display(description="Models")
+    def models(self, obj: Worker) -> str:
+        return ", ".join(m.name for m in obj.served_models.all())
+
+    @admin.display(description="Tokens/s", ordering="tokens_per_second")
+    def tokens_per_second_display(self, obj: Worker) -> str:
+        return f"{obj.tokens_per_second:.1f}"

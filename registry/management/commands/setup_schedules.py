@@ -1,0 +1,13 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from registry.tasks import ensure_schedules
+
+
+class Command(BaseCommand):
+    help = "Create or update the django-q2 schedules (worker expiry sweep, ...); safe to run again."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        count = ensure_schedules()
+        self.stdout.write(f"{count} schedule(s) in place.")

@@ -1,0 +1,153 @@
+"""Worker bookkeeping: registration, heartbeats, draining, going offline, expiry.
+
+The only writer of `Worker` rows for our own workers. Every function takes
+keyword arguments and is safe to call again (a retried heartbeat or a second
+registration after a restart changes nothing twice). Sync functions run in the
+worker's heartbeat thread; the `a*` twins serve async callers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from registry.models import ModelTask, ServedModel, Worker, WorkerKind, WorkerStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRegistration:
+    """What a worker says about itself when it comes online."""
+
+    identity: str
+    address: str
+    model_names: tuple[str, ...]
+    task: str = ModelTask.GENERATE
+    backend: str = ""
+    device: str = ""
+    model_path: str = ""
+    hostname: str = ""
+    pid: int | None = None
+    max_concurrency: int = 1
+    max_queue: int = 0
+    max_model_len: int | None = None
+    heartbeat_interval: float | None = None
+
+
+def _expiry(interval: float) -> timedelta:
+    return timedelta(seconds=interval * settings.HEARTBEAT_EXPIRY_INTERVALS)
+
+
+@transaction.atomic
+def register_worker(*, registration: WorkerRegistration) -> Worker:
+    """Upsert the worker's row by identity and mark it online; create missing served models.
+
+    The same identity after a restart keeps the same row (and its usage
+    history); its figures start again from zero.
+    """
+    reg = registration
+    interval = reg.heartbeat_interval or settings.HEARTBEAT_INTERVAL
+    now = timezone.now()
+    worker, _ = Worker.objects.update_or_create(
+        identity=reg.identity,
+        defaults={
+            "kind": WorkerKind.LOCAL,
+            "address": reg.address,
+            "status": WorkerStatus.ONLINE,
+            "backend": reg.backend,
+            "device": reg.device,
+            "model_path": reg.model_path,
+            "hostname": reg.hostname,
+            "pid": reg.pid,
+            "max_concurrency": reg.max_concurrency,
+            "max_queue": reg.max_queue,
+            "max_model_len": reg.max_model_len,
+            "heartbeat_interval": interval,
+            "in_flight": 0,
+            "queued": 0,
+            "tokens_per_second": 0.0,
+            "registered_at": now,
+            "last_heartbeat": now,
+            "expires_at": now + _expiry(interval),
+            "last_error": "",
+        },
+    )
+    served = []
+    for name in reg.model_names:
+        model, created = ServedModel.objects.get_or_create(name=name, defaults={"task": reg.task})
+        if not created and model.task != reg.task:
+            logger.warning(
+                "Served model %s is a %s model; worker %s says %s", name, model.task, reg.identity, reg.task
+            )
+        served.append(model)
+    worker.served_models.set(served)
+    return worker
+
+
+def record_heartbeat(
+    *, identity: str, in_flight: int, queued: int, tokens_per_second: float, interval: float | None = None
+) -> bool:
+    """Store the worker's live figures and push its expiry forward.
+
+    Returns False when there is no live row to update (it was swept offline
+    or deleted): the worker then registers again.
+    """
+    interval = interval or settings.HEARTBEAT_INTERVAL
+    now = timezone.now()
+    fields: dict[str, object] = {
+        "in_flight": in_flight,
+        "queued": queued,
+        "tokens_per_second": tokens_per_second,
+        "last_heartbeat": now,
+        "expires_at": now + _expiry(interval),
+    }
+    if tokens_per_second > 0:
+        # Lottery weight follows measured speed; an idle worker keeps its last weight.
+        fields["speed"] = tokens_per_second
+    updated = Worker.objects.filter(identity=identity).exclude(status=WorkerStatus.OFFLINE).update(**fields)
+    return updated == 1
+
+
+def mark_draining(*, identity: str) -> None:
+    """Stop dispatch to the worker (it is finishing what it has) without calling it offline."""
+    Worker.objects.filter(identity=identity).exclude(status=WorkerStatus.OFFLINE).update(
+        status=WorkerStatus.DRAINING
+    )
+
+
+def mark_offline(*, identity: str, error: str = "") -> None:
+    """Mark the worker offline: it has exited or is about to."""
+    Worker.objects.filter(identity=identity).update(
+        status=WorkerStatus.OFFLINE, in_flight=0, queued=0, last_error=error
+    )
+
+
+def expire_stale_workers() -> int:
+    """Mark offline every local worker whose heartbeat expired; return how many.
+
+    Readers already treat them as offline (`Worker.objects.online()`); this
+    makes the stored status agree, for the admin and for counting. Remote
+    endpoints are left to the probe that keeps their expiry fresh.
+    """
+    count = (
+        Worker.objects.expired()
+        .filter(kind=WorkerKind.LOCAL)
+        .update(status=WorkerStatus.OFFLINE, in_flight=0, queued=0, last_error="Heartbeat expired.")
+    )
+    if count:
+        logger.info("Marked %d stale worker(s) offline", count)
+    return count
+
+
+aregister_worker = sync_to_async(register_worker)
+arecord_heartbeat = sync_to_async(record_heartbeat)
+amark_draining = sync_to_async(mark_draining)
+amark_offline = sync_to_async(mark_offline)
+aexpire_stale_workers = sync_to_async(expire_stale_workers)

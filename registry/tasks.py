@@ -1,0 +1,33 @@
+"""django-q2 tasks of the registry and the schedules that run them.
+
+The schedule is created by `manage.py setup_schedules` (idempotent; run it
+once per deployment, e.g. in the start script after `migrate`). A data
+migration would also work, but would tie the schema history to django-q's
+tables; a command is easier to re-run and to read.
+"""
+
+from __future__ import annotations
+
+from registry.services.workers import expire_stale_workers as _expire_stale_workers
+
+# (name, dotted function, minutes between runs). Other areas append theirs.
+SCHEDULES: list[tuple[str, str, int]] = [
+    ("registry: expire stale workers", "registry.tasks.expire_stale_workers", 1),
+]
+
+
+def expire_stale_workers() -> int:
+    """Mark workers whose heartbeat expired offline (run by qcluster every minute)."""
+    return _expire_stale_workers()
+
+
+def ensure_schedules() -> int:
+    """Create or update every schedule in SCHEDULES; return how many there are."""
+    from django_q.models import Schedule
+
+    for name, func, minutes in SCHEDULES:
+        Schedule.objects.update_or_create(
+            name=name,
+            defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": minutes, "repeats": -1},
+        )
+    return len(SCHEDULES)
