@@ -1,0 +1,50 @@
+"""Create an app credential for the signed API; the secret is printed this once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from portal.signed.sm2 import InvalidKey
+from registry.models import AppCredential
+from registry.services.credentials import create_app_credential
+
+
+class Command(BaseCommand):
+    help = "Create an app id and secret for the go-infer compatible signed API."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--app-id", required=True)
+        parser.add_argument("--secret", help="Use this secret instead of generating one.")
+        parser.add_argument("--name", default="")
+        parser.add_argument("--sm2-public-key", default="", help="Uncompressed SM2 public key in hex.")
+        parser.add_argument("--allow-plain", action="store_true", help="Accept signType=plain.")
+        parser.add_argument(
+            "--pipeline", action="append", dest="pipelines", help="Allow only this pipeline (repeatable)."
+        )
+        parser.add_argument("--rpm", type=int, help="Requests per minute allowed.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        app_id = options["app_id"]
+        if AppCredential.objects.filter(app_id=app_id).exists():
+            raise CommandError(f"app id {app_id!r} already exists")
+        try:
+            credential, secret = create_app_credential(
+                app_id=app_id,
+                secret=options["secret"],
+                name=options["name"],
+                sm2_public_key=options["sm2_public_key"],
+                allow_plain=options["allow_plain"],
+                allowed_pipelines=options["pipelines"],
+                requests_per_minute=options["rpm"],
+            )
+        except (InvalidKey, ValidationError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"appId:  {credential.app_id}")
+        if options["secret"]:
+            self.stdout.write("secret: (as given; stored encrypted)")
+        else:
+            self.stdout.write(f"secret: {secret}")
+            self.stdout.write("Store the secret now: it is not shown again.")
