@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import sync_to_async
 
 from portal.signed.client import sign_body
-from registry.models import AppCredential
+from registry.models import AppCredential, UsageRecord
 from registry.services.credentials import create_app_credential, forget_cached_credential
+from registry.services.usage import flush_pending
 from tests.signed.conftest import (
     GO_INFER_APP_ID,
     GO_INFER_SECRET,
@@ -33,6 +35,13 @@ TEST_PIPELINES = [
 @pytest.fixture(autouse=True)
 def _test_pipelines(settings) -> None:
     settings.SIGNED_PIPELINES = TEST_PIPELINES
+
+
+@pytest.fixture(autouse=True)
+async def _usage_written() -> AsyncIterator[None]:
+    yield
+    # Echo writes usage in the background: finish before the database is flushed.
+    await flush_pending()
 
 
 async def test_sha256_request_is_answered_in_go_infer_envelope(app: App) -> None:
@@ -258,3 +267,13 @@ async def test_failed_inference_is_9998_and_a_crash_does_not_leak_details(app: A
     assert failed["data"]["msg"] == "the model could not answer"
     assert crashed["code"] == 9998
     assert "internal detail" not in crashed["data"]["msg"]
+
+
+async def test_echo_request_is_recorded_as_signed_usage_of_the_app(app: App) -> None:
+    reply = await post("echo", app.body({"text": "count me"}))
+    await flush_pending()
+
+    record = await UsageRecord.objects.aget(request_id=reply["data"]["requestId"])
+    assert record.source == "signed"
+    assert record.app_credential_id == app.credential_id
+    assert record.endpoint == "echo"

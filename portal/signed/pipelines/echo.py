@@ -1,10 +1,15 @@
-"""The echo pipeline: returns `data` unchanged, to check signing and the envelope end to end."""
+"""The echo pipeline: returns `data` unchanged, to check signing and the envelope end to end.
+
+No worker is involved, so no relay records its usage: the pipeline writes the
+usage record itself (off the response path), so that echo calls count too.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from portal.signed.pipelines.base import Pipeline, PipelineContext
+from registry.services.usage import UsageEntry, schedule_usage
 
 
 class EchoPipeline(Pipeline):
@@ -14,4 +19,13 @@ class EchoPipeline(Pipeline):
         return dict(data)
 
     async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
+        entry = UsageEntry(
+            request_id=context.request_id,
+            source="signed",
+            endpoint="echo",
+            model_name="echo",
+            app_credential_id=context.app_credential_id,
+            total_time_ms=0.0,
+        )
+        schedule_usage(entry=entry)
         return {"echo": params}
