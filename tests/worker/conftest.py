@@ -1,0 +1,44 @@
+"""Fixtures for the worker's HTTP app served in-process over the canned (fake) engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from inference.engines.base import EngineConfig
+from inference.engines.canned import CannedTokenEngine
+from inference.worker.app import build_app
+from inference.worker.serving import WorkerContext
+
+MakeClient = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[MakeClient]:
+    """Build an app over a CannedTokenEngine with the given config and return a client for it."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(
+        *, stream_interval: int = 1, served: tuple[str, ...] = ("canned",), **config: Any
+    ) -> httpx.AsyncClient:
+        extra = {key: config.pop(key) for key in ("token_delay", "task") if key in config}
+        engine = CannedTokenEngine(EngineConfig(model_path="canned", extra=extra, **config))
+        ctx = WorkerContext(engine=engine, served_names=list(served), stream_interval=stream_interval)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(ctx)), base_url="http://worker"
+        )
+        client.ctx = ctx  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> httpx.AsyncClient:
+    return make_client()
