@@ -24,7 +24,7 @@ async def make_client() -> AsyncIterator[MakeClient]:
     def make(
         *, stream_interval: int = 1, served: tuple[str, ...] = ("canned",), **config: Any
     ) -> httpx.AsyncClient:
-        extra = {key: config.pop(key) for key in ("token_delay", "task") if key in config}
+        extra: dict[str, Any] = {k: config.pop(k) for k in ("token_delay", "task") if k in config}
         engine = CannedTokenEngine(EngineConfig(model_path="canned", extra=extra, **config))
         ctx = WorkerContext(engine=engine, served_names=list(served), stream_interval=stream_interval)
         client = httpx.AsyncClient(
