@@ -9,6 +9,7 @@ from portal.signed.views import signed_api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/", include("portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/<str:pipeline>", signed_api, name="signed-api"),

@@ -36,6 +36,11 @@ from registry.models import UsageStatus
 DONE = b"data: [DONE]\n\n"
 
 
+def _may_carry_usage(payload: str) -> bool:
+    """A cheap test that spares parsing the JSON of every ordinary chunk."""
+    return '"usage":' in payload and '"usage": null' not in payload and '"usage":null' not in payload
+
+
 class _WorkerDied(Exception):
     """The worker's stream broke before its first event: another worker may take the request."""
 
@@ -136,7 +141,7 @@ class ChatStream:
 
     def _note(self, payload: str) -> bool:
         """Record usage and errors from a payload; False when the client must not see it."""
-        if '"usage":' in payload or '"error":' in payload:
+        if _may_carry_usage(payload) or '"error":' in payload:
             chunk = json.loads(payload)
             if chunk.get("error"):
                 self._ticket.finish(UsageStatus.ERROR, worker_failed(str(chunk["error"].get("message"))))

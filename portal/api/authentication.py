@@ -1,0 +1,41 @@
+"""API-key authentication, as a DRF-style policy class with an async `authenticate`."""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+
+from portal.api.errors import unauthorized
+from portal.gateway.upstream import spawn
+from registry.services.keys import KeyInfo, KeyRejected, aauthenticate_secret, should_touch, touch_last_used
+
+
+class ApiKeyAuthentication:
+    """`Authorization: Bearer sk-...` (or `api-key: sk-...`) → the key's KeyInfo, or a 401."""
+
+    keyword = "Bearer"
+
+    def authenticate_header(self, request: HttpRequest) -> str:
+        return f'{self.keyword} realm="api"'
+
+    async def authenticate(self, request: HttpRequest) -> KeyInfo:
+        secret = self._secret(request)
+        if not secret:
+            raise unauthorized(
+                "Missing API key: send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
+            )
+        try:
+            info = await aauthenticate_secret(secret)
+        except KeyRejected as exc:
+            raise unauthorized(str(exc), code=exc.code) from None
+        if should_touch(info.id):
+            # last_used_at is bookkeeping: written in the background, at most once a minute per key.
+            spawn(sync_to_async(touch_last_used)(key_id=info.id))
+        return info
+
+    def _secret(self, request: HttpRequest) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == self.keyword.lower():
+            return value.strip()
+        return request.headers.get("api-key", "").strip()

@@ -1,0 +1,67 @@
+"""Error responses for `/v1`: always OpenAI's shape, with honest status codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from portal.gateway.errors import GatewayError
+
+
+def error_response(error: GatewayError) -> HttpResponse:
+    """The JSON response for `error`, with Retry-After when the client should come back."""
+    response = HttpResponse(
+        json.dumps(error.to_openai()), status=error.status_code, content_type="application/json"
+    )
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    if error.status_code == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def unauthorized(message: str, code: str) -> GatewayError:
+    return GatewayError(message, status_code=401, error_type="invalid_request_error", code=code)
+
+
+def forbidden(message: str, *, param: str | None = "model") -> GatewayError:
+    return GatewayError(
+        message, status_code=403, error_type="permission_error", param=param, code="forbidden"
+    )
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        f"The request body is larger than {limit} bytes.", status_code=413, code="request_too_large"
+    )
+
+
+def rate_limited(message: str, *, retry_after: int) -> GatewayError:
+    return GatewayError(
+        message,
+        status_code=429,
+        error_type="rate_limit_error",
+        code="rate_limit_exceeded",
+        retry_after=retry_after,
+    )
+
+
+def serializer_error(errors: Any) -> GatewayError:
+    """A 400 naming the first field a serializer rejected."""
+    field, messages = next(iter(errors.items()))
+    detail = messages[0] if isinstance(messages, list) and messages else messages
+    if isinstance(detail, dict):  # a nested field: name the inner one
+        inner, inner_messages = next(iter(detail.items()))
+        field, detail = f"{field}.{inner}", inner_messages
+    if isinstance(detail, list) and detail:
+        detail = detail[0]
+    param = None if field == "non_field_errors" else str(field)
+    return GatewayError(f"'{param or 'body'}': {detail}", status_code=400, param=param)
+
+
+async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Unknown `/v1` paths answer in OpenAI's shape too, not with Django's HTML page."""
+    message = f"Unknown endpoint: {request.method} {request.path}"
+    return error_response(GatewayError(message, status_code=404, code="unknown_url"))

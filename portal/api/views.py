@@ -1,0 +1,124 @@
+"""The `/v1` endpoints: thin async views over the gateway relay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+
+from portal.api import schema as _schema  # noqa: F401 - registers the auth scheme
+from portal.api import serializers as s
+from portal.api.base import OpenAIView
+from portal.gateway import relay
+from portal.gateway.streaming import ChatStream
+from registry.services.dispatch import aresolve_model
+
+ERRORS = {
+    code: OpenApiResponse(s.ErrorSerializer, description=text)
+    for code, text in {
+        400: "Invalid request; `param` names the field.",
+        401: "Missing, invalid, revoked or expired API key.",
+        403: "This key may not use the model.",
+        404: "Unknown model.",
+        413: "Body too large.",
+        429: "Rate limit reached (Retry-After).",
+        503: "No online worker, or all queues full (Retry-After).",
+        504: "The worker timed out.",
+    }.items()
+}
+
+
+class _GenerationView(OpenAIView):
+    """A chat or text completion, streamed as server-sent events when `stream` is true."""
+
+    unary = staticmethod(relay.chat_completion)
+    streaming = staticmethod(relay.stream_chat_completion)
+
+    async def post(self, request: HttpRequest) -> HttpResponseBase:
+        body = self.read_body(request)
+        await self.check_model(body)
+        if body.get("stream"):
+            stream = self.streaming(body, caller=self.caller, request_id=self.request_id)
+            await stream.open()
+            response = StreamingHttpResponse(self._events(stream), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"  # nginx must pass events through at once
+            return response
+        result = await self.unary(body, caller=self.caller, request_id=self.request_id)
+        await self.record_tokens(result.get("usage"))
+        return JsonResponse(result)
+
+    async def _events(self, stream: ChatStream) -> AsyncIterator[bytes]:
+        # A client that disconnects cancels this generator (Django under ASGI): the stream's
+        # own cleanup aborts the request on the worker.
+        async for event in stream.sse():
+            yield event
+        await self.record_tokens(stream.usage)
+
+
+class ChatCompletionsView(_GenerationView):
+    """OpenAI chat completions."""
+
+    input_serializer = s.ChatCompletionRequestSerializer
+
+    @extend_schema(
+        operation_id="create_chat_completion",
+        request=s.ChatCompletionRequestSerializer,
+        responses={200: s.CompletionResponseSerializer, **ERRORS},
+        description="OpenAI chat completions; `stream: true` answers with server-sent chunks.",
+    )
+    async def post(self, request: HttpRequest) -> HttpResponseBase:
+        return await super().post(request)
+
+
+class CompletionsView(_GenerationView):
+    """OpenAI (legacy) text completions."""
+
+    input_serializer = s.CompletionRequestSerializer
+    unary = staticmethod(relay.completion)
+    streaming = staticmethod(relay.stream_completion)
+
+    @extend_schema(
+        operation_id="create_completion",
+        request=s.CompletionRequestSerializer,
+        responses={200: s.CompletionResponseSerializer, **ERRORS},
+        description="OpenAI (legacy) text completions; `stream: true` answers with server-sent chunks.",
+    )
+    async def post(self, request: HttpRequest) -> HttpResponseBase:
+        return await super().post(request)
+
+
+class EmbeddingsView(OpenAIView):
+    """Embeddings of a string or a list of strings (OpenAI `/v1/embeddings`)."""
+
+    input_serializer = s.EmbeddingRequestSerializer
+
+    @extend_schema(
+        operation_id="create_embeddings",
+        request=s.EmbeddingRequestSerializer,
+        responses={200: s.EmbeddingResponseSerializer, **ERRORS},
+    )
+    async def post(self, request: HttpRequest) -> HttpResponseBase:
+        body = self.read_body(request)
+        await self.check_model(body)
+        result = await relay.embeddings(body, caller=self.caller, request_id=self.request_id)
+        await self.record_tokens(result.get("usage"))
+        return JsonResponse(result)
+
+
+class ModelsView(OpenAIView):
+    """Models with at least one online worker, aliases included (only those this key may use)."""
+
+    @extend_schema(operation_id="list_models", responses={200: s.ModelListSerializer, 401: ERRORS[401]})
+    async def get(self, request: HttpRequest) -> HttpResponseBase:
+        models: list[dict[str, Any]] = await relay.list_models()
+        if self.key.allowed_model_ids is not None:
+            allowed = {m["id"] for m in models if await self._allowed(m)}
+            models = [m for m in models if m["id"] in allowed]
+        return JsonResponse({"object": "list", "data": models})
+
+    async def _allowed(self, model: dict[str, Any]) -> bool:
+        resolved = await aresolve_model(name=model["id"])
+        return resolved is not None and self.key.allows(resolved.id)

@@ -1,0 +1,165 @@
+"""API keys: created with a secret shown once, stored as a sha256 hash, looked up through a short cache.
+
+A secret looks like `sk-<prefix8>-<random>`; the prefix is stored in clear so that
+an operator can tell keys apart. Revocation and expiry take effect within
+`settings.API_KEY_CACHE_SECONDS`, the lifetime of a cached lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from registry.models import ApiKey, ServedModel
+
+# How often one process may write `last_used_at` for one key: the hot path must not write each time.
+LAST_USED_INTERVAL = 60.0
+
+
+class KeyRejected(Exception):
+    """The presented secret opens nothing: missing, unknown, revoked or expired."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the gateway needs of a key; never carries the secret or its hash."""
+
+    id: int
+    prefix: str
+    name: str
+    expires_at: datetime | None
+    revoked: bool
+    allowed_model_ids: frozenset[int] | None  # None: every model
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+
+    def allows(self, served_model_id: int) -> bool:
+        return self.allowed_model_ids is None or served_model_id in self.allowed_model_ids
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_secret() -> tuple[str, str]:
+    """A new (prefix, secret) pair."""
+    prefix = secrets.token_hex(4)
+    return prefix, f"sk-{prefix}-{secrets.token_urlsafe(32)}"
+
+
+def assign_secret(*, key: ApiKey) -> str:
+    """Give an unsaved key a fresh secret; return the secret, which is not stored anywhere."""
+    key.prefix, secret = generate_secret()
+    key.hashed_secret = hash_secret(secret)
+    return secret
+
+
+@transaction.atomic
+def create_api_key(
+    *,
+    name: str,
+    model_names: Iterable[str] = (),
+    expires_in_days: float | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    owner_id: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret (shown once); unknown model names raise ValueError."""
+    names = [n for n in model_names if n]
+    models = list(ServedModel.objects.filter(name__in=names))
+    missing = sorted(set(names) - {m.name for m in models})
+    if missing:
+        raise ValueError(f"Unknown served model(s): {', '.join(missing)}")
+    key = ApiKey(
+        name=name,
+        owner_id=owner_id,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    secret = assign_secret(key=key)
+    key.save()
+    key.allowed_models.set(models)
+    return key, secret
+
+
+def get_key_info(*, hashed: str) -> KeyInfo | None:
+    """The key whose hash is `hashed`, compared in constant time; None when there is none."""
+    key = ApiKey.objects.filter(hashed_secret=hashed).prefetch_related("allowed_models").first()
+    if key is None or not hmac.compare_digest(key.hashed_secret, hashed):
+        return None
+    allowed = frozenset(m.id for m in key.allowed_models.all())
+    return KeyInfo(
+        id=key.id,
+        prefix=key.prefix,
+        name=key.name,
+        expires_at=key.expires_at,
+        revoked=key.revoked_at is not None,
+        allowed_model_ids=allowed or None,
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+    )
+
+
+_cache: dict[str, tuple[float, KeyInfo | None]] = {}
+_last_touched: dict[int, float] = {}
+
+
+async def aauthenticate_secret(secret: str) -> KeyInfo:
+    """The live key for `secret`, or KeyRejected saying why (messages never echo the secret)."""
+    if not secret.startswith("sk-"):
+        raise KeyRejected("Invalid API key.", code="invalid_api_key")
+    hashed = hash_secret(secret)
+    now = time.monotonic()
+    cached = _cache.get(hashed)
+    if cached is None or cached[0] <= now:
+        info = await sync_to_async(get_key_info)(hashed=hashed)
+        if len(_cache) > 10_000:
+            _cache.clear()  # Bounded: random keys must not grow the cache without limit.
+        cached = (now + settings.API_KEY_CACHE_SECONDS, info)
+        _cache[hashed] = cached
+    info = cached[1]
+    if info is None:
+        raise KeyRejected("Invalid API key.", code="invalid_api_key")
+    if info.revoked:
+        raise KeyRejected("This API key has been revoked.", code="revoked_api_key")
+    if info.expires_at is not None and info.expires_at <= timezone.now():
+        raise KeyRejected("This API key has expired.", code="expired_api_key")
+    return info
+
+
+def touch_last_used(*, key_id: int) -> None:
+    ApiKey.objects.filter(id=key_id).update(last_used_at=timezone.now())
+
+
+def should_touch(key_id: int) -> bool:
+    """True at most once per LAST_USED_INTERVAL per key in this process."""
+    now = time.monotonic()
+    if now - _last_touched.get(key_id, -LAST_USED_INTERVAL) < LAST_USED_INTERVAL:
+        return False
+    _last_touched[key_id] = now
+    return True
+
+
+def revoke_api_key(*, key: ApiKey) -> None:
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+
+
+def clear_cache() -> None:
+    _cache.clear()
+    _last_touched.clear()
