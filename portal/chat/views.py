@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.chat import selectors, services
@@ -36,7 +37,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     """Render the chat page, resuming a conversation when its id is in the URL."""
     owner = _owner(request)
     if owner is None:
-        return redirect_to_login(request.get_full_path())
+        return redirect_to_login(request.get_full_path(), reverse("chat:login"))
     current = None
     if conversation_id is not None:
         conversation = selectors.get_conversation(owner=owner, conversation_id=conversation_id)
@@ -53,7 +54,7 @@ def arena_page(request: HttpRequest) -> HttpResponse:
     """Render the side-by-side arena."""
     owner = _owner(request)
     if owner is None:
-        return redirect_to_login(request.get_full_path())
+        return redirect_to_login(request.get_full_path(), reverse("chat:login"))
     return render(request, "chat/arena.html", {})
 
 

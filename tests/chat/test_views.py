@@ -41,7 +41,7 @@ def conversation_of(user, title: str = "Hello") -> Conversation:
 def test_anonymous_visitor_is_sent_to_login(client):
     response = client.get("/chat/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/?next=/chat/")
+    assert response["Location"].startswith("/chat/login/?next=/chat/")
 
 
 def test_demo_mode_lets_anonymous_visitors_chat(client, settings):

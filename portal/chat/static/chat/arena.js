@@ -10,8 +10,10 @@
 
   function applyMode() {
     const named = mode() === "named";
-    $("model-a").disabled = !named;
-    $("model-b").disabled = !named;
+    ["model-a", "model-b"].forEach(function (id) {
+      $(id).disabled = !named;
+      $(id).parentElement.hidden = !named;  // anonymous battles pick both models at random
+    });
   }
 
   function reset() {
