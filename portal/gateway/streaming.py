@@ -104,6 +104,10 @@ class ChatStream:
             except httpx.TimeoutException:
                 abort_on_worker(worker, self.request_id)
                 raise worker_timeout(timeout_seconds()) from None
+            except httpx.HTTPError as exc:
+                await self._close_response()
+                counters.exclude(worker.id)
+                last_error = worker_failed(f"{worker.identity}: {type(exc).__name__}.")
         assert last_error is not None
         raise last_error
 

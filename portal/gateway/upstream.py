@@ -21,8 +21,9 @@ from registry.services.usage import UsageEntry, schedule_usage
 
 logger = logging.getLogger(__name__)
 
-# Failures that mean "this worker never took the request": safe to try another.
-REFUSED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+# Failures before an answer: the worker is gone or its connection broke (a stale keep-alive
+# socket to a killed worker reads as ReadError). Another worker may take the request.
+REFUSED = (httpx.NetworkError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
 _background: set[asyncio.Task[None]] = set()
 
 
