@@ -97,6 +97,12 @@ class WorkerProcess:
         self._reader.join(timeout=5)
         return self.proc.returncode
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the child to exit on its own; return its exit code."""
+        self.proc.wait(timeout)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -75,7 +75,13 @@ class WorkerServer:
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        self.server.run()
+        try:
+            self.server.run()
+        finally:
+            # The reactor has stopped: no event loop runs, so the sync ORM is fine here.
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+                self.heartbeat.mark(workers.mark_offline)
         if self.error:
             raise StartupError(self.error)
 
@@ -160,10 +166,7 @@ class WorkerServer:
             await asyncio.wait_for(self.ctx.engine.shutdown(), timeout=10)
         except Exception:
             logger.exception("Engine shutdown failed")
-        if self.heartbeat is not None:
-            await asyncio.to_thread(self.heartbeat.stop)
-            await asyncio.to_thread(self.heartbeat.mark, workers.mark_offline)
-        self.server.stop()
+        self.server.stop()  # `run` marks the row offline once the reactor is down
 
     async def _wait_idle(self, timeout: float) -> None:
         deadline = self.loop.time() + timeout
