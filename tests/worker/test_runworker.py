@@ -158,14 +158,14 @@ def test_abort_endpoint_ends_a_stream_with_finish_reason_abort() -> None:
     with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
         body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
         headers = {"X-Request-Id": "abort-me"}
-        with httpx.Client(timeout=30) as client:
-            with client.stream(
-                "POST", f"{worker.address}/v1/completions", json=body, headers=headers
-            ) as response:
-                lines = response.iter_lines()
-                next(lines)
-                assert client.post(f"{worker.address}/abort/abort-me").json()["aborted"] is True
-                payloads = [line[6:] for line in lines if line.startswith("data: ")]
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", f"{worker.address}/v1/completions", json=body, headers=headers) as response,
+        ):
+            lines = response.iter_lines()
+            next(lines)
+            assert client.post(f"{worker.address}/abort/abort-me").json()["aborted"] is True
+            payloads = [line[6:] for line in lines if line.startswith("data: ")]
         assert payloads[-1] == "[DONE]"
         assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "abort"
         assert status(worker.address)["in_flight"] == 0
