@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 
@@ -54,8 +55,9 @@ def private_key_from_base64(value: str) -> str:
     return f"{scalar:064x}"
 
 
+@functools.lru_cache(maxsize=64)
 def public_key_from_private(private_key_hex: str) -> str:
-    """Return the public key (128 hex digits) of a private scalar given in hex."""
+    """Return the public key (128 hex digits) of a private scalar given in hex (cached: ~6 ms)."""
     crypt = _gmssl_sm2.CryptSM2(private_key=private_key_hex, public_key="")
     return str(crypt._kg(int(private_key_hex, 16), _CURVE["g"]))
 
