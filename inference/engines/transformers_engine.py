@@ -26,6 +26,7 @@ from inference.engines.base import (
     EngineStats,
     GenerationRequest,
     ModelInfo,
+    Usage,
 )
 from inference.engines.batcher import Batcher, Sequence
 from inference.engines.logits import TokenPicker
@@ -84,6 +85,8 @@ class TransformersEngine(Engine):
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
+        self._waiting: set[str] = set()
+        self._aborted_waiting: set[str] = set()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
 
     async def start(self) -> None:
@@ -111,38 +114,56 @@ class TransformersEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.check_length(request)
-        async with self.admission.slot():
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self._waiting.add(request.request_id)
+        try:
+            async with self.admission.slot():
+                self._waiting.discard(request.request_id)
+                if request.request_id in self._aborted_waiting:
+                    self._aborted_waiting.discard(request.request_id)
+                    yield Delta("", finish_reason="abort", usage=Usage(len(request.prompt_token_ids), 0))
+                    return
+                async for delta in self._run(request):
+                    yield delta
+        finally:
+            self._waiting.discard(request.request_id)
+            self._aborted_waiting.discard(request.request_id)
 
-            def sink(item: Delta | BaseException) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+    async def _run(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Submit to the batch loop and relay its deltas; abort the row if the consumer leaves."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
 
-            params = request.params
-            self.batcher.submit(
-                Sequence(
-                    request_id=request.request_id,
-                    prompt_ids=list(request.prompt_token_ids),
-                    picker=TokenPicker(params, request.prompt_token_ids, self.vocab_size),
-                    stream=TextStream(self._decode, params.stop),
-                    sink=sink,
-                    max_new_tokens=params.max_tokens,
-                )
+        def sink(item: Delta | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        params = request.params
+        self.batcher.submit(
+            Sequence(
+                request_id=request.request_id,
+                prompt_ids=list(request.prompt_token_ids),
+                picker=TokenPicker(params, request.prompt_token_ids, self.vocab_size),
+                stream=TextStream(self._decode, params.stop),
+                sink=sink,
+                max_new_tokens=params.max_tokens,
             )
-            finished = False
-            try:
-                while not finished:
-                    item = await queue.get()
-                    if isinstance(item, BaseException):
-                        finished = True
-                        raise item
-                    finished = item.finish_reason is not None
-                    yield item
-            finally:
-                if not finished:  # the consumer went away: free the batch row
-                    self.batcher.abort(request.request_id)
+        )
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+        finally:
+            if not finished:  # the consumer went away: free the batch row
+                self.batcher.abort(request.request_id)
 
     async def abort(self, request_id: str) -> bool:
+        if request_id in self._waiting:  # still waiting for a slot: end it as soon as it gets one
+            self._aborted_waiting.add(request_id)
+            return True
         return self.batcher.abort(request_id)
 
     def stats(self) -> EngineStats:
