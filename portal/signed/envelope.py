@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from portal.signed.canonical import canonical_string
+
 
 class Code(IntEnum):
     OK = 0
@@ -57,6 +59,10 @@ class SignedRequest:
             raise SignedApiError(Code.BAD_VERSION, "unsupported version: only version 1 is known")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = fields.get(key)
     if value is None or isinstance(value, bool) or not isinstance(value, kind):
@@ -67,11 +73,15 @@ def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
 def parse_request(body: bytes) -> SignedRequest:
     """Parse and type-check the envelope; raise 9801 naming the first bad field."""
     try:
-        fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignedApiError(Code.BAD_FIELD, "the body is not a JSON object") from exc
+        # NaN and Infinity are not JSON, and could not be signed.
+        fields = json.loads(body, parse_constant=_refuse_constant)
+        if isinstance(fields, dict):
+            # What cannot be signed (too deep, lone surrogates) is refused here, not in a policy.
+            canonical_string(fields, "").encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object") from exc
     if not isinstance(fields, dict):
-        raise SignedApiError(Code.BAD_FIELD, "the body is not a JSON object")
+        raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object")
     app_id = _require(fields, "appId", str)
     sign_type = _require(fields, "signType", str)
     # A plain request has nothing to sign; go-infer clients still send the key.
