@@ -1,0 +1,150 @@
+"""The chat page in a real Chromium against a live portal (daphne) and a live SmolLM2 worker.
+
+Logs in, watches tokens arrive before the answer ends, stops a long answer, reloads and
+finds the conversation; checks that model Markdown cannot inject HTML. Screenshots go to
+test-artifacts/chat/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from portal.chat.models import AnswerStatus, Message
+from tests.portal_process import PortalProcess, start_portal
+from tests.processes import REPO_ROOT, start_worker
+
+T = TypeVar("T")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+if not CHROMIUM.exists():
+    print(f"browser tests skipped: {CHROMIUM} is not installed")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def portal() -> Iterator[PortalProcess]:
+    get_user_model().objects.create_user("ada", password="browser-pass-123")
+    with (
+        start_worker("--model-path", "smollm2-135m-instruct", "--model-names", "smollm2", timeout=240),
+        start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as process,
+    ):
+        yield process
+
+
+@pytest.fixture
+def page(portal: PortalProcess) -> Iterator[object]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield page
+        browser.close()
+        assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def outside_the_event_loop(query: Callable[[], T]) -> T:
+    """Run an ORM query in a thread: Playwright's sync API runs an event loop in this one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(query).result()
+
+
+def log_in(page, base: str) -> None:
+    page.goto(f"{base}/chat/")
+    assert "/chat/login/" in page.url
+    page.fill("#id_username", "ada")
+    page.fill("#id_password", "browser-pass-123")
+    page.click("#login")
+    page.wait_for_url(f"{base}/chat/")
+    page.wait_for_function("document.querySelector('#model').value === 'smollm2'", timeout=20_000)
+
+
+def test_chat_streams_stops_and_resumes_in_a_real_browser(page, portal):
+    log_in(page, portal.url)
+    page.screenshot(path=str(ARTIFACTS / "1-empty.png"))
+
+    page.click("#toggle-settings")
+    page.fill("#max-tokens", "32")
+    page.fill("#prompt", "Name three colours.")
+    page.press("#prompt", "Enter")
+    answer = page.locator(".msg.assistant").last
+    # Text appears while the answer is still streaming (the cursor class is still on).
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('.msg.assistant')].pop();"
+        " return m && m.classList.contains('streaming')"
+        " && m.querySelector('.bubble').textContent.length > 0; }",
+        timeout=60_000,
+    )
+    page.screenshot(path=str(ARTIFACTS / "2-streaming.png"))
+    answer.locator(".figures span").first.wait_for(timeout=60_000)
+    figures = answer.locator(".figures").inner_text()
+    assert "tokens" in figures
+    assert "TTFT" in figures
+    assert "tok/s" in figures
+    assert "smollm2" in figures
+    assert "/chat/c/" in page.url
+
+    page.fill("#max-tokens", "400")
+    page.fill("#prompt", "Write a long story about a dragon who learns to cook.")
+    page.press("#prompt", "Enter")
+    long_answer = page.locator(".msg.assistant").last
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.msg.assistant')].pop()"
+        ".querySelector('.bubble').textContent.split(' ').length > 5",
+        timeout=60_000,
+    )
+    started = time.monotonic()
+    page.click("#stop")
+    long_answer.locator(".figures .stopped").wait_for(timeout=10_000)
+    assert time.monotonic() - started < 10
+    partial = long_answer.locator(".bubble").inner_text()
+    assert partial
+    page.screenshot(path=str(ARTIFACTS / "3-stopped.png"))
+
+    stored = outside_the_event_loop(
+        lambda: list(Message.objects.filter(role="assistant").order_by("created_at", "id"))
+    )
+    assert [m.status for m in stored] == [AnswerStatus.COMPLETE, AnswerStatus.STOPPED]
+    assert 0 < (stored[1].completion_tokens or 0) < 400
+
+    page.reload()
+    page.locator(".conversations li.active").wait_for()
+    assert "Name three colours." in page.locator(".conversations li.active").inner_text()
+    assert page.locator(".msg.assistant").count() == 2
+    assert page.locator(".msg.assistant .figures .stopped").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "4-reloaded.png"))
+
+
+def test_model_markdown_cannot_inject_html(page, portal):
+    log_in(page, portal.url)
+    html = page.evaluate(
+        """() => {
+            const box = document.createElement('div');
+            box.innerHTML = SafeMarkdown.render(
+              '**bold** <script>window.pwned=1</script> <img src=x onerror="window.pwned=1">\\n' +
+              '[x](javascript:window.pwned=1)\\n```html\\n<b>code</b>\\n```');
+            document.body.appendChild(box);
+            return box.innerHTML;
+        }"""
+    )
+    assert "<strong>bold</strong>" in html
+    assert "<script" not in html
+    assert "<img" not in html
+    assert 'href="javascript' not in html
+    assert "&lt;b&gt;code&lt;/b&gt;" in html
+    assert page.evaluate("window.pwned") is None
