@@ -66,7 +66,7 @@ class WorkerAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return super().get_queryset(request).prefetch_related("served_models")
 
-    @admin.display(description="Status")
+    @admin.display(description="Status", ordering="status")
     def live_status(self, obj: Worker) -> str:
         """The status readers act on: a stale heartbeat shows as offline before the sweep runs."""
         return str(obj.effective_status)

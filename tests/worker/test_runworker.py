@@ -86,6 +86,8 @@ def test_heartbeat_reports_in_flight_and_speed() -> None:
         request.join()
         row = Worker.objects.get(identity="hb-1")
         assert row.tokens_per_second > 0
+        assert row.last_heartbeat is not None
+        assert first_beat is not None
         assert row.last_heartbeat > first_beat
         assert wait_for(lambda: Worker.objects.get(identity="hb-1").in_flight == 0, timeout=5)
 
