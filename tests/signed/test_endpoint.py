@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import sync_to_async
 
+from portal.signed.canonical import sha256_sign_data
 from portal.signed.client import sign_body
 from registry.models import AppCredential, UsageRecord
 from registry.services.credentials import create_app_credential, forget_cached_credential
@@ -281,3 +283,39 @@ async def test_echo_request_is_recorded_as_signed_usage_of_the_app(app: App) -> 
     assert record.source == "signed"
     assert record.app_credential_id == app.credential_id
     assert record.endpoint == "echo"
+
+
+def _go_infer_python_client_sign(body: dict, secret: str) -> str:
+    """go-infer's examples/test_api.py signer, restated: top-level empty strings are left out."""
+    param = dict(body)
+    param["data"] = json.dumps(param["data"], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = "&".join(f"{k}={param[k]}" for k in sorted(param) if str(param[k]) != "")
+    return sha256_sign_data(f"{text}&key={secret}")
+
+
+async def test_go_infer_python_client_body_with_empty_field_is_accepted(app: App) -> None:
+    body = {
+        "appId": app.app_id,
+        "version": "1",
+        "signType": "SHA256",
+        "encType": "",
+        "timestamp": int(time.time()),
+        "data": {"text": "a < b & 测试"},
+    }
+    body["signData"] = _go_infer_python_client_sign(body, app.secret)
+
+    reply = await post("echo", body)
+
+    assert reply["code"] == 0, reply
+    assert reply["data"]["echo"] == {"text": "a < b & 测试"}
+
+
+async def test_go_server_style_escaped_data_signature_is_accepted(app: App) -> None:
+    body = {"appId": app.app_id, "timestamp": int(time.time()), "data": {"q": "<b>"}}
+    go_string = (
+        f'appId={app.app_id}&data={{"q":"\\u003cb\\u003e"}}&signType=SHA256'
+        f"&timestamp={body['timestamp']}&key={app.secret}"
+    )
+    body |= {"signType": "SHA256", "signData": sha256_sign_data(go_string)}
+
+    assert (await post("echo", body))["code"] == 0
