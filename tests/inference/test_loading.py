@@ -100,10 +100,11 @@ def test_converted_model_answers_like_the_gguf_it_came_from(model_cache_dir):
         return_dict=True,
     )
     answers = []
-    for model in (
+    models: tuple[Any, ...] = (
         AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32),
         AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32),
-    ):
+    )
+    for model in models:
         out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
         answers.append(tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True))
     assert answers[0] == answers[1]
