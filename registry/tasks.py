@@ -13,12 +13,20 @@ from registry.services.workers import expire_stale_workers as _expire_stale_work
 # (name, dotted function, minutes between runs). Other areas append theirs.
 SCHEDULES: list[tuple[str, str, int]] = [
     ("registry: expire stale workers", "registry.tasks.expire_stale_workers", 1),
+    ("gateway: probe remote endpoints", "registry.tasks.probe_remote_endpoints", 1),
 ]
 
 
 def expire_stale_workers() -> int:
     """Mark workers whose heartbeat expired offline (run by qcluster every minute)."""
     return _expire_stale_workers()
+
+
+def probe_remote_endpoints() -> int:
+    """Probe remote OpenAI-compatible endpoints: online while they answer (run every minute)."""
+    from registry.services.remote import probe_remote_endpoints as _probe
+
+    return _probe()
 
 
 def ensure_schedules() -> int:

@@ -54,7 +54,7 @@ class CompletionRequestSerializer(SamplingSerializer):
 class EmbeddingRequestSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=200)
     input = serializers.JSONField(help_text="A string or a list of strings.")
-    encoding_format = serializers.ChoiceField(choices=["float"], required=False)
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False)
     user = serializers.CharField(required=False, allow_blank=True)
 
 

@@ -1,0 +1,160 @@
+"""Measure what the portal adds on top of a worker: streamed TTFT and throughput, portal vs direct.
+
+    python benchmarks/gateway_overhead.py [--levels 1,16,64] [--requests-per-level 64]
+                                          [--max-tokens 32] [--skip-smollm2]
+
+In one run: a scratch SQLite database, a worker, a daphne portal in front of it;
+each concurrency level streams the same chat requests to the worker directly
+and through the portal. Two engines: the canned-token engine (a named fake,
+no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU.
+Reported: added TTFT p50/p95 (portal − direct) and throughput ratio portal ÷ direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.portal_process import PortalProcess, free_port  # noqa: E402
+from tests.processes import start_worker  # noqa: E402
+
+
+@dataclass
+class Run:
+    ttft_ms: list[float]
+    tokens: int
+    seconds: float
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.ttft_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> tuple[float, int]:
+    started = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data:") and '"content"' in line:
+                tokens += 1
+                if ttft is None:
+                    ttft = (time.perf_counter() - started) * 1000
+    return ttft or 0.0, tokens
+
+
+async def measure(url: str, body: dict, headers: dict, concurrency: int, total: int) -> Run:
+    """Send `total` streaming requests, at most `concurrency` at once."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await _one(client, url, body, headers)  # warm the connection and the code paths
+        gate = asyncio.Semaphore(concurrency)
+
+        async def guarded() -> tuple[float, int]:
+            async with gate:
+                return await _one(client, url, body, headers)
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*[guarded() for _ in range(total)])
+        elapsed = time.perf_counter() - started
+    return Run([r[0] for r in results], sum(r[1] for r in results), elapsed)
+
+
+def environment(tmp: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="portal.settings",
+        SECRET_KEY=env.get("SECRET_KEY", "benchmark-secret"),
+        PORTAL_VAR_DIR=tmp,
+        DATABASE_URL=f"sqlite:///{tmp}/bench.sqlite3",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: argparse.Namespace) -> None:
+    name = worker_args[worker_args.index("--model-names") + 1]
+    with start_worker(*worker_args, env=env, timeout=300) as worker:
+        portal = PortalProcess(free_port(), env)
+        portal.wait_ready(60)
+        try:
+            secret = manage(env, "createapikey", "--name", f"bench-{label}")
+            body = {
+                "model": name,
+                "messages": [{"role": "user", "content": "Tell me a story."}],
+                "max_tokens": args.max_tokens,
+                "ignore_eos": True,
+                "stream": True,
+            }
+            auth = {"Authorization": f"Bearer {secret}"}
+            print(f"\n== {label}: {args.max_tokens} tokens per request")
+            header = ("c", "direct p50", "portal p50", "added p50", "added p95", "ratio")
+            print("{:>3} {:>11} {:>11} {:>10} {:>10} {:>6}".format(*header))
+            for level in args.levels:
+                total = max(level, args.requests_per_level)
+                direct = asyncio.run(measure(f"{worker.address}/v1/chat/completions", body, {}, level, total))
+                relayed = asyncio.run(measure(f"{portal.url}/v1/chat/completions", body, auth, level, total))
+                added50 = relayed.pct(0.5) - direct.pct(0.5)
+                added95 = relayed.pct(0.95) - direct.pct(0.95)
+                ratio = relayed.throughput / direct.throughput
+                print(
+                    f"{level:>3} {direct.pct(0.5):>9.1f}ms {relayed.pct(0.5):>9.1f}ms "
+                    f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f}"
+                )
+        finally:
+            portal.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--levels", default="1,16,64", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--requests-per-level", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--canned-token-delay", type=float, default=0.01)
+    parser.add_argument("--skip-smollm2", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        env = environment(tmp)
+        manage(env, "migrate", "--noinput")
+        canned = ["--model-path", "canned", "--backend", "canned", "--model-names", "canned-bench",
+                  "--max-concurrency", "64", "--max-queue", "256",
+                  "--canned-token-delay", str(args.canned_token_delay)]  # fmt: skip
+        bench_engine("canned engine (fake, no model)", canned, env, args)
+        if not args.skip_smollm2:
+            smol = ["--model-path", "smollm2-135m-instruct", "--model-names", "smollm2-bench",
+                    "--max-concurrency", "16", "--max-queue", "256"]  # fmt: skip
+            bench_engine("SmolLM2-135M-Instruct (transformers, CPU)", smol, env, args)
+
+
+if __name__ == "__main__":
+    main()
