@@ -166,6 +166,7 @@ class WorkerServer:
             await asyncio.wait_for(self.ctx.engine.shutdown(), timeout=10)
         except Exception:
             logger.exception("Engine shutdown failed")
+        logger.info("Drained; stopping")
         self.server.stop()  # `run` marks the row offline once the reactor is down
 
     async def _wait_idle(self, timeout: float) -> None:
