@@ -5,7 +5,6 @@ Overrides Channels' `runworker` (INSTALLED_APPS lists `inference` first).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from argparse import ArgumentParser
@@ -21,14 +20,8 @@ from inference.worker.serving import WorkerContext
 
 def build_engine(config: EngineConfig, backend: str) -> Engine:
     """Create the engine through `inference.engines.create_engine`; raise CommandError in one line."""
-    try:
-        from inference.engines import create_engine
-    except ImportError:  # the engine package predates create_engine: only the canned engine exists
-        if backend != "canned":
-            raise CommandError("Only --backend canned is available in this build.") from None
-        from inference.engines.canned import CannedTokenEngine
+    from inference.engines import create_engine
 
-        return CannedTokenEngine(config)
     try:
         return create_engine(config, backend=backend)
     except EngineError as exc:
@@ -48,10 +41,9 @@ def engine_config(options: dict[str, Any]) -> EngineConfig:
         "queue_timeout": options["queue_timeout"],
         "max_model_len": options["max_model_len"],
         "seed": options["seed"],
+        "cache_dir": str(settings.MODEL_CACHE_DIR),
         "extra": extra,
     }
-    if "cache_dir" in {f.name for f in dataclasses.fields(EngineConfig)}:
-        values["cache_dir"] = str(settings.MODEL_CACHE_DIR)
     return EngineConfig(**values)
 
 
