@@ -146,7 +146,9 @@ class Batcher:
             self._drop_finished()
         if newcomers:
             self._admit(newcomers)
-        elif self.batch is not None:
+            self._drop_finished()
+        # Decode after an admission too: a steady stream of arrivals must not stall the batch.
+        if self.batch is not None:
             self._decode_step()
         self._drop_finished()
 

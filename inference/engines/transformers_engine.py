@@ -10,6 +10,7 @@ blocking loop to async code. The event loop never runs the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -107,7 +108,11 @@ class TransformersEngine(Engine):
         return render_chat(self.tokenizer, messages)
 
     def _decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+        # No clean-up of spaces: it may rewrite text already streamed ("a ." -> "a.") and
+        # break the prefix property incremental detokenisation relies on.
+        return str(
+            self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
 
     def check_length(self, request: GenerationRequest) -> None:
         """Refuse a request that cannot fit the context before it takes a slot."""
@@ -139,7 +144,9 @@ class TransformersEngine(Engine):
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
 
         def sink(item: Delta | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            # The loop may be gone (process shutting down); the batch thread must carry on.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         params = request.params
         self.batcher.submit(

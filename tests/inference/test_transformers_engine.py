@@ -73,11 +73,27 @@ async def test_abort_ends_a_running_request_with_abort(chat_engine):
     async for delta in chat_engine.generate(request):
         deltas.append(delta)
         if len(deltas) == 2:
+            stats = chat_engine.stats()
+            assert (stats.in_flight, stats.queued) == (1, 0)
+            assert stats.tokens_per_second > 0
             assert await chat_engine.abort("doomed")
     assert deltas[-1].finish_reason == "abort"
     usage = deltas[-1].usage
     assert usage is not None
     assert usage.completion_tokens < 300
+    assert chat_engine.stats().in_flight == 0
+
+
+async def test_consumer_that_goes_away_frees_its_batch_row(chat_engine):
+    request = chat_request(chat_engine, "gone", "Count to one thousand.", temperature=0, max_tokens=300)
+    stream = chat_engine.generate(request)
+    await anext(stream)
+    await stream.aclose()  # what the worker does when the HTTP client disconnects
+    for _ in range(100):
+        if chat_engine.batcher.batch is None:
+            break
+        await asyncio.sleep(0.05)
+    assert chat_engine.batcher.batch is None
     assert chat_engine.stats().in_flight == 0
 
 
