@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,30 @@ def test_converted_model_answers_like_the_gguf_it_came_from(model_cache_dir):
         answers.append(tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True))
     assert answers[0] == answers[1]
     assert "Paris" in answers[1]
+
+
+def _slow_fake_convert(gguf: Path, out: Path) -> None:
+    with open(gguf.parent / "conversions.log", "a") as log:
+        log.write("converted\n")
+    time.sleep(0.5)  # long enough for the other process to arrive while this one converts
+    (out / "config.json").write_text("{}")
+
+
+def _resolve_in_child(gguf: str, cache: str) -> None:
+    loading._convert_into = _slow_fake_convert  # the child is forked: patch its own copy
+    resolve_model(gguf, cache_dir=Path(cache))
+
+
+def test_processes_converting_at_once_convert_only_once(tmp_path):
+    gguf = tmp_path / "shared.gguf"
+    gguf.write_bytes(b"GGUF")
+    cache = tmp_path / "cache"
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_resolve_in_child, args=(str(gguf), str(cache))) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=30)
+    assert [child.exitcode for child in children] == [0, 0]
+    assert (tmp_path / "conversions.log").read_text() == "converted\n"
+    assert (gguf_cache_folder(gguf, cache_dir=cache) / "config.json").exists()
