@@ -40,6 +40,16 @@ async def test_stop_string_ends_generation_and_is_not_emitted(chat_engine):
     assert deltas[-1].finish_reason == "stop"
 
 
+async def test_emoji_split_across_tokens_stream_without_replacement_chars(chat_engine):
+    question = "Reply with three emoji about the sun."
+    request = chat_request(chat_engine, "emoji", question, temperature=0, max_tokens=12)
+    text, deltas = await collect(chat_engine, request)
+    streamed_ids = [t for d in deltas for t in d.token_ids]
+    assert not any("\ufffd" in d.text for d in deltas)
+    assert text == chat_engine.tokenizer.decode(streamed_ids, skip_special_tokens=True)
+    assert len([d for d in deltas if d.text]) < len(streamed_ids)  # bytes of one emoji were held together
+
+
 async def test_max_tokens_ends_with_length(chat_engine):
     request = chat_request(chat_engine, "len", "Tell me a long story.", temperature=0, max_tokens=5)
     _, deltas = await collect(chat_engine, request)
