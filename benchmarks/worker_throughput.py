@@ -8,6 +8,12 @@ its usage chunk by the wall time. Batching works when the 16-way figure is
 several times the 1-way one.
 
     python benchmarks/worker_throughput.py [--tokens 64] [--levels 1 4 16] [--url URL]
+    python benchmarks/worker_throughput.py --in-process   # ours vs transformers' own batching
+
+`--in-process` skips HTTP and compares our engine with transformers'
+built-in continuous batching (`model.generate_batch`) on the same workload.
+We serve with ours: transformers' manager has no per-request seed,
+penalties, min_p or stop strings, and it was slower here.
 """
 
 from __future__ import annotations
@@ -114,13 +120,78 @@ def report(results: list[tuple[int, int, float]]) -> None:
         print(f"ratio {high}/{low}: {rates[high] / rates[low]:.2f}x")
 
 
+async def measure_in_process(model: str, levels: list[int], tokens: int) -> list[tuple[int, int, float]]:
+    """Same workload as `measure`, straight into our engine (no HTTP)."""
+    from inference.engines import create_engine
+    from inference.engines.base import EngineConfig, GenerationRequest
+    from inference.sampling import SamplingParams
+
+    config = EngineConfig(model, device="cpu", max_concurrency=max(levels), cache_dir=str(cache_dir()))
+    engine = create_engine(config, backend="transformers")
+    await engine.start()
+    prompt = engine.tokenize(PROMPT)
+
+    async def one(request_id: str, count: int) -> int:
+        params = SamplingParams(max_tokens=count, temperature=0, ignore_eos=True)
+        deltas = [d async for d in engine.generate(GenerationRequest(request_id, prompt, params))]
+        return deltas[-1].usage.completion_tokens if deltas[-1].usage else 0
+
+    await one("warm-up", 8)
+    results = []
+    for level in levels:
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(f"{level}-{i}", tokens) for i in range(level)))
+        results.append((level, sum(counts), time.perf_counter() - started))
+    await engine.shutdown()
+    return results
+
+
+def measure_transformers_batching(model: str, levels: list[int], tokens: int) -> list[tuple[int, int, float]]:
+    """The same workload through transformers' own continuous batching (`generate_batch`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from inference.loading import resolve_model
+
+    folder = resolve_model(model, cache_dir=cache_dir()).path
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as our engine does
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = tokenizer.encode(PROMPT)
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    lm.generate_batch(inputs=[prompt], generation_config=config, progress_bar=False)  # warm-up
+    results = []
+    for level in levels:
+        started = time.perf_counter()
+        outputs = lm.generate_batch(inputs=[prompt] * level, generation_config=config, progress_bar=False)
+        produced = sum(len(o.generated_tokens) for o in outputs.values())
+        results.append((level, produced, time.perf_counter() - started))
+    return results
+
+
+def cache_dir() -> Path:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only")
+    from portal import env
+
+    return env.MODEL_CACHE_DIR
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--url", help="Measure a worker that is already running instead of starting one.")
+    parser.add_argument("--in-process", action="store_true", help="Compare engines without HTTP.")
     args = parser.parse_args()
+    if args.in_process:
+        sys.path.insert(0, str(ROOT))  # run as a script: make the project importable
+        print("our engine (in process)")
+        report(asyncio.run(measure_in_process(args.model, args.levels, args.tokens)))
+        print("transformers generate_batch (in process)")
+        report(measure_transformers_batching(args.model, args.levels, args.tokens))
+        return
     if args.url:
         results = asyncio.run(measure(args.url.rstrip("/"), args.model, args.levels, args.tokens))
     else:
