@@ -27,7 +27,7 @@ from inference.engines.base import (
     GenerationRequest,
     ModelInfo,
 )
-from inference.errors import InvalidRequest, ModelLoadError, PromptTooLong, WrongTask
+from inference.errors import InvalidRequest, ModelLoadError, WrongTask
 
 BATCH_SIZE = 32
 
@@ -77,8 +77,11 @@ class EmbeddingEngine(Engine):
             raise InvalidRequest("'input' must not be empty.", field="input")
         counts = [len(self.model.tokenizer.encode(text)) for text in texts]
         longest = max(counts)
-        if longest > self.info.max_model_len:
-            raise PromptTooLong(longest, 0, self.info.max_model_len)
+        if longest > self.info.max_model_len:  # refuse rather than silently embed a truncated text
+            raise InvalidRequest(
+                f"An input has {longest} tokens; this model embeds at most {self.info.max_model_len}.",
+                field="input",
+            )
         async with self.admission.slot():
             vectors = await asyncio.to_thread(self._encode, texts)
         self._recent.append((time.monotonic(), sum(counts)))

@@ -10,7 +10,7 @@ import pytest_asyncio
 
 from inference.engines import create_engine
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
-from inference.errors import WrongTask
+from inference.errors import InvalidRequest, WrongTask
 from inference.sampling import SamplingParams
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -47,6 +47,11 @@ async def test_usage_counts_the_input_tokens(embed_engine):
     two = await embed_engine.embed(["hello world", "hello world"])
     assert one.prompt_tokens > 0
     assert two.prompt_tokens == 2 * one.prompt_tokens
+
+
+async def test_input_longer_than_the_model_allows_is_refused(embed_engine):
+    with pytest.raises(InvalidRequest, match="at most"):
+        await embed_engine.embed(["word " * 2000])
 
 
 async def test_embedding_model_refuses_to_generate(embed_engine):
