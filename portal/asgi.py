@@ -9,6 +9,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # Initialise Django before importing anything that touches models.
 django_asgi_app = get_asgi_application()
+
+from portal.handlers import APIHandler, route_by_path  # noqa: E402
+
+django_asgi_app = route_by_path(("/v1/",), APIHandler(), django_asgi_app)
 if settings.SERVE_STATIC:
     # Embedded mode has no nginx in front: serve the admin's and the chat page's files.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)

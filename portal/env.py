@@ -39,6 +39,8 @@ GATEWAY_CONNECT_TIMEOUT: float = env.float("GATEWAY_CONNECT_TIMEOUT", default=3.
 GATEWAY_READ_TIMEOUT: float = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
 GATEWAY_MAX_BODY_BYTES: int = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 API_KEY_CACHE_SECONDS: float = env.float("API_KEY_CACHE_SECONDS", default=5.0)
+# Usage records are queued and written in batches this often.
+USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=0.5)
 WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 
 # Signed API (go-infer compatible)

@@ -47,6 +47,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The `/v1` API runs with this shorter list (portal/handlers.py): no sessions, CSRF or messages.
+API_MIDDLEWARE: list[str] = []
+
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
 
@@ -79,9 +82,9 @@ def _database(url: str) -> dict:
         }
         # A file, not memory, so that worker processes started by tests share it.
         config["TEST"] = {"NAME": str(env.VAR_DIR / "test-portal.sqlite3")}
-    else:
-        config.setdefault("CONN_MAX_AGE", 60)
-        config.setdefault("CONN_HEALTH_CHECKS", True)
+    # Reuse connections: opening one per request costs more than the request's own queries.
+    config.setdefault("CONN_MAX_AGE", 60)
+    config.setdefault("CONN_HEALTH_CHECKS", True)
     return config
 
 
@@ -159,6 +162,7 @@ GATEWAY_MAX_BODY_BYTES = env.GATEWAY_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.GATEWAY_MAX_BODY_BYTES
 API_KEY_CACHE_SECONDS = env.API_KEY_CACHE_SECONDS
 WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
+USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
 SIGNED_TIMESTAMP_WINDOW = env.SIGNED_TIMESTAMP_WINDOW
 SIGNED_MESSAGE_TIMEOUT = env.SIGNED_MESSAGE_TIMEOUT
 SIGNED_MAX_WORKERS = env.SIGNED_MAX_WORKERS
