@@ -10,8 +10,7 @@ path reads memory, not the database.
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, WorkerStatus
+from registry.services.cache import RefreshingCache
 
 _RNG = random.Random()
 
@@ -114,10 +114,6 @@ def choose_worker(
     return open_[_lowest(open_, lambda i: open_[i].load, rng)]
 
 
-_candidate_cache: dict[int, tuple[float, list[WorkerSnapshot]]] = {}
-_model_cache: dict[str, tuple[float, ResolvedModel | None]] = {}
-
-
 def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
     """Online, unexpired workers serving the model, as snapshots (one query)."""
     rows = Worker.objects.filter(
@@ -129,15 +125,13 @@ def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
     return [WorkerSnapshot(**row) for row in rows]
 
 
+async def _load_candidates(served_model_id: Hashable) -> list[WorkerSnapshot]:
+    return await sync_to_async(list_candidates)(served_model_id=int(served_model_id))  # type: ignore[call-overload]
+
+
 async def aget_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
-    """Candidates for the model, from a cache refreshed every WORKER_CACHE_SECONDS."""
-    now = time.monotonic()
-    cached = _candidate_cache.get(served_model_id)
-    if cached and cached[0] > now:
-        return cached[1]
-    rows = await sync_to_async(list_candidates)(served_model_id=served_model_id)
-    _candidate_cache[served_model_id] = (now + settings.WORKER_CACHE_SECONDS, rows)
-    return rows
+    """Candidates for the model, cached for WORKER_CACHE_SECONDS (refreshed in the background)."""
+    return await _candidate_cache.get(served_model_id)
 
 
 def get_model(*, name: str) -> ResolvedModel | None:
@@ -156,15 +150,30 @@ def get_model(*, name: str) -> ResolvedModel | None:
     )
 
 
+async def _load_model(name: Hashable) -> ResolvedModel | None:
+    return await sync_to_async(get_model)(name=str(name))
+
+
 async def aresolve_model(*, name: str) -> ResolvedModel | None:
     """`get_model`, cached for WORKER_CACHE_SECONDS (negative answers too)."""
-    now = time.monotonic()
-    cached = _model_cache.get(name)
-    if cached and cached[0] > now:
-        return cached[1]
-    model = await sync_to_async(get_model)(name=name)
-    _model_cache[name] = (now + settings.WORKER_CACHE_SECONDS, model)
-    return model
+    return await _model_cache.get(name)
+
+
+def _worker_ttl() -> float:
+    return float(settings.WORKER_CACHE_SECONDS)
+
+
+def _worker_max_stale() -> float:
+    # A dead worker in a stale list costs one failover; a wait on the database costs every request.
+    return 10 * float(settings.WORKER_CACHE_SECONDS)
+
+
+_candidate_cache: RefreshingCache[list[WorkerSnapshot]] = RefreshingCache(
+    _load_candidates, ttl=_worker_ttl, max_stale=_worker_max_stale
+)
+_model_cache: RefreshingCache[ResolvedModel | None] = RefreshingCache(
+    _load_model, ttl=_worker_ttl, max_stale=_worker_max_stale
+)
 
 
 def list_online_models() -> list[dict[str, Any]]:

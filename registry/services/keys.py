@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
+from registry.services.cache import RefreshingCache
 
 # How often one process may write `last_used_at` for one key: the hot path must not write each time.
 LAST_USED_INTERVAL = 60.0
@@ -115,7 +116,16 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
     )
 
 
-_cache: dict[str, tuple[float, KeyInfo | None]] = {}
+async def _load_key(hashed: Hashable) -> KeyInfo | None:
+    return await sync_to_async(get_key_info)(hashed=str(hashed))
+
+
+# Revocation reaches the hot path within API_KEY_CACHE_SECONDS (plus one request).
+_cache: RefreshingCache[KeyInfo | None] = RefreshingCache(
+    _load_key,
+    ttl=lambda: settings.API_KEY_CACHE_SECONDS,
+    max_stale=lambda: 3 * settings.API_KEY_CACHE_SECONDS,
+)
 _last_touched: dict[int, float] = {}
 
 
@@ -123,16 +133,7 @@ async def aauthenticate_secret(secret: str) -> KeyInfo:
     """The live key for `secret`, or KeyRejected saying why (messages never echo the secret)."""
     if not secret.startswith("sk-"):
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
-    hashed = hash_secret(secret)
-    now = time.monotonic()
-    cached = _cache.get(hashed)
-    if cached is None or cached[0] <= now:
-        info = await sync_to_async(get_key_info)(hashed=hashed)
-        if len(_cache) > 10_000:
-            _cache.clear()  # Bounded: random keys must not grow the cache without limit.
-        cached = (now + settings.API_KEY_CACHE_SECONDS, info)
-        _cache[hashed] = cached
-    info = cached[1]
+    info = await _cache.get(hash_secret(secret))
     if info is None:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
     if info.revoked:

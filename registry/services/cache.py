@@ -1,0 +1,87 @@
+"""A per-process read-through cache for the request path's database reads.
+
+A fresh value is served at once. An expired one is still served while one
+background task reloads it, so a wave of requests at expiry does not queue on
+Django's single sync thread; past `max_stale` the caller waits for the load.
+Concurrent misses for one key share a single load (no thundering herd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry(Generic[T]):
+    value: T
+    loaded_at: float
+
+
+class RefreshingCache(Generic[T]):
+    """Cache `load(key)` results for `ttl()` seconds, serving stale ones up to `max_stale()` while reloading.
+
+    `ttl` and `max_stale` are callables so that settings are read at call time.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[Hashable], Awaitable[T]],
+        *,
+        ttl: Callable[[], float],
+        max_stale: Callable[[], float],
+        max_entries: int = 10_000,
+    ) -> None:
+        self._load = load
+        self._ttl = ttl
+        self._max_stale = max_stale
+        self._max_entries = max_entries
+        self._entries: dict[Hashable, _Entry[T]] = {}
+        self._loading: dict[Hashable, asyncio.Future[T]] = {}
+
+    async def get(self, key: Hashable) -> T:
+        entry = self._entries.get(key)
+        if entry is not None:
+            age = time.monotonic() - entry.loaded_at
+            if age < self._ttl():
+                return entry.value
+            if age < self._max_stale():
+                self._start_load(key)  # refresh behind the caller's back
+                return entry.value
+        return await asyncio.shield(self._start_load(key))
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _start_load(self, key: Hashable) -> asyncio.Future[T]:
+        pending = self._loading.get(key)
+        loop = asyncio.get_running_loop()
+        if pending is not None and pending.get_loop() is loop:
+            return pending
+        future = loop.create_task(self._load_and_store(key))
+        future.add_done_callback(_log_failure)
+        self._loading[key] = future
+        return future
+
+    async def _load_and_store(self, key: Hashable) -> T:
+        try:
+            value = await self._load(key)
+        finally:
+            self._loading.pop(key, None)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()  # bounded: random keys must not grow it without limit
+        self._entries[key] = _Entry(value, time.monotonic())
+        return value
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    # A background refresh has no caller to raise to; the stale value stays until the next try.
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("cache reload failed: %s", task.exception())
