@@ -7,7 +7,8 @@ In one run: a scratch SQLite database, a worker, a daphne portal in front of it;
 each concurrency level streams the same chat requests to the worker directly
 and through the portal. Two engines: the canned-token engine (a named fake,
 no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU.
-Reported: added TTFT p50/p95 (portal − direct) and throughput ratio portal ÷ direct.
+Reported: added TTFT p50/p95 (portal − direct) and throughput ratio portal ÷ direct,
+for arrivals spread over time (independent users) and in synchronized waves.
 """
 
 from __future__ import annotations
@@ -60,19 +61,28 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -
     return ttft or 0.0, tokens
 
 
-async def measure(url: str, body: dict, headers: dict, concurrency: int, total: int) -> Run:
-    """Send `total` streaming requests, at most `concurrency` at once."""
+async def measure(
+    url: str, body: dict, headers: dict, concurrency: int, total: int, spread: float = 0.0
+) -> Run:
+    """Send `total` streaming requests from `concurrency` clients, each sending one after another.
+
+    With `spread` > 0 client i starts i × spread / concurrency seconds late, so arrivals are
+    spread over time as independent users' are; with 0 all start at once and, since every
+    request takes as long, they keep arriving in synchronized waves (the worst case).
+    """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         await _one(client, url, body, headers)  # warm the connection and the code paths
-        gate = asyncio.Semaphore(concurrency)
+        remaining = iter(range(total))
+        results: list[tuple[float, int]] = []
 
-        async def guarded() -> tuple[float, int]:
-            async with gate:
-                return await _one(client, url, body, headers)
+        async def user(index: int) -> None:
+            await asyncio.sleep(index * spread / concurrency)
+            for _ in remaining:
+                results.append(await _one(client, url, body, headers))
 
         started = time.perf_counter()
-        results = await asyncio.gather(*[guarded() for _ in range(total)])
+        await asyncio.gather(*[user(i) for i in range(concurrency)])
         elapsed = time.perf_counter() - started
     return Run([r[0] for r in results], sum(r[1] for r in results), elapsed)
 
@@ -115,20 +125,29 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
                 "stream": True,
             }
             auth = {"Authorization": f"Bearer {secret}"}
+            single = asyncio.run(measure(f"{worker.address}/v1/chat/completions", body, {}, 1, 4))
+            spread = single.seconds / 4  # one request's duration: arrivals spread over it
             print(f"\n== {label}: {args.max_tokens} tokens per request")
-            header = ("c", "direct p50", "portal p50", "added p50", "added p95", "ratio")
-            print("{:>3} {:>11} {:>11} {:>10} {:>10} {:>6}".format(*header))
+            header = ("arrivals", "c", "direct p50", "portal p50", "added p50", "added p95", "ratio")
+            print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6}".format(*header))
             for level in args.levels:
                 total = max(level, args.requests_per_level)
-                direct = asyncio.run(measure(f"{worker.address}/v1/chat/completions", body, {}, level, total))
-                relayed = asyncio.run(measure(f"{portal.url}/v1/chat/completions", body, auth, level, total))
-                added50 = relayed.pct(0.5) - direct.pct(0.5)
-                added95 = relayed.pct(0.95) - direct.pct(0.95)
-                ratio = relayed.throughput / direct.throughput
-                print(
-                    f"{level:>3} {direct.pct(0.5):>9.1f}ms {relayed.pct(0.5):>9.1f}ms "
-                    f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f}"
-                )
+                for arrivals, offset in (("spread", spread), ("waves", 0.0)):
+                    if level == 1 and arrivals == "waves":
+                        continue
+                    direct = asyncio.run(
+                        measure(f"{worker.address}/v1/chat/completions", body, {}, level, total, offset)
+                    )
+                    relayed = asyncio.run(
+                        measure(f"{portal.url}/v1/chat/completions", body, auth, level, total, offset)
+                    )
+                    added50 = relayed.pct(0.5) - direct.pct(0.5)
+                    added95 = relayed.pct(0.95) - direct.pct(0.95)
+                    ratio = relayed.throughput / direct.throughput
+                    print(
+                        f"{arrivals:>8} {level:>3} {direct.pct(0.5):>9.1f}ms {relayed.pct(0.5):>9.1f}ms "
+                        f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f}"
+                    )
         finally:
             portal.stop()
 
