@@ -6,11 +6,15 @@ they are read-only here; an operator edits names, policies and remote endpoints.
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from typing import Any
 
-from registry.models import ModelAlias, ServedModel, Worker
+from django import forms
+from django.contrib import admin
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
 
 LIVE_FIGURES = (
     "status",
@@ -39,13 +43,36 @@ class ServedModelAdmin(admin.ModelAdmin):
     search_fields = ("name", "aliases__name")
     inlines = [ModelAliasInline]
 
-    @admin.display(description="Online workers")
-    def online_workers(self, obj: ServedModel) -> int:
-        return Worker.objects.online().filter(served_models=obj).count()
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ServedModel]:
+        # One query for the whole list, with the same "online" rule as Worker.objects.online().
+        live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=timezone.now())
+        return super().get_queryset(request).annotate(online_count=Count("workers", filter=live))
+
+    @admin.display(description="Online workers", ordering="online_count")
+    def online_workers(self, obj: Any) -> int:
+        return int(obj.online_count)
+
+
+class WorkerForm(forms.ModelForm):
+    """The remote endpoint's key is write-only: never rendered back, kept when left blank."""
+
+    remote_api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Remote endpoints only. Leave blank to keep the stored key.",
+    )
+
+    class Meta:
+        model = Worker
+        fields = ("remote_api_key",)  # the admin adds the rest from its own field list
+
+    def clean_remote_api_key(self) -> str:
+        return self.cleaned_data["remote_api_key"] or self.instance.remote_api_key
 
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
+    form = WorkerForm
     list_display = (
         "identity",
         "live_status",

@@ -148,3 +148,28 @@ def test_admin_lists_workers_with_effective_status_and_models(django_assert_max_
         client.get(f"/admin/registry/worker/{Worker.objects.get(identity='w1').pk}/change/").status_code
         == 200
     )
+
+
+@pytest.mark.django_db
+def test_admin_never_shows_a_remote_endpoints_key_and_keeps_it_when_left_blank(admin_client):
+    worker = Worker.objects.create(
+        identity="remote-a", kind="remote", address="https://api.example.test/v1", remote_api_key="rk-secret"
+    )
+    page = admin_client.get(f"/admin/registry/worker/{worker.pk}/change/")
+    assert page.status_code == 200
+    assert b"rk-secret" not in page.content
+    form = page.context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data.update(
+        identity="remote-a",
+        kind="remote",
+        address="https://api.example.test/v1",
+        status="online",
+        role="both",
+        remote_api_key="",
+    )
+    data["served_models"] = []
+    saved = admin_client.post(f"/admin/registry/worker/{worker.pk}/change/", data)
+    assert saved.status_code == 302, saved.context["adminform"].form.errors if saved.context else saved
+    worker.refresh_from_db()
+    assert worker.remote_api_key == "rk-secret"
