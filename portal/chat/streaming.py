@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from portal.chat.answers import Answer
@@ -98,6 +99,38 @@ def _finish_figures(answer: Answer, stream: Any, *, pieces: int, first_at: float
         answer.tokens_per_second = round((tokens - 1) / (end - first_at), 2)
 
 
+@dataclass
+class _Progress:
+    pieces: int = 0
+    first_at: float | None = None
+
+
+async def _relay_chunks(
+    chunks: AsyncIterator[dict[str, Any]],
+    *,
+    answer: Answer,
+    progress: _Progress,
+    emit: Emit,
+    stop: asyncio.Event,
+) -> None:
+    """Emit each chunk's text until the stream ends, an error chunk arrives or `stop` is set."""
+    while (chunk := await _next_or_stop(chunks, stop)) is not None:
+        if "error" in chunk:
+            error = chunk["error"] or {}
+            message = str(error.get("message") or "The worker failed.")
+            _fail(answer, message=message, code=str(error.get("code") or "worker_failed"), status_code=502)
+            return
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text:
+                progress.first_at = progress.first_at or time.monotonic()
+                progress.pieces += 1
+                answer.content += text
+                await emit(text)
+    if stop.is_set():
+        answer.status = "stopped"
+
+
 async def stream_answer(
     *,
     model: str,
@@ -117,28 +150,10 @@ async def stream_answer(
         request_body(model=model, messages=messages, params=params), caller=caller
     )
     started = time.monotonic()
-    first_at: float | None = None
-    pieces = 0
+    progress = _Progress()
     try:
         await stream.open()
-        chunks = aiter(stream)
-        while (chunk := await _next_or_stop(chunks, stop)) is not None:
-            if "error" in chunk:
-                error = chunk["error"] or {}
-                message = str(error.get("message") or "The worker failed.")
-                _fail(
-                    answer, message=message, code=str(error.get("code") or "worker_failed"), status_code=502
-                )
-                break
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    first_at = first_at or time.monotonic()
-                    pieces += 1
-                    answer.content += text
-                    await emit(text)
-        if stop.is_set() and answer.status != "error":
-            answer.status = "stopped"
+        await _relay_chunks(aiter(stream), answer=answer, progress=progress, emit=emit, stop=stop)
     except relay.GatewayError as exc:
         _fail(answer, message=exc.message, code=str(exc.code or exc.error_type), status_code=exc.status_code)
     except Exception:
@@ -148,7 +163,8 @@ async def stream_answer(
     finally:
         # Closing aborts the request on the worker when it has not finished.
         await stream.aclose()
-    _finish_figures(answer, stream, pieces=pieces, first_at=first_at, end=time.monotonic())
+    first_at = progress.first_at
+    _finish_figures(answer, stream, pieces=progress.pieces, first_at=first_at, end=time.monotonic())
     if answer.time_to_first_token_ms is None and first_at is not None:
         answer.time_to_first_token_ms = round((first_at - started) * 1000, 1)
     logger.info(
