@@ -7,7 +7,9 @@ from django.http import HttpRequest
 
 from portal.api.errors import unauthorized
 from portal.gateway.upstream import spawn
-from registry.services.keys import KeyInfo, KeyRejected, aauthenticate_secret, should_touch, touch_last_used
+from registry.models import ApiKey
+from registry.services.keys import KeyInfo, KeyRejected, aauthenticate_secret, last_used
+from registry.services.last_used import touch_last_used
 
 
 class ApiKeyAuthentication:
@@ -28,9 +30,9 @@ class ApiKeyAuthentication:
             info = await aauthenticate_secret(secret)
         except KeyRejected as exc:
             raise unauthorized(str(exc), code=exc.code) from None
-        if should_touch(info.id):
+        if last_used.due(info.id):
             # last_used_at is bookkeeping: written in the background, at most once a minute per key.
-            spawn(sync_to_async(touch_last_used)(key_id=info.id))
+            spawn(sync_to_async(touch_last_used)(model=ApiKey, row_id=info.id))
         return info
 
     def _secret(self, request: HttpRequest) -> str:

@@ -13,8 +13,10 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from portal.gateway.upstream import spawn
 from portal.signed.envelope import (
     Code,
     SignedApiError,
@@ -33,13 +35,18 @@ from portal.signed.pipelines.base import (
     PipelineContext,
 )
 from portal.signed.policies import POLICIES
+from registry.models import AppCredential
 from registry.services.credentials import CredentialSnapshot, aget_credential
+from registry.services.last_used import LastUsedThrottle, touch_last_used
 
 logger = logging.getLogger(__name__)
 
 _semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+
+
+_last_used = LastUsedThrottle()
 
 
 def new_request_id() -> str:
@@ -71,6 +78,9 @@ async def authenticate(request: SignedRequest) -> CredentialSnapshot:
         raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, refusal)
     if not await policy.verify(request, credential):
         raise SignedApiError(Code.BAD_SIGNATURE, "signature verification failed")
+    if _last_used.due(credential.id):
+        # Bookkeeping in the background, at most once a minute per app.
+        spawn(sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
     return credential
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,9 +21,9 @@ from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
 from registry.services.cache import RefreshingCache
+from registry.services.last_used import LastUsedThrottle
 
 # How often one process may write `last_used_at` for one key: the hot path must not write each time.
-LAST_USED_INTERVAL = 60.0
 
 
 class KeyRejected(Exception):
@@ -126,7 +125,7 @@ _cache: RefreshingCache[KeyInfo | None] = RefreshingCache(
     ttl=lambda: settings.API_KEY_CACHE_SECONDS,
     max_stale=lambda: 3 * settings.API_KEY_CACHE_SECONDS,
 )
-_last_touched: dict[int, float] = {}
+last_used = LastUsedThrottle()
 
 
 async def aauthenticate_secret(secret: str) -> KeyInfo:
@@ -143,19 +142,6 @@ async def aauthenticate_secret(secret: str) -> KeyInfo:
     return info
 
 
-def touch_last_used(*, key_id: int) -> None:
-    ApiKey.objects.filter(id=key_id).update(last_used_at=timezone.now())
-
-
-def should_touch(key_id: int) -> bool:
-    """True at most once per LAST_USED_INTERVAL per key in this process."""
-    now = time.monotonic()
-    if now - _last_touched.get(key_id, -LAST_USED_INTERVAL) < LAST_USED_INTERVAL:
-        return False
-    _last_touched[key_id] = now
-    return True
-
-
 def revoke_api_key(*, key: ApiKey) -> None:
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
@@ -163,4 +149,4 @@ def revoke_api_key(*, key: ApiKey) -> None:
 
 def clear_cache() -> None:
     _cache.clear()
-    _last_touched.clear()
+    last_used.clear()

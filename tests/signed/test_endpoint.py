@@ -60,6 +60,21 @@ async def test_sha256_request_is_answered_in_go_infer_envelope(app: App) -> None
     assert len(reply["data"]["requestId"]) == 40
 
 
+async def test_accepted_request_records_when_the_app_was_last_used(app: App) -> None:
+    reply = await post("echo", app.body({"text": "hi"}))
+    assert reply["code"] == 0
+
+    async def stamped() -> bool:
+        credential = await AppCredential.objects.aget(app_id=app.app_id)
+        return credential.last_used_at is not None
+
+    for _ in range(50):  # written in the background, off the request path
+        if await stamped():
+            break
+        await asyncio.sleep(0.05)
+    assert await stamped()
+
+
 async def test_sm2_request_with_app_key_is_accepted(app: App) -> None:
     reply = await post("echo", app.body({"text": "hi"}, sign_type="SM2"))
 
