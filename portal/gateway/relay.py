@@ -12,24 +12,17 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-import httpx
 from asgiref.sync import sync_to_async
-from django.conf import settings
 
-from portal.gateway import counters
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
-from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
+from portal.gateway.errors import GatewayError
 from portal.gateway.prepare import CHAT, COMPLETION, EMBEDDING, prepare
 from portal.gateway.streaming import ChatStream
 from portal.gateway.upstream import (
-    REFUSED,
     Ticket,
-    abort_on_worker,
     error_from_response,
-    is_retryable,
-    pick_worker,
-    timeout_seconds,
+    with_failover,
     worker_headers,
     worker_url,
 )
@@ -50,37 +43,17 @@ __all__ = [
 
 
 async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket: Ticket) -> dict[str, Any]:
-    """POST to a worker, trying others (up to GATEWAY_MAX_ATTEMPTS) while workers refuse or fail."""
-    client = get_client()
-    tried: set[int] = set()
-    last_error: GatewayError | None = None
-    for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
-        worker = await pick_worker(model, tried, last_error)
-        tried.add(worker.id)
-        ticket.assign(worker)
+    """POST to a worker, failing over to others while workers refuse or fail."""
+
+    async def attempt(worker: Any) -> dict[str, Any]:
         headers = worker_headers(worker, ticket.entry.request_id)
-        try:
-            response = await client.post(worker_url(worker, endpoint), json=out, headers=headers)
-        except REFUSED as exc:
-            counters.exclude(worker.id)
-            last_error = worker_failed(f"{worker.identity} refused the connection ({type(exc).__name__}).")
-            continue
-        except httpx.TimeoutException:
-            abort_on_worker(worker, ticket.entry.request_id)
-            raise worker_timeout(timeout_seconds()) from None
-        except httpx.HTTPError as exc:
-            raise worker_failed(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code == 200:
-            ticket.first_token()
-            return response.json()
-        error = error_from_response(response.status_code, response.content)
-        if not is_retryable(response.status_code):
-            raise error
-        if response.status_code != 503:
-            counters.exclude(worker.id)
-        last_error = error
-    assert last_error is not None
-    raise last_error
+        response = await get_client().post(worker_url(worker, endpoint), json=out, headers=headers)
+        if response.status_code != 200:
+            raise error_from_response(response.status_code, response.content)
+        ticket.first_token()
+        return response.json()
+
+    return await with_failover(model, ticket, attempt)
 
 
 async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | None) -> dict[str, Any]:

@@ -13,21 +13,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from django.conf import settings
 
-from portal.gateway import counters
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
 from portal.gateway.prepare import prepare, wants_usage
 from portal.gateway.upstream import (
-    REFUSED,
     Ticket,
-    abort_on_worker,
+    WorkerDied,
     error_from_response,
-    is_retryable,
-    pick_worker,
     timeout_seconds,
+    with_failover,
     worker_headers,
     worker_url,
 )
@@ -39,10 +35,6 @@ DONE = b"data: [DONE]\n\n"
 def _may_carry_usage(payload: str) -> bool:
     """A cheap test that spares parsing the JSON of every ordinary chunk."""
     return '"usage":' in payload and '"usage": null' not in payload and '"usage":null' not in payload
-
-
-class _WorkerDied(Exception):
-    """The worker's stream broke before its first event: another worker may take the request."""
 
 
 class ChatStream:
@@ -69,7 +61,7 @@ class ChatStream:
         try:
             model, out = await prepare(self._body, self._endpoint, stream=True)
             self._ticket.entry.served_model_id, self._ticket.entry.model_name = model.id, model.name
-            await self._open_with_failover(model, out)
+            await with_failover(model, self._ticket, lambda worker: self._attempt(worker, out))
         except GatewayError as exc:
             await self._close_response()
             self._ticket.finish(UsageStatus.ERROR, exc)
@@ -79,37 +71,13 @@ class ChatStream:
             self._ticket.finish(UsageStatus.CANCELLED)
             raise
 
-    async def _open_with_failover(self, model: Any, out: dict[str, Any]) -> None:
-        tried: set[int] = set()
-        last_error: GatewayError | None = None
-        for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
-            worker = await pick_worker(model, tried, last_error)
-            tried.add(worker.id)
-            self._ticket.assign(worker)
-            self.worker_identity = worker.identity
-            try:
-                await self._start(worker, out)
-                return
-            except (*REFUSED, _WorkerDied) as exc:
-                await self._close_response()
-                counters.exclude(worker.id)
-                reason = type(exc).__name__
-                last_error = worker_failed(f"{worker.identity} failed before answering ({reason}).")
-            except GatewayError as exc:
-                if not is_retryable(exc.status_code):
-                    raise
-                if exc.status_code != 503:
-                    counters.exclude(worker.id)
-                last_error = exc
-            except httpx.TimeoutException:
-                abort_on_worker(worker, self.request_id)
-                raise worker_timeout(timeout_seconds()) from None
-            except httpx.HTTPError as exc:
-                await self._close_response()
-                counters.exclude(worker.id)
-                last_error = worker_failed(f"{worker.identity}: {type(exc).__name__}.")
-        assert last_error is not None
-        raise last_error
+    async def _attempt(self, worker: Any, out: dict[str, Any]) -> None:
+        self.worker_identity = worker.identity
+        try:
+            await self._start(worker, out)
+        except BaseException:
+            await self._close_response()
+            raise
 
     async def _start(self, worker: Any, out: dict[str, Any]) -> None:
         """Send the request and hold its first event; raise on a refusal or an early death."""
@@ -123,14 +91,9 @@ class ChatStream:
             await self._close_response()
             raise error_from_response(response.status_code, content)
         self._lines = response.aiter_lines()
-        try:
-            first = await self._next_payload()
-        except httpx.TimeoutException:
-            raise
-        except httpx.HTTPError as exc:
-            raise _WorkerDied(str(exc)) from exc
+        first = await self._next_payload()
         if first is None:
-            raise _WorkerDied("the stream ended before its first event")
+            raise WorkerDied("the stream ended before its first event")
         self._first = first
         self._ticket.first_token()
         self.time_to_first_token_ms = self._ticket.entry.time_to_first_token_ms
@@ -172,9 +135,9 @@ class ChatStream:
                     yield payload
                 payload = await self._next_payload()
             if payload is None:
-                raise _WorkerDied("the worker closed the stream before [DONE]")
+                raise WorkerDied("the worker closed the stream before [DONE]")
             self._ticket.finish()
-        except (httpx.HTTPError, _WorkerDied) as exc:
+        except (httpx.HTTPError, WorkerDied) as exc:
             error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx.TimeoutException) else None
             error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")
             self._ticket.finish(UsageStatus.ERROR, error)

@@ -6,25 +6,30 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from django.conf import settings
 
 from portal.gateway import counters
 from portal.gateway.client import get_client
-from portal.gateway.errors import GatewayError, no_worker, worker_failed
+from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
 from registry.models import UsageStatus, WorkerKind
 from registry.services.dispatch import NoWorkerAvailable, ResolvedModel, aget_candidates, choose_worker
 from registry.services.usage import UsageEntry, schedule_usage
 
 logger = logging.getLogger(__name__)
 
-# Failures before an answer: the worker is gone or its connection broke (a stale keep-alive
-# socket to a killed worker reads as ReadError). Another worker may take the request.
-REFUSED = (httpx.NetworkError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError)
+# Timeouts before the request left this portal: the worker never saw it, another may take it.
+NEVER_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout)
 _background: set[asyncio.Task[None]] = set()
+T = TypeVar("T")
+
+
+class WorkerDied(Exception):
+    """The worker broke before its first answer: another worker may take the request."""
 
 
 def worker_url(worker: Any, endpoint: str) -> str:
@@ -95,6 +100,42 @@ async def pick_worker(model: ResolvedModel, tried: set[int], last_error: Gateway
         if not candidates:
             raise no_worker(f"No online worker serves the model '{model.name}'; retry later.") from None
         raise no_worker(str(exc)) from None
+
+
+async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `attempt(worker)` on one worker after another until one answers.
+
+    A worker that refuses, dies before answering or answers a retryable status
+    is left for the next (at most GATEWAY_MAX_ATTEMPTS tries); a broken one is
+    excluded for a while, a merely busy one (503) is not. A timeout once the
+    request was sent ends it: the worker may still be generating, so it is told
+    to abort.
+    """
+    tried: set[int] = set()
+    last_error: GatewayError | None = None
+    for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
+        worker = await pick_worker(model, tried, last_error)
+        tried.add(worker.id)
+        ticket.assign(worker)
+        try:
+            return await attempt(worker)
+        except GatewayError as exc:
+            if not is_retryable(exc.status_code):
+                raise
+            if exc.status_code != 503:
+                counters.exclude(worker.id)
+            last_error = exc
+        except (httpx.HTTPError, WorkerDied) as exc:
+            if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, NEVER_SENT):
+                # The worker may still be generating: stop it; the client gets a 504.
+                abort_on_worker(worker, ticket.entry.request_id)
+                raise worker_timeout(timeout_seconds()) from None
+            # Gone, or its connection broke (a stale keep-alive socket to a killed worker reads
+            # as ReadError): exclude it for a while and try another.
+            counters.exclude(worker.id)
+            last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
+    assert last_error is not None
+    raise last_error
 
 
 @dataclass
