@@ -1,25 +1,81 @@
-"""An ASGI handler for the API paths, without the browser's middleware.
+"""An ASGI handler for the API paths that does per request only what the API needs.
 
-Every Django middleware built on MiddlewareMixin runs its hooks through
-Django's one sync thread (a `sync_to_async` hop each way), so under load the
-API would queue behind sessions, CSRF and messages it never uses. The API
-authenticates by key and answers JSON: it runs with `API_MIDDLEWARE` only.
+Django's own handler, on every request, runs the browser's middleware (each
+MiddlewareMixin hook is a hop to a sync thread), starts a new thread for the
+request's sync calls (`ThreadSensitiveContext`, joined at the end) and sends
+`request_started`/`request_finished` through such hops for their database
+housekeeping. Under load the API would queue behind all of it.
+
+The API's views are async, answer JSON and never touch the database on the
+event loop: their reads go through the caches in `registry/services`, whose
+loaders run in `database_sync_to_async` (connection housekeeping included).
+So this handler runs `API_MIDDLEWARE` only, without the signals and the
+per-request thread; what it keeps is Django's request, URL routing, views and
+responses, and the cancellation of the view when the client disconnects.
 """
 
+from __future__ import annotations
+
+import asyncio
+import contextlib
 from typing import Any
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http.response import HttpResponseBase
 from django.test.utils import override_settings
+from django.urls import set_script_prefix
 
 
 class APIHandler(ASGIHandler):
-    """Django's ASGI handler with `settings.API_MIDDLEWARE` instead of `MIDDLEWARE`."""
+    """Django's ASGI handler with `settings.API_MIDDLEWARE`, no request signals, no thread per request."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         # BaseHandler reads settings.MIDDLEWARE while it builds the chain, once, at start.
         with override_settings(MIDDLEWARE=settings.API_MIDDLEWARE):
             super().load_middleware(is_async)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"The API serves HTTP only, not {scope['type']}.")
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            request, refusal = self.create_request(scope, body_file)
+            if refusal is not None:  # an undecodable path or a body over Django's limits
+                await self.send_response(refusal, send)
+                return
+            response = await self._respond(request, receive, send)
+            if response is not None:
+                # On the event loop: its receivers find no database connection here to tidy.
+                response.close()
+        finally:
+            body_file.close()
+
+    async def _respond(self, request: Any, receive: Any, send: Any) -> HttpResponseBase | None:
+        """Answer `request`; if the client disconnects first, cancel the view (it aborts its work)."""
+        answer = asyncio.create_task(self._answer(request, send))
+        disconnect = asyncio.create_task(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((answer, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (disconnect, answer):
+                task.cancel()
+            await asyncio.gather(disconnect, answer, return_exceptions=True)
+        return None if answer.cancelled() else answer.result()
+
+    async def _answer(self, request: Any, send: Any) -> HttpResponseBase:
+        response = await self.run_get_response(request)
+        with contextlib.suppress(asyncio.CancelledError):  # the client left while it was being sent
+            await self.send_response(response, send)
+        return response
 
 
 def route_by_path(prefixes: tuple[str, ...], api_app: Any, default_app: Any) -> Any:

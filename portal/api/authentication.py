@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import HttpRequest
 
 from portal.api.errors import unauthorized
@@ -32,7 +32,7 @@ class ApiKeyAuthentication:
             raise unauthorized(str(exc), code=exc.code) from None
         if last_used.due(info.id):
             # last_used_at is bookkeeping: written in the background, at most once a minute per key.
-            spawn(sync_to_async(touch_last_used)(model=ApiKey, row_id=info.id))
+            spawn(database_sync_to_async(touch_last_used)(model=ApiKey, row_id=info.id))
         return info
 
     def _secret(self, request: HttpRequest) -> str:

@@ -12,7 +12,7 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
@@ -107,7 +107,7 @@ def _timestamp(value: datetime) -> int:
 
 async def list_models() -> list[dict]:
     """Served models with at least one online worker, aliases included, as OpenAI model objects."""
-    rows = await sync_to_async(list_online_models)()
+    rows = await database_sync_to_async(list_online_models)()
     models: list[dict] = []
     for row in rows:
         created = _timestamp(row["created"])

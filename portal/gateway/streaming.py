@@ -106,6 +106,13 @@ class ChatStream:
                 return line[5:].strip()
         return None
 
+    async def _read_to_end(self) -> None:
+        # The response's last chunk follows [DONE]: a response read to its end returns its
+        # connection to the pool, one closed before is dropped and the next request reconnects.
+        assert self._lines is not None
+        async for _ in self._lines:
+            pass
+
     def _note(self, payload: str) -> bool:
         """Record usage and errors from a payload; False when the client must not see it."""
         if _may_carry_usage(payload) or '"error":' in payload:
@@ -137,6 +144,7 @@ class ChatStream:
             if payload is None:
                 raise WorkerDied("the worker closed the stream before [DONE]")
             self._ticket.finish()
+            await self._read_to_end()
         except (httpx.HTTPError, WorkerDied) as exc:
             error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx.TimeoutException) else None
             error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")

@@ -13,7 +13,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from portal.gateway.upstream import spawn
@@ -80,7 +80,7 @@ async def authenticate(request: SignedRequest) -> CredentialSnapshot:
         raise SignedApiError(Code.BAD_SIGNATURE, "signature verification failed")
     if _last_used.due(credential.id):
         # Bookkeeping in the background, at most once a minute per app.
-        spawn(sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
+        spawn(database_sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
     return credential
 
 

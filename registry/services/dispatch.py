@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
@@ -126,7 +126,7 @@ def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
 
 
 async def _load_candidates(served_model_id: Hashable) -> list[WorkerSnapshot]:
-    return await sync_to_async(list_candidates)(served_model_id=int(served_model_id))  # type: ignore[call-overload]
+    return await database_sync_to_async(list_candidates)(served_model_id=int(served_model_id))  # type: ignore[call-overload]
 
 
 async def aget_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
@@ -151,7 +151,7 @@ def get_model(*, name: str) -> ResolvedModel | None:
 
 
 async def _load_model(name: Hashable) -> ResolvedModel | None:
-    return await sync_to_async(get_model)(name=str(name))
+    return await database_sync_to_async(get_model)(name=str(name))
 
 
 async def aresolve_model(*, name: str) -> ResolvedModel | None:

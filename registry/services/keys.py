@@ -14,7 +14,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -116,7 +116,7 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
 
 
 async def _load_key(hashed: Hashable) -> KeyInfo | None:
-    return await sync_to_async(get_key_info)(hashed=str(hashed))
+    return await database_sync_to_async(get_key_info)(hashed=str(hashed))
 
 
 # Revocation reaches the hot path within API_KEY_CACHE_SECONDS (plus one request).

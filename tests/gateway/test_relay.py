@@ -98,6 +98,31 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     assert (record.completion_tokens, record.status) == (2, "ok")
 
 
+class _TrailingBytes(httpx.AsyncByteStream):
+    """A worker's stream whose last bytes follow [DONE], noting whether they were read."""
+
+    def __init__(self, events: bytes) -> None:
+        self.parts = [events, b": end of stream\n\n"]
+        self.read_to_end = False
+
+    async def __aiter__(self):
+        for part in self.parts:
+            yield part
+        self.read_to_end = True
+
+
+async def test_finished_stream_reads_the_worker_response_to_its_end(served_model, upstream):
+    # httpx drops (instead of pooling) a connection whose response was closed unread.
+    await sync(add_worker, served_model, "w1")
+    worker_stream = _TrailingBytes(sse(chunk("a")))
+    upstream(lambda r: httpx.Response(200, stream=worker_stream))
+    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
+    await stream.open()
+    events = [e async for e in stream.sse()]
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert worker_stream.read_to_end
+
+
 async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
     await sync(add_worker, served_model, "w1")
     upstream(lambda r: httpx.Response(200, content=sse(chunk("a"), done=False)))

@@ -1,7 +1,10 @@
 """The ASGI application: `/v1` runs without the browser middleware, the rest with it."""
 
+import threading
+
 import pytest
 from channels.testing import HttpCommunicator
+from django.core.signals import request_finished, request_started
 
 from portal.asgi import application
 
@@ -30,3 +33,26 @@ async def test_admin_keeps_the_full_middleware_stack():
     names = header_names(response)
     assert "x-frame-options" in names
     assert "set-cookie" in names  # the CSRF cookie of the login form
+
+
+async def test_api_paths_send_no_request_signals_and_start_no_thread():
+    # Their receivers are database housekeeping, hops to a sync thread the API does not need.
+    fired: list[str] = []
+
+    def note(signal_name):
+        return lambda **kwargs: fired.append(signal_name)
+
+    await get("/v1/models")  # starts the one sync thread that the key lookup's cache loader uses
+    on_start, on_finish = note("started"), note("finished")
+    request_started.connect(on_start)
+    request_finished.connect(on_finish)
+    threads = threading.active_count()
+    try:
+        assert (await get("/v1/models"))["status"] == 401
+        assert fired == []
+        assert threading.active_count() == threads
+        assert (await get("/admin/login/"))["status"] == 200
+        assert "started" in fired  # the receivers do work: Django's own handler sends them
+    finally:
+        request_started.disconnect(on_start)
+        request_finished.disconnect(on_finish)
