@@ -17,11 +17,10 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from rest_framework import serializers
 from rest_framework.views import APIView
 
 from portal.api.authentication import ApiKeyAuthentication
-from portal.api.errors import error_response, forbidden, serializer_error, too_large
+from portal.api.errors import error_response, forbidden, too_large
 from portal.api.throttling import KeyRateThrottle
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid, model_not_found
@@ -37,7 +36,6 @@ class OpenAIView(APIView):
     authentication_classes = [ApiKeyAuthentication]  # type: ignore[list-item]
     throttle_classes = [KeyRateThrottle]  # type: ignore[list-item]
     permission_classes = []
-    input_serializer: type[serializers.Serializer] | None = None
 
     key: KeyInfo
     request_id: str
@@ -72,7 +70,11 @@ class OpenAIView(APIView):
         return Caller(source="api", api_key_id=self.key.id)
 
     def read_body(self, request: HttpRequest) -> dict[str, Any]:
-        """The JSON body, validated by `input_serializer`; 413 when too large, 400 when malformed."""
+        """The JSON object of the body; 413 when too large, 400 when it is not one.
+
+        Its fields are checked once, by the relay (`portal/gateway/prepare.py`), for every
+        front door; the views' serializers document them in the schema.
+        """
         limit = settings.GATEWAY_MAX_BODY_BYTES
         try:
             length = int(request.headers.get("Content-Length") or 0)
@@ -88,15 +90,13 @@ class OpenAIView(APIView):
             raise invalid("The request body is not valid JSON.", param=None) from None
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object.", param=None)
-        if self.input_serializer is not None:
-            checked = self.input_serializer(data=body)
-            if not checked.is_valid():
-                raise serializer_error(checked.errors)
         return body
 
     async def check_model(self, body: dict[str, Any]) -> None:
         """404 for an unknown model, 403 for one this key may not use."""
-        name = body["model"]
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise invalid("'model' is required and must be a string.", param="model")
         model = await aresolve_model(name=name)
         if model is None:
             raise model_not_found(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
@@ -46,19 +45,6 @@ def rate_limited(message: str, *, retry_after: int) -> GatewayError:
         code="rate_limit_exceeded",
         retry_after=retry_after,
     )
-
-
-def serializer_error(errors: Any) -> GatewayError:
-    """A 400 naming the first field a serializer rejected."""
-    field, messages = next(iter(errors.items()))
-    detail = messages[0] if isinstance(messages, list) and messages else messages
-    if isinstance(detail, dict):  # a nested field: name the inner one
-        inner, inner_messages = next(iter(detail.items()))
-        field, detail = f"{field}.{inner}", inner_messages
-    if isinstance(detail, list) and detail:
-        detail = detail[0]
-    param = None if field == "non_field_errors" else str(field)
-    return GatewayError(f"'{param or 'body'}': {detail}", status_code=400, param=param)
 
 
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:

@@ -1,8 +1,9 @@
 """Input and output serializers of the OpenAI-compatible API.
 
-Input serializers check the request's shape (a 400 naming the field); the
-relay checks sampling values itself, since the signed API and the chat page
-call it too. Output serializers document the responses in the OpenAPI schema.
+They document the API in its OpenAPI schema. Request bodies are checked by
+the relay (`portal/gateway/prepare.py`), the one validator behind the OpenAI
+API, the signed API and the chat page; tests/api/test_validation.py holds the
+two to the same answers.
 """
 
 from __future__ import annotations

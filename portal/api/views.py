@@ -61,8 +61,6 @@ class _GenerationView(OpenAIView):
 class ChatCompletionsView(_GenerationView):
     """OpenAI chat completions."""
 
-    input_serializer = s.ChatCompletionRequestSerializer
-
     @extend_schema(
         operation_id="create_chat_completion",
         request=s.ChatCompletionRequestSerializer,
@@ -76,7 +74,6 @@ class ChatCompletionsView(_GenerationView):
 class CompletionsView(_GenerationView):
     """OpenAI (legacy) text completions."""
 
-    input_serializer = s.CompletionRequestSerializer
     unary = staticmethod(relay.completion)
     streaming = staticmethod(relay.stream_completion)
 
@@ -92,8 +89,6 @@ class CompletionsView(_GenerationView):
 
 class EmbeddingsView(OpenAIView):
     """Embeddings of a string or a list of strings (OpenAI `/v1/embeddings`)."""
-
-    input_serializer = s.EmbeddingRequestSerializer
 
     @extend_schema(
         operation_id="create_embeddings",

@@ -1,8 +1,8 @@
 """Check an OpenAI request body and turn it into what the worker receives.
 
-The relay is called by the OpenAI API, the signed API and the chat page, so it
-validates the fields it relies on itself (400 naming the field) instead of
-trusting every caller to have done so.
+The relay is called by the OpenAI API, the signed API and the chat page, so
+this is where a body is validated (a 400 naming the field), once, for all of
+them. The API's DRF serializers document the same fields in the schema.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from inference.errors import InvalidRequest
 from inference.sampling import SamplingParams
+from inference.worker.protocol import CHAT_ROLES
 from portal.gateway.errors import invalid, model_not_found
 from registry.models import ModelTask
 from registry.services.dispatch import ResolvedModel, aresolve_model
@@ -24,8 +25,11 @@ def _check_messages(body: dict[str, Any]) -> None:
     if not isinstance(messages, list) or not messages:
         raise invalid("'messages' must be a non-empty list of messages.", param="messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        if not isinstance(message, dict):
             raise invalid(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
+        if message.get("role") not in CHAT_ROLES:
+            roles = ", ".join(sorted(CHAT_ROLES))
+            raise invalid(f"'messages[{i}].role' must be one of {roles}.", param=f"messages[{i}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise invalid(f"'messages[{i}].content' must be a string or a list of parts.", param="messages")
@@ -50,9 +54,26 @@ def _check_sampling(body: dict[str, Any], defaults: dict[str, Any]) -> None:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
         raise invalid(f"'n' must be an integer between 1 and {MAX_N}.", param="n")
+    _check_flag(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise invalid("'stream_options' must be an object.", param="stream_options")
+    if options:
+        _check_flag(options, "include_usage", where="stream_options.")
+
+
+def _check_flag(body: dict[str, Any], name: str, *, where: str = "") -> None:
+    if body.get(name) is not None and not isinstance(body[name], bool):
+        raise invalid(f"'{where}{name}' must be a boolean.", param=f"{where}{name}")
+
+
+def _check_common(body: dict[str, Any], endpoint: str) -> None:
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise invalid("'user' must be a string.", param="user")
+    encoding = body.get("encoding_format")
+    if endpoint == EMBEDDING and encoding is not None and encoding not in ("float", "base64"):
+        raise invalid("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
 
 
 def _check_task(model: ResolvedModel, endpoint: str) -> None:
@@ -78,6 +99,7 @@ async def prepare(body: Any, endpoint: str, *, stream: bool) -> tuple[ResolvedMo
     if model is None:
         raise model_not_found(name)
     _check_task(model, endpoint)
+    _check_common(body, endpoint)
     if endpoint == CHAT:
         _check_messages(body)
     elif endpoint == COMPLETION:
