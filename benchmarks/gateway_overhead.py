@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,7 +47,7 @@ class Run:
         return self.tokens / self.seconds
 
 
-async def _one(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> tuple[float, int]:
+async def _one(client: httpx2.AsyncClient, url: str, body: dict, headers: dict) -> tuple[float, int]:
     started = time.perf_counter()
     ttft = None
     tokens = 0
@@ -70,8 +70,8 @@ async def measure(
     spread over time as independent users' are; with 0 all start at once and, since every
     request takes as long, they keep arriving in synchronized waves (the worst case).
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(timeout=300, limits=limits) as client:
         await _one(client, url, body, headers)  # warm the connection and the code paths
         remaining = iter(range(total))
         results: list[tuple[float, int]] = []

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Here is a long story about a lighthouse keeper and the sea:"
@@ -73,7 +73,7 @@ def worker_process(model: str, max_concurrency: int, timeout: float = 300.0) -> 
             proc.kill()
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, tokens: int) -> int:
+async def one_request(client: httpx2.AsyncClient, url: str, model: str, tokens: int) -> int:
     """Stream one completion to the end; return the completion tokens the worker reports."""
     body = {
         "model": model,
@@ -99,8 +99,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, tokens: i
 async def measure(url: str, model: str, levels: list[int], tokens: int) -> list[tuple[int, int, float]]:
     """Return (concurrency, tokens produced, seconds) for each level, after a warm-up request."""
     results = []
-    timeout = httpx.Timeout(600.0, connect=10.0)
-    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64)) as client:
+    timeout = httpx2.Timeout(600.0, connect=10.0)
+    async with httpx2.AsyncClient(timeout=timeout, limits=httpx2.Limits(max_connections=64)) as client:
         await one_request(client, url, model, 8)
         for level in levels:
             started = time.perf_counter()

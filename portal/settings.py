@@ -147,7 +147,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.LOG_LEVEL},
-    "loggers": {"httpx": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+    "loggers": {"httpx2": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
 }
 
 # Portal-specific settings, read at call time through django.conf.settings.

@@ -13,7 +13,7 @@ import tempfile
 import time
 from types import TracebackType
 
-import httpx
+import httpx2
 
 from tests.processes import REPO_ROOT, subprocess_env
 
@@ -49,9 +49,9 @@ class PortalProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the portal exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                httpx.get(f"{self.url}/v1/models", timeout=1.0)
+                httpx2.get(f"{self.url}/v1/models", timeout=1.0)
                 return
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 time.sleep(0.2)
         self.kill()
         raise RuntimeError(f"the portal did not answer within {timeout} s:\n{self.output()}")

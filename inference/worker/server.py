@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-import httpx
+import httpx2
 
 from inference.worker.app import build_app
 from inference.worker.heartbeat import Heartbeat
@@ -112,10 +112,10 @@ class WorkerServer:
         """Call ourselves at the advertised address: a wrong --worker-address fails here, not later."""
         url = f"{self.address}/health"
         try:
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+            async with httpx2.AsyncClient(timeout=5.0, trust_env=False) as client:
                 response = await client.get(url)
             nonce = response.json().get("nonce")
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        except (httpx2.HTTPError, ValueError, AttributeError) as exc:
             raise StartupError(
                 f"The worker address {self.address} does not reach this worker ({type(exc).__name__}); "
                 "fix --worker-address."

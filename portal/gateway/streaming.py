@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
@@ -51,7 +51,7 @@ class ChatStream:
         name = str(body.get("model") or "") if isinstance(body, dict) else ""
         entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
         self._ticket = Ticket(entry)
-        self._response: httpx.Response | None = None
+        self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None
         self._payloads: AsyncIterator[str] | None = None
@@ -145,8 +145,8 @@ class ChatStream:
                 raise WorkerDied("the worker closed the stream before [DONE]")
             self._ticket.finish()
             await self._read_to_end()
-        except (httpx.HTTPError, WorkerDied) as exc:
-            error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx.TimeoutException) else None
+        except (httpx2.HTTPError, WorkerDied) as exc:
+            error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx2.TimeoutException) else None
             error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")
             self._ticket.finish(UsageStatus.ERROR, error)
             yield json.dumps(error.to_openai())

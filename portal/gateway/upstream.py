@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 from django.conf import settings
 
 from portal.gateway import counters
@@ -23,7 +23,7 @@ from registry.services.usage import UsageEntry, schedule_usage
 logger = logging.getLogger(__name__)
 
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
-NEVER_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout)
+NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 _background: set[asyncio.Task[None]] = set()
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def spawn(coro: Any) -> None:
 async def _abort(address: str, request_id: str) -> None:
     try:
         await get_client().post(f"{address.rstrip('/')}/abort/{request_id}", timeout=2.0)
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         logger.info("abort of request %s on %s failed: %s", request_id, address, exc)
 
 
@@ -125,8 +125,8 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             if exc.status_code != 503:
                 counters.exclude(worker.id)
             last_error = exc
-        except (httpx.HTTPError, WorkerDied) as exc:
-            if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, NEVER_SENT):
+        except (httpx2.HTTPError, WorkerDied) as exc:
+            if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
                 # The worker may still be generating: stop it; the client gets a 504.
                 abort_on_worker(worker, ticket.entry.request_id)
                 raise worker_timeout(timeout_seconds()) from None

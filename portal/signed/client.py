@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 
 from portal.signed import sm2
 from portal.signed.canonical import canonical_string, sha256_sign_data
@@ -79,13 +79,13 @@ class SignedClient:
 
     def call(self, pipeline: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Sign and send one request; the reply's `code` says how it went (0 is success)."""
-        response = httpx.post(self.url(pipeline), json=self.build(data, **extra), timeout=self.timeout)
+        response = httpx2.post(self.url(pipeline), json=self.build(data, **extra), timeout=self.timeout)
         response.raise_for_status()
         return dict(response.json())
 
     async def acall(self, pipeline: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """As `call`, for async code."""
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
+        async with httpx2.AsyncClient(timeout=self.timeout) as client:
             response = await client.post(self.url(pipeline), json=self.build(data, **extra))
         response.raise_for_status()
         return dict(response.json())

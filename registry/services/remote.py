@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import httpx
+import httpx2
 from django.conf import settings
 from django.utils import timezone
 
 from registry.models import Worker, WorkerKind, WorkerStatus
 
 
-def probe_remote_endpoint(*, worker: Worker, client: httpx.Client | None = None) -> bool:
+def probe_remote_endpoint(*, worker: Worker, client: httpx2.Client | None = None) -> bool:
     """Probe one remote endpoint and record the outcome on its row; return whether it answered."""
     headers = {"Authorization": f"Bearer {worker.remote_api_key}"} if worker.remote_api_key else {}
     url = worker.address.rstrip("/") + "/models"
-    http = client or httpx.Client(timeout=settings.GATEWAY_CONNECT_TIMEOUT, trust_env=False)
+    http = client or httpx2.Client(timeout=settings.GATEWAY_CONNECT_TIMEOUT, trust_env=False)
     try:
         response = http.get(url, headers=headers)
         error = "" if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:300]}"
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         if client is None:
@@ -44,7 +44,7 @@ def probe_remote_endpoint(*, worker: Worker, client: httpx.Client | None = None)
 
 def probe_remote_endpoints() -> int:
     """Probe every remote endpoint; return how many answered."""
-    with httpx.Client(timeout=settings.GATEWAY_CONNECT_TIMEOUT, trust_env=False) as client:
+    with httpx2.Client(timeout=settings.GATEWAY_CONNECT_TIMEOUT, trust_env=False) as client:
         return sum(
             probe_remote_endpoint(worker=w, client=client)
             for w in Worker.objects.filter(kind=WorkerKind.REMOTE)

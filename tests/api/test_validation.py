@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -73,7 +73,7 @@ async def test_strict_types_where_the_serializer_would_coerce(served_model):
 
 async def test_a_full_valid_body_passes_both(served_model, upstream):
     await sync_to_async(add_worker)(served_model, "w1")
-    upstream(lambda r: httpx.Response(200, json=chat_result()))
+    upstream(lambda r: httpx2.Response(200, json=chat_result()))
     body = {
         **CHAT,
         "messages": [

@@ -10,7 +10,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
@@ -107,7 +107,7 @@ async def test_no_worker_is_503_with_retry_after(served_model):
 
 async def test_requests_per_minute_limit_is_429(served_model, upstream):
     await sync_to_async(add_worker)(served_model, "w1")
-    upstream(lambda r: httpx.Response(200, json=chat_result()))
+    upstream(lambda r: httpx2.Response(200, json=chat_result()))
     secret = await make_key(requests_per_minute=2)
     codes = [(await post("/v1/chat/completions", CHAT, secret)).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -116,7 +116,7 @@ async def test_requests_per_minute_limit_is_429(served_model, upstream):
 async def test_stream_is_server_sent_events_ending_with_done(served_model, upstream):
     await sync_to_async(add_worker)(served_model, "w1")
     body = sse(chunk("a"), chunk(None, {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
-    upstream(lambda r: httpx.Response(200, content=body))
+    upstream(lambda r: httpx2.Response(200, content=body))
     secret = await make_key()
     response = await post("/v1/chat/completions", {**CHAT, "stream": True}, secret)
     assert response["Content-Type"] == "text/event-stream"

@@ -11,7 +11,7 @@ import asyncio
 import signal
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 
 from portal.chat.models import AnswerStatus, ArenaBattle, Message
@@ -33,7 +33,7 @@ def worker(transactional_db: None) -> Iterator[WorkerProcess]:
 
 
 async def worker_in_flight(worker: WorkerProcess) -> int:
-    async with httpx.AsyncClient() as client:
+    async with httpx2.AsyncClient() as client:
         status = (await client.get(f"{worker.address}/status", timeout=5)).json()
     return int(status["in_flight"])
 

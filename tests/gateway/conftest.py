@@ -1,4 +1,4 @@
-"""Fixtures for relay tests: registry rows and a fake upstream behind httpx's MockTransport.
+"""Fixtures for relay tests: registry rows and a fake upstream behind httpx2's MockTransport.
 
 The fake upstream stands in for workers only to test gateway logic (dispatch,
 failover, error mapping, usage); end-to-end tests use real worker processes.
@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
-import httpx
+import httpx2
 import pytest
 from django.utils import timezone
 
@@ -20,7 +20,7 @@ from portal.gateway import counters
 from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
 from registry.services.dispatch import clear_caches
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
 @pytest.fixture(autouse=True)
@@ -75,18 +75,18 @@ def chunk(text: str | None = None, usage: dict | None = None) -> dict:
 
 
 @pytest.fixture
-def upstream() -> Iterator[Callable[[Handler], list[httpx.Request]]]:
+def upstream() -> Iterator[Callable[[Handler], list[httpx2.Request]]]:
     """Install `handler` as every worker; return the list of requests it received."""
 
-    def install(handler: Handler) -> list[httpx.Request]:
-        seen: list[httpx.Request] = []
+    def install(handler: Handler) -> list[httpx2.Request]:
+        seen: list[httpx2.Request] = []
 
-        def record(request: httpx.Request) -> httpx.Response:
+        def record(request: httpx2.Request) -> httpx2.Response:
             seen.append(request)
             return handler(request)
 
         loop = asyncio.get_running_loop()
-        gateway_client._clients[loop] = httpx.AsyncClient(transport=httpx.MockTransport(record))
+        gateway_client._clients[loop] = httpx2.AsyncClient(transport=httpx2.MockTransport(record))
         return seen
 
     yield install

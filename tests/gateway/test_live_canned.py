@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -71,7 +71,7 @@ def test_each_client_error_has_its_status_and_openai_body(portal):
         client(portal, limited).chat.completions.create(model="canned", **chat)
         with pytest.raises(openai.RateLimitError):
             client(portal, limited).chat.completions.create(model="canned", **chat)
-        huge = httpx.post(
+        huge = httpx2.post(
             f"{portal.url}/v1/chat/completions",
             headers={"Authorization": f"Bearer {secret}"},
             content=b'{"model": "canned", "x": "' + b"a" * (5 * 1024 * 1024) + b'"}',
@@ -129,14 +129,14 @@ def test_client_disconnect_mid_stream_aborts_on_the_worker(portal):
             "stream": True,
         }
         headers = {"Authorization": f"Bearer {secret}"}
-        with httpx.stream(
+        with httpx2.stream(
             "POST", f"{portal.url}/v1/chat/completions", json=body, headers=headers, timeout=10
         ) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))
-            busy = httpx.get(f"{worker.address}/status", timeout=5).json()
+            busy = httpx2.get(f"{worker.address}/status", timeout=5).json()
             assert busy["in_flight"] == 1
         # The connection is closed: the portal must abort the generation on the worker.
-        assert wait_for(lambda: httpx.get(f"{worker.address}/status", timeout=5).json()["in_flight"] == 0, 5)
+        assert wait_for(lambda: httpx2.get(f"{worker.address}/status", timeout=5).json()["in_flight"] == 0, 5)
         assert wait_for(lambda: UsageRecord.objects.filter(status="cancelled").exists(), timeout=5)

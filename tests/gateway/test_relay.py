@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import httpx2
 import pytest
 
 from portal.gateway import counters, relay
@@ -19,7 +19,7 @@ BODY = {"model": "tiny-alias", "messages": [{"role": "user", "content": "hello"}
 
 async def test_chat_completion_resolves_alias_and_fills_model_defaults(served_model, upstream):
     await sync(add_worker, served_model, "w1")
-    seen = upstream(lambda r: httpx.Response(200, json=chat_result()))
+    seen = upstream(lambda r: httpx2.Response(200, json=chat_result()))
     result = await relay.chat_completion(dict(BODY), caller=CALLER, request_id="r1")
     assert result["choices"][0]["message"]["content"] == "hi"
     sent = json.loads(seen[0].content)
@@ -57,10 +57,10 @@ async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served
     await sync(add_worker, served_model, "dead")
     await sync(add_worker, served_model, "alive")
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.host == "dead":
-            raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(200, json=chat_result())
+            raise httpx2.ConnectError("refused", request=request)
+        return httpx2.Response(200, json=chat_result())
 
     upstream(handler)
     for _ in range(6):
@@ -75,7 +75,7 @@ async def test_worker_400_is_passed_through_without_failover(served_model, upstr
     error = {
         "error": {"message": "too long", "type": "invalid_request_error", "param": "messages", "code": None}
     }
-    seen = upstream(lambda r: httpx.Response(400, json=error))
+    seen = upstream(lambda r: httpx2.Response(400, json=error))
     with pytest.raises(relay.GatewayError) as info:
         await relay.chat_completion(dict(BODY), caller=CALLER)
     assert (info.value.status_code, info.value.param, len(seen)) == (400, "messages", 1)
@@ -84,7 +84,7 @@ async def test_worker_400_is_passed_through_without_failover(served_model, upstr
 async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, upstream):
     await sync(add_worker, served_model, "w1")
     body = sse(chunk("a"), chunk("b"), chunk(None, {"prompt_tokens": 3, "completion_tokens": 2}))
-    seen = upstream(lambda r: httpx.Response(200, content=body))
+    seen = upstream(lambda r: httpx2.Response(200, content=body))
     stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
     await stream.open()
     chunks = [c async for c in stream]
@@ -98,7 +98,7 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     assert (record.completion_tokens, record.status) == (2, "ok")
 
 
-class _TrailingBytes(httpx.AsyncByteStream):
+class _TrailingBytes(httpx2.AsyncByteStream):
     """A worker's stream whose last bytes follow [DONE], noting whether they were read."""
 
     def __init__(self, events: bytes) -> None:
@@ -112,10 +112,10 @@ class _TrailingBytes(httpx.AsyncByteStream):
 
 
 async def test_finished_stream_reads_the_worker_response_to_its_end(served_model, upstream):
-    # httpx drops (instead of pooling) a connection whose response was closed unread.
+    # httpx2 drops (instead of pooling) a connection whose response was closed unread.
     await sync(add_worker, served_model, "w1")
     worker_stream = _TrailingBytes(sse(chunk("a")))
-    upstream(lambda r: httpx.Response(200, stream=worker_stream))
+    upstream(lambda r: httpx2.Response(200, stream=worker_stream))
     stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
     await stream.open()
     events = [e async for e in stream.sse()]
@@ -125,7 +125,7 @@ async def test_finished_stream_reads_the_worker_response_to_its_end(served_model
 
 async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
     await sync(add_worker, served_model, "w1")
-    upstream(lambda r: httpx.Response(200, content=sse(chunk("a"), done=False)))
+    upstream(lambda r: httpx2.Response(200, content=sse(chunk("a"), done=False)))
     stream = relay.stream_chat_completion({**BODY, "stream_options": {"include_usage": True}}, caller=CALLER)
     await stream.open()
     events = [e async for e in stream.sse()]
@@ -138,9 +138,9 @@ async def test_stream_closed_early_records_cancelled_and_aborts(served_model, up
     worker = await sync(add_worker, served_model, "w1")
     seen = upstream(
         lambda r: (
-            httpx.Response(200, content=sse(chunk("a"), chunk("b")))
+            httpx2.Response(200, content=sse(chunk("a"), chunk("b")))
             if r.url.path.endswith("completions")
-            else httpx.Response(200, json={"aborted": True})
+            else httpx2.Response(200, json={"aborted": True})
         )
     )
     stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")

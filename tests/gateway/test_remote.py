@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import httpx2
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -26,18 +26,18 @@ def remote(model: ServedModel) -> Worker:
 
 def test_probe_marks_an_answering_endpoint_online_and_a_failing_one_offline(served_model):
     worker = remote(served_model)
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def ok(request: httpx.Request) -> httpx.Response:
+    def ok(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        return httpx.Response(200, json={"data": []})
+        return httpx2.Response(200, json={"data": []})
 
-    assert probe_remote_endpoint(worker=worker, client=httpx.Client(transport=httpx.MockTransport(ok)))
+    assert probe_remote_endpoint(worker=worker, client=httpx2.Client(transport=httpx2.MockTransport(ok)))
     worker.refresh_from_db()
     assert worker.is_alive
     assert str(seen[0].url) == "http://remote.example/v1/models"
     assert seen[0].headers["Authorization"] == "Bearer rk-1"
-    failing = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(401, text="bad key")))
+    failing = httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(401, text="bad key")))
     assert not probe_remote_endpoint(worker=worker, client=failing)
     worker.refresh_from_db()
     assert worker.status == WorkerStatus.OFFLINE
@@ -46,9 +46,9 @@ def test_probe_marks_an_answering_endpoint_online_and_a_failing_one_offline(serv
 
 async def test_relay_sends_the_served_name_and_the_remote_key(served_model, upstream):
     worker = await sync_to_async(remote)(served_model)
-    ok = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"data": []})))
+    ok = httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(200, json={"data": []})))
     await sync_to_async(probe_remote_endpoint)(worker=worker, client=ok)
-    seen = upstream(lambda r: httpx.Response(200, json=chat_result()))
+    seen = upstream(lambda r: httpx2.Response(200, json=chat_result()))
     body = {"model": "tiny-alias", "messages": [{"role": "user", "content": "hi"}]}
     await relay.chat_completion(body, caller=relay.Caller())
     assert str(seen[0].url) == "http://remote.example/v1/chat/completions"

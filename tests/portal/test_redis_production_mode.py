@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import cast
 
-import httpx
+import httpx2
 import pytest
 import redis
 
@@ -53,7 +53,7 @@ def test_rate_limit_is_counted_across_portal_copies(two_portals):
     _, secret = create_api_key(name="shared", requests_per_minute=2)
     headers = {"Authorization": f"Bearer {secret}"}
     statuses = [
-        httpx.get(f"{portal.url}/v1/models", headers=headers, timeout=10).status_code
+        httpx2.get(f"{portal.url}/v1/models", headers=headers, timeout=10).status_code
         for portal in (first, second, first)
     ]
     assert statuses == [200, 200, 429]
@@ -65,7 +65,7 @@ def test_a_signed_request_accepted_by_one_portal_is_a_replay_at_another(two_port
     fields = {"appId": "shared-app", "version": "1", "timestamp": int(time.time()), "data": {"text": "hi"}}
     body = sign_body(fields, secret=secret)
     replies = [
-        httpx.post(f"{portal.url}/api/echo", content=json.dumps(body), timeout=10).json()
+        httpx2.post(f"{portal.url}/api/echo", content=json.dumps(body), timeout=10).json()
         for portal in (first, second)
     ]
     assert replies[0]["code"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import pytest
 
 from portal.signed import sm2
@@ -76,6 +76,6 @@ def test_embedding_returns_one_unit_vector_per_text_and_refuses_replay(
             assert reply["data"]["dimensions"] == len(vectors[0]) == 384
             assert math.isclose(math.fsum(x * x for x in vectors[0]), 1.0, rel_tol=1e-3)
         body = clients["SM2"].build({"text": "once", "model": "all-minilm-l6-v2"})
-        first = httpx.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
-        replay = httpx.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
+        first = httpx2.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
+        replay = httpx2.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
         assert (first["code"], replay["code"]) == (0, 9804)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from inference.engines.base import EngineConfig
@@ -13,22 +13,22 @@ from inference.engines.canned import CannedTokenEngine
 from inference.worker.app import build_app
 from inference.worker.serving import WorkerContext
 
-MakeClient = Callable[..., httpx.AsyncClient]
+MakeClient = Callable[..., httpx2.AsyncClient]
 
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[MakeClient]:
     """Build an app over a CannedTokenEngine with the given config and return a client for it."""
-    clients: list[httpx.AsyncClient] = []
+    clients: list[httpx2.AsyncClient] = []
 
     def make(
         *, stream_interval: int = 1, served: tuple[str, ...] = ("canned",), **config: Any
-    ) -> httpx.AsyncClient:
+    ) -> httpx2.AsyncClient:
         extra: dict[str, Any] = {k: config.pop(k) for k in ("token_delay", "task") if k in config}
         engine = CannedTokenEngine(EngineConfig(model_path="canned", extra=extra, **config))
         ctx = WorkerContext(engine=engine, served_names=list(served), stream_interval=stream_interval)
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_app(ctx)), base_url="http://worker"
+        client = httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=build_app(ctx)), base_url="http://worker"
         )
         client.ctx = ctx  # type: ignore[attr-defined]
         clients.append(client)
@@ -40,5 +40,5 @@ async def make_client() -> AsyncIterator[MakeClient]:
 
 
 @pytest.fixture
-async def client(make_client: MakeClient) -> httpx.AsyncClient:
+async def client(make_client: MakeClient) -> httpx2.AsyncClient:
     return make_client()

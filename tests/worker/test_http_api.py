@@ -8,7 +8,7 @@ import json
 import struct
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.worker.conftest import MakeClient
@@ -27,7 +27,7 @@ def sse_events(text: str) -> list[Any]:
     return events
 
 
-def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+def assert_openai_error(response: httpx2.Response, status: int, param: str | None = None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -37,7 +37,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     return error
 
 
-async def test_chat_completion_returns_text_usage_and_a_chatcmpl_id(client: httpx.AsyncClient) -> None:
+async def test_chat_completion_returns_text_usage_and_a_chatcmpl_id(client: httpx2.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200
     body = response.json()
@@ -50,7 +50,7 @@ async def test_chat_completion_returns_text_usage_and_a_chatcmpl_id(client: http
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 4
 
 
-async def test_completion_accepts_a_prompt_and_honours_stop(client: httpx.AsyncClient) -> None:
+async def test_completion_accepts_a_prompt_and_honours_stop(client: httpx2.AsyncClient) -> None:
     body = {"model": "canned", "prompt": "Once", "max_tokens": 10, "stop": ["fox"]}
     response = await client.post("/v1/completions", json=body)
     data = response.json()
@@ -59,14 +59,14 @@ async def test_completion_accepts_a_prompt_and_honours_stop(client: httpx.AsyncC
     assert data["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_n_above_one_returns_indexed_choices(client: httpx.AsyncClient) -> None:
+async def test_n_above_one_returns_indexed_choices(client: httpx2.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json={**CHAT, "n": 3})
     choices = response.json()["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2]
     assert response.json()["usage"]["completion_tokens"] == 12
 
 
-async def test_stream_sends_role_deltas_finish_usage_and_done(client: httpx.AsyncClient) -> None:
+async def test_stream_sends_role_deltas_finish_usage_and_done(client: httpx2.AsyncClient) -> None:
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     response = await client.post("/v1/chat/completions", json=body)
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -83,7 +83,7 @@ async def test_stream_sends_role_deltas_finish_usage_and_done(client: httpx.Asyn
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
-async def test_stream_without_include_usage_has_no_usage_chunk(client: httpx.AsyncClient) -> None:
+async def test_stream_without_include_usage_has_no_usage_chunk(client: httpx2.AsyncClient) -> None:
     response = await client.post(
         "/v1/completions", json={"model": "canned", "prompt": "a", "max_tokens": 2, "stream": True}
     )
@@ -102,7 +102,7 @@ async def test_stream_interval_groups_tokens_per_chunk(make_client: MakeClient) 
     assert texts[:2] == ["The quick brown", " fox jumps over"]
 
 
-async def test_request_id_header_is_echoed(client: httpx.AsyncClient) -> None:
+async def test_request_id_header_is_echoed(client: httpx2.AsyncClient) -> None:
     response = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "abc-1"})
     assert response.headers["x-request-id"] == "abc-1"
 
@@ -144,18 +144,18 @@ async def test_request_id_header_is_echoed(client: httpx.AsyncClient) -> None:
     ],
 )
 async def test_bad_input_is_a_4xx_in_openai_shape(
-    client: httpx.AsyncClient, path: str, body: dict, status: int, param: str
+    client: httpx2.AsyncClient, path: str, body: dict, status: int, param: str
 ) -> None:
     assert_openai_error(await client.post(path, json=body), status, param)
 
 
-async def test_unknown_model_has_code_model_not_found(client: httpx.AsyncClient) -> None:
+async def test_unknown_model_has_code_model_not_found(client: httpx2.AsyncClient) -> None:
     error = assert_openai_error(await client.post("/v1/chat/completions", json={**CHAT, "model": "x"}), 404)
     assert error["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
-async def test_malformed_body_is_a_400(client: httpx.AsyncClient, content: bytes) -> None:
+async def test_malformed_body_is_a_400(client: httpx2.AsyncClient, content: bytes) -> None:
     assert_openai_error(await client.post("/v1/chat/completions", content=content), 400)
 
 
@@ -210,7 +210,7 @@ async def test_abort_stops_a_running_generation(make_client: MakeClient) -> None
     assert client.ctx.active == {}  # type: ignore[attr-defined]
 
 
-async def test_abort_of_an_unknown_request_is_a_404(client: httpx.AsyncClient) -> None:
+async def test_abort_of_an_unknown_request_is_a_404(client: httpx2.AsyncClient) -> None:
     assert_openai_error(await client.post("/abort/nope"), 404)
 
 
@@ -232,7 +232,7 @@ async def test_chat_against_an_embedding_model_is_a_400(make_client: MakeClient)
     assert_openai_error(await client.post("/v1/chat/completions", json=CHAT), 400, "model")
 
 
-async def test_draining_worker_refuses_requests_and_fails_health(client: httpx.AsyncClient) -> None:
+async def test_draining_worker_refuses_requests_and_fails_health(client: httpx2.AsyncClient) -> None:
     client.ctx.draining = True  # type: ignore[attr-defined]
     assert (await client.get("/health")).status_code == 503
     assert_openai_error(await client.post("/v1/chat/completions", json=CHAT), 503)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from openai import OpenAI
 
@@ -84,7 +84,7 @@ def test_smollm2_sse_ends_with_done(smol: WorkerProcess) -> None:
         "temperature": 0,
         "stream": True,
     }
-    response = httpx.post(f"{smol.address}/v1/completions", json=body, timeout=120)
+    response = httpx2.post(f"{smol.address}/v1/completions", json=body, timeout=120)
     events = [block for block in response.text.split("\n\n") if block]
     assert events[-1] == "data: [DONE]"
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
@@ -109,6 +109,6 @@ def test_minilm_puts_similar_sentences_closer_than_unrelated(minilm: WorkerProce
 
 def test_minilm_refuses_chat(minilm: WorkerProcess) -> None:
     body = {"model": "mini", "messages": QUESTION}
-    response = httpx.post(f"{minilm.address}/v1/chat/completions", json=body, timeout=30)
+    response = httpx2.post(f"{minilm.address}/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "model"

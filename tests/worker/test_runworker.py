@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-import httpx
+import httpx2
 import pytest
 from django.core.management import get_commands, load_command_class
 
@@ -19,13 +19,13 @@ from tests.processes import run_command, start_worker, wait_for
 CANNED = ("--model-path", "canned", "--backend", "canned")
 
 
-def completion(address: str, **body: object) -> httpx.Response:
+def completion(address: str, **body: object) -> httpx2.Response:
     payload = {"model": "canned", "prompt": "hi", "max_tokens": 4, **body}
-    return httpx.post(f"{address}/v1/completions", json=payload, timeout=30)
+    return httpx2.post(f"{address}/v1/completions", json=payload, timeout=30)
 
 
 def status(address: str) -> dict:
-    return httpx.get(f"{address}/status", timeout=5).json()
+    return httpx2.get(f"{address}/status", timeout=5).json()
 
 
 def test_our_runworker_overrides_channels() -> None:
@@ -95,7 +95,7 @@ def test_heartbeat_reports_in_flight_and_speed() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_drains_in_flight_request_then_goes_offline_and_exits_zero() -> None:
     worker = start_worker(*CANNED, "--worker-id", "drain-1", "--canned-token-delay", "0.05")
-    with worker, httpx.Client(timeout=30) as client:
+    with worker, httpx2.Client(timeout=30) as client:
         body = {"model": "canned", "prompt": "hi", "max_tokens": 30, "stream": True}
         with client.stream("POST", f"{worker.address}/v1/completions", json=body) as response:
             lines = response.iter_lines()
@@ -143,7 +143,7 @@ def test_sweep_workers_command_marks_expired_rows_offline() -> None:
 def test_client_disconnect_aborts_the_generation() -> None:
     with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
         body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
-        with httpx.Client(timeout=30) as client:
+        with httpx2.Client(timeout=30) as client:
             with client.stream("POST", f"{worker.address}/v1/completions", json=body) as response:
                 assert response.status_code == 200
                 lines = response.iter_lines()  # kept: a dropped iterator closes the stream
@@ -151,7 +151,7 @@ def test_client_disconnect_aborts_the_generation() -> None:
                 assert status(worker.address)["in_flight"] == 1
             # Leaving the block closed the connection mid-stream; 2000 tokens would take 40 s.
             assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
-            with pytest.raises(httpx.ReadTimeout):
+            with pytest.raises(httpx2.ReadTimeout):
                 client.post(f"{worker.address}/v1/completions", json={**body, "stream": False}, timeout=0.5)
             assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
 
@@ -161,7 +161,7 @@ def test_abort_endpoint_ends_a_stream_with_finish_reason_abort() -> None:
         body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
         headers = {"X-Request-Id": "abort-me"}
         with (
-            httpx.Client(timeout=30) as client,
+            httpx2.Client(timeout=30) as client,
             client.stream("POST", f"{worker.address}/v1/completions", json=body, headers=headers) as response,
         ):
             lines = response.iter_lines()

@@ -7,7 +7,7 @@ import time
 from argparse import ArgumentParser
 from typing import Any
 
-import httpx
+import httpx2
 from django.core.management.base import BaseCommand, CommandError
 
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
     def _stream(self, url: str, body: dict, headers: dict[str, str]) -> int:
         tokens = 0
         try:
-            with httpx.stream("POST", url, json=body, headers=headers, timeout=120) as response:
+            with httpx2.stream("POST", url, json=body, headers=headers, timeout=120) as response:
                 if response.status_code != 200:
                     response.read()
                     raise CommandError(f"HTTP {response.status_code}: {response.text}")
@@ -55,6 +55,6 @@ class Command(BaseCommand):
                         self.stdout.flush()
                     if chunk.get("usage"):
                         tokens = int(chunk["usage"].get("completion_tokens") or 0)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise CommandError(f"Cannot reach the portal at {url}: {exc}") from None
         return tokens
