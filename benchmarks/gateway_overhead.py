@@ -116,7 +116,9 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
         portal = PortalProcess(free_port(), env)
         portal.wait_ready(60)
         try:
-            secret = manage(env, "createapikey", "--name", f"bench-{label}")
+            # Limits far above the load: the rate-limit path runs on every request, as in production.
+            limits = ("--rpm", "1000000", "--tpm", "1000000000")
+            secret = manage(env, "createapikey", "--name", f"bench-{label}", *limits)
             body = {
                 "model": name,
                 "messages": [{"role": "user", "content": "Tell me a story."}],
@@ -131,7 +133,7 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
             header = ("arrivals", "c", "direct p50", "portal p50", "added p50", "added p95", "ratio")
             print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6}".format(*header))
             for level in args.levels:
-                total = max(level, args.requests_per_level)
+                total = max(4 * level, args.requests_per_level)  # each client sends 4 or more
                 for arrivals, offset in (("spread", spread), ("waves", 0.0)):
                     if level == 1 and arrivals == "waves":
                         continue

@@ -1,35 +1,24 @@
-"""Per-key rate limits (requests and tokens per minute), counted in the Django cache.
+"""Per-key rate limits (requests and tokens per minute).
 
-With REDIS_URL set the cache is Redis, so every portal process shares the
-counts. A fixed one-minute window: cheap, and good enough for quotas.
+Counted by `rate_counts` (Redis with REDIS_URL, so every portal process shares
+them). A fixed one-minute window: cheap, and good enough for quotas.
 """
 
 from __future__ import annotations
 
 import time
 
-from django.core.cache import cache
 from django.http import HttpRequest
 
 from portal.api.errors import rate_limited
+from portal.api.rate_counts import WINDOW_SECONDS, rate_counts
 from registry.services.keys import KeyInfo
-
-WINDOW = 60
 
 
 def _window() -> tuple[int, int]:
     """The current window number and the seconds until the next one."""
     now = time.time()
-    return int(now // WINDOW), int(WINDOW - now % WINDOW) + 1
-
-
-async def _add(key: str, amount: int) -> int:
-    await cache.aadd(key, 0, timeout=WINDOW * 2)
-    try:
-        return int(await cache.aincr(key, amount))
-    except ValueError:  # expired between add and incr
-        await cache.aset(key, amount, timeout=WINDOW * 2)
-        return amount
+    return int(now // WINDOW_SECONDS), int(WINDOW_SECONDS - now % WINDOW_SECONDS) + 1
 
 
 class KeyRateThrottle:
@@ -40,14 +29,14 @@ class KeyRateThrottle:
             return
         window, retry_after = _window()
         if key.requests_per_minute:
-            count = await _add(f"gw:rpm:{key.id}:{window}", 1)
+            count = await rate_counts().add(f"rpm:{key.id}", window, 1)
             if count > key.requests_per_minute:
                 raise rate_limited(
                     f"Rate limit reached: {key.requests_per_minute} requests per minute.",
                     retry_after=retry_after,
                 )
         if key.tokens_per_minute:
-            used = int(await cache.aget(f"gw:tpm:{key.id}:{window}", 0))
+            used = await rate_counts().get(f"tpm:{key.id}", window)
             if used >= key.tokens_per_minute:
                 raise rate_limited(
                     f"Rate limit reached: {key.tokens_per_minute} tokens per minute.", retry_after=retry_after
@@ -56,4 +45,4 @@ class KeyRateThrottle:
     async def record_tokens(self, key: KeyInfo, tokens: int) -> None:
         """Count a finished request's tokens against its key's minute."""
         if key.tokens_per_minute and tokens > 0:
-            await _add(f"gw:tpm:{key.id}:{_window()[0]}", tokens)
+            await rate_counts().add(f"tpm:{key.id}", _window()[0], tokens)

@@ -15,6 +15,7 @@ import httpx2
 import pytest
 from django.utils import timezone
 
+from portal.api.rate_counts import clear_memory_counts
 from portal.gateway import client as gateway_client
 from portal.gateway import counters
 from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
@@ -27,9 +28,11 @@ Handler = Callable[[httpx2.Request], httpx2.Response]
 def _fresh_gateway_state() -> Iterator[None]:
     clear_caches()
     counters.reset()
+    clear_memory_counts()
     yield
     clear_caches()
     counters.reset()
+    clear_memory_counts()
 
 
 @pytest.fixture
