@@ -8,6 +8,8 @@ error event and the stream ends. Closing early aborts the request on the worker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +32,7 @@ from portal.gateway.upstream import (
 from registry.models import UsageStatus
 
 DONE = b"data: [DONE]\n\n"
+READ_TO_END_SECONDS = 1.0
 
 
 def _may_carry_usage(payload: str) -> bool:
@@ -109,9 +112,12 @@ class ChatStream:
     async def _read_to_end(self) -> None:
         # The response's last chunk follows [DONE]: a response read to its end returns its
         # connection to the pool, one closed before is dropped and the next request reconnects.
+        # Bounded: an upstream that stalls after [DONE] only costs its connection.
         assert self._lines is not None
-        async for _ in self._lines:
-            pass
+        with contextlib.suppress(httpx2.HTTPError, TimeoutError):
+            async with asyncio.timeout(READ_TO_END_SECONDS):
+                async for _ in self._lines:
+                    pass
 
     def _note(self, payload: str) -> bool:
         """Record usage and errors from a payload; False when the client must not see it."""

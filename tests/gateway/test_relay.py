@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import httpx2
 import pytest
@@ -99,15 +101,17 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
 
 
 class _TrailingBytes(httpx2.AsyncByteStream):
-    """A worker's stream whose last bytes follow [DONE], noting whether they were read."""
+    """A worker's stream whose last bytes come `stall` seconds after [DONE]; notes if they were read."""
 
-    def __init__(self, events: bytes) -> None:
+    def __init__(self, events: bytes, stall: float = 0.0) -> None:
         self.parts = [events, b": end of stream\n\n"]
+        self.stall = stall
         self.read_to_end = False
 
     async def __aiter__(self):
-        for part in self.parts:
-            yield part
+        yield self.parts[0]
+        await asyncio.sleep(self.stall)
+        yield self.parts[1]
         self.read_to_end = True
 
 
@@ -121,6 +125,20 @@ async def test_finished_stream_reads_the_worker_response_to_its_end(served_model
     events = [e async for e in stream.sse()]
     assert events[-1] == b"data: [DONE]\n\n"
     assert worker_stream.read_to_end
+
+
+async def test_upstream_stalling_after_done_still_ends_the_stream_cleanly(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    worker_stream = _TrailingBytes(sse(chunk("a")), stall=30)
+    upstream(lambda r: httpx2.Response(200, stream=worker_stream))
+    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
+    await stream.open()
+    started = time.monotonic()
+    events = [e async for e in stream.sse()]
+    assert time.monotonic() - started < 5
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert not any(b'"error"' in e for e in events)
+    assert not worker_stream.read_to_end
 
 
 async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
