@@ -23,7 +23,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http.response import HttpResponseBase
 from django.test.utils import override_settings
 from django.urls import set_script_prefix
 
@@ -52,14 +51,13 @@ class APIHandler(ASGIHandler):
             if refusal is not None:  # an undecodable path or a body over Django's limits
                 await self.send_response(refusal, send)
                 return
-            response = await self._respond(request, receive, send)
-            if response is not None:
-                # On the event loop: its receivers find no database connection here to tidy.
-                response.close()
+            # Not `response.close()`: it would send request_finished, and the API's responses
+            # hold nothing else to release (send_response closes a stream's iterator itself).
+            await self._respond(request, receive, send)
         finally:
             body_file.close()
 
-    async def _respond(self, request: Any, receive: Any, send: Any) -> HttpResponseBase | None:
+    async def _respond(self, request: Any, receive: Any, send: Any) -> None:
         """Answer `request`; if the client disconnects first, cancel the view (it aborts its work)."""
         answer = asyncio.create_task(self._answer(request, send))
         disconnect = asyncio.create_task(self.listen_for_disconnect(receive))
@@ -69,13 +67,13 @@ class APIHandler(ASGIHandler):
             for task in (disconnect, answer):
                 task.cancel()
             await asyncio.gather(disconnect, answer, return_exceptions=True)
-        return None if answer.cancelled() else answer.result()
+        if not answer.cancelled():
+            answer.result()  # our own failure, if any, reaches daphne's log
 
-    async def _answer(self, request: Any, send: Any) -> HttpResponseBase:
+    async def _answer(self, request: Any, send: Any) -> None:
         response = await self.run_get_response(request)
         with contextlib.suppress(asyncio.CancelledError):  # the client left while it was being sent
             await self.send_response(response, send)
-        return response
 
 
 def route_by_path(prefixes: tuple[str, ...], api_app: Any, default_app: Any) -> Any:
