@@ -23,8 +23,8 @@ from portal.api.authentication import ApiKeyAuthentication
 from portal.api.errors import error_response, forbidden, too_large
 from portal.api.throttling import KeyRateThrottle
 from portal.gateway.caller import Caller, new_request_id
-from portal.gateway.errors import GatewayError, invalid, model_not_found
-from registry.services.dispatch import aresolve_model
+from portal.gateway.errors import GatewayError, invalid
+from portal.gateway.prepare import resolve_requested_model
 from registry.services.keys import KeyInfo
 
 logger = logging.getLogger(__name__)
@@ -94,14 +94,9 @@ class OpenAIView(APIView):
 
     async def check_model(self, body: dict[str, Any]) -> None:
         """404 for an unknown model, 403 for one this key may not use."""
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise invalid("'model' is required and must be a string.", param="model")
-        model = await aresolve_model(name=name)
-        if model is None:
-            raise model_not_found(name)
+        model = await resolve_requested_model(body)
         if not self.key.allows(model.id):
-            raise forbidden(f"This API key may not use the model '{name}'.")
+            raise forbidden(f"This API key may not use the model '{body['model']}'.")
 
     async def record_tokens(self, usage: Any) -> None:
         if isinstance(usage, dict) and self.key.tokens_per_minute:

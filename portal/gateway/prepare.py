@@ -83,6 +83,17 @@ def _check_task(model: ResolvedModel, endpoint: str) -> None:
         raise invalid(f"The model '{model.name}' {what}; it cannot serve /{endpoint}.", param="model")
 
 
+async def resolve_requested_model(body: dict[str, Any]) -> ResolvedModel:
+    """The served model `body["model"]` names (or aliases); 400 when missing, 404 when unknown."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise invalid("'model' is required and must be a string.", param="model")
+    model = await aresolve_model(name=name)
+    if model is None:
+        raise model_not_found(name)
+    return model
+
+
 async def prepare(body: Any, endpoint: str, *, stream: bool) -> tuple[ResolvedModel, dict[str, Any]]:
     """Validate `body` for `endpoint`, resolve its model and build the worker's body.
 
@@ -92,12 +103,7 @@ async def prepare(body: Any, endpoint: str, *, stream: bool) -> tuple[ResolvedMo
     """
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", param=None)
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise invalid("'model' is required and must be a string.", param="model")
-    model = await aresolve_model(name=name)
-    if model is None:
-        raise model_not_found(name)
+    model = await resolve_requested_model(body)
     _check_task(model, endpoint)
     _check_common(body, endpoint)
     if endpoint == CHAT:
