@@ -20,6 +20,14 @@ DEBUG: bool = env.bool("DEBUG", default=False)
 SECRET_KEY: str | None = env.str("SECRET_KEY", default=None)
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# HTTPS behind a proxy: on in the production examples (deploy/), off for the loopback default.
+SECURE_COOKIES: bool = env.bool("SECURE_COOKIES", default=False)
+# The header a TLS-terminating proxy sets, e.g. "X-Forwarded-Proto"; empty: trust none.
+SECURE_PROXY_SSL_HEADER: str = env.str("SECURE_PROXY_SSL_HEADER", default="")
+SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS: int = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", default=False)
 DATABASE_URL: str = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")
 REDIS_URL: str | None = env.str("REDIS_URL", default=None)
 # Off behind nginx, which serves STATIC_ROOT itself (deploy/nginx).

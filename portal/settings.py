@@ -8,15 +8,31 @@ from portal import env
 BASE_DIR = env.BASE_DIR
 DEBUG = env.DEBUG
 
-if env.SECRET_KEY:
-    SECRET_KEY = env.SECRET_KEY
-elif DEBUG:
-    SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
-else:
+# The value .env.example ships with: a key everyone can read is no key.
+PLACEHOLDER_SECRET_KEY = "change-me"
+
+if DEBUG:
+    SECRET_KEY = env.SECRET_KEY or "insecure-development-key-set-SECRET_KEY-in-production"
+elif not env.SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (see .env.example).")
+elif env.SECRET_KEY == PLACEHOLDER_SECRET_KEY or len(env.SECRET_KEY) < 16:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is the .env.example placeholder or shorter than 16 characters; set a random one, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+    )
+else:
+    SECRET_KEY = env.SECRET_KEY
 
 ALLOWED_HOSTS = env.ALLOWED_HOSTS
 CSRF_TRUSTED_ORIGINS = env.CSRF_TRUSTED_ORIGINS
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.SECURE_COOKIES
+if env.SECURE_PROXY_SSL_HEADER:
+    # Django reads the header as it appears in META: X-Forwarded-Proto -> HTTP_X_FORWARDED_PROTO.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + env.SECURE_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env.SECURE_SSL_REDIRECT
+SECURE_HSTS_SECONDS = env.SECURE_HSTS_SECONDS
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.SECURE_HSTS_INCLUDE_SUBDOMAINS
+SECURE_HSTS_PRELOAD = env.SECURE_HSTS_PRELOAD
 
 INSTALLED_APPS = [
     "daphne",
