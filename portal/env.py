@@ -55,6 +55,8 @@ WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 SIGNED_TIMESTAMP_WINDOW: int = env.int("SIGNED_TIMESTAMP_WINDOW", default=300)
 SIGNED_MESSAGE_TIMEOUT: float = env.float("SIGNED_MESSAGE_TIMEOUT", default=60.0)
 SIGNED_MAX_WORKERS: int = env.int("SIGNED_MAX_WORKERS", default=8)
+# Larger bodies are refused (code 9809) before they are parsed.
+SIGNED_MAX_BODY_BYTES: int = env.int("SIGNED_MAX_BODY_BYTES", default=1024 * 1024)
 SM2_PRIVATE_KEY: str | None = env.str("SM2_PRIVATE_KEY", default=None)
 
 # Chat page

@@ -8,6 +8,8 @@ README.md.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 from enum import IntEnum
@@ -27,10 +29,21 @@ class Code(IntEnum):
     BAD_VERSION = 9806
     RATE_LIMITED = 9807  # ours: the app's requests_per_minute is used up
     PIPELINE_NOT_ALLOWED = 9808  # ours: the app may not call this pipeline
+    BODY_TOO_LARGE = 9809  # ours: the body is over SIGNED_MAX_BODY_BYTES
     PARAMS_REFUSED = 9701
     UNKNOWN_PIPELINE = 9709
     TIMEOUT = 9997
     INFERENCE_FAILED = 9998
+
+
+# What an appId may look like: go-infer's are 32 hex digits; the column holds 128 characters.
+APP_ID_RULE = "1 to 128 of A-Z a-z 0-9 _ . -"
+_APP_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def valid_app_id(value: str) -> bool:
+    """Whether `value` has the form of an appId (checked before any lookup, so nothing else is cached)."""
+    return _APP_ID.fullmatch(value) is not None
 
 
 class SignedApiError(Exception):
@@ -52,6 +65,7 @@ class SignedRequest:
     timestamp: int
     data: dict[str, Any]
     fields: dict[str, Any]
+    size: int = 0  # of the body in bytes: policies verify a large one off the event loop
 
     def check_version(self) -> None:
         """Refuse a version other than "1" (absent means 1, where go-infer insists on it)."""
@@ -61,6 +75,13 @@ class SignedRequest:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a number no signer can write back
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -74,15 +95,19 @@ def parse_request(body: bytes) -> SignedRequest:
     """Parse and type-check the envelope; raise 9801 naming the first bad field."""
     try:
         # NaN and Infinity are not JSON, and could not be signed.
-        fields = json.loads(body, parse_constant=_refuse_constant)
-        if isinstance(fields, dict):
-            # What cannot be signed (too deep, lone surrogates) is refused here, not in a policy.
-            canonical_string(fields, "").encode("utf-8")
-    except (ValueError, TypeError, RecursionError) as exc:
+        fields = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
         raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object") from exc
     if not isinstance(fields, dict):
         raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object")
     app_id = _require(fields, "appId", str)
+    if not valid_app_id(app_id):
+        raise SignedApiError(Code.BAD_FIELD, f"malformed field: appId ({APP_ID_RULE})")
+    try:
+        # What cannot be signed (too deep, lone surrogates) is refused here, not in a policy.
+        canonical_string(fields, "").encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object") from exc
     sign_type = _require(fields, "signType", str)
     # A plain request has nothing to sign; go-infer clients still send the key.
     sign_data = fields.get("signData", "") if sign_type == "plain" else _require(fields, "signData", str)
@@ -102,6 +127,7 @@ def parse_request(body: bytes) -> SignedRequest:
         timestamp=int(timestamp),
         data=data,
         fields=fields,
+        size=len(body),
     )
 
 

@@ -18,6 +18,7 @@ from django.conf import settings
 from portal.signed import sm2
 from portal.signed.canonical import candidate_strings, sha256_sign_data
 from portal.signed.envelope import SignedRequest
+from portal.signed.intake import off_loop_if_large
 from registry.services.credentials import CredentialSnapshot
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,16 @@ class Sha256Signature(SignaturePolicy):
     sign_type = "SHA256"
 
     async def verify(self, request: SignedRequest, credential: CredentialSnapshot) -> bool:
-        given = request.sign_data.encode("utf-8")
-        return any(
-            hmac.compare_digest(sha256_sign_data(text).encode("ascii"), given)
-            for text in candidate_strings(request.fields, credential.secret)
-        )
+        # Up to four canonical strings of the whole body: a large one is built in a thread.
+        return await off_loop_if_large(request.size, _sha256_matches, request, credential.secret)
+
+
+def _sha256_matches(request: SignedRequest, secret: str) -> bool:
+    given = request.sign_data.encode("utf-8")
+    return any(
+        hmac.compare_digest(sha256_sign_data(text).encode("ascii"), given)
+        for text in candidate_strings(request.fields, secret)
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -22,10 +22,10 @@ from portal.signed.envelope import (
     SignedApiError,
     SignedRequest,
     error_body,
-    parse_request,
     success_body,
 )
 from portal.signed.guard import admit, check_timestamp
+from portal.signed.intake import read_request
 from portal.signed.loader import aget_ready_pipeline
 from portal.signed.pipelines.base import (
     InferenceFailed,
@@ -130,7 +130,7 @@ async def handle_signed_request(*, body: bytes, path: str) -> dict[str, Any]:
     request_id = new_request_id()
     app_id = ""
     try:
-        request = parse_request(body)
+        request = await read_request(body, max_bytes=int(settings.SIGNED_MAX_BODY_BYTES))
         credential = await authenticate(request)
         # Like go-infer, the appId is echoed only once the signature proved it.
         app_id = credential.app_id
