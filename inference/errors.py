@@ -19,12 +19,20 @@ class InvalidRequest(EngineError):
         self.field = field
 
 
+class RequestFailed(InvalidRequest):
+    """The model failed on this request alone (input the checks did not catch); the others go on."""
+
+    code = "request_failed"
+
+
 class PromptTooLong(InvalidRequest):
-    def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    def __init__(
+        self, prompt_tokens: int, max_tokens: int, max_model_len: int, field: str = "messages"
+    ) -> None:
         super().__init__(
             f"This model's maximum context length is {max_model_len} tokens; the prompt has "
             f"{prompt_tokens} tokens and max_tokens asks for {max_tokens} more.",
-            field="messages",
+            field=field,
         )
         self.prompt_tokens = prompt_tokens
 

@@ -42,6 +42,7 @@ class ModelInfo:
     max_model_len: int
     default_name: str  # served name when --model-names is not given
     has_chat_template: bool = True
+    vocab_size: int | None = None  # token ids must be below it; None: not checked (canned)
 
 
 @dataclass(frozen=True)

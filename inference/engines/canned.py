@@ -24,6 +24,7 @@ from inference.engines.base import (
     ModelInfo,
     Usage,
 )
+from inference.engines.checks import check_generation
 
 CANNED_WORDS = [
     "The",
@@ -67,6 +68,7 @@ class CannedTokenEngine(Engine):
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        check_generation(request, self.info)
         async with self.admission.slot():
             params = request.params
             text = ""

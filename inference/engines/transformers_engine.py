@@ -30,9 +30,10 @@ from inference.engines.base import (
     Usage,
 )
 from inference.engines.batcher import Batcher, Sequence
+from inference.engines.checks import check_generation
 from inference.engines.logits import TokenPicker
 from inference.engines.stops import TextStream
-from inference.errors import InvalidRequest, ModelLoadError, PromptTooLong
+from inference.errors import ModelLoadError
 from inference.templates import render_chat
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ class TransformersEngine(Engine):
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"Could not load {folder}: {exc}".splitlines()[0]) from exc
         self.model.eval()
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # Prompt ids index the input embeddings: an id past them is an IndexError mid-batch.
+        accepted = min(self.vocab_size, int(self.model.get_input_embeddings().weight.shape[0]))
         limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         if config.max_model_len:
             limit = min(limit, config.max_model_len)
@@ -88,12 +92,12 @@ class TransformersEngine(Engine):
             max_model_len=limit,
             default_name=default_name,
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            vocab_size=accepted,
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
         self._waiting: set[str] = set()
         self._aborted_waiting: set[str] = set()
-        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
 
     async def start(self) -> None:
         self.batcher.start()
@@ -114,16 +118,8 @@ class TransformersEngine(Engine):
             self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )
 
-    def check_length(self, request: GenerationRequest) -> None:
-        """Refuse a request that cannot fit the context before it takes a slot."""
-        prompt = len(request.prompt_token_ids)
-        if prompt == 0:
-            raise InvalidRequest("The prompt is empty.", field="prompt")
-        if prompt + request.params.max_tokens > self.info.max_model_len:
-            raise PromptTooLong(prompt, request.params.max_tokens, self.info.max_model_len)
-
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        self.check_length(request)
+        check_generation(request, self.info)  # before a slot: a bad request fails alone
         self._waiting.add(request.request_id)
         try:
             async with self.admission.slot():

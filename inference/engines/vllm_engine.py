@@ -26,7 +26,8 @@ from inference.engines.base import (
     ModelInfo,
     Usage,
 )
-from inference.errors import InvalidRequest, ModelLoadError, PromptTooLong
+from inference.engines.checks import check_generation
+from inference.errors import ModelLoadError
 from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
@@ -95,6 +96,7 @@ class VllmEngine(Engine):
             max_model_len=int(args.max_model_len or self.tokenizer.model_max_length),
             default_name=default_name,
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            vocab_size=len(self.tokenizer),  # vLLM refuses ids past the tokenizer's, mid-request
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self._recent: deque[tuple[float, int]] = deque()
@@ -108,11 +110,8 @@ class VllmEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         from vllm import SamplingParams as VllmSamplingParams
 
+        check_generation(request, self.info)
         prompt = len(request.prompt_token_ids)
-        if prompt == 0:
-            raise InvalidRequest("The prompt is empty.", field="prompt")
-        if prompt + request.params.max_tokens > self.info.max_model_len:
-            raise PromptTooLong(prompt, request.params.max_tokens, self.info.max_model_len)
         sampling = VllmSamplingParams(**vllm_sampling_kwargs(request.params))
         inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
         async with self.admission.slot():

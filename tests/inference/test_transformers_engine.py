@@ -11,7 +11,9 @@ import asyncio
 import pytest
 
 from inference.engines.admission import Admission
-from inference.errors import PromptTooLong, QueueFull, WrongTask
+from inference.engines.base import GenerationRequest
+from inference.errors import InvalidRequest, PromptTooLong, QueueFull, WrongTask
+from inference.sampling import SamplingParams
 from tests.inference.conftest import chat_request, collect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -112,6 +114,22 @@ async def test_prompt_and_max_tokens_beyond_the_context_raise_prompt_too_long(ch
     request = chat_request(chat_engine, "long", FRANCE, max_tokens=limit)
     with pytest.raises(PromptTooLong):
         await collect(chat_engine, request)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "stop_token_ids", "field"),
+    [([1, 2, 49152], (), "prompt"), ([1, 2, 3], (2, 49152), "stop_token_ids")],
+)
+async def test_token_ids_past_the_vocabulary_are_refused_before_a_slot(
+    chat_engine, prompt, stop_token_ids, field
+):
+    assert chat_engine.info.vocab_size == 49152
+    params = SamplingParams(temperature=0, max_tokens=4, stop_token_ids=stop_token_ids)
+    with pytest.raises(InvalidRequest) as raised:
+        await collect(chat_engine, GenerationRequest("oov", prompt, params))
+    assert raised.value.field == field
+    assert "49152" in str(raised.value)
+    assert chat_engine.stats().in_flight == 0
 
 
 async def test_request_beyond_max_queue_is_refused_at_once(chat_engine, monkeypatch):
