@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "channels",
     "portal",
     "portal.chat",
+    "portal.signed",
 ]
 
 MIDDLEWARE = [

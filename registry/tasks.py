@@ -14,6 +14,7 @@ from registry.services.workers import expire_stale_workers as _expire_stale_work
 SCHEDULES: list[tuple[str, str, int]] = [
     ("registry: expire stale workers", "registry.tasks.expire_stale_workers", 1),
     ("gateway: probe remote endpoints", "registry.tasks.probe_remote_endpoints", 1),
+    ("signed: sweep seen signatures", "portal.signed.replay.sweep_seen_signatures", 10),
 ]
 
 

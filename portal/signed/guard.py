@@ -1,9 +1,8 @@
 """The timestamp window, the replay guard and the per-app rate limit.
 
 go-infer only checks the window; within it, an exact replay of an accepted
-signature is refused too. Accepted signatures are remembered in the Django
-cache (Redis when REDIS_URL is set, so every portal copy shares them) for twice
-the window, which covers a timestamp at either edge of it.
+signature is refused too, by `portal.signed.replay` (a database table shared
+by every portal copy, with or without Redis).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from portal.signed.envelope import Code, SignedApiError
+from portal.signed.replay import refuse_replay
 
 
 def check_timestamp(timestamp: int, *, now: float | None = None) -> None:
@@ -27,12 +27,7 @@ def check_timestamp(timestamp: int, *, now: float | None = None) -> None:
         )
 
 
-def _admit(app_id: str, replay_key: str | None, requests_per_minute: int | None) -> None:
-    if replay_key is not None:
-        ttl = 2 * int(settings.SIGNED_TIMESTAMP_WINDOW)
-        # add() is atomic: of two identical requests racing, exactly one wins.
-        if not cache.add(f"signed:seen:{app_id}:{replay_key}", 1, timeout=ttl):
-            raise SignedApiError(Code.REPLAYED, "this signed request was already accepted (replay)")
+def _admit(app_id: str, requests_per_minute: int | None) -> None:
     if requests_per_minute:
         key = f"signed:rpm:{app_id}:{int(time.time() // 60)}"
         cache.add(key, 0, timeout=120)
@@ -48,5 +43,7 @@ def _admit(app_id: str, replay_key: str | None, requests_per_minute: int | None)
 
 
 async def admit(*, app_id: str, replay_key: str | None, requests_per_minute: int | None) -> None:
-    """Remember the signature (refusing a replay) and count the request; one thread hop for both."""
-    await sync_to_async(_admit, thread_sensitive=False)(app_id, replay_key, requests_per_minute)
+    """Remember the signature (refusing a replay), then count the request."""
+    if replay_key is not None:
+        await refuse_replay(app_id=app_id, replay_key=replay_key)
+    await sync_to_async(_admit, thread_sensitive=False)(app_id, requests_per_minute)

@@ -6,7 +6,7 @@ from registry.tasks import ensure_schedules
 
 
 class Command(BaseCommand):
-    help = "Create or update the django-q2 schedules (worker expiry sweep, ...); safe to run again."
+    help = "Create or update the django-q2 schedules (expiry, probes, sweeps); safe to run again."
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = ensure_schedules()
