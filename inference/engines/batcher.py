@@ -9,6 +9,12 @@ one forward pass per token instead of 16. Padding is masked and every row
 gets its own position ids, so a sequence decodes the same tokens alone or
 batched (up to float rounding).
 
+A failure fails only the sequence that causes it: a batched prefill that
+raises is retried one newcomer at a time; a decode step that raises is rolled
+back (the cache cropped to its length before the step), each row is retried
+alone on a copy of its cache, the rows that still fail are dropped and the
+step is redone for the rest; a row whose sampling fails is dropped alone.
+
 Results leave the thread through each request's `sink`, which the engine
 wires to `loop.call_soon_threadsafe(queue.put_nowait, ...)`.
 """
@@ -25,10 +31,11 @@ from typing import Any
 
 import torch
 
+from inference.engines import kvcache
 from inference.engines.base import Delta, Usage
 from inference.engines.logits import TokenPicker, pick_tokens
 from inference.engines.stops import TextStream
-from inference.errors import EngineError
+from inference.errors import EngineError, RequestFailed
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ class Batcher:
                     aborts, self._aborts = self._aborts, set()
                 try:
                     self._iterate(newcomers, aborts)
-                except Exception as exc:  # a model failure must not leave clients waiting
+                except Exception as exc:  # a fault the steps did not isolate: never wedge the loop
                     logger.exception("Batch step failed; failing %d requests", len(self._known))
                     self._fail_all(newcomers, exc)
 
@@ -152,29 +159,97 @@ class Batcher:
             self._decode_step()
         self._drop_finished()
 
+    # -- admission ------------------------------------------------------------
     def _admit(self, newcomers: list[Sequence]) -> None:
-        """Prefill the newcomers together, then merge them into the running batch."""
-        width = max(len(s.prompt_ids) for s in newcomers)
-        ids = torch.zeros(len(newcomers), width, dtype=torch.long)
-        mask = torch.zeros(len(newcomers), width, dtype=torch.long)
-        for row, seq in enumerate(newcomers):
+        """Prefill the newcomers together; if that fails, one by one, failing only those that fail."""
+        try:
+            fresh, logits = self._prefill(newcomers)
+        except Exception as exc:
+            if len(newcomers) == 1:
+                self._fail(newcomers[0], exc, isolated=self.batch is not None)
+                return
+            logger.warning("Prefill of %d requests failed (%s); retrying one by one", len(newcomers), exc)
+            self._admit_one_by_one(newcomers)
+            return
+        self._join(fresh, logits)
+
+    def _admit_one_by_one(self, newcomers: list[Sequence]) -> None:
+        admitted: list[tuple[Batch, torch.Tensor]] = []
+        failed: list[tuple[Sequence, Exception]] = []
+        for seq in newcomers:
+            try:
+                admitted.append(self._prefill([seq]))
+            except Exception as exc:
+                failed.append((seq, exc))
+        # The model works for others: the failure is the request's own doing.
+        isolated = bool(admitted) or self.batch is not None
+        for seq, error in failed:
+            self._fail(seq, error, isolated=isolated)
+        for fresh, logits in admitted:
+            self._join(fresh, logits)
+
+    def _prefill(self, seqs: list[Sequence]) -> tuple[Batch, torch.Tensor]:
+        """Run the prompts of `seqs` into a fresh cache (the running batch is not touched)."""
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for row, seq in enumerate(seqs):
             ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
             mask[row, width - len(seq.prompt_ids) :] = 1
         from transformers import DynamicCache
 
         cache = DynamicCache()
         logits = self._forward(ids, mask, cache)
-        fresh = Batch(newcomers, cache, mask)
-        self.batch = fresh if self.batch is None else _merge(self.batch, fresh)
-        self._emit_tokens(newcomers, logits)
+        return Batch(seqs, cache, mask), logits
 
+    def _join(self, fresh: Batch, logits: torch.Tensor) -> None:
+        """Merge prefilled rows into the running batch and emit their first tokens."""
+        self.batch = fresh if self.batch is None else _merge(self.batch, fresh)
+        self._emit_tokens(fresh.seqs, logits)
+
+    # -- decoding -------------------------------------------------------------
     def _decode_step(self) -> None:
+        """One token for every running row; on a failure, drop the rows that cause it and redo."""
         assert self.batch is not None
         batch = self.batch
         ids = torch.tensor([[s.last_token] for s in batch.seqs], dtype=torch.long)
-        batch.mask = torch.cat([batch.mask, torch.ones(len(batch.seqs), 1, dtype=torch.long)], dim=1)
-        logits = self._forward(ids, batch.mask, batch.cache)
+        mask = torch.cat([batch.mask, torch.ones(len(batch.seqs), 1, dtype=torch.long)], dim=1)
+        try:
+            logits = self._forward(ids, mask, batch.cache)
+        except Exception as exc:
+            kvcache.crop(batch.cache, batch.mask.shape[1])
+            self._recover_decode(exc)
+            return
+        batch.mask = mask
         self._emit_tokens(batch.seqs, logits)
+
+    def _recover_decode(self, exc: Exception) -> None:
+        """Retry each row alone on a copy of its cache; fail those that fail, redo the step for the rest."""
+        assert self.batch is not None
+        seqs = self.batch.seqs
+        culprits = [(seq, error) for row, seq in enumerate(seqs) if (error := self._probe(row)) is not None]
+        if not culprits or len(culprits) == len(seqs):
+            # No row fails alone, or every row does: the worker's fault, not a request's.
+            logger.error("Decode step failed for the whole batch: %s", exc)
+            for seq in seqs:
+                self._fail(seq, exc, isolated=False)
+            return
+        for seq, error in culprits:
+            self._fail(seq, error, isolated=True)
+        self._drop_finished()
+        if self.batch is not None:
+            self._decode_step()  # each retry has fewer rows, so this ends
+
+    def _probe(self, row: int) -> Exception | None:
+        """Run row `row`'s next step alone on a copy of its cache; return what it raised, if anything."""
+        assert self.batch is not None
+        seq = self.batch.seqs[row]
+        mask = torch.cat([self.batch.mask[row : row + 1], torch.ones(1, 1, dtype=torch.long)], dim=1)
+        try:
+            self._forward(torch.tensor([[seq.last_token]]), mask, kvcache.copy_row(self.batch.cache, row))
+        except Exception as exc:
+            return exc
+        return None
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         """Run the model on the new columns `ids`; `mask` covers cached + new tokens."""
@@ -191,12 +266,35 @@ class Batcher:
         )
         return out.logits[:, -1, :].float().cpu()
 
+    # -- tokens ---------------------------------------------------------------
     def _emit_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        tokens = pick_tokens(logits, [s.picker for s in seqs])
-        for seq, token in zip(seqs, tokens, strict=True):
-            self._accept(seq, token)
+        for seq, token in zip(seqs, self._pick(seqs, logits), strict=True):
+            if token is None:
+                continue
+            try:
+                self._accept(seq, token)
+            except Exception as exc:  # detokenising or stop matching: this row's trouble only
+                self._fail(seq, exc, isolated=True)
         with self._lock:
             self._recent.append((time.monotonic(), len(seqs)))
+
+    def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
+        """Sample every row at once; if that fails, row by row (None for a row that failed)."""
+        try:
+            return list(pick_tokens(logits, [s.picker for s in seqs]))
+        except Exception:
+            logger.warning("Sampling the batch failed; sampling row by row")
+        tokens: list[int | None] = []
+        failed: list[tuple[Sequence, Exception]] = []
+        for row, seq in enumerate(seqs):
+            try:
+                tokens.append(seq.picker.pick(logits[row]))
+            except Exception as exc:
+                tokens.append(None)
+                failed.append((seq, exc))
+        for seq, error in failed:
+            self._fail(seq, error, isolated=len(failed) < len(seqs))
+        return tokens
 
     def _accept(self, seq: Sequence, token: int) -> None:
         """Account one sampled token: stream its text or finish the sequence."""
@@ -217,6 +315,7 @@ class Batcher:
             seq.sink(Delta(text=text, token_ids=tuple(seq.pending_ids)))
             seq.pending_ids = []
 
+    # -- endings --------------------------------------------------------------
     def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
         seq.finish = reason
         text += seq.stream.flush() if reason != "abort" else ""
@@ -225,6 +324,22 @@ class Batcher:
         seq.pending_ids = []
         with self._lock:
             self._known.pop(seq.request_id, None)
+
+    def _fail(self, seq: Sequence, exc: Exception, *, isolated: bool) -> None:
+        """End one sequence with an error; `_drop_finished` then frees its row."""
+        if seq.finish is not None:
+            return
+        logger.warning("Request %s failed in the batch: %r", seq.request_id, exc)
+        seq.finish = "error"
+        seq.sink(blame(exc, isolated=isolated))
+        with self._lock:
+            self._known.pop(seq.request_id, None)
+
+    def _fail_all(self, newcomers: list[Sequence], exc: Exception) -> None:
+        seqs = list(newcomers) + (self.batch.seqs if self.batch else [])
+        self.batch = None
+        for seq in seqs:
+            self._fail(seq, exc, isolated=False)
 
     def _drop_finished(self) -> None:
         batch = self.batch
@@ -244,39 +359,26 @@ class Batcher:
         lead = int((batch.mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())
         if lead:
             batch.mask = batch.mask[:, lead:]
-            for layer in batch.cache.layers:
-                layer.keys = layer.keys[:, :, lead:, :]
-                layer.values = layer.values[:, :, lead:, :]
+            kvcache.drop_leading(batch.cache, lead)
 
-    def _fail_all(self, newcomers: list[Sequence], exc: Exception) -> None:
-        error = EngineError(f"The model failed: {exc}".splitlines()[0])
-        seqs = list(newcomers) + (self.batch.seqs if self.batch else [])
-        self.batch = None
-        for seq in seqs:
-            if seq.finish is None:
-                seq.finish = "error"
-                seq.sink(error)
-        with self._lock:
-            for seq in seqs:
-                self._known.pop(seq.request_id, None)
+
+def blame(exc: Exception, *, isolated: bool) -> EngineError:
+    """The error a client sees: its own request's fault (400) or the worker's (500).
+
+    A failure that only this sequence hits while the model works for others is
+    caused by the request (input the checks missed). One that every sequence
+    hits, or that is out of memory, is the worker's: a 5xx, so the gateway
+    sends the next request elsewhere.
+    """
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if isolated and not isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return RequestFailed(f"The model could not process this request: {detail}")
+    return EngineError(f"The model failed: {detail}")
 
 
 def _merge(old: Batch, new: Batch) -> Batch:
     """Stack two batches, left-padding the shorter one's cache and mask to a common length."""
     width = max(old.mask.shape[1], new.mask.shape[1])
-    for layer_old, layer_new in zip(old.cache.layers, new.cache.layers, strict=True):
-        layer_old.keys = torch.cat([_pad_left(layer_old.keys, width), _pad_left(layer_new.keys, width)])
-        layer_old.values = torch.cat([_pad_left(layer_old.values, width), _pad_left(layer_new.values, width)])
-    mask = torch.cat([_pad_left(old.mask, width), _pad_left(new.mask, width)])
+    kvcache.merge_caches(old.cache, new.cache, width)
+    mask = torch.cat([kvcache.pad_left(old.mask, width), kvcache.pad_left(new.mask, width)])
     return Batch(old.seqs + new.seqs, old.cache, mask)
-
-
-def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad the sequence axis (dim 2 of a cache tensor, dim 1 of a mask) on the left."""
-    axis = 2 if tensor.dim() == 4 else 1
-    missing = width - tensor.shape[axis]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[axis] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
