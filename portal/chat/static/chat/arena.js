@@ -1,10 +1,16 @@
-/* The arena: one prompt, two models streaming side by side, a vote, then the reveal. */
+/*
+ * The arena: one prompt, two models streaming side by side, a vote, then the reveal.
+ * What the server relays comes from upstreams: it is inserted as text, and as HTML
+ * only through SafeMarkdown.render, which escapes every character first.
+ */
 (function () {
   "use strict";
   const $ = function (id) { return document.getElementById(id); };
   const md = window.SafeMarkdown;
   const ui = window.ChatUi;
   const state = { battleId: null, anonymous: true, running: false, text: { a: "", b: "" }, done: {}, models: [] };
+
+  function isSide(side) { return side === "a" || side === "b"; }
 
   function mode() { return document.querySelector("input[name=mode]:checked").value; }
 
@@ -19,8 +25,8 @@
   function reset() {
     ["a", "b"].forEach(function (side) {
       state.text[side] = "";
-      $("answer-" + side).innerHTML = "";
-      $("figures-" + side).innerHTML = "";
+      $("answer-" + side).replaceChildren();
+      $("figures-" + side).replaceChildren();
       $("name-" + side).textContent = "…";
       $("side-" + side).classList.remove("winner");
     });
@@ -65,16 +71,18 @@
     "arena.started": function (m) {
       state.battleId = m.battle_id;
       state.anonymous = m.anonymous;
-      $("name-a").textContent = m.model_a || "hidden";
-      $("name-b").textContent = m.model_b || "hidden";
+      $("name-a").textContent = String(m.model_a || "hidden");
+      $("name-b").textContent = String(m.model_b || "hidden");
     },
     "arena.token": function (m) {
-      state.text[m.side] += m.text;
+      if (!isSide(m.side)) return;
+      state.text[m.side] += String(m.text || "");
       $("answer-" + m.side).innerHTML = md.render(state.text[m.side]);
     },
     "arena.done": function (m) {
-      $("figures-" + m.side).innerHTML = ui.figuresHtml(m);
-      if (m.status === "error") sideError(m.side, m.error || "This side failed.");
+      if (!isSide(m.side)) return;
+      ui.renderFigures($("figures-" + m.side), m);
+      if (m.status === "error") sideError(m.side, String(m.error || "This side failed."));
     },
     "arena.finished": function () {
       setRunning(false);
@@ -85,7 +93,7 @@
       $("vote-bar").classList.remove("open");
       $("name-a").textContent = m.model_a;
       $("name-b").textContent = m.model_b;
-      if (m.choice === "a" || m.choice === "b") $("side-" + m.choice).classList.add("winner");
+      if (isSide(m.choice)) $("side-" + m.choice).classList.add("winner");
       $("reveal").textContent = "Vote recorded: A was " + m.model_a + ", B was " + m.model_b + ".";
     },
     "arena.error": function (m) {

@@ -1,4 +1,8 @@
-/* The chat page: one conversation, streamed answers, stop and retry, sidebar actions. */
+/*
+ * The chat page: one conversation, streamed answers, stop and retry, sidebar actions.
+ * What the server relays comes from upstreams: it is inserted as text, and as HTML
+ * only through SafeMarkdown.render, which escapes every character first.
+ */
 (function () {
   "use strict";
   const $ = function (id) { return document.getElementById(id); };
@@ -10,12 +14,17 @@
 
   function scrollDown() { const t = $("thread"); t.scrollTop = t.scrollHeight; }
 
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text) node.textContent = text;
+    return node;
+  }
+
   function addMessage(role) {
     $("welcome").hidden = true;
-    const wrap = document.createElement("div");
-    wrap.className = "msg " + role;
-    wrap.innerHTML = '<div class="who"></div><div class="bubble"></div><div class="figures"></div>';
-    wrap.querySelector(".who").textContent = role === "user" ? "You" : "Assistant";
+    const wrap = element("div", "msg " + (role === "user" ? "user" : "assistant"));
+    wrap.append(element("div", "who", role === "user" ? "You" : "Assistant"), element("div", "bubble"), element("div", "figures"));
     $("messages").appendChild(wrap);
     scrollDown();
     return wrap;
@@ -24,7 +33,7 @@
   function showError(wrap, message, retryable) {
     let box = wrap.querySelector(".error-box");
     if (!box) { box = document.createElement("div"); box.className = "error-box"; wrap.appendChild(box); }
-    box.textContent = message;
+    box.textContent = String(message);
     if (retryable) {
       const button = document.createElement("button");
       button.type = "button"; button.className = "btn btn-small retry"; button.textContent = "Retry";
@@ -38,7 +47,7 @@
     wrap.classList.remove("streaming");
     if (message.content) wrap.querySelector(".bubble").innerHTML = md.render(message.content);
     else if (message.status === "error") wrap.querySelector(".bubble").hidden = true;
-    wrap.querySelector(".figures").innerHTML = ui.figuresHtml(message);
+    ui.renderFigures(wrap.querySelector(".figures"), message);
     if (message.status === "error") showError(wrap, message.error || "The answer failed.", message.retryable !== false);
   }
 
@@ -102,8 +111,10 @@
     if (!li) {
       li = document.createElement("li");
       li.dataset.id = id;
-      li.innerHTML = '<a></a><span class="actions"><button type="button" class="icon-btn rename">Rename</button>' +
-        '<button type="button" class="icon-btn delete">Delete</button></span>';
+      const actions = element("span", "actions");
+      actions.append(element("button", "icon-btn rename", "Rename"), element("button", "icon-btn delete", "Delete"));
+      actions.querySelectorAll("button").forEach(function (button) { button.type = "button"; });
+      li.append(element("a"), actions);
       li.querySelector("a").href = "/chat/c/" + id + "/";
       li.querySelector("a").textContent = title;
       li.querySelector("a").title = title;
@@ -115,6 +126,7 @@
   const socket = new window.ChatSocket({
     "models.list": function (m) { ui.fillModels($("model"), m.models, state.lastModel || localStorage.getItem("chat.model")); },
     "chat.started": function (m) {
+      if (!Number.isInteger(m.conversation_id)) return;
       if (state.conversationId !== m.conversation_id) {
         state.conversationId = m.conversation_id;
         history.replaceState(null, "", "/chat/c/" + m.conversation_id + "/");
@@ -125,7 +137,7 @@
     "chat.token": function (m) {
       const s = state.streaming;
       if (!s) return;
-      s.text += m.text;
+      s.text += String(m.text || "");
       if (s.frame) return;
       // Re-render at most once per frame: Markdown of the whole answer so far.
       s.frame = requestAnimationFrame(function () {

@@ -93,7 +93,8 @@
   }
 
   function render(source) {
-    const parts = String(source || "").split(/^```/m);
+    // NUL marks code spans inside `inline`: a model may not write one of its own.
+    const parts = String(source || "").replace(/\u0000/g, "").split(/^```/m);
     let html = "";
     parts.forEach(function (part, index) {
       if (index % 2 === 0) { html += blocks(escapeHtml(part)); return; }

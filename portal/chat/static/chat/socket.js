@@ -59,16 +59,34 @@
     if (previous && models.indexOf(previous) !== -1) select.value = previous;
   }
 
-  function figuresHtml(f) {
-    const esc = global.SafeMarkdown.escapeHtml;
-    const parts = [];
-    if (f.status === "stopped") parts.push('<span class="stopped">Stopped</span>');
-    if (f.completion_tokens != null) parts.push("<span>" + f.completion_tokens + " tokens</span>");
-    if (f.time_to_first_token_ms != null) parts.push("<span>TTFT " + Math.round(f.time_to_first_token_ms) + " ms</span>");
-    if (f.tokens_per_second != null) parts.push("<span>" + Number(f.tokens_per_second).toFixed(1) + " tok/s</span>");
-    if (f.model_name) parts.push("<span>" + esc(f.model_name) + "</span>");
-    if (f.worker_identity) parts.push('<span title="Worker">' + esc(f.worker_identity) + "</span>");
-    return parts.join("");
+  // A figure the server sent, as a finite number, or null: upstreams choose these values,
+  // so a string such as "<img onerror=…>" or "1e999" is dropped, never shown.
+  function finiteNumber(value) {
+    if (typeof value === "string" && value.trim() !== "" && isFinite(value)) value = Number(value);
+    return typeof value === "number" && Number.isFinite(value) ? value : null;
+  }
+
+  function addFigure(container, text, className, title) {
+    const span = document.createElement("span");
+    span.textContent = text;
+    if (className) span.className = className;
+    if (title) span.title = title;
+    container.appendChild(span);
+  }
+
+  // The figures under an answer, built as text nodes (never HTML) from the message `f`.
+  function renderFigures(container, f) {
+    container.replaceChildren();
+    if (!f) return;
+    const tokens = finiteNumber(f.completion_tokens);
+    const ttft = finiteNumber(f.time_to_first_token_ms);
+    const speed = finiteNumber(f.tokens_per_second);
+    if (f.status === "stopped") addFigure(container, "Stopped", "stopped");
+    if (tokens !== null && tokens >= 0) addFigure(container, Math.round(tokens) + " tokens");
+    if (ttft !== null && ttft >= 0) addFigure(container, "TTFT " + Math.round(ttft) + " ms");
+    if (speed !== null && speed >= 0) addFigure(container, speed.toFixed(1) + " tok/s");
+    if (f.model_name) addFigure(container, String(f.model_name));
+    if (f.worker_identity) addFigure(container, String(f.worker_identity), "", "Worker");
   }
 
   function autoGrow(textarea) {
@@ -89,5 +107,7 @@
   });
 
   global.ChatSocket = ChatSocket;
-  global.ChatUi = { showStatus: showStatus, fillModels: fillModels, figuresHtml: figuresHtml, autoGrow: autoGrow };
+  global.ChatUi = {
+    showStatus: showStatus, fillModels: fillModels, renderFigures: renderFigures, finiteNumber: finiteNumber, autoGrow: autoGrow,
+  };
 })(window);
