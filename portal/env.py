@@ -41,6 +41,8 @@ HEARTBEAT_INTERVAL: float = env.float("HEARTBEAT_INTERVAL", default=5.0)
 HEARTBEAT_EXPIRY_INTERVALS: int = env.int("HEARTBEAT_EXPIRY_INTERVALS", default=3)
 MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "models")))
 WORKER_DRAIN_TIMEOUT: float = env.float("WORKER_DRAIN_TIMEOUT", default=30.0)
+# Shared secret workers require (Authorization: Bearer) on all but /health; empty: none.
+WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None
 
 # Gateway
 GATEWAY_MAX_ATTEMPTS: int = env.int("GATEWAY_MAX_ATTEMPTS", default=3)

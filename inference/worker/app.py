@@ -3,35 +3,34 @@
 Handlers are thin: parse (protocol), serve (serving), shape (protocol). Every
 error a client can cause is a 4xx in OpenAI's error shape; an engine failure
 is a 5xx body, or an error event followed by `[DONE]` once a stream started.
+With a WORKER_TOKEN every route but /health requires it (auth.RequireToken).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from inference.engines.base import Usage
-from inference.errors import EngineError, InvalidRequest, WrongTask
+from inference.errors import InvalidRequest, WrongTask
+from inference.worker.auth import RequireToken
 from inference.worker.protocol import (
     Draining,
     GenerateCall,
     RequestNotFound,
+    Served,
     Shape,
     encode_vector,
-    error_body,
-    new_id,
     parse_chat,
     parse_completion,
     parse_embeddings,
@@ -43,75 +42,23 @@ from inference.worker.serving import (
     engine_failure,
     prepare_prompt,
 )
+from inference.worker.wire import (
+    error_json,
+    openai_errors,
+    read_json,
+    request_id_of,
+    until_disconnect,
+)
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the answer was ready."""
-
-
-def error_response(exc: EngineError) -> JSONResponse:
-    code = getattr(exc, "code", None) or ("queue_full" if exc.status_code == 503 else None)
-    body = error_body(str(exc), error_type=exc.error_type, param=getattr(exc, "field", None), code=code)
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
-
-
-def openai_errors(handler: Handler) -> Handler:
-    """Turn every exception into OpenAI's error body; unexpected ones are a logged 500."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            return error_response(exc)
-        except ClientGone:
-            return Response(status_code=499)
-        except Exception as exc:
-            logger.exception("Request failed: %s %s", request.method, request.url.path)
-            return error_response(engine_failure(exc))
-
-    return wrapper
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
-
-
-async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
-    """Await `awaitable`, cancelling it if the client disconnects first (then raise ClientGone)."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
 
 
 def _context(request: Request) -> WorkerContext:
     return request.app.state.ctx
+
+
+def _served(ctx: WorkerContext) -> Served:
+    return Served(ctx.served_names, ctx.engine.info.max_model_len)
 
 
 def _refuse_when_draining(ctx: WorkerContext) -> None:
@@ -145,13 +92,13 @@ class GenerationStream(StreamingResponse):
                 await self.generation.close()
 
 
-async def _generate(request: Request, parse: Callable[[dict[str, Any], list[str]], GenerateCall]) -> Response:
+async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], GenerateCall]) -> Response:
     ctx = _context(request)
     _refuse_when_draining(ctx)
-    call = parse(await read_json(request), ctx.served_names)
+    request_id = request_id_of(request)
+    call = parse(await read_json(request), _served(ctx))
     if ctx.engine.info.task != "generate":
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
-    request_id = request.headers.get("x-request-id") or new_id("req")
     if request_id in ctx.active:
         raise InvalidRequest(f"The request id '{request_id}' is already in use.")
     with ctx.track():
@@ -211,8 +158,7 @@ async def _sse(
         failed = False
         async for index, item in generation.events():
             if isinstance(item, Exception):
-                exc = engine_failure(item)
-                yield _event(error_body(str(exc), error_type=exc.error_type))
+                yield _event(error_json(engine_failure(item)))
                 failed = True
                 break
             parts = pending.setdefault(index, [])
@@ -247,7 +193,7 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     ctx = _context(request)
     _refuse_when_draining(ctx)
-    call = parse_embeddings(await read_json(request), ctx.served_names)
+    call = parse_embeddings(await read_json(request), _served(ctx))
     with ctx.track():
         result = await until_disconnect(request, ctx.engine.embed(call.texts))
     data = [
@@ -327,7 +273,8 @@ def build_app(ctx: WorkerContext) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/status", status, methods=["GET"]),
             Route("/abort/{request_id:str}", abort, methods=["POST"]),
-        ]
+        ],
+        middleware=[Middleware(RequireToken, token=ctx.token)],
     )
     app.state.ctx = ctx
     app.state.started = int(time.time())

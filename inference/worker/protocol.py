@@ -20,6 +20,11 @@ from inference.sampling import SamplingParams
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_N = 16
+MAX_MODEL_NAME = 256
+MAX_EMBED_INPUTS = 2048
+# Text is refused before tokenizing beyond this many characters per token of context:
+# tokenizing a 10 MB string would cost seconds for a prompt that cannot fit anyway.
+CHARS_PER_TOKEN = 32
 
 
 class ModelNotFound(InvalidRequest):
@@ -42,6 +47,19 @@ class Draining(EngineError):
     status_code = 503
     error_type = "overloaded_error"
     code = "worker_draining"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What parsing needs to know of the worker: its model names and its context length."""
+
+    names: list[str]
+    max_model_len: int
+
+    @property
+    def max_chars(self) -> int:
+        """The most characters a prompt, a conversation or an embedding input may have."""
+        return CHARS_PER_TOKEN * self.max_model_len
 
 
 @dataclass(frozen=True)
@@ -75,16 +93,32 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _require_model(body: dict[str, Any], served: list[str]) -> str:
+def _require_model(body: dict[str, Any], served: Served) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string.", field="model")
-    if model not in served:
+    if len(model) > MAX_MODEL_NAME:
+        raise InvalidRequest(f"'model' must be at most {MAX_MODEL_NAME} characters.", field="model")
+    if model not in served.names:
         raise ModelNotFound(
-            f"The model '{model}' does not exist on this worker; it serves: {', '.join(served)}.",
+            f"The model '{model}' does not exist on this worker; it serves: {', '.join(served.names)}.",
             field="model",
         )
     return model
+
+
+def check_text(text: str, field: str, max_chars: int) -> str:
+    """Refuse text too long to tokenize, or that no tokenizer can encode (a lone surrogate)."""
+    if len(text) > max_chars:
+        raise InvalidRequest(
+            f"'{field}' is too long: at most {max_chars} characters for this model's context.", field=field
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"'{field}' is not valid Unicode text.", field=field) from None
+    return text
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -96,7 +130,7 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def _common(body: dict[str, Any], served: list[str]) -> dict[str, Any]:
+def _common(body: dict[str, Any], served: Served) -> dict[str, Any]:
     model = _require_model(body, served)
     n = body.get("n", 1)
     if n is None:
@@ -154,16 +188,20 @@ def _message(index: int, raw: Any) -> dict[str, Any]:
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
-def parse_chat(body: dict[str, Any], served: list[str]) -> GenerateCall:
+def parse_chat(body: dict[str, Any], served: Served) -> GenerateCall:
     """Parse a chat completion body; raise InvalidRequest naming the offending field."""
     common = _common(body, served)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty list.", field="messages")
-    return GenerateCall(messages=[_message(i, m) for i, m in enumerate(messages)], **common)
+    if len(messages) > served.max_model_len:  # every message costs tokens of its template
+        raise InvalidRequest(f"'messages' allows at most {served.max_model_len} messages.", field="messages")
+    parsed = [_message(i, m) for i, m in enumerate(messages)]
+    check_text("".join(m["content"] for m in parsed), "messages", served.max_chars)
+    return GenerateCall(messages=parsed, **common)
 
 
-def parse_completion(body: dict[str, Any], served: list[str]) -> GenerateCall:
+def parse_completion(body: dict[str, Any], served: Served) -> GenerateCall:
     """Parse a completion body: `prompt` is a string, one-string list or token ids."""
     common = _common(body, served)
     prompt = body.get("prompt")
@@ -172,7 +210,7 @@ def parse_completion(body: dict[str, Any], served: list[str]) -> GenerateCall:
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("'prompt' must not be empty.", field="prompt")
-        return GenerateCall(prompt=prompt, **common)
+        return GenerateCall(prompt=check_text(prompt, "prompt", served.max_chars), **common)
     if (
         isinstance(prompt, list)
         and prompt
@@ -185,15 +223,19 @@ def parse_completion(body: dict[str, Any], served: list[str]) -> GenerateCall:
     )
 
 
-def parse_embeddings(body: dict[str, Any], served: list[str]) -> EmbedCall:
+def parse_embeddings(body: dict[str, Any], served: Served) -> EmbedCall:
     """Parse an embeddings body: text input only; token-id input is refused."""
     model = _require_model(body, served)
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
+    if isinstance(texts, list) and len(texts) > MAX_EMBED_INPUTS:
+        raise InvalidRequest(f"'input' allows at most {MAX_EMBED_INPUTS} texts.", field="input")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise InvalidRequest("'input' must be a string or a non-empty list of strings.", field="input")
     if any(not t for t in texts):
         raise InvalidRequest("'input' strings must not be empty.", field="input")
+    for text in texts:
+        check_text(text, "input", served.max_chars)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", field="encoding_format")

@@ -36,6 +36,7 @@ class WorkerContext:
     limits: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
     active: dict[str, Generation] = field(default_factory=dict)
+    token: str | None = field(default=None, repr=False)  # WORKER_TOKEN callers must present
     requests_in_progress: int = 0
     # One thread: chat templates and tokenizers stay off the event loop, and a
     # fast tokenizer is never used from two threads at once ("Already borrowed").
@@ -74,7 +75,7 @@ async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[i
     params = call.params
     room = limit - len(ids)
     if room < 1 or (call.max_tokens_given and params.max_tokens > room):
-        raise PromptTooLong(len(ids), params.max_tokens, limit)
+        raise PromptTooLong(len(ids), params.max_tokens, limit, "messages" if call.messages else "prompt")
     if params.max_tokens > room:
         # Not asked for explicitly: the default shrinks to what fits, as vLLM does.
         params = replace(params, max_tokens=room)

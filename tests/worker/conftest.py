@@ -22,11 +22,17 @@ async def make_client() -> AsyncIterator[MakeClient]:
     clients: list[httpx2.AsyncClient] = []
 
     def make(
-        *, stream_interval: int = 1, served: tuple[str, ...] = ("canned",), **config: Any
+        *,
+        stream_interval: int = 1,
+        served: tuple[str, ...] = ("canned",),
+        token: str | None = None,
+        **config: Any,
     ) -> httpx2.AsyncClient:
         extra: dict[str, Any] = {k: config.pop(k) for k in ("token_delay", "task") if k in config}
         engine = CannedTokenEngine(EngineConfig(model_path="canned", extra=extra, **config))
-        ctx = WorkerContext(engine=engine, served_names=list(served), stream_interval=stream_interval)
+        ctx = WorkerContext(
+            engine=engine, served_names=list(served), stream_interval=stream_interval, token=token
+        )
         client = httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=build_app(ctx)), base_url="http://worker"
         )

@@ -28,6 +28,17 @@ def build_engine(config: EngineConfig, backend: str) -> Engine:
         raise CommandError(str(exc)) from None
 
 
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve a non-loopback address without a worker token: it would be an open model server."""
+    from inference.worker.auth import is_loopback
+
+    if not token and not is_loopback(host):
+        raise CommandError(
+            f"Refusing to serve on {host} without a worker token: set WORKER_TOKEN (or --worker-token), "
+            "or bind 127.0.0.1."
+        )
+
+
 def engine_config(options: dict[str, Any]) -> EngineConfig:
     extra: dict[str, Any] = {}
     if options["backend"] == "canned":
@@ -58,6 +69,12 @@ class Command(BaseCommand):
         add("--port", type=int, default=0, help="0 picks a free port.")
         add("--worker-address", default=None, help="URL others reach this worker at (checked at start).")
         add("--worker-id", default=None, help="Stable identity (default: hostname@address).")
+        add(
+            "--worker-token",
+            default=None,
+            help="Secret callers must send as a Bearer token (default: WORKER_TOKEN). "
+            "Required to bind a non-loopback address.",
+        )
         add("--device", choices=["cpu", "cuda", "auto"], default="auto")
         add("--dtype", default="auto", help="auto, float32, float16 or bfloat16.")
         add("--backend", choices=["auto", "transformers", "vllm", "canned"], default="auto")
@@ -78,11 +95,14 @@ class Command(BaseCommand):
 
         if options["stream_interval"] < 1 or options["max_concurrency"] < 1:
             raise CommandError("--stream-interval and --max-concurrency must be at least 1.")
+        token = options["worker_token"] or settings.WORKER_TOKEN
+        check_exposure(options["host"], token)
         engine = build_engine(engine_config(options), options["backend"])
         names = [n.strip() for n in options["model_names"].split(",") if n.strip()]
         ctx = WorkerContext(
             engine=engine,
             served_names=names or [engine.info.default_name],
+            token=token,
             stream_interval=options["stream_interval"],
             limits={
                 "max_concurrency": options["max_concurrency"],
