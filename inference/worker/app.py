@@ -34,6 +34,7 @@ from inference.worker.protocol import (
     parse_chat,
     parse_completion,
     parse_embeddings,
+    usage_dict,
 )
 from inference.worker.serving import (
     Generation,
@@ -253,13 +254,23 @@ async def status(request: Request) -> Response:
 
 @openai_errors
 async def abort(request: Request) -> Response:
+    """Stop a request and answer the usage it consumed, even if it finished just before.
+
+    `aborted` says whether something was still generating. A request that
+    ended recently (the portal dropped its stream first) answers its final
+    usage with `aborted: false`; an id never seen (or long gone) is a 404.
+    """
     ctx = _context(request)
     request_id = request.path_params["request_id"]
     generation = ctx.active.get(request_id)
-    if generation is None:
-        raise RequestNotFound(f"No request '{request_id}' is running on this worker.", field="request_id")
-    await generation.abort()
-    return JSONResponse({"id": request_id, "aborted": True})
+    aborted, usage = False, ctx.recent.get(request_id)
+    if generation is not None:
+        aborted = await generation.abort()
+        await generation.settled()
+        usage = generation.usage()
+    if usage is None:
+        raise RequestNotFound(f"No request '{request_id}' ran on this worker lately.", field="request_id")
+    return JSONResponse({"id": request_id, "aborted": aborted, "usage": usage_dict(usage)})
 
 
 def build_app(ctx: WorkerContext) -> Starlette:

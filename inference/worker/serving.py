@@ -20,6 +20,7 @@ from inference.engines.base import Delta, Engine, GenerationRequest, Usage
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
 from inference.sampling import SamplingParams
 from inference.worker.protocol import GenerateCall
+from inference.worker.recent import RecentUsage
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class WorkerContext:
     limits: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
     active: dict[str, Generation] = field(default_factory=dict)
+    recent: RecentUsage = field(default_factory=RecentUsage)  # final usage of finished requests
     token: str | None = field(default=None, repr=False)  # WORKER_TOKEN callers must present
     requests_in_progress: int = 0
     # One thread: chat templates and tokenizers stay off the event loop, and a
@@ -83,10 +85,15 @@ async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[i
 
 
 _DONE = object()
+SETTLE_SECONDS = 2.0  # how long closing waits for the engine's final usage after an abort
 
 
 class Generation:
-    """`n` engine requests for one HTTP request, under the client's request id."""
+    """`n` engine requests for one HTTP request, under the client's request id.
+
+    It counts what it consumed (`usage()`): the engine's final usage per
+    choice, or the tokens streamed so far for a choice that has not finished.
+    """
 
     def __init__(
         self, ctx: WorkerContext, request_id: str, prompt: list[int], params: SamplingParams, n: int
@@ -95,8 +102,12 @@ class Generation:
         self.request_id = request_id
         self.engine_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
         self._gens = [ctx.engine.generate(GenerationRequest(eid, prompt, params)) for eid in self.engine_ids]
+        self._prompt_tokens = len(prompt)
         self._first: list[Delta] = []
-        self._finished: set[int] = set()
+        self._streamed = [0] * n  # completion tokens seen per choice
+        self._final: dict[int, Usage] = {}  # the engine's usage per finished choice
+        self._settled = asyncio.Event()  # every choice has ended (or the generation is closed)
+        self._queue: asyncio.Queue[tuple[int, Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         ctx.active[request_id] = self
@@ -116,28 +127,46 @@ class Generation:
                 raise result
         self._first = [r for r in results if isinstance(r, Delta)]
 
+    def usage(self) -> Usage:
+        """Tokens consumed so far: the prompt once, and every choice's completion tokens."""
+        completion = sum(
+            self._final[i].completion_tokens if i in self._final else self._streamed[i]
+            for i in range(len(self._gens))
+        )
+        return Usage(self._prompt_tokens, completion)
+
+    async def settled(self, timeout: float = SETTLE_SECONDS) -> None:
+        """Wait (bounded) until every choice has ended, e.g. after an abort."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout)
+
+    def _start_pumps(self) -> asyncio.Queue[tuple[int, Any]]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._tasks = [
+                asyncio.ensure_future(self._pump(i, gen, self._first[i], self._queue))
+                for i, gen in enumerate(self._gens)
+            ]
+        return self._queue
+
     async def events(self) -> AsyncIterator[tuple[int, Delta | Exception]]:
         """Yield (choice index, delta or engine error) as the engine produces them."""
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        self._tasks = [
-            asyncio.ensure_future(self._pump(i, gen, self._first[i], queue))
-            for i, gen in enumerate(self._gens)
-        ]
+        queue = self._start_pumps()
         remaining = len(self._gens)
         while remaining:
             index, item = await queue.get()
             if item is _DONE:
                 remaining -= 1
                 continue
-            if isinstance(item, Delta) and item.finish_reason is not None:
-                self._finished.add(index)
             yield index, item
 
     async def _pump(self, index: int, gen: AsyncIterator[Delta], first: Delta, queue: asyncio.Queue) -> None:
         try:
+            self._record(index, first)
             await queue.put((index, first))
             if first.finish_reason is None:
                 async for delta in gen:
+                    self._record(index, delta)
                     await queue.put((index, delta))
                     if delta.finish_reason is not None:
                         break
@@ -145,27 +174,48 @@ class Generation:
             logger.exception("Generation %s failed", self.request_id)
             await queue.put((index, exc))
         finally:
+            # Ended without a final usage (failed, cancelled): count what it streamed.
+            self._final.setdefault(index, Usage(self._prompt_tokens, self._streamed[index]))
+            if len(self._final) == len(self._gens):
+                self._settled.set()
             await queue.put((index, _DONE))
 
-    async def abort(self) -> None:
-        for index, eid in enumerate(self.engine_ids):
-            if index not in self._finished:
-                await self.ctx.engine.abort(eid)
+    def _record(self, index: int, delta: Delta) -> None:
+        self._streamed[index] += len(delta.token_ids)
+        if delta.finish_reason is not None:
+            self._final[index] = delta.usage or Usage(self._prompt_tokens, self._streamed[index])
+
+    async def abort(self) -> bool:
+        """Ask the engine to stop every unfinished choice; return whether any was unfinished."""
+        unfinished = [eid for i, eid in enumerate(self.engine_ids) if i not in self._final]
+        for eid in unfinished:
+            await self.ctx.engine.abort(eid)
+        return bool(unfinished)
 
     async def close(self) -> None:
-        """Abort what is unfinished and release the engine's generators; safe to call twice."""
+        """Abort what is unfinished, keep the final usage and release the engine's generators.
+
+        Safe to call twice. The generation stays in `ctx.active` until its usage
+        is in `ctx.recent`, so an abort arriving meanwhile finds one or the other.
+        """
         if self._closed:
             return
         self._closed = True
-        self.ctx.active.pop(self.request_id, None)
+        with contextlib.suppress(Exception):
+            await self.abort()
+        if self._first:  # started: let the engine report the aborted choices' usage
+            self._start_pumps()
+            await self.settled()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.abort()
         for gen in self._gens:
             with contextlib.suppress(Exception):
                 await gen.aclose()  # type: ignore[attr-defined]
+        if self._first:
+            self.ctx.recent.remember(self.request_id, self.usage())
+        self.ctx.active.pop(self.request_id, None)
+        self._settled.set()
 
 
 def add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:

@@ -203,11 +203,21 @@ async def test_abort_stops_a_running_generation(make_client: MakeClient) -> None
     running = asyncio.ensure_future(client.post("/v1/completions", json=body, headers={"X-Request-Id": "r1"}))
     await asyncio.sleep(0.2)
     aborted = await client.post("/abort/r1")
-    assert aborted.json() == {"id": "r1", "aborted": True}
     response = await asyncio.wait_for(running, timeout=5)
     assert response.json()["choices"][0]["finish_reason"] == "abort"
     assert response.json()["usage"]["completion_tokens"] < 500
+    assert aborted.json() == {"id": "r1", "aborted": True, "usage": response.json()["usage"]}
     assert client.ctx.active == {}  # type: ignore[attr-defined]
+
+
+async def test_abort_after_the_end_answers_the_final_usage(client: httpx2.AsyncClient) -> None:
+    body = {"model": "canned", "prompt": "a b", "max_tokens": 3, "stream": True}
+    response = await client.post("/v1/completions", json=body, headers={"X-Request-Id": "done-1"})
+    assert sse_events(response.text)[-1] == "[DONE]"
+    aborted = await client.post("/abort/done-1")
+    assert aborted.status_code == 200
+    usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert aborted.json() == {"id": "done-1", "aborted": False, "usage": usage}
 
 
 async def test_abort_of_an_unknown_request_is_a_404(client: httpx2.AsyncClient) -> None:

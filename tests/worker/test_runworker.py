@@ -171,3 +171,28 @@ def test_abort_endpoint_ends_a_stream_with_finish_reason_abort() -> None:
         assert payloads[-1] == "[DONE]"
         assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "abort"
         assert status(worker.address)["in_flight"] == 0
+
+
+def test_abort_after_the_stream_was_dropped_answers_the_usage_consumed() -> None:
+    with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
+        body = {"model": "canned", "prompt": "hi there", "max_tokens": 2000, "stream": True}
+        headers = {"X-Request-Id": "dropped-1"}
+        with httpx2.Client(timeout=30) as client:
+            with client.stream(
+                "POST", f"{worker.address}/v1/completions", json=body, headers=headers
+            ) as response:
+                lines = response.iter_lines()
+                read = [next(lines) for _ in range(6)]  # three text chunks and the blank lines between
+            # What the portal does when its client leaves: drop the stream, then abort.
+            aborted = client.post(f"{worker.address}/abort/dropped-1")
+            assert aborted.status_code == 200, aborted.text
+            usage = aborted.json()["usage"]
+            assert usage["prompt_tokens"] == 2
+            assert (
+                len([line for line in read if line.startswith("data: ")]) <= usage["completion_tokens"] < 2000
+            )
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+            assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
+            later = client.post(f"{worker.address}/abort/dropped-1").json()
+            assert later == {"id": "dropped-1", "aborted": False, "usage": later["usage"]}
+            assert later["usage"]["completion_tokens"] >= usage["completion_tokens"]

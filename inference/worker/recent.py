@@ -1,0 +1,50 @@
+"""The final usage of recently finished requests, for an abort that arrives after the end.
+
+The portal aborts a request when its client disconnects, and counts the
+tokens the request consumed from the answer. By then the worker may have
+closed the generation already (the portal dropped the stream first), so the
+usage is kept a little while: at most `size` ids, each for `ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from inference.engines.base import Usage
+
+
+class RecentUsage:
+    """A bounded, expiring map of request id -> final Usage (oldest out first)."""
+
+    def __init__(
+        self, size: int = 4096, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[float, Usage]] = OrderedDict()
+
+    def remember(self, request_id: str, usage: Usage) -> None:
+        self._items.pop(request_id, None)
+        self._items[request_id] = (self._clock() + self.ttl, usage)
+        self._expire()
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> Usage | None:
+        self._expire()
+        item = self._items.get(request_id)
+        return item[1] if item else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items:
+            request_id, (deadline, _) = next(iter(self._items.items()))
+            if deadline > now:
+                return
+            del self._items[request_id]
