@@ -38,6 +38,8 @@ class AppCredentialForm(forms.ModelForm):
             "allowed_pipelines",
             "enabled",
             "requests_per_minute",
+            "tokens_per_minute",
+            "max_in_flight",
         ]
 
     def clean_sm2_public_key(self) -> str:

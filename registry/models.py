@@ -164,11 +164,22 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    all_models = models.BooleanField(
+        default=False, help_text="Every model, present and future; otherwise only the models below."
+    )
     allowed_models = models.ManyToManyField(
-        ServedModel, blank=True, related_name="api_keys", help_text="Empty means every model."
+        ServedModel,
+        blank=True,
+        related_name="api_keys",
+        help_text="The models this key may use when it is not for all models (none: no model).",
     )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Reserved per request as prompt + n × max_tokens, settled after."
+    )
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests this key may have running at once."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -193,6 +204,12 @@ class AppCredential(models.Model):
     allowed_pipelines = models.JSONField(default=list, blank=True, help_text="Empty means every pipeline.")
     enabled = models.BooleanField(default=True)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Reserved per request as prompt + max_tokens, settled after."
+    )
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests this app may have running at once."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 

@@ -4,6 +4,9 @@ A fresh value is served at once. An expired one is still served while one
 background task reloads it, so a wave of requests at expiry does not queue on
 Django's single sync thread; past `max_stale` the caller waits for the load.
 Concurrent misses for one key share a single load (no thundering herd).
+It is an LRU with a size cap: a flood of distinct keys (random API keys,
+unknown model names) evicts the least recently used entries, one at a time,
+and never grows the process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -28,7 +32,8 @@ class _Entry(Generic[T]):
 class RefreshingCache(Generic[T]):
     """Cache `load(key)` results for `ttl()` seconds, serving stale ones up to `max_stale()` while reloading.
 
-    `ttl` and `max_stale` are callables so that settings are read at call time.
+    `ttl` and `max_stale` are callables so that settings are read at call time;
+    at most `max_entries` values are kept, the least recently used going first.
     """
 
     def __init__(
@@ -43,12 +48,13 @@ class RefreshingCache(Generic[T]):
         self._ttl = ttl
         self._max_stale = max_stale
         self._max_entries = max_entries
-        self._entries: dict[Hashable, _Entry[T]] = {}
+        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
         self._loading: dict[Hashable, asyncio.Future[T]] = {}
 
     async def get(self, key: Hashable) -> T:
         entry = self._entries.get(key)
         if entry is not None:
+            self._entries.move_to_end(key)
             age = time.monotonic() - entry.loaded_at
             if age < self._ttl():
                 return entry.value
@@ -59,6 +65,12 @@ class RefreshingCache(Generic[T]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
 
     def _start_load(self, key: Hashable) -> asyncio.Future[T]:
         pending = self._loading.get(key)
@@ -75,9 +87,10 @@ class RefreshingCache(Generic[T]):
             value = await self._load(key)
         finally:
             self._loading.pop(key, None)
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()  # bounded: random keys must not grow it without limit
         self._entries[key] = _Entry(value, time.monotonic())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
         return value
 
 

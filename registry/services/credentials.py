@@ -13,6 +13,7 @@ import functools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -28,7 +29,10 @@ logger = logging.getLogger(__name__)
 
 _HKDF_SALT = b"modelportal.registry.appcredential"
 _HKDF_INFO = b"app secret at rest"
-_cache: dict[str, tuple[float, CredentialSnapshot | None]] = {}
+# Lookups kept per process, unknown app ids included: an LRU, so a flood of made-up ids only
+# evicts the oldest entries.
+CREDENTIAL_CACHE_ENTRIES = 10_000
+_cache: OrderedDict[str, tuple[float, CredentialSnapshot | None]] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class CredentialSnapshot:
     allowed_pipelines: tuple[str, ...]
     enabled: bool
     requests_per_minute: int | None
+    tokens_per_minute: int | None = None
+    max_in_flight: int | None = None
 
     def may_call(self, pipeline: str) -> bool:
         """An empty allow list means every pipeline."""
@@ -94,6 +100,8 @@ def create_app_credential(
     allow_plain: bool = False,
     allowed_pipelines: list[str] | None = None,
     requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    max_in_flight: int | None = None,
 ) -> tuple[AppCredential, str]:
     """Create an app credential and return it with its plain secret (generated when not given)."""
     plain_secret = secret or generate_secret()
@@ -105,6 +113,8 @@ def create_app_credential(
         allow_plain=allow_plain,
         allowed_pipelines=list(allowed_pipelines or []),
         requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_in_flight=max_in_flight,
     )
     with transaction.atomic():
         credential.full_clean()
@@ -138,6 +148,8 @@ def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
         allowed_pipelines=tuple(str(p) for p in credential.allowed_pipelines or ()),
         enabled=credential.enabled,
         requests_per_minute=credential.requests_per_minute,
+        tokens_per_minute=credential.tokens_per_minute,
+        max_in_flight=credential.max_in_flight,
     )
 
 
@@ -158,8 +170,12 @@ async def aget_credential(app_id: str) -> CredentialSnapshot | None:
     now = time.monotonic()
     hit = _cache.get(app_id)
     if hit is not None and hit[0] > now:
+        _cache.move_to_end(app_id)
         return hit[1]
     credential = await AppCredential.objects.filter(app_id=app_id).afirst()
     snapshot = None if credential is None else snapshot_of(credential)
     _cache[app_id] = (now + float(settings.API_KEY_CACHE_SECONDS), snapshot)
+    _cache.move_to_end(app_id)
+    while len(_cache) > CREDENTIAL_CACHE_ENTRIES:
+        _cache.popitem(last=False)
     return snapshot

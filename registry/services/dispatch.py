@@ -4,7 +4,8 @@ A pure policy (`choose_worker`) over plain `WorkerSnapshot`s, unit-tested
 without a database, plus the thin async service that feeds it live candidates
 (`aget_candidates`) and resolves the model a client names (`aresolve_model`).
 Both reads are cached in-process for `settings.WORKER_CACHE_SECONDS`: the hot
-path reads memory, not the database.
+path reads memory, not the database. Both caches are LRUs with a size cap, and
+a malformed model name is answered without a lookup and never cached.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, Wor
 from registry.services.cache import RefreshingCache
 
 _RNG = random.Random()
+MAX_MODEL_NAME_LENGTH = 200  # ServedModel.name and ModelAlias.name
+MODEL_CACHE_ENTRIES = 2_000  # names asked for, unknown ones included
+CANDIDATE_CACHE_ENTRIES = 1_000  # served models with candidates
 
 
 class NoWorkerAvailable(Exception):
@@ -154,8 +158,23 @@ async def _load_model(name: Hashable) -> ResolvedModel | None:
     return await database_sync_to_async(get_model)(name=str(name))
 
 
+def valid_model_name(name: object) -> bool:
+    """Whether `name` could name a model: a non-empty string of at most 200 printable characters."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_MODEL_NAME_LENGTH
+        and name.isprintable()
+        and not name.isspace()
+    )
+
+
 async def aresolve_model(*, name: str) -> ResolvedModel | None:
-    """`get_model`, cached for WORKER_CACHE_SECONDS (negative answers too)."""
+    """`get_model`, cached for WORKER_CACHE_SECONDS (negative answers too); None for a malformed name.
+
+    A malformed name never reaches the database nor the cache: it cannot name a model.
+    """
+    if not valid_model_name(name):
+        return None
     return await _model_cache.get(name)
 
 
@@ -169,10 +188,10 @@ def _worker_max_stale() -> float:
 
 
 _candidate_cache: RefreshingCache[list[WorkerSnapshot]] = RefreshingCache(
-    _load_candidates, ttl=_worker_ttl, max_stale=_worker_max_stale
+    _load_candidates, ttl=_worker_ttl, max_stale=_worker_max_stale, max_entries=CANDIDATE_CACHE_ENTRIES
 )
 _model_cache: RefreshingCache[ResolvedModel | None] = RefreshingCache(
-    _load_model, ttl=_worker_ttl, max_stale=_worker_max_stale
+    _load_model, ttl=_worker_ttl, max_stale=_worker_max_stale, max_entries=MODEL_CACHE_ENTRIES
 )
 
 

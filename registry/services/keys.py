@@ -3,6 +3,10 @@
 A secret looks like `sk-<prefix8>-<random>`; the prefix is stored in clear so that
 an operator can tell keys apart. Revocation and expiry take effect within
 `settings.API_KEY_CACHE_SECONDS`, the lifetime of a cached lookup.
+
+A key's model scope is explicit: `all_models`, or the models it lists. A key
+that lists none and is not `all_models` may use nothing; deleting a model
+takes it off the lists and never widens a key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from registry.models import ApiKey, ServedModel
 from registry.services.cache import RefreshingCache
 from registry.services.last_used import LastUsedThrottle
 
-# How often one process may write `last_used_at` for one key: the hot path must not write each time.
+# Lookups kept per process: enough for every live key; random secrets only evict the oldest.
+KEY_CACHE_ENTRIES = 10_000
+# Our secrets are 55 characters; a longer one cannot open anything and is not hashed.
+MAX_SECRET_LENGTH = 200
 
 
 class KeyRejected(Exception):
@@ -46,6 +53,7 @@ class KeyInfo:
     allowed_model_ids: frozenset[int] | None  # None: every model
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    max_in_flight: int | None = None
 
     def allows(self, served_model_id: int) -> bool:
         return self.allowed_model_ids is None or served_model_id in self.allowed_model_ids
@@ -76,10 +84,17 @@ def create_api_key(
     expires_in_days: float | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    max_in_flight: int | None = None,
+    all_models: bool | None = None,
     owner_id: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its secret (shown once); unknown model names raise ValueError."""
+    """Create a key and return it with its secret (shown once); unknown model names raise ValueError.
+
+    `all_models` defaults to "no model named": the scope is stored explicitly either way.
+    """
     names = [n for n in model_names if n]
+    if all_models and names:
+        raise ValueError("A key allows all models or the models it names, not both.")
     models = list(ServedModel.objects.filter(name__in=names))
     missing = sorted(set(names) - {m.name for m in models})
     if missing:
@@ -89,6 +104,8 @@ def create_api_key(
         owner_id=owner_id,
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
+        max_in_flight=max_in_flight,
+        all_models=not names if all_models is None else all_models,
         expires_at=timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
     secret = assign_secret(key=key)
@@ -102,16 +119,17 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
     key = ApiKey.objects.filter(hashed_secret=hashed).prefetch_related("allowed_models").first()
     if key is None or not hmac.compare_digest(key.hashed_secret, hashed):
         return None
-    allowed = frozenset(m.id for m in key.allowed_models.all())
+    allowed = None if key.all_models else frozenset(m.id for m in key.allowed_models.all())
     return KeyInfo(
         id=key.id,
         prefix=key.prefix,
         name=key.name,
         expires_at=key.expires_at,
         revoked=key.revoked_at is not None,
-        allowed_model_ids=allowed or None,
+        allowed_model_ids=allowed,
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
+        max_in_flight=key.max_in_flight,
     )
 
 
@@ -124,13 +142,14 @@ _cache: RefreshingCache[KeyInfo | None] = RefreshingCache(
     _load_key,
     ttl=lambda: settings.API_KEY_CACHE_SECONDS,
     max_stale=lambda: 3 * settings.API_KEY_CACHE_SECONDS,
+    max_entries=KEY_CACHE_ENTRIES,
 )
 last_used = LastUsedThrottle()
 
 
 async def aauthenticate_secret(secret: str) -> KeyInfo:
     """The live key for `secret`, or KeyRejected saying why (messages never echo the secret)."""
-    if not secret.startswith("sk-"):
+    if not secret.startswith("sk-") or len(secret) > MAX_SECRET_LENGTH:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
     info = await _cache.get(hash_secret(secret))
     if info is None:

@@ -75,3 +75,19 @@ async def test_failed_load_raises_to_a_waiting_caller():
     cache: RefreshingCache[str] = RefreshingCache(broken, ttl=lambda: 1, max_stale=lambda: 2)
     with pytest.raises(RuntimeError, match="database down"):
         await cache.get("k")
+
+
+async def test_distinct_keys_evict_the_least_recently_used_one_at_a_time():
+    source = Source()
+    cache: RefreshingCache[str] = RefreshingCache(
+        source.load, ttl=lambda: 60, max_stale=lambda: 120, max_entries=3
+    )
+    for key in ("a", "b", "c"):
+        await cache.get(key)
+    await cache.get("a")  # used again: now the most recent
+    await cache.get("d")
+    assert len(cache) == 3
+    assert ("a" in cache, "b" in cache, "c" in cache, "d" in cache) == (True, False, True, True)
+    for i in range(100):
+        await cache.get(f"random-{i}")
+    assert len(cache) == 3

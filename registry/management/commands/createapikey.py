@@ -1,4 +1,4 @@
-"""`manage.py createapikey --name NAME [--models a,b] [--expires DAYS]`: print a new key's secret once."""
+"""`manage.py createapikey --name NAME [--all-models | --models a,b] [...]`: print a new key's secret once."""
 
 from __future__ import annotations
 
@@ -15,25 +15,39 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--name", required=True)
-        parser.add_argument("--models", default="", help="Comma-separated served models (default: all).")
+        scope = parser.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--all-models", action="store_true", help="Every model, present and future (the default)."
+        )
+        scope.add_argument("--models", default="", help="Comma-separated served models, and no other.")
         parser.add_argument("--expires", type=float, default=None, help="Days until it expires.")
         parser.add_argument("--rpm", type=int, default=None, help="Requests per minute.")
         parser.add_argument("--tpm", type=int, default=None, help="Tokens per minute.")
+        parser.add_argument("--max-in-flight", type=int, default=None, help="Requests running at once.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["expires"] is not None and options["expires"] <= 0:
             raise CommandError("--expires must be a positive number of days.")
+        for flag in ("rpm", "tpm", "max_in_flight"):
+            if options[flag] is not None and options[flag] < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be a positive number.")
+        names = [m.strip() for m in options["models"].split(",") if m.strip()]
+        if options["models"] and not names:
+            raise CommandError("--models names no model; use --all-models for every model.")
         try:
             key, secret = create_api_key(
                 name=options["name"],
-                model_names=[m.strip() for m in options["models"].split(",")],
+                model_names=names,
+                all_models=not names,
                 expires_in_days=options["expires"],
                 requests_per_minute=options["rpm"],
                 tokens_per_minute=options["tpm"],
+                max_in_flight=options["max_in_flight"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         expiry = key.expires_at.isoformat() if key.expires_at else "never"
-        self.stderr.write(f"Created API key '{key.name}' (prefix {key.prefix}, expires {expiry}).")
+        scope = "all models" if key.all_models else ", ".join(names)
+        self.stderr.write(f"Created API key '{key.name}' (prefix {key.prefix}, {scope}, expires {expiry}).")
         self.stderr.write("Store the secret now: it is not stored and cannot be shown again.")
         self.stdout.write(secret)

@@ -25,8 +25,13 @@ class Command(BaseCommand):
             "--pipeline", action="append", dest="pipelines", help="Allow only this pipeline (repeatable)."
         )
         parser.add_argument("--rpm", type=int, help="Requests per minute allowed.")
+        parser.add_argument("--tpm", type=int, help="Tokens per minute (prompt + max_tokens reserved).")
+        parser.add_argument("--max-in-flight", type=int, help="Requests allowed to run at once.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        for flag in ("rpm", "tpm", "max_in_flight"):
+            if options[flag] is not None and options[flag] < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be a positive number.")
         app_id = options["app_id"]
         if AppCredential.objects.filter(app_id=app_id).exists():
             raise CommandError(f"app id {app_id!r} already exists")
@@ -39,6 +44,8 @@ class Command(BaseCommand):
                 allow_plain=options["allow_plain"],
                 allowed_pipelines=options["pipelines"],
                 requests_per_minute=options["rpm"],
+                tokens_per_minute=options["tpm"],
+                max_in_flight=options["max_in_flight"],
             )
         except (InvalidKey, ValidationError) as exc:
             raise CommandError(str(exc)) from exc
