@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from portal.gateway.limits import Reservation
+from registry.services.dispatch import MAX_MODEL_NAME_LENGTH
 from registry.services.usage import UsageEntry
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking; becomes the usage record's key/app/user and the source."""
+    """Who is asking; becomes the usage record's key/app/user and the source.
+
+    `reservation` is what the door reserved against the caller's limits; the
+    request's Ticket settles it with the real usage when the request ends.
+    """
 
     source: str = "api"  # "api" | "signed" | "chat"
     api_key_id: int | None = None
     app_credential_id: int | None = None
     user_id: int | None = None
+    reservation: Reservation | None = field(default=None, compare=False, repr=False)
 
     def usage_entry(self, *, request_id: str, endpoint: str, model_name: str) -> UsageEntry:
         return UsageEntry(
             request_id=request_id,
             source=self.source,
             endpoint=endpoint,
-            model_name=model_name,
+            model_name=model_name[:MAX_MODEL_NAME_LENGTH],  # a client's name, refused later if too long
             api_key_id=self.api_key_id,
             app_credential_id=self.app_credential_id,
             user_id=self.user_id,
@@ -30,4 +37,5 @@ class Caller:
 
 
 def new_request_id() -> str:
+    """A request id made by the portal: the worker-side id and the abort path never come from a client."""
     return uuid.uuid4().hex

@@ -6,7 +6,14 @@ from typing import Any
 
 
 class GatewayError(Exception):
-    """A failure to report to the client: OpenAI-shaped fields plus the HTTP status."""
+    """A failure to report to the client: OpenAI-shaped fields plus the HTTP status.
+
+    `fault` is set on errors made from a worker's answer, for failover to read:
+    "client" (the request is at fault), "busy" (the worker is full), "worker"
+    (its own failure) or "misrouted" (it does not serve the model).
+    """
+
+    fault: str = ""
 
     def __init__(
         self,

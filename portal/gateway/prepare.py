@@ -14,7 +14,7 @@ from inference.sampling import SamplingParams
 from inference.worker.protocol import CHAT_ROLES
 from portal.gateway.errors import invalid, model_not_found
 from registry.models import ModelTask
-from registry.services.dispatch import ResolvedModel, aresolve_model
+from registry.services.dispatch import MAX_MODEL_NAME_LENGTH, ResolvedModel, aresolve_model, valid_model_name
 
 CHAT, COMPLETION, EMBEDDING = "chat/completions", "completions", "embeddings"
 MAX_N = 16
@@ -84,10 +84,15 @@ def _check_task(model: ResolvedModel, endpoint: str) -> None:
 
 
 async def resolve_requested_model(body: dict[str, Any]) -> ResolvedModel:
-    """The served model `body["model"]` names (or aliases); 400 when missing, 404 when unknown."""
+    """The served model `body["model"]` names (or aliases); 400 when missing or malformed, 404 when unknown.
+
+    A malformed name is refused before any lookup, so it is never cached.
+    """
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise invalid("'model' is required and must be a string.", param="model")
+    if not valid_model_name(name):
+        raise invalid(f"'model' must be 1 to {MAX_MODEL_NAME_LENGTH} printable characters.", param="model")
     model = await aresolve_model(name=name)
     if model is None:
         raise model_not_found(name)

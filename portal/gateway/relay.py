@@ -16,16 +16,12 @@ from channels.db import database_sync_to_async
 
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
-from portal.gateway.errors import GatewayError
+from portal.gateway.errors import GatewayError, worker_failed
+from portal.gateway.limits import estimate_prompt_tokens
 from portal.gateway.prepare import CHAT, COMPLETION, EMBEDDING, prepare
 from portal.gateway.streaming import ChatStream
-from portal.gateway.upstream import (
-    Ticket,
-    error_from_response,
-    with_failover,
-    worker_headers,
-    worker_url,
-)
+from portal.gateway.ticket import Ticket
+from portal.gateway.upstream import error_from_response, with_failover, worker_headers, worker_url
 from registry.models import UsageStatus
 from registry.services.dispatch import ResolvedModel, list_online_models
 
@@ -50,8 +46,16 @@ async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket
         response = await get_client().post(worker_url(worker, endpoint), json=out, headers=headers)
         if response.status_code != 200:
             raise error_from_response(response.status_code, response.content)
+        try:
+            result = response.json()
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):
+            error = worker_failed("its answer is not a JSON object.")
+            error.fault = "worker"
+            raise error
         ticket.first_token()
-        return response.json()
+        return result
 
     return await with_failover(model, ticket, attempt)
 
@@ -59,10 +63,12 @@ async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket
 async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | None) -> dict[str, Any]:
     request_id = request_id or new_request_id()
     name = body.get("model") if isinstance(body, dict) else None
-    ticket = Ticket(caller.usage_entry(request_id=request_id, endpoint=endpoint, model_name=str(name or "")))
+    entry = caller.usage_entry(request_id=request_id, endpoint=endpoint, model_name=str(name or ""))
+    ticket = Ticket(entry, reservation=caller.reservation)
     try:
         model, out = await prepare(body, endpoint, stream=False)
         ticket.entry.served_model_id, ticket.entry.model_name = model.id, model.name
+        ticket.prompt_estimate = estimate_prompt_tokens(out)
         result = await _send(model, out, endpoint, ticket)
     except GatewayError as exc:
         ticket.finish(UsageStatus.ERROR, exc)

@@ -19,9 +19,11 @@ import httpx2
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
+from portal.gateway.figures import clean_usage
+from portal.gateway.limits import estimate_prompt_tokens
 from portal.gateway.prepare import prepare, wants_usage
+from portal.gateway.ticket import Ticket
 from portal.gateway.upstream import (
-    Ticket,
     WorkerDied,
     error_from_response,
     timeout_seconds,
@@ -40,6 +42,15 @@ def _may_carry_usage(payload: str) -> bool:
     return '"usage":' in payload and '"usage": null' not in payload and '"usage":null' not in payload
 
 
+def _has_content(payload: str) -> bool:
+    """Whether a chunk carries generated text (a cheap test, without parsing the JSON)."""
+    for key in ('"content":', '"text":'):
+        at = payload.find(key)
+        if at >= 0:
+            return not payload[at + len(key) :].lstrip().startswith(('""', "null"))
+    return False
+
+
 class ChatStream:
     """Async iterator of OpenAI chunk dicts for a streaming chat (or text) completion."""
 
@@ -53,7 +64,7 @@ class ChatStream:
         self._include_usage = isinstance(body, dict) and wants_usage(body)
         name = str(body.get("model") or "") if isinstance(body, dict) else ""
         entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
-        self._ticket = Ticket(entry)
+        self._ticket = Ticket(entry, reservation=caller.reservation)
         self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None
@@ -64,6 +75,7 @@ class ChatStream:
         try:
             model, out = await prepare(self._body, self._endpoint, stream=True)
             self._ticket.entry.served_model_id, self._ticket.entry.model_name = model.id, model.name
+            self._ticket.prompt_estimate = estimate_prompt_tokens(out)
             await with_failover(model, self._ticket, lambda worker: self._attempt(worker, out))
         except GatewayError as exc:
             await self._close_response()
@@ -122,11 +134,18 @@ class ChatStream:
     def _note(self, payload: str) -> bool:
         """Record usage and errors from a payload; False when the client must not see it."""
         if _may_carry_usage(payload) or '"error":' in payload:
-            chunk = json.loads(payload)
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                chunk = None
+            if not isinstance(chunk, dict):
+                raise WorkerDied("the worker sent an event that is not a JSON object")
             if chunk.get("error"):
-                self._ticket.finish(UsageStatus.ERROR, worker_failed(str(chunk["error"].get("message"))))
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                self._ticket.finish(UsageStatus.ERROR, worker_failed(str(message)))
             if chunk.get("usage"):
-                self.usage = chunk["usage"]
+                self.usage = clean_usage(chunk["usage"])
                 self._ticket.set_usage(self.usage)
                 # We asked the worker for usage; a client that did not gets no usage-only chunk.
                 return self._include_usage or bool(chunk.get("choices"))
@@ -145,6 +164,7 @@ class ChatStream:
         try:
             while payload is not None and payload != "[DONE]":
                 if self._note(payload):
+                    self._ticket.chunks += _has_content(payload)
                     yield payload
                 payload = await self._next_payload()
             if payload is None:

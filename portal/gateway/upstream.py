@@ -1,14 +1,11 @@
-"""Talking to one worker: its URLs, headers, error bodies, the abort call and the request's ticket."""
+"""Talking to one worker: its URLs, headers, error answers, the abort call, and failover between workers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 from django.conf import settings
@@ -16,15 +13,20 @@ from django.conf import settings
 from portal.gateway import counters
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
-from registry.models import UsageStatus, WorkerKind
+from portal.gateway.figures import clean_usage
+from portal.gateway.tasks import spawn
+from registry.models import WorkerKind
 from registry.services.dispatch import NoWorkerAvailable, ResolvedModel, aget_candidates, choose_worker
-from registry.services.usage import UsageEntry, schedule_usage
 
+if TYPE_CHECKING:
+    from portal.gateway.ticket import Ticket
+
+__all__ = ["spawn"]  # re-exported: callers outside the gateway start background work through it
 logger = logging.getLogger(__name__)
 
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
-_background: set[asyncio.Task[None]] = set()
+ABORT_TIMEOUT_SECONDS = 2.0
 T = TypeVar("T")
 
 
@@ -38,55 +40,87 @@ def worker_url(worker: Any, endpoint: str) -> str:
     return f"{base}/{endpoint}" if worker.kind == WorkerKind.REMOTE else f"{base}/v1/{endpoint}"
 
 
+def _authorization(worker: Any) -> dict[str, str]:
+    # Our workers answer only the portal (WORKER_TOKEN); a remote endpoint gets the key registered for it.
+    remote = worker.kind == WorkerKind.REMOTE
+    secret = worker.remote_api_key if remote else settings.WORKER_TOKEN
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
 def worker_headers(worker: Any, request_id: str) -> dict[str, str]:
-    headers = {"X-Request-Id": request_id}
-    if worker.kind == WorkerKind.REMOTE and worker.remote_api_key:
-        headers["Authorization"] = f"Bearer {worker.remote_api_key}"
-    return headers
+    """Headers of every call to `worker`; `request_id` is always one the portal made."""
+    return {"X-Request-Id": request_id, **_authorization(worker)}
 
 
-def error_from_response(status: int, content: bytes) -> GatewayError:
-    """The worker's OpenAI-shaped error, kept for 4xx and 503; any other 5xx becomes 502."""
+def _error_fields(content: bytes) -> tuple[str, str, Any, Any]:
     try:
         detail = json.loads(content)["error"]
         message, error_type = str(detail["message"]), str(detail.get("type") or "server_error")
         param, code = detail.get("param"), detail.get("code")
     except (ValueError, KeyError, TypeError):
-        message, error_type, param, code = content[:300].decode(errors="replace"), "server_error", None, None
+        return content[:300].decode(errors="replace"), "server_error", None, None
+    return message[:2000], error_type, param if isinstance(param, str) else None, code
+
+
+def error_from_response(status: int, content: bytes) -> GatewayError:
+    """The worker's answer as the client's error, with the `fault` failover goes by.
+
+    4xx: the request is at fault, passed through (a 404 excepted: the worker
+    does not serve the model, registry and worker disagree). 503: busy. Other
+    5xx: the worker's own failure (502), unless its body blames the request
+    (type invalid_request_error), which makes it a 400.
+    """
+    message, error_type, param, code = _error_fields(content)
     if status == 404:
-        # The worker does not know the name: registry and worker disagree; not the client's typo.
-        return worker_failed(f"the worker does not serve this model ({message})")
-    if status >= 500 and status != 503:
-        return worker_failed(message or f"HTTP {status}")
-    retry_after = 2 if status in (429, 503) else None
-    return GatewayError(
-        message, status_code=status, error_type=error_type, param=param, code=code, retry_after=retry_after
-    )
+        error = worker_failed(f"the worker does not serve this model ({message})")
+        error.fault = "misrouted"
+    elif status == 503:
+        error = GatewayError(
+            message, status_code=503, error_type=error_type, param=param, code=code, retry_after=2
+        )
+        error.fault = "busy"
+    elif status >= 500 and error_type != "invalid_request_error":
+        error = worker_failed(message or f"HTTP {status}")
+        error.fault = "worker"
+    else:
+        retry_after = 2 if status == 429 else None
+        error = GatewayError(
+            message,
+            status_code=status if status < 500 else 400,
+            error_type=error_type,
+            param=param,
+            code=code,
+            retry_after=retry_after,
+        )
+        error.fault = "client"
+    return error
 
 
-def is_retryable(status: int) -> bool:
-    """Statuses after which another worker may succeed: busy or broken, not a bad request."""
-    return status == 429 or status >= 500
+async def abort_request(worker: Any, request_id: str) -> dict[str, int] | None:
+    """Tell our worker to stop `request_id`; return its usage so far when the worker reports it.
 
-
-def spawn(coro: Any) -> None:
-    """Run `coro` in the background, holding a reference until it ends."""
-    task = asyncio.get_running_loop().create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _abort(address: str, request_id: str) -> None:
+    The worker answers `{"id", "aborted", "usage"}`, a request that has just
+    finished included. A remote endpoint stops when its connection closes and
+    reports nothing: None, as for a worker that cannot be reached.
+    """
+    if worker.kind == WorkerKind.REMOTE:
+        return None
+    url = f"{worker.address.rstrip('/')}/abort/{request_id}"
     try:
-        await get_client().post(f"{address.rstrip('/')}/abort/{request_id}", timeout=2.0)
-    except httpx2.HTTPError as exc:
-        logger.info("abort of request %s on %s failed: %s", request_id, address, exc)
+        response = await get_client().post(
+            url, headers=worker_headers(worker, request_id), timeout=ABORT_TIMEOUT_SECONDS
+        )
+        answer = response.json() if response.status_code == 200 else None
+    except (httpx2.HTTPError, ValueError) as exc:
+        logger.info("abort of request %s on %s failed: %s", request_id, worker.address, exc)
+        return None
+    return clean_usage(answer.get("usage")) if isinstance(answer, dict) else None
 
 
 def abort_on_worker(worker: Any, request_id: str) -> None:
-    """Tell our worker to stop the request (remote endpoints stop when the connection closes)."""
+    """Stop the request on our worker in the background, not waiting for its answer."""
     if worker.kind != WorkerKind.REMOTE:
-        spawn(_abort(worker.address, request_id))
+        spawn(abort_request(worker, request_id))
 
 
 async def pick_worker(model: ResolvedModel, tried: set[int], last_error: GatewayError | None) -> Any:
@@ -105,84 +139,47 @@ async def pick_worker(model: ResolvedModel, tried: set[int], last_error: Gateway
 async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[[Any], Awaitable[T]]) -> T:
     """Run `attempt(worker)` on one worker after another until one answers.
 
-    A worker that refuses, dies before answering or answers a retryable status
-    is left for the next (at most GATEWAY_MAX_ATTEMPTS tries); a broken one is
-    excluded for a while, a merely busy one (503) is not. A timeout once the
-    request was sent ends it: the worker may still be generating, so it is told
-    to abort.
+    Failover happens on worker faults only: a refused or broken connection
+    (that worker is excluded for a while), a busy worker (503, not excluded),
+    one that does not serve the model (excluded), or a worker's own 5xx. A 4xx
+    is the request's fault and ends it, on the first worker. A worker's 5xx
+    counts against it only once another worker served the same request; when
+    a second worker fails it as well, the request is taken to be the cause:
+    it ends there and no worker is excluded. A timeout once the request was
+    sent ends it too (the worker may still be generating: the Ticket aborts it).
     """
     tried: set[int] = set()
+    suspects: list[int] = []
     last_error: GatewayError | None = None
     for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
         worker = await pick_worker(model, tried, last_error)
         tried.add(worker.id)
         ticket.assign(worker)
         try:
-            return await attempt(worker)
+            result = await attempt(worker)
         except GatewayError as exc:
-            if not is_retryable(exc.status_code):
+            if exc.fault not in ("busy", "misrouted", "worker") or (exc.fault == "worker" and suspects):
                 raise
-            if exc.status_code != 503:
+            if exc.fault == "misrouted":
                 counters.exclude(worker.id)
+            elif exc.fault == "worker":
+                suspects.append(worker.id)
             last_error = exc
+            continue
         except (httpx2.HTTPError, WorkerDied) as exc:
             if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
-                # The worker may still be generating: stop it; the client gets a 504.
-                abort_on_worker(worker, ticket.entry.request_id)
+                ticket.abort_on_finish = True
                 raise worker_timeout(timeout_seconds()) from None
             # Gone, or its connection broke (a stale keep-alive socket to a killed worker reads
             # as ReadError): exclude it for a while and try another.
             counters.exclude(worker.id)
             last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
+            continue
+        for suspect in suspects:
+            counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+        return result
     assert last_error is not None
     raise last_error
-
-
-@dataclass
-class Ticket:
-    """One request's bookkeeping: timings, worker, in-flight count and, at the end, its usage record."""
-
-    entry: UsageEntry
-    started: float = field(default_factory=time.perf_counter)
-    worker: Any = None
-    finished: bool = False
-
-    def assign(self, worker: Any) -> None:
-        """Count the request against `worker` until it ends or moves to another worker."""
-        self.release()
-        self.worker = worker
-        self.entry.worker_id = worker.id
-        counters.acquire(worker.id)
-
-    def release(self) -> None:
-        if self.worker is not None:
-            counters.release(self.worker.id)
-            self.worker = None
-
-    def first_token(self) -> None:
-        if self.entry.time_to_first_token_ms is None:
-            self.entry.time_to_first_token_ms = (time.perf_counter() - self.started) * 1000
-
-    def set_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self.entry.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.entry.completion_tokens = int(usage.get("completion_tokens") or 0)
-
-    def finish(self, status: str = UsageStatus.OK, error: GatewayError | None = None) -> None:
-        """Release the worker and write the usage record once, whatever path ends the request."""
-        if self.finished:
-            return
-        self.finished = True
-        if status == UsageStatus.CANCELLED and self.worker is not None:
-            abort_on_worker(self.worker, self.entry.request_id)
-        self.release()
-        self.entry.status = status
-        self.entry.total_time_ms = (time.perf_counter() - self.started) * 1000
-        if status == UsageStatus.CANCELLED:
-            self.entry.status_code = 499
-        if error is not None:
-            self.entry.status_code, self.entry.error = error.status_code, error.message
-        schedule_usage(entry=self.entry)
 
 
 def timeout_seconds() -> float:

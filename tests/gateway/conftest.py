@@ -15,9 +15,9 @@ import httpx2
 import pytest
 from django.utils import timezone
 
-from portal.api.rate_counts import clear_memory_counts
 from portal.gateway import client as gateway_client
 from portal.gateway import counters
+from portal.gateway.limit_stores import memory_store
 from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
 from registry.services.dispatch import clear_caches
 
@@ -28,11 +28,11 @@ Handler = Callable[[httpx2.Request], httpx2.Response]
 def _fresh_gateway_state() -> Iterator[None]:
     clear_caches()
     counters.reset()
-    clear_memory_counts()
+    memory_store().clear()
     yield
     clear_caches()
     counters.reset()
-    clear_memory_counts()
+    memory_store().clear()
 
 
 @pytest.fixture

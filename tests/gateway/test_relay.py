@@ -10,6 +10,7 @@ import httpx2
 import pytest
 
 from portal.gateway import counters, relay
+from portal.gateway.tasks import drain
 from registry.models import UsageRecord
 from registry.services.usage import flush_pending
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
@@ -91,7 +92,7 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     await stream.open()
     chunks = [c async for c in stream]
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["a", "b"]
-    assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert stream.worker_identity == "w1"
     assert stream.time_to_first_token_ms is not None
     assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
@@ -166,19 +167,12 @@ async def test_stream_closed_early_records_cancelled_and_aborts(served_model, up
     async for _ in stream:
         break
     await stream.aclose()
+    assert counters.in_flight(worker.id) == 0
+    await drain()
     await flush_pending()
     record = await UsageRecord.objects.aget(request_id="c1")
     assert record.status == "cancelled"
-    assert counters.in_flight(worker.id) == 0
-    await _settle()
     assert any(r.url.path == "/abort/c1" for r in seen)
-
-
-async def _settle() -> None:
-    import asyncio
-
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def sync(fn, *args):

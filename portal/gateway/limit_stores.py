@@ -1,0 +1,259 @@
+"""Where the limits' counts live: this process's memory, or Redis shared by every portal.
+
+Both stores do the same two things atomically. `reserve` checks every limit
+of a quota and, only if all pass, counts the request: one more request in
+this minute, its reserved tokens in this minute, one more entry in flight.
+`settle` frees the in-flight entry and replaces the reserved tokens by the
+tokens used. Windows are fixed minutes (`WINDOW_SECONDS`); an in-flight entry
+carries an expiry (`IN_FLIGHT_LEASE_SECONDS`), so that the slots of a portal
+that died free themselves.
+
+In Redis each step is one Lua script (redis.asyncio `register_script`), timed
+by the Redis server's clock so that portals with skewed clocks agree on the
+minute. Its keys share one hash tag per subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio
+from django.conf import settings
+from redis.commands.core import AsyncScript
+
+WINDOW_SECONDS = 60
+# A request still running after this long stops holding its in-flight slot; a dead portal's slots
+# are free again after it.
+IN_FLIGHT_LEASE_SECONDS = 900
+OK, IN_FLIGHT, RPM, TPM, TOO_LARGE = "ok", "in_flight", "rpm", "tpm", "too_large"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Who is limited (`subject`, e.g. "key:12") and how; None or 0 means no such limit."""
+
+    subject: str
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_in_flight: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.max_in_flight)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A store's answer to `reserve`: OK, or which limit refused and in how many seconds to retry."""
+
+    outcome: str
+    window: int
+    retry_after: int = 0
+
+
+class LimitStore(Protocol):
+    async def reserve(self, quota: Quota, tokens: int, flight_id: str) -> Admission:
+        """Count the request if every limit of `quota` allows it (atomically)."""
+        ...
+
+    async def settle(self, subject: str, window: int, reserved: int, used: int, flight_id: str) -> None:
+        """Free `flight_id` and turn `reserved` tokens of minute `window` into `used`."""
+        ...
+
+
+def _retry_after(now: float) -> int:
+    return int(WINDOW_SECONDS - now % WINDOW_SECONDS) + 1
+
+
+class MemoryStore:
+    """The counts of this process (embedded mode: one portal), behind a lock for tests' extra loops."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[int, dict[str, int]] = {}  # minute → "rpm:subject" / "tpm:subject" → count
+        self._flights: dict[str, dict[str, float]] = {}  # subject → flight id → expiry
+
+    async def reserve(self, quota: Quota, tokens: int, flight_id: str) -> Admission:
+        with self._lock:
+            return self._reserve(quota, tokens, flight_id)
+
+    def _reserve(self, quota: Quota, tokens: int, flight_id: str) -> Admission:
+        now = self._clock()
+        window = int(now // WINDOW_SECONDS)
+        if window not in self._counts:
+            self._forget_before(window, now)
+        counts = self._counts.setdefault(window, {})
+        rpm_key, tpm_key = f"rpm:{quota.subject}", f"tpm:{quota.subject}"
+        flights = self._flights.get(quota.subject, {})
+        if quota.tokens_per_minute and tokens > quota.tokens_per_minute:
+            return Admission(TOO_LARGE, window)
+        if quota.max_in_flight:
+            for expired in [f for f, until in flights.items() if until <= now]:
+                del flights[expired]
+            if len(flights) >= quota.max_in_flight:
+                return Admission(IN_FLIGHT, window, 1)
+        if quota.requests_per_minute and counts.get(rpm_key, 0) >= quota.requests_per_minute:
+            return Admission(RPM, window, _retry_after(now))
+        if quota.tokens_per_minute and counts.get(tpm_key, 0) + tokens > quota.tokens_per_minute:
+            return Admission(TPM, window, _retry_after(now))
+        if quota.max_in_flight:
+            self._flights.setdefault(quota.subject, flights)[flight_id] = now + IN_FLIGHT_LEASE_SECONDS
+        if quota.requests_per_minute:
+            counts[rpm_key] = counts.get(rpm_key, 0) + 1
+        if quota.tokens_per_minute:
+            counts[tpm_key] = counts.get(tpm_key, 0) + tokens
+        return Admission(OK, window)
+
+    def _forget_before(self, window: int, now: float) -> None:
+        # Bounded memory: minutes before the previous one and expired flights go as time moves on.
+        self._counts = {w: c for w, c in self._counts.items() if w >= window - 1}
+        for subject, flights in list(self._flights.items()):
+            for expired in [f for f, until in flights.items() if until <= now]:
+                del flights[expired]
+            if not flights:
+                del self._flights[subject]
+
+    async def settle(self, subject: str, window: int, reserved: int, used: int, flight_id: str) -> None:
+        with self._lock:
+            flights = self._flights.get(subject)
+            if flight_id and flights is not None:
+                flights.pop(flight_id, None)
+                if not flights:
+                    del self._flights[subject]
+            counts = self._counts.get(window)
+            key = f"tpm:{subject}"
+            if used != reserved and counts is not None and key in counts:
+                counts[key] = max(0, counts[key] + used - reserved)
+
+    def in_flight(self, subject: str) -> int:
+        """Entries in flight for `subject` (tests)."""
+        with self._lock:
+            return len(self._flights.get(subject, {}))
+
+    def used(self, subject: str, kind: str = "tpm") -> int:
+        """`subject`'s count of `kind` ("rpm" or "tpm") in the current minute (tests)."""
+        with self._lock:
+            window = int(self._clock() // WINDOW_SECONDS)
+            return self._counts.get(window, {}).get(f"{kind}:{subject}", 0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self._flights.clear()
+
+
+RESERVE_LUA = """
+local prefix = KEYS[1]
+local rpm, tpm, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, id = tonumber(ARGV[4]), ARGV[5]
+local lease, width = tonumber(ARGV[6]), tonumber(ARGV[7])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = math.floor(now / width)
+local retry = math.floor(width - now % width) + 1
+local rpm_key = prefix .. ':rpm:' .. window
+local tpm_key = prefix .. ':tpm:' .. window
+local flight_key = prefix .. ':flight'
+if tpm > 0 and tokens > tpm then return {'too_large', window, 0} end
+if most > 0 then
+  redis.call('ZREMRANGEBYSCORE', flight_key, '-inf', now)
+  if redis.call('ZCARD', flight_key) >= most then return {'in_flight', window, 1} end
+end
+if rpm > 0 and tonumber(redis.call('GET', rpm_key) or '0') >= rpm then return {'rpm', window, retry} end
+if tpm > 0 and tonumber(redis.call('GET', tpm_key) or '0') + tokens > tpm then
+  return {'tpm', window, retry}
+end
+if most > 0 then
+  redis.call('ZADD', flight_key, now + lease, id)
+  redis.call('EXPIRE', flight_key, lease + 1)
+end
+if rpm > 0 then
+  redis.call('INCR', rpm_key)
+  redis.call('EXPIRE', rpm_key, 2 * width)
+end
+if tpm > 0 then
+  redis.call('INCRBY', tpm_key, tokens)
+  redis.call('EXPIRE', tpm_key, 2 * width)
+end
+return {'ok', window, 0}
+"""
+
+SETTLE_LUA = """
+local prefix = KEYS[1]
+local window, reserved, used, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if id ~= '' then redis.call('ZREM', prefix .. ':flight', id) end
+local tpm_key = prefix .. ':tpm:' .. window
+if used ~= reserved and redis.call('EXISTS', tpm_key) == 1 then
+  redis.call('INCRBY', tpm_key, used - reserved)
+end
+return 1
+"""
+
+
+class RedisStore:
+    """The counts in Redis, shared by every portal copy: one script call per reserve and per settle."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[AsyncScript, AsyncScript]] = {}
+
+    def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
+        # A redis.asyncio connection belongs to the loop that opened it: one client per loop.
+        loop = asyncio.get_running_loop()
+        scripts = self._clients.get(loop)
+        if scripts is None:
+            for old in [other for other in self._clients if other.is_closed()]:
+                del self._clients[old]
+            client = redis.asyncio.Redis.from_url(self.url)
+            scripts = self._clients[loop] = (
+                client.register_script(RESERVE_LUA),
+                client.register_script(SETTLE_LUA),
+            )
+        return scripts
+
+    @staticmethod
+    def prefix(subject: str) -> str:
+        return f"portal:limits:{{{subject}}}"
+
+    async def reserve(self, quota: Quota, tokens: int, flight_id: str) -> Admission:
+        args = (
+            quota.requests_per_minute or 0,
+            quota.tokens_per_minute or 0,
+            quota.max_in_flight or 0,
+            tokens,
+            flight_id,
+            IN_FLIGHT_LEASE_SECONDS,
+            WINDOW_SECONDS,
+        )
+        outcome, window, retry_after = await self._scripts()[0](keys=[self.prefix(quota.subject)], args=args)
+        return Admission(outcome.decode(), int(window), int(retry_after))
+
+    async def settle(self, subject: str, window: int, reserved: int, used: int, flight_id: str) -> None:
+        args = (window, reserved, used, flight_id)
+        await self._scripts()[1](keys=[self.prefix(subject)], args=args)
+
+
+_memory = MemoryStore()
+_redis: RedisStore | None = None
+
+
+def limit_store() -> LimitStore:
+    """Redis when REDIS_URL is set, this process's memory otherwise (read at call time)."""
+    global _redis
+    url = settings.REDIS_URL
+    if not url:
+        return _memory
+    if _redis is None or _redis.url != url:
+        _redis = RedisStore(url)
+    return _redis
+
+
+def memory_store() -> MemoryStore:
+    """This process's store (tests inspect and clear it)."""
+    return _memory

@@ -1,0 +1,109 @@
+"""A request's ticket: its worker, timings and usage, its usage record and the settling of its limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from portal.gateway import counters
+from portal.gateway.errors import GatewayError
+from portal.gateway.figures import usage_counts
+from portal.gateway.limits import Reservation
+from portal.gateway.tasks import spawn
+from portal.gateway.upstream import abort_request
+from registry.models import UsageStatus, WorkerKind
+from registry.services.usage import UsageEntry, schedule_usage
+
+
+@dataclass
+class Ticket:
+    """One request's bookkeeping, from dispatch to its one usage record.
+
+    `finish` runs once whatever ends the request. A request stopped early
+    (the client left, or the worker timed out) is aborted on our worker, whose
+    answer carries the tokens used so far; the record is written, and the
+    caller's reservation settled, with those. Without figures from the worker
+    (a remote endpoint, a worker gone) the tokens are estimated: the prompt's
+    estimate plus one token per content chunk relayed.
+    """
+
+    entry: UsageEntry
+    reservation: Reservation | None = None
+    started: float = field(default_factory=time.perf_counter)
+    worker: Any = None
+    finished: bool = False
+    abort_on_finish: bool = False
+    prompt_estimate: int = 0
+    chunks: int = 0  # content chunks relayed to the client
+    usage_known: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reservation is not None:
+            self.reservation.claimed = True
+            self.prompt_estimate = self.reservation.estimate.prompt
+
+    def assign(self, worker: Any) -> None:
+        """Count the request against `worker` until it ends or moves to another worker."""
+        self.release()
+        self.worker = worker
+        self.entry.worker_id = worker.id
+        counters.acquire(worker.id)
+
+    def release(self) -> None:
+        if self.worker is not None:
+            counters.release(self.worker.id)
+            self.worker = None
+
+    def first_token(self) -> None:
+        if self.entry.time_to_first_token_ms is None:
+            self.entry.time_to_first_token_ms = (time.perf_counter() - self.started) * 1000
+
+    def set_usage(self, usage: Any) -> None:
+        """Take the worker's usage figures, coerced to non-negative ints (anything else counts 0)."""
+        counts = usage_counts(usage)
+        if counts is not None:
+            self.entry.prompt_tokens, self.entry.completion_tokens = counts
+            self.usage_known = True
+
+    def finish(self, status: str = UsageStatus.OK, error: GatewayError | None = None) -> None:
+        """Release the worker and write the usage record once, whatever path ends the request."""
+        if self.finished:
+            return
+        self.finished = True
+        worker = self.worker
+        self.release()
+        self.entry.status = status
+        self.entry.total_time_ms = (time.perf_counter() - self.started) * 1000
+        if status == UsageStatus.CANCELLED:
+            self.entry.status_code = 499
+        if error is not None:
+            self.entry.status_code, self.entry.error = error.status_code, error.message
+        stopped = status == UsageStatus.CANCELLED or self.abort_on_finish
+        if stopped and worker is not None and worker.kind != WorkerKind.REMOTE:
+            spawn(self._abort_then_record(worker))
+        else:
+            self._record()
+
+    async def _abort_then_record(self, worker: Any) -> None:
+        try:
+            usage = await abort_request(worker, self.entry.request_id)
+            if not self.usage_known:
+                self.set_usage(usage)
+        finally:
+            self._record()
+
+    def _record(self) -> None:
+        if not self.usage_known:
+            self._estimate_usage()
+        schedule_usage(entry=self.entry)
+        if self.reservation is not None:
+            self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
+
+    def _estimate_usage(self) -> None:
+        # A worker that took the request read its prompt; one that failed before any content did
+        # no work we can count.
+        if self.entry.worker_id is None or (self.entry.status == UsageStatus.ERROR and not self.chunks):
+            return
+        self.entry.prompt_tokens = self.prompt_estimate
+        self.entry.completion_tokens = self.chunks

@@ -1,0 +1,202 @@
+"""The limiter: reservations before dispatch, settling after, in memory and in the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from portal.gateway import limit_stores
+from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore, memory_store
+from portal.gateway.limits import LimitExceeded, TokenEstimate, estimate, estimate_prompt_tokens, reserve
+from portal.gateway.tasks import drain
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    except redis.ConnectionError:
+        pytest.skip("Redis is not answering at 127.0.0.1:6379")
+    return REDIS_URL
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
+    """Run a test against each store, through the settings that choose it."""
+    if request.param == "redis":
+        settings.REDIS_URL = request.getfixturevalue("redis_url")
+    else:
+        settings.REDIS_URL = None
+    memory_store().clear()
+    yield request.param
+    memory_store().clear()
+
+
+def cost(tokens: int) -> TokenEstimate:
+    return TokenEstimate(prompt=tokens)
+
+
+async def used_tokens(subject: str, backend: str) -> int:
+    await drain()  # settling runs in the background
+    if backend == "memory":
+        return memory_store().used(subject)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    window = int(time.time() // limit_stores.WINDOW_SECONDS)
+    counts = [client.get(RedisStore.prefix(subject) + f":tpm:{w}") for w in (window - 1, window)]
+    return sum(int(str(c)) for c in counts if c is not None)
+
+
+async def test_concurrent_requests_cannot_all_pass_a_tokens_per_minute_check(backend):
+    quota = Quota("key:1", tokens_per_minute=100)
+    outcomes = await asyncio.gather(*(reserve(quota, cost(30)) for _ in range(10)), return_exceptions=True)
+    passed = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
+    assert (len(passed), len(refused)) == (3, 7)
+    assert {r.reason for r in refused} == {"tpm"}
+    assert all(0 < (r.retry_after or 0) <= 61 for r in refused)
+
+
+async def test_settling_replaces_the_reservation_by_the_tokens_used(backend):
+    quota = Quota("key:2", tokens_per_minute=100)
+    first = await reserve(quota, cost(90))
+    with pytest.raises(LimitExceeded):
+        await reserve(quota, cost(20))
+    first.settle(15)
+    assert await used_tokens("key:2", backend) == 15
+    await reserve(quota, cost(80))
+    assert await used_tokens("key:2", backend) == 95
+
+
+async def test_a_request_larger_than_the_limit_is_refused_for_good(backend):
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(Quota("key:3", tokens_per_minute=100), TokenEstimate(5, 1, 200))
+    assert info.value.reason == "too_large"
+    assert info.value.retry_after is None
+    assert "max_tokens" in info.value.message
+    assert await used_tokens("key:3", backend) == 0
+
+
+async def test_requests_per_minute_count_every_reservation(backend):
+    quota = Quota("key:4", requests_per_minute=2)
+    for _ in range(2):
+        (await reserve(quota, cost(0))).settle(0)
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(quota, cost(0))
+    assert info.value.reason == "rpm"
+
+
+async def test_in_flight_slots_are_held_until_settled(backend):
+    quota = Quota("key:5", max_in_flight=2)
+    first, _ = await reserve(quota, cost(0)), await reserve(quota, cost(0))
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(quota, cost(0))
+    assert (info.value.reason, info.value.retry_after) == ("in_flight", 1)
+    first.settle(0)
+    await drain()
+    await reserve(quota, cost(0))
+
+
+async def test_a_refused_reservation_counts_nothing(backend):
+    quota = Quota("key:6", requests_per_minute=5, tokens_per_minute=50, max_in_flight=1)
+    held = await reserve(quota, cost(40))
+    for tokens in (5, 20):  # in flight full, then tokens too
+        with pytest.raises(LimitExceeded):
+            await reserve(quota, cost(tokens))
+    held.settle(40)
+    await drain()
+    (await reserve(quota, cost(10))).settle(10)
+    assert await used_tokens("key:6", backend) == 50
+
+
+async def test_settling_twice_counts_once(backend):
+    reservation = await reserve(Quota("key:7", tokens_per_minute=100), cost(50))
+    reservation.settle(10)
+    reservation.settle(0)
+    assert await used_tokens("key:7", backend) == 10
+
+
+async def test_unlimited_quota_reserves_without_the_store(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: any call would fail
+    reservation = await reserve(Quota("key:8"), cost(10**9))
+    reservation.settle(5)
+    assert (reservation.tokens, reservation.flight_id) == (0, "")
+
+
+async def test_requests_pass_uncounted_when_redis_is_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    reservation = await reserve(Quota("key:9", requests_per_minute=1, tokens_per_minute=5), cost(1))
+    assert reservation.tokens == 0
+    reservation.settle(1)
+    await drain()
+
+
+def test_memory_in_flight_entries_of_a_dead_request_expire():
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    quota = Quota("key:10", max_in_flight=1)
+    assert asyncio.run(store.reserve(quota, 0, "a")).outcome == "ok"
+    assert asyncio.run(store.reserve(quota, 0, "b")).outcome == "in_flight"
+    now[0] += limit_stores.IN_FLIGHT_LEASE_SECONDS + 1
+    assert asyncio.run(store.reserve(quota, 0, "b")).outcome == "ok"
+
+
+def test_memory_counts_forget_old_minutes():
+    now = [60.0 * 100]
+    store = MemoryStore(clock=lambda: now[0])
+    quota = Quota("key:11", requests_per_minute=1)
+    asyncio.run(store.reserve(quota, 0, ""))
+    for minute in (101, 102, 103):
+        now[0] = 60.0 * minute
+        assert asyncio.run(store.reserve(quota, 0, "")).outcome == "ok"
+    assert set(store._counts) == {102, 103}
+
+
+async def test_redis_in_flight_entries_expire_when_their_portal_dies(redis_url, monkeypatch):
+    monkeypatch.setattr(limit_stores, "IN_FLIGHT_LEASE_SECONDS", 1)
+    store = RedisStore(redis_url)
+    quota = Quota("key:12", max_in_flight=1)
+    assert (await store.reserve(quota, 0, "dead-portal")).outcome == "ok"
+    assert (await store.reserve(quota, 0, "next")).outcome == "in_flight"
+    deadline = time.monotonic() + 5
+    while (await store.reserve(quota, 0, "next")).outcome != "ok":
+        assert time.monotonic() < deadline, "the dead portal's slot never expired"
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_counts_are_shared_between_portal_copies(redis_url):
+    first, second = RedisStore(redis_url), RedisStore(redis_url)
+    quota = Quota("key:13", requests_per_minute=2, tokens_per_minute=100)
+    assert (await first.reserve(quota, 60, "")).outcome == "ok"
+    assert (await second.reserve(quota, 60, "")).outcome == "tpm"
+    assert (await second.reserve(quota, 40, "")).outcome == "ok"
+    assert (await first.reserve(quota, 0, "")).outcome == "rpm"
+    client = redis.Redis.from_url(redis_url)
+    ttls = [int(client.ttl(k)) for k in list(client.scan_iter("portal:limits:{key:13}:*"))]  # type: ignore[arg-type]
+    assert len(ttls) == 2
+    assert all(0 < ttl <= 120 for ttl in ttls)
+
+
+def test_prompt_estimate_is_a_quarter_of_the_characters_plus_four_per_message():
+    body = {"messages": [{"role": "system", "content": "x" * 10}, {"role": "user", "content": "y" * 7}]}
+    assert estimate_prompt_tokens(body) == 5 + 2 * 4
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "z" * 8}]}]}
+    assert estimate_prompt_tokens(parts) == 2 + 4
+    assert estimate_prompt_tokens({"prompt": [1, 2, 3]}) == 3
+    assert estimate_prompt_tokens({"input": ["abcd", "efgh"]}) == 2
+
+
+def test_reservation_is_prompt_plus_n_times_max_tokens_with_fallbacks():
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert estimate({**chat, "max_tokens": 10, "n": 3}).total == 5 + 30
+    assert estimate({**chat, "max_completion_tokens": 7}).total == 5 + 7
+    assert estimate(chat, {"max_tokens": 9}).total == 5 + 9
+    assert estimate(chat).max_tokens == 256  # inference.sampling.DEFAULT_MAX_TOKENS
+    assert estimate({"prompt": ["a", "b"], "max_tokens": 4}).total == 1 + 2 * 4
+    assert estimate({"input": "abcdefgh"}).total == 2  # embeddings generate nothing
+    assert estimate({**chat, "max_tokens": "lots", "n": True}).total == 5 + 256
