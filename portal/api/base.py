@@ -3,8 +3,12 @@
 It subclasses DRF's APIView so that drf-spectacular documents the endpoints,
 but runs its own async `dispatch`: adrf would run the whole `initial()` step
 through Django's single sync thread, on every request. Here authentication,
-throttling and the model permission are awaited on the event loop, and every
-failure is answered in OpenAI's error shape.
+the key's limits and the model permission are awaited on the event loop, and
+every failure is answered in OpenAI's error shape.
+
+A handler reserves its request against the key's limits (`reserve`) once it
+knows the body and model; the relay settles the reservation when the request
+ends, and `dispatch` releases one that the relay never took over.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from portal.api.errors import error_response, forbidden, too_large
 from portal.api.throttling import KeyRateThrottle
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid
+from portal.gateway.limits import Reservation
 from portal.gateway.prepare import resolve_requested_model
+from registry.services.dispatch import ResolvedModel
 from registry.services.keys import KeyInfo
 
 logger = logging.getLogger(__name__)
+MAX_LABEL_LENGTH = 64
 
 
 class OpenAIView(APIView):
@@ -39,40 +46,57 @@ class OpenAIView(APIView):
 
     key: KeyInfo
     request_id: str
+    reservation: Reservation | None
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
-        self.request_id = request.headers.get("X-Request-Id", "")[:64] or new_request_id()
+        # Our id names the request on the worker (and its abort path); the client's is only a label.
+        self.request_id = new_request_id()
+        self.reservation = None
+        try:
+            response = await self._respond(request, *args, **kwargs)
+        finally:
+            if self.reservation is not None and not self.reservation.claimed:
+                self.reservation.settle(0)  # refused or answered before the relay took it over
+        response["X-Request-Id"] = self.request_id
+        headers = request.headers
+        label = client_label(headers.get("X-Request-Id") or headers.get("X-Client-Request-Id"))
+        if label:
+            response["X-Client-Request-Id"] = label
+        return response
+
+    async def _respond(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             handler = getattr(self, request.method.lower(), None) if request.method else None
             if handler is None:
                 message = f"Method {request.method} is not allowed here."
                 raise GatewayError(message, status_code=405, code="method_not_allowed")
             self.key = await ApiKeyAuthentication().authenticate(request)
-            await self.throttle.allow_request(request, self.key)
-            response = await handler(request, *args, **kwargs)
+            return await handler(request, *args, **kwargs)
         except GatewayError as exc:
-            response = error_response(exc)
+            return error_response(exc)
         except Exception:
             # Our own bug, not the client's: logged with the request id, answered in OpenAI's shape.
             logger.exception("request %s failed", self.request_id)
-            response = error_response(
-                GatewayError("Internal error.", status_code=500, error_type="server_error")
-            )
-        response["X-Request-Id"] = self.request_id
-        return response
+            return error_response(GatewayError("Internal error.", status_code=500, error_type="server_error"))
 
     @property
     def throttle(self) -> KeyRateThrottle:
         return KeyRateThrottle()
 
+    async def reserve(self, body: dict[str, Any] | None = None, model: ResolvedModel | None = None) -> None:
+        """Reserve this request against the key's limits (429 when one refuses it)."""
+        self.reservation = await self.throttle.reserve(self.key, body, model)
+
     @property
     def caller(self) -> Caller:
-        return Caller(source="api", api_key_id=self.key.id)
+        return Caller(source="api", api_key_id=self.key.id, reservation=self.reservation)
 
     def read_body(self, request: HttpRequest) -> dict[str, Any]:
         """The JSON object of the body; 413 when too large, 400 when it is not one.
 
-        Its fields are checked once, by the relay (`portal/gateway/prepare.py`), for every
+        Standard JSON only: no NaN or Infinity, no nesting deeper than Python
+        parses, no lone surrogates (they cannot be sent on as UTF-8). Its fields
+        are checked once, by the relay (`portal/gateway/prepare.py`), for every
         front door; the views' serializers document them in the schema.
         """
         limit = settings.GATEWAY_MAX_BODY_BYTES
@@ -83,24 +107,34 @@ class OpenAIView(APIView):
         if length > limit:
             raise too_large(limit)
         try:
-            body = json.loads(request.body or b"null")
+            raw = request.body or b"null"
+            body = json.loads(raw, parse_constant=_refuse_constant)
+            if b"\\ud" in raw or b"\\uD" in raw:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here
         except RequestDataTooBig:
             raise too_large(limit) from None
-        except ValueError:
+        except RecursionError:
+            raise invalid("The request body is nested too deeply.", param=None) from None
+        except ValueError:  # UnicodeError included
             raise invalid("The request body is not valid JSON.", param=None) from None
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object.", param=None)
         return body
 
-    async def check_model(self, body: dict[str, Any]) -> None:
-        """404 for an unknown model, 403 for one this key may not use."""
+    async def check_model(self, body: dict[str, Any]) -> ResolvedModel:
+        """The requested model; 400 for a malformed name, 404 for an unknown one, 403 for one not allowed."""
         model = await resolve_requested_model(body)
         if not self.key.allows(model.id):
             raise forbidden(f"This API key may not use the model '{body['model']}'.")
+        return model
 
-    async def record_tokens(self, usage: Any) -> None:
-        if isinstance(usage, dict) and self.key.tokens_per_minute:
-            total = int(usage.get("total_tokens") or 0) or int(usage.get("prompt_tokens") or 0) + int(
-                usage.get("completion_tokens") or 0
-            )
-            await self.throttle.record_tokens(self.key, total)
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def client_label(value: str | None) -> str:
+    """The client's own request id, echoed back if it is short printable ASCII; never sent on."""
+    if not value or len(value) > MAX_LABEL_LENGTH or not all(" " < c <= "~" for c in value):
+        return ""
+    return value

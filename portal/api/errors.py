@@ -37,12 +37,14 @@ def too_large(limit: int) -> GatewayError:
     )
 
 
-def rate_limited(message: str, *, retry_after: int) -> GatewayError:
+def rate_limited(message: str, *, retry_after: int | None, param: str | None = None) -> GatewayError:
+    """429; without `retry_after` when waiting cannot help (the request alone exceeds the limit)."""
     return GatewayError(
         message,
         status_code=429,
         error_type="rate_limit_error",
-        code="rate_limit_exceeded",
+        param=param,
+        code="rate_limit_exceeded" if retry_after is not None else "request_exceeds_limit",
         retry_after=retry_after,
     )
 

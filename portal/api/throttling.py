@@ -1,48 +1,40 @@
-"""Per-key rate limits (requests and tokens per minute).
+"""Per-key limits of the OpenAI API: requests and tokens per minute, requests in flight.
 
-Counted by `rate_counts` (Redis with REDIS_URL, so every portal process shares
-them). A fixed one-minute window: cheap, and good enough for quotas.
+A DRF-style policy over `portal.gateway.limits`, the limiter every door
+shares: it reserves the request against the key's quota before dispatch and
+answers a refusal in OpenAI's shape (429, Retry-After when waiting helps).
+The relay settles the reservation when the request ends.
 """
 
 from __future__ import annotations
 
-import time
-
-from django.http import HttpRequest
+from typing import Any
 
 from portal.api.errors import rate_limited
-from portal.api.rate_counts import WINDOW_SECONDS, rate_counts
+from portal.gateway.limits import LimitExceeded, Quota, Reservation, TokenEstimate, estimate, reserve
+from registry.services.dispatch import ResolvedModel
 from registry.services.keys import KeyInfo
 
 
-def _window() -> tuple[int, int]:
-    """The current window number and the seconds until the next one."""
-    now = time.time()
-    return int(now // WINDOW_SECONDS), int(WINDOW_SECONDS - now % WINDOW_SECONDS) + 1
+def key_quota(key: KeyInfo) -> Quota:
+    return Quota(
+        subject=f"key:{key.id}",
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        max_in_flight=key.max_in_flight,
+    )
 
 
 class KeyRateThrottle:
-    """Refuse a request with 429 once its key has used its requests or tokens for this minute."""
+    """Reserve a request against its key's limits, or refuse it with 429."""
 
-    async def allow_request(self, request: HttpRequest, key: KeyInfo) -> None:
-        if not key.requests_per_minute and not key.tokens_per_minute:
-            return
-        window, retry_after = _window()
-        if key.requests_per_minute:
-            count = await rate_counts().add(f"rpm:{key.id}", window, 1)
-            if count > key.requests_per_minute:
-                raise rate_limited(
-                    f"Rate limit reached: {key.requests_per_minute} requests per minute.",
-                    retry_after=retry_after,
-                )
-        if key.tokens_per_minute:
-            used = await rate_counts().get(f"tpm:{key.id}", window)
-            if used >= key.tokens_per_minute:
-                raise rate_limited(
-                    f"Rate limit reached: {key.tokens_per_minute} tokens per minute.", retry_after=retry_after
-                )
-
-    async def record_tokens(self, key: KeyInfo, tokens: int) -> None:
-        """Count a finished request's tokens against its key's minute."""
-        if key.tokens_per_minute and tokens > 0:
-            await rate_counts().add(f"tpm:{key.id}", _window()[0], tokens)
+    async def reserve(
+        self, key: KeyInfo, body: dict[str, Any] | None = None, model: ResolvedModel | None = None
+    ) -> Reservation:
+        """Reserve `body` (nothing to generate when None) with `model`'s defaults for max_tokens."""
+        cost = TokenEstimate() if body is None else estimate(body, model.default_params if model else None)
+        try:
+            return await reserve(key_quota(key), cost)
+        except LimitExceeded as exc:
+            param = "max_tokens" if exc.retry_after is None else None
+            raise rate_limited(exc.message, retry_after=exc.retry_after, param=param) from None

@@ -18,12 +18,13 @@ from registry.services.dispatch import aresolve_model
 ERRORS = {
     code: OpenApiResponse(s.ErrorSerializer, description=text)
     for code, text in {
-        400: "Invalid request; `param` names the field.",
+        400: "Invalid request (a malformed `model` included); `param` names the field.",
         401: "Missing, invalid, revoked or expired API key.",
         403: "This key may not use the model.",
         404: "Unknown model.",
         413: "Body too large.",
-        429: "Rate limit reached (Retry-After).",
+        429: "A limit of the key: requests or tokens per minute, requests in flight (Retry-After); "
+        "or the request alone exceeds the tokens per minute (`param` max_tokens, no Retry-After).",
         503: "No online worker, or all queues full (Retry-After).",
         504: "The worker timed out.",
     }.items()
@@ -38,7 +39,7 @@ class _GenerationView(OpenAIView):
 
     async def post(self, request: HttpRequest) -> HttpResponseBase:
         body = self.read_body(request)
-        await self.check_model(body)
+        await self.reserve(body, await self.check_model(body))
         if body.get("stream"):
             stream = self.streaming(body, caller=self.caller, request_id=self.request_id)
             await stream.open()
@@ -46,16 +47,16 @@ class _GenerationView(OpenAIView):
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # nginx must pass events through at once
             return response
-        result = await self.unary(body, caller=self.caller, request_id=self.request_id)
-        await self.record_tokens(result.get("usage"))
-        return JsonResponse(result)
+        return JsonResponse(await self.unary(body, caller=self.caller, request_id=self.request_id))
 
     async def _events(self, stream: ChatStream) -> AsyncIterator[bytes]:
-        # A client that disconnects cancels this generator (Django under ASGI): the stream's
-        # own cleanup aborts the request on the worker.
-        async for event in stream.sse():
-            yield event
-        await self.record_tokens(stream.usage)
+        # A client that disconnects cancels or closes this generator (Django under ASGI): closing
+        # the stream aborts the request on the worker, records its usage and settles the limits.
+        try:
+            async for event in stream.sse():
+                yield event
+        finally:
+            await stream.aclose()
 
 
 class ChatCompletionsView(_GenerationView):
@@ -97,10 +98,8 @@ class EmbeddingsView(OpenAIView):
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:
         body = self.read_body(request)
-        await self.check_model(body)
-        result = await relay.embeddings(body, caller=self.caller, request_id=self.request_id)
-        await self.record_tokens(result.get("usage"))
-        return JsonResponse(result)
+        await self.reserve(body, await self.check_model(body))
+        return JsonResponse(await relay.embeddings(body, caller=self.caller, request_id=self.request_id))
 
 
 class ModelsView(OpenAIView):
@@ -108,6 +107,7 @@ class ModelsView(OpenAIView):
 
     @extend_schema(operation_id="list_models", responses={200: s.ModelListSerializer, 401: ERRORS[401]})
     async def get(self, request: HttpRequest) -> HttpResponseBase:
+        await self.reserve()  # a request like any other for requests per minute
         models: list[dict[str, Any]] = await relay.list_models()
         if self.key.allowed_model_ids is not None:
             allowed = {m["id"] for m in models if await self._allowed(m)}

@@ -1,0 +1,153 @@
+"""A key's limits and scope through the /v1 views, and bodies that must be a 400, never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from portal.gateway.limit_stores import memory_store
+from portal.gateway.tasks import drain
+from registry.models import ApiKey, ServedModel
+from registry.services import keys
+from registry.services.dispatch import clear_caches
+from tests.api.test_views import CHAT, error_of, make_key, post
+from tests.gateway.conftest import add_worker, chat_result, chunk, sse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+STREAM = {**CHAT, "stream": True, "max_tokens": 60}  # reserves 5 (prompt estimate) + 60
+
+
+@pytest.fixture(autouse=True)
+def _no_key_cache():
+    keys.clear_cache()
+    yield
+    keys.clear_cache()
+
+
+@pytest.fixture
+async def worker(served_model, upstream) -> list[httpx2.Request]:
+    await sync_to_async(add_worker)(served_model, "w1")
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if json.loads(request.content).get("stream"):
+            return httpx2.Response(200, content=sse(chunk("a"), chunk(None, USAGE)))
+        return httpx2.Response(200, json=chat_result())
+
+    return upstream(answer)
+
+
+async def finish(response: Any) -> None:
+    """Read a streamed response to its end, then let its bookkeeping settle."""
+    assert [part async for part in response.streaming_content]
+    await drain()
+
+
+async def key_id(secret: str) -> int:
+    return (await ApiKey.objects.aget(prefix=secret.split("-")[1])).id
+
+
+async def test_a_stream_in_progress_holds_its_token_reservation(worker):
+    secret = await make_key(tokens_per_minute=100)
+    first = await post("/v1/chat/completions", STREAM, secret)
+    assert first.status_code == 200
+    second = await post("/v1/chat/completions", STREAM, secret)
+    assert second.status_code == 429
+    assert error_of(second)["code"] == "rate_limit_exceeded"
+    assert 0 < int(second.headers["Retry-After"]) <= 61
+    await finish(first)
+    assert memory_store().used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 65
+    assert (await post("/v1/chat/completions", STREAM, secret)).status_code == 200
+
+
+async def test_max_tokens_beyond_the_keys_tokens_per_minute_is_refused_naming_it(worker):
+    secret = await make_key(tokens_per_minute=100)
+    response = await post("/v1/chat/completions", {**CHAT, "max_tokens": 500}, secret)
+    assert response.status_code == 429
+    error = error_of(response)
+    assert (error["param"], error["code"]) == ("max_tokens", "request_exceeds_limit")
+    assert "max_tokens" in error["message"]
+    assert "Retry-After" not in response.headers
+    assert not worker
+
+
+async def test_requests_in_flight_are_limited_and_freed_when_they_end(worker):
+    secret = await make_key(max_in_flight=1)
+    first = await post("/v1/chat/completions", STREAM, secret)
+    refused = await post("/v1/chat/completions", CHAT, secret)
+    assert (first.status_code, refused.status_code) == (200, 429)
+    assert "in flight" in error_of(refused)["message"]
+    await finish(first)
+    assert (await post("/v1/chat/completions", CHAT, secret)).status_code == 200
+
+
+async def test_a_refused_request_frees_its_in_flight_slot(worker):
+    secret = await make_key(max_in_flight=1)
+    assert (await post("/v1/chat/completions", {**CHAT, "temperature": 9}, secret)).status_code == 400
+    assert (await post("/v1/chat/completions", {**CHAT, "model": "ghost"}, secret)).status_code == 404
+    await drain()
+    assert memory_store().in_flight(f"key:{await key_id(secret)}") == 0
+    assert (await post("/v1/chat/completions", CHAT, secret)).status_code == 200
+
+
+async def test_the_client_request_id_is_only_a_label(worker):
+    secret = await make_key()
+    response = await AsyncClient().post(
+        "/v1/chat/completions",
+        data=json.dumps(CHAT),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}", "X-Request-Id": "../../abort/victim"},
+    )
+    assert response.status_code == 200
+    sent = worker[0].headers["X-Request-Id"]
+    assert sent != "../../abort/victim"
+    assert len(sent) == 32
+    assert response.headers["X-Request-Id"] == sent
+    assert response.headers["X-Client-Request-Id"] == "../../abort/victim"
+
+
+async def test_a_key_for_no_model_may_use_none(worker):
+    key, secret = await sync_to_async(keys.create_api_key)(name="nothing", all_models=False)
+    assert not key.all_models
+    response = await post("/v1/chat/completions", CHAT, secret)
+    assert (response.status_code, error_of(response)["param"]) == (403, "model")
+
+
+async def test_deleting_a_keys_only_model_never_widens_it(worker, served_model):
+    other = await ServedModel.objects.acreate(name="other")
+    secret = await make_key(model_names=["other"])
+    await other.adelete()
+    keys.clear_cache()
+    clear_caches()
+    response = await post("/v1/chat/completions", CHAT, secret)
+    assert response.status_code == 403
+    listed = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+    assert json.loads(listed.content)["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}', "not valid JSON"),
+        (b'{"model": "tiny", "temperature": NaN}', "not valid JSON"),
+        (b'{"model": "tiny", "n": Infinity}', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+    ],
+)
+async def test_a_body_that_is_not_plain_json_is_a_400(worker, raw, why):
+    secret = await make_key()
+    response = await post("/v1/chat/completions", raw, secret)
+    assert response.status_code == 400
+    assert why in error_of(response)["message"]
+
+
+async def test_a_model_name_of_any_length_is_a_400_naming_model(worker):
+    secret = await make_key()
+    response = await post("/v1/chat/completions", {**CHAT, "model": "x" * 5000}, secret)
+    assert (response.status_code, error_of(response)["param"]) == (400, "model")
