@@ -90,9 +90,11 @@ def conversation_rename(request: HttpRequest, conversation_id: int) -> JsonRespo
         return JsonResponse({"error": {"message": "Log in first.", "code": "unauthenticated"}}, status=401)
     try:
         title = json.loads(request.body or b"{}").get("title", "")
+        if not isinstance(title, str):
+            raise TypeError(title)
         conversation = services.rename_conversation(owner=owner, conversation_id=conversation_id, title=title)
-    except (ValueError, AttributeError):
-        return _error(ChatError("Send a JSON body with a title.", code="invalid_request"))
+    except (ValueError, AttributeError, TypeError, RecursionError):  # not JSON, too deep, not a title
+        return _error(ChatError("Send a JSON body with a string title.", code="invalid_request"))
     except ChatError as exc:
         return _error(exc)
     return JsonResponse({"id": conversation.pk, "title": conversation.title})

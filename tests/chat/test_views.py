@@ -74,8 +74,9 @@ def test_rename_and_delete_through_the_json_endpoints(logged_in, user):
     url = f"/chat/api/conversations/{conversation.pk}/rename/"
     response = logged_in.post(url, json.dumps({"title": "Renamed"}), content_type="application/json")
     assert response.json() == {"id": conversation.pk, "title": "Renamed"}
-    bad = logged_in.post(url, "not json", content_type="application/json")
-    assert bad.status_code == 400
+    for bad_body in ("not json", "[" * 100_000 + "]" * 100_000, '{"title": ["a"]}', '{"title": 1e999}'):
+        bad = logged_in.post(url, bad_body, content_type="application/json")
+        assert bad.status_code == 400, bad_body[:20]
     listed = logged_in.get("/chat/api/conversations/").json()["conversations"]
     assert [c["title"] for c in listed] == ["Renamed"]
     assert logged_in.post(f"/chat/api/conversations/{conversation.pk}/delete/").status_code == 200
