@@ -1,4 +1,4 @@
-"""The timestamp window, the replay guard and the per-app rate limit.
+"""The timestamp window, the replay guard and the per-app limits.
 
 go-infer only checks the window; within it, an exact replay of an accepted
 signature is refused too, by `portal.signed.replay` (a database table shared
@@ -8,13 +8,14 @@ by every portal copy, with or without Redis).
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 
+from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
 from portal.signed.envelope import Code, SignedApiError
 from portal.signed.replay import refuse_replay
+from registry.services.credentials import CredentialSnapshot
 
 
 def check_timestamp(timestamp: int, *, now: float | None = None) -> None:
@@ -27,23 +28,26 @@ def check_timestamp(timestamp: int, *, now: float | None = None) -> None:
         )
 
 
-def _admit(app_id: str, requests_per_minute: int | None) -> None:
-    if requests_per_minute:
-        key = f"signed:rpm:{app_id}:{int(time.time() // 60)}"
-        cache.add(key, 0, timeout=120)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, timeout=120)
-            count = 1
-        if count > requests_per_minute:
-            raise SignedApiError(
-                Code.RATE_LIMITED, f"rate limit of {requests_per_minute} requests per minute reached"
-            )
-
-
-async def admit(*, app_id: str, replay_key: str | None, requests_per_minute: int | None) -> None:
-    """Remember the signature (refusing a replay), then count the request."""
+async def admit(*, app_id: str, replay_key: str | None) -> None:
+    """Remember the signature, refusing a replay."""
     if replay_key is not None:
         await refuse_replay(app_id=app_id, replay_key=replay_key)
-    await sync_to_async(_admit, thread_sensitive=False)(app_id, requests_per_minute)
+
+
+async def reserve_for_app(credential: CredentialSnapshot, params: dict[str, Any]) -> Reservation:
+    """Reserve the request against the app's limits, as every door does (`portal.gateway.limits`).
+
+    Requests and tokens per minute and requests in flight; the tokens are the
+    pipeline parameters' prompt plus max_tokens. A refusal is code 9807.
+    """
+    quota = Quota(
+        subject=f"app:{credential.id}",
+        requests_per_minute=credential.requests_per_minute,
+        tokens_per_minute=credential.tokens_per_minute,
+        max_in_flight=credential.max_in_flight,
+    )
+    try:
+        return await reserve(quota, await aestimate(params))
+    except LimitExceeded as exc:
+        later = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
+        raise SignedApiError(Code.RATE_LIMITED, exc.message + later) from None

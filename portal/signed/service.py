@@ -16,6 +16,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from portal.gateway.figures import usage_counts
 from portal.gateway.upstream import spawn
 from portal.signed.envelope import (
     Code,
@@ -24,7 +25,7 @@ from portal.signed.envelope import (
     error_body,
     success_body,
 )
-from portal.signed.guard import admit, check_timestamp
+from portal.signed.guard import admit, check_timestamp, reserve_for_app
 from portal.signed.intake import read_request
 from portal.signed.loader import aget_ready_pipeline
 from portal.signed.pipelines.base import (
@@ -110,19 +111,28 @@ async def _serve(
     if not credential.may_call(path):
         raise SignedApiError(Code.PIPELINE_NOT_ALLOWED, f"this app may not call the {path} pipeline")
     policy = POLICIES[request.sign_type]
-    await admit(
-        app_id=credential.app_id,
-        replay_key=policy.replay_key(request),
-        requests_per_minute=credential.requests_per_minute,
-    )
+    await admit(app_id=credential.app_id, replay_key=policy.replay_key(request))
     try:
         params = pipeline.api_entry(request.data)
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
+    reservation = await reserve_for_app(credential, params)
     context = PipelineContext(
         request_id=request_id, app_id=credential.app_id, app_credential_id=credential.id
     )
-    return await run_pipeline(pipeline, params, context)
+    # Settled with the result's usage; a refusal or failure used nothing, while a request that
+    # timed out or was cancelled may have generated all it reserved.
+    used = reservation.estimate.total
+    try:
+        result = await run_pipeline(pipeline, params, context)
+        used = sum(usage_counts(result.get("usage")) or (0, 0))
+        return result
+    except SignedApiError as exc:
+        if exc.code in (Code.PARAMS_REFUSED, Code.INFERENCE_FAILED):
+            used = 0
+        raise
+    finally:
+        reservation.settle(used)
 
 
 async def handle_signed_request(*, body: bytes, path: str) -> dict[str, Any]:
