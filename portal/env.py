@@ -64,3 +64,7 @@ SM2_PRIVATE_KEY: str | None = env.str("SM2_PRIVATE_KEY", default=None)
 
 # Chat page
 CHAT_ALLOW_ANONYMOUS: bool = env.bool("CHAT_ALLOW_ANONYMOUS", default=False)
+# Limits per chat user (or anonymous session), reserved per answer like an API key's; 0: off.
+CHAT_USER_RPM: int = env.int("CHAT_USER_RPM", default=0)
+CHAT_USER_TPM: int = env.int("CHAT_USER_TPM", default=0)
+CHAT_USER_MAX_IN_FLIGHT: int = env.int("CHAT_USER_MAX_IN_FLIGHT", default=0)

@@ -5,11 +5,15 @@ Client → server messages: `chat.send`, `chat.retry`, `chat.stop`, `arena.send`
 `chat.started`, `chat.token`, `chat.done`, `chat.error`, `arena.started`,
 `arena.token`, `arena.done`, `arena.finished`, `arena.revealed`, `arena.error`.
 Each handler is named after its message type (`chat.send` → `chat_send`).
+A malformed message (not JSON, a field of the wrong type, an id that is not
+an integer) is answered with an error on this socket only; nothing a client
+sends ends the consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from typing import Any
@@ -33,6 +37,7 @@ HANDLED_TYPES = frozenset(
 # Code the browser sees when the socket is refused for want of a login.
 UNAUTHENTICATED_CLOSE_CODE = 4401
 SIDES = ("a", "b")
+MAX_ID = 2**63 - 1  # a database id (bigint)
 
 
 async def available_models() -> list[str]:
@@ -73,16 +78,40 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if tasks:
             await asyncio.wait(tasks, timeout=10)
 
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        """Decode a text frame as JSON; anything else is refused on this socket, never raised."""
+        if text_data is None:
+            await self._refuse("Send messages as JSON text frames.")
+            return
+        try:
+            content = await self.decode_json(text_data)
+            if "\\ud" in text_data or "\\uD" in text_data:
+                json.dumps(content, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here
+        except (ValueError, RecursionError):  # UnicodeError included
+            await self._refuse("The message is not valid JSON.")
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def _refuse(self, message: str) -> None:
+        await self.send_json({"type": "error", "message": message, "code": "invalid_request"})
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
-        if kind not in HANDLED_TYPES:
-            await self.send_json({"type": "error", "message": f"Unknown message type {kind!r}."})
+        if not isinstance(kind, str) or kind not in HANDLED_TYPES:
+            await self.send_json({"type": "error", "message": f"Unknown message type {repr(kind)[:80]}."})
             return
+        prefix = kind.split(".")[0]
         try:
             await getattr(self, kind.replace(".", "_"))(content)
         except ChatError as exc:
-            prefix = kind.split(".")[0]
             await self.send_json({"type": f"{prefix}.error", "message": exc.message, "code": exc.code})
+        except Exception:
+            # Our own bug, not the client's: this message fails, the socket stays open.
+            logger.exception("chat message %s failed", kind)
+            message = "That request failed; try again."
+            await self.send_json({"type": f"{prefix}.error", "message": message, "code": "internal_error"})
 
     async def models_list(self, content: dict[str, Any]) -> None:
         try:
@@ -115,12 +144,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _start_chat(self, content: dict[str, Any], *, retry: bool) -> None:
         if self._busy("chat"):
             raise ChatError("An answer is still streaming; stop it first.", code="busy")
-        model = str(content.get("model") or "")
+        model = _text(content, "model")
         if not model:
             raise ChatError("Pick a model first.", code="no_model")
         params = clean_params(content.get("params"))
-        system_prompt = str(content.get("system_prompt") or "")
-        conversation_id = _optional_int(content.get("conversation_id"))
+        system_prompt = _text(content, "system_prompt")
+        conversation_id = _optional_id(content, "conversation_id")
         if retry:
             if conversation_id is None:
                 raise ChatError("There is nothing to retry.", code="nothing_to_retry")
@@ -136,7 +165,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 owner=self.owner,
                 conversation_id=conversation_id,
                 model_name=model,
-                content=str(content.get("content") or ""),
+                content=_text(content, "content"),
                 system_prompt=system_prompt,
                 params=params,
             )
@@ -184,11 +213,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self._busy("arena"):
             raise ChatError("A battle is still streaming; stop it first.", code="busy")
         anonymous = bool(content.get("anonymous"))
-        model_a, model_b = str(content.get("model_a") or ""), str(content.get("model_b") or "")
+        model_a, model_b = _text(content, "model_a"), _text(content, "model_b")
         if anonymous and not (model_a and model_b):
             model_a, model_b = await _random_pair()
         params = clean_params(content.get("params"))
-        prompt = str(content.get("prompt") or "")
+        prompt = _text(content, "prompt")
         battle = await database_sync_to_async(services.create_battle)(
             owner=self.owner, prompt=prompt, model_a=model_a, model_b=model_b, anonymous=anonymous
         )
@@ -238,17 +267,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.stops["arena"].set()
 
     async def arena_vote(self, content: dict[str, Any]) -> None:
-        battle_id = _optional_int(content.get("battle_id"))
+        battle_id = _optional_id(content, "battle_id")
         if battle_id is None:
             raise ChatError("Say which battle the vote is for.", code="invalid_vote")
+        choice = _text(content, "choice")
         battle = await database_sync_to_async(services.record_vote)(
-            owner=self.owner, battle_id=battle_id, choice=str(content.get("choice") or "")
+            owner=self.owner, battle_id=battle_id, choice=choice
         )
         await self.send_json(
             {
                 "type": "arena.revealed",
                 "battle_id": battle.pk,
-                "choice": content.get("choice"),
+                "choice": choice,
                 "model_a": battle.model_a,
                 "model_b": battle.model_b,
                 "figures": battle.figures,
@@ -265,13 +295,34 @@ def _side_figures(answer: Answer, anonymous: bool) -> dict[str, Any]:
     return figures
 
 
-def _optional_int(value: Any) -> int | None:
-    if value in (None, ""):
+def _text(content: dict[str, Any], name: str) -> str:
+    """The string field `name` ("" when absent); a field of another type is refused, naming it."""
+    value = content.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ChatError(f"'{name}' must be a string.", code="invalid_request")
+    return value
+
+
+def _optional_id(content: dict[str, Any], name: str) -> int | None:
+    """The id in field `name` (None when absent): a positive integer, or its decimal digits.
+
+    NaN, Infinity, fractions, booleans and numbers past a database id are refused, naming the field.
+    """
+    value = content.get(name)
+    if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ChatError("Expected a number.", code="invalid_request") from None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float):
+        number = int(value) if value.is_integer() else None  # is_integer is false for NaN and inf
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+    if number is None or not 0 < number <= MAX_ID:
+        raise ChatError(f"'{name}' must be a positive integer.", code="invalid_request")
+    return number
 
 
 async def _random_pair() -> tuple[str, str]:

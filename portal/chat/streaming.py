@@ -4,6 +4,10 @@ The chat page uses the same relay as the REST API (dispatch, failover, usage
 record, abort on the worker); this module only turns its chunks into text for
 the page and figures for the answer. Stopping races the next chunk against a
 stop event, so a stop is honoured even while the worker is silent.
+
+Chat users have limits too, off by default: CHAT_USER_RPM, CHAT_USER_TPM and
+CHAT_USER_MAX_IN_FLIGHT, reserved per answer before it starts (an arena
+battle is two answers) through the limiter every door shares.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from portal.chat.answers import Answer
 from portal.chat.owners import Owner
 from portal.chat.services import ChatError
 from portal.gateway import relay
+from portal.gateway.figures import count
+from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,17 @@ def clean_params(raw: Any) -> dict[str, Any]:
             raise ChatError(f"{name} must be between {low} and {high}.", code="invalid_param")
         params[name] = number
     return params
+
+
+def chat_quota(owner: Owner) -> Quota:
+    """The limits of one chat user (or anonymous session), from settings; 0 turns one off."""
+    who = f"user:{owner.user_id}" if owner.user_id is not None else f"session:{owner.session_key}"
+    return Quota(
+        subject=f"chat-{who}",
+        requests_per_minute=settings.CHAT_USER_RPM,
+        tokens_per_minute=settings.CHAT_USER_TPM,
+        max_in_flight=settings.CHAT_USER_MAX_IN_FLIGHT,
+    )
 
 
 def request_body(*, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
@@ -86,11 +105,13 @@ def _fail(answer: Answer, *, message: str, code: str, status_code: int) -> None:
 
 
 def _finish_figures(answer: Answer, stream: Any, *, pieces: int, first_at: float | None, end: float) -> None:
-    usage = getattr(stream, "usage", None) or {}
-    answer.worker_identity = getattr(stream, "worker_identity", None) or ""
-    answer.request_id = getattr(stream, "request_id", "") or ""
-    answer.prompt_tokens = usage.get("prompt_tokens")
-    answer.completion_tokens = usage.get("completion_tokens") or pieces or None
+    usage = getattr(stream, "usage", None)
+    usage = usage if isinstance(usage, dict) else {}
+    answer.worker_identity = str(getattr(stream, "worker_identity", None) or "")
+    answer.request_id = str(getattr(stream, "request_id", "") or "")
+    # Figures the page shows: counts only, whatever an upstream sent (never text or markup).
+    answer.prompt_tokens = count(usage["prompt_tokens"]) if "prompt_tokens" in usage else None
+    answer.completion_tokens = count(usage.get("completion_tokens")) or pieces or None
     ttft = getattr(stream, "time_to_first_token_ms", None)
     answer.time_to_first_token_ms = ttft
     tokens = answer.completion_tokens or 0
@@ -131,6 +152,17 @@ async def _relay_chunks(
         answer.status = "stopped"
 
 
+async def _reserve(answer: Answer, owner: Owner, body: dict[str, Any]) -> Reservation | None:
+    """Reserve the answer against the user's limits; None (and `answer` failed) when one refuses it."""
+    try:
+        return await reserve(chat_quota(owner), await aestimate(body))
+    except LimitExceeded as exc:
+        # Waiting helps (429, retryable) unless the answer alone exceeds the limit.
+        status = 429 if exc.retry_after is not None else 400
+        _fail(answer, message=exc.message, code="rate_limited", status_code=status)
+        return None
+
+
 async def stream_answer(
     *,
     model: str,
@@ -145,10 +177,12 @@ async def stream_answer(
     Never raises for a gateway or worker failure: the page shows it inline.
     """
     answer = Answer(model_name=model)
-    caller = relay.Caller(source="chat", user_id=owner.user_id)
-    stream = relay.stream_chat_completion(
-        request_body(model=model, messages=messages, params=params), caller=caller
-    )
+    body = request_body(model=model, messages=messages, params=params)
+    reservation = await _reserve(answer, owner, body)
+    if reservation is None:
+        return answer
+    caller = relay.Caller(source="chat", user_id=owner.user_id, reservation=reservation)
+    stream = relay.stream_chat_completion(body, caller=caller)
     started = time.monotonic()
     progress = _Progress()
     try:
