@@ -37,6 +37,7 @@ from inference.worker.protocol import (
     usage_dict,
 )
 from inference.worker.serving import (
+    ABORT_SETTLE_SECONDS,
     Generation,
     WorkerContext,
     add_usage,
@@ -266,7 +267,7 @@ async def abort(request: Request) -> Response:
     aborted, usage = False, ctx.recent.get(request_id)
     if generation is not None:
         aborted = await generation.abort()
-        await generation.settled()
+        await generation.settled(ABORT_SETTLE_SECONDS)
         usage = generation.usage()
     if usage is None:
         raise RequestNotFound(f"No request '{request_id}' ran on this worker lately.", field="request_id")

@@ -86,6 +86,7 @@ async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[i
 
 _DONE = object()
 SETTLE_SECONDS = 2.0  # how long closing waits for the engine's final usage after an abort
+ABORT_SETTLE_SECONDS = 1.0  # how long /abort waits for it (the portal gives up on /abort after 2 s)
 
 
 class Generation:
@@ -110,6 +111,7 @@ class Generation:
         self._queue: asyncio.Queue[tuple[int, Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._refused = False  # start() failed: the client got an error status, not a generation
         ctx.active[request_id] = self
 
     async def start(self) -> None:
@@ -121,6 +123,7 @@ class Generation:
             raise
         for result in results:
             if isinstance(result, BaseException):
+                self._refused = True
                 await self.close()
                 if isinstance(result, StopAsyncIteration):
                     raise RuntimeError("The engine ended a generation without a final delta.")
@@ -212,7 +215,7 @@ class Generation:
         for gen in self._gens:
             with contextlib.suppress(Exception):
                 await gen.aclose()  # type: ignore[attr-defined]
-        if self._first:
+        if not self._refused:  # also a client gone before the first token: the prompt was read
             self.ctx.recent.remember(self.request_id, self.usage())
         self.ctx.active.pop(self.request_id, None)
         self._settled.set()

@@ -220,6 +220,18 @@ async def test_abort_after_the_end_answers_the_final_usage(client: httpx2.AsyncC
     assert aborted.json() == {"id": "done-1", "aborted": False, "usage": usage}
 
 
+async def test_a_request_refused_at_admission_leaves_no_usage_to_abort(make_client: MakeClient) -> None:
+    client = make_client(max_concurrency=1, max_queue=0, token_delay=0.05)
+    body = {"model": "canned", "prompt": "a", "max_tokens": 20}
+    slow = asyncio.ensure_future(client.post("/v1/completions", json=body, headers={"X-Request-Id": "slow"}))
+    await asyncio.sleep(0.2)
+    refused = await client.post("/v1/completions", json=body, headers={"X-Request-Id": "full-1"})
+    assert_openai_error(refused, 503)
+    assert_openai_error(await client.post("/abort/full-1"), 404)
+    assert (await slow).status_code == 200
+    assert (await client.post("/abort/slow")).json()["usage"]["completion_tokens"] == 20
+
+
 async def test_abort_of_an_unknown_request_is_a_404(client: httpx2.AsyncClient) -> None:
     assert_openai_error(await client.post("/abort/nope"), 404)
 
