@@ -286,7 +286,7 @@ def build_app(ctx: WorkerContext) -> Starlette:
             Route("/status", status, methods=["GET"]),
             Route("/abort/{request_id:str}", abort, methods=["POST"]),
         ],
-        middleware=[Middleware(RequireToken, token=ctx.token)],
+        middleware=[Middleware(RequireToken, token=ctx.token, fallbacks=ctx.token_fallbacks)],
     )
     app.state.ctx = ctx
     app.state.started = int(time.time())

@@ -46,18 +46,24 @@ def bearer_matches(header: bytes | None, token: str) -> bool:
 
 
 class RequireToken:
-    """Answer 401 in OpenAI's error shape unless the caller presents the worker token."""
+    """Answer 401 in OpenAI's error shape unless the caller presents the worker token.
 
-    def __init__(self, app: Any, token: str | None) -> None:
+    `fallbacks` are earlier tokens still accepted while a rotation is under way
+    (WORKER_TOKEN_FALLBACKS, like Django's SECRET_KEY_FALLBACKS).
+    """
+
+    def __init__(self, app: Any, token: str | None, fallbacks: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token
+        self.accepted = (token, *fallbacks) if token else ()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self.token is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization")
-        if bearer_matches(header, self.token):
+        # Every token is compared, so the time taken does not tell which one nearly matched.
+        if sum(bearer_matches(header, token) for token in self.accepted):
             await self.app(scope, receive, send)
             return
         body = error_body(

@@ -39,6 +39,7 @@ class WorkerContext:
     active: dict[str, Generation] = field(default_factory=dict)
     recent: RecentUsage = field(default_factory=RecentUsage)  # final usage of finished requests
     token: str | None = field(default=None, repr=False)  # WORKER_TOKEN callers must present
+    token_fallbacks: tuple[str, ...] = field(default=(), repr=False)  # still accepted while rotating
     requests_in_progress: int = 0
     # One thread: chat templates and tokenizers stay off the event loop, and a
     # fast tokenizer is never used from two threads at once ("Already borrowed").

@@ -26,12 +26,17 @@ async def make_client() -> AsyncIterator[MakeClient]:
         stream_interval: int = 1,
         served: tuple[str, ...] = ("canned",),
         token: str | None = None,
+        token_fallbacks: tuple[str, ...] = (),
         **config: Any,
     ) -> httpx2.AsyncClient:
         extra: dict[str, Any] = {k: config.pop(k) for k in ("token_delay", "task") if k in config}
         engine = CannedTokenEngine(EngineConfig(model_path="canned", extra=extra, **config))
         ctx = WorkerContext(
-            engine=engine, served_names=list(served), stream_interval=stream_interval, token=token
+            engine=engine,
+            served_names=list(served),
+            stream_interval=stream_interval,
+            token=token,
+            token_fallbacks=token_fallbacks,
         )
         client = httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=build_app(ctx)), base_url="http://worker"

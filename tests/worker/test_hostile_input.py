@@ -126,5 +126,12 @@ async def test_the_worker_token_opens_every_route_and_health_needs_none(make_cli
     assert (await client.post("/abort/nope", headers=good)).status_code == 404
 
 
+async def test_a_rotation_accepts_the_new_and_the_fallback_token_only(make_client: MakeClient) -> None:
+    client = make_client(token="new-token", token_fallbacks=("old-token",))
+    for token, status in [("new-token", 200), ("old-token", 200), ("older-token", 401), ("", 401)]:
+        response = await client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == status, token
+
+
 async def test_without_a_token_the_worker_is_open(client: httpx2.AsyncClient) -> None:
     assert (await client.post("/v1/completions", json=COMPLETION)).status_code == 200

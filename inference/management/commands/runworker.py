@@ -103,6 +103,7 @@ class Command(BaseCommand):
             engine=engine,
             served_names=names or [engine.info.default_name],
             token=token,
+            token_fallbacks=tuple(settings.WORKER_TOKEN_FALLBACKS),
             stream_interval=options["stream_interval"],
             limits={
                 "max_concurrency": options["max_concurrency"],
