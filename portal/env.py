@@ -43,6 +43,8 @@ MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "models"
 WORKER_DRAIN_TIMEOUT: float = env.float("WORKER_DRAIN_TIMEOUT", default=30.0)
 # Shared secret workers require (Authorization: Bearer) on all but /health; empty: none.
 WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None
+# Earlier tokens workers still accept during a rotation (the portal sends WORKER_TOKEN only).
+WORKER_TOKEN_FALLBACKS: list[str] = env.list("WORKER_TOKEN_FALLBACKS", default=[])
 
 # Gateway
 GATEWAY_MAX_ATTEMPTS: int = env.int("GATEWAY_MAX_ATTEMPTS", default=3)
