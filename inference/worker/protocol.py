@@ -163,9 +163,9 @@ def _message(index: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidRequest(f"'{where}' must be an object.", field=where)
     role = raw.get("role")
-    if role not in CHAT_ROLES:
+    if not isinstance(role, str) or role not in CHAT_ROLES:
         raise InvalidRequest(
-            f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}; got {role!r}.",
+            f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}; got {repr(role)[:40]}.",
             field=f"{where}.role",
         )
     content = raw.get("content")

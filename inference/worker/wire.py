@@ -40,9 +40,16 @@ def error_json(exc: EngineError) -> dict[str, Any]:
     return error_body(str(exc), error_type=exc.error_type, param=getattr(exc, "field", None), code=code)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error may quote a client's lone surrogate (not UTF-8)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def error_response(exc: EngineError) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-    return JSONResponse(error_json(exc), status_code=exc.status_code, headers=headers)
+    return AsciiJSONResponse(error_json(exc), status_code=exc.status_code, headers=headers)
 
 
 def openai_errors(handler: Handler) -> Handler:

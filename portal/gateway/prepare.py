@@ -27,7 +27,8 @@ def _check_messages(body: dict[str, Any]) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"'messages[{i}]' must be an object with a 'role'.", param=f"messages[{i}]")
-        if message.get("role") not in CHAT_ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             roles = ", ".join(sorted(CHAT_ROLES))
             raise invalid(f"'messages[{i}].role' must be one of {roles}.", param=f"messages[{i}].role")
         content = message.get("content")

@@ -148,4 +148,9 @@ async def handle_signed_request(*, body: bytes, path: str) -> dict[str, Any]:
     except SignedApiError as exc:
         logger.info("signed %s: code %s: %s", request_id, int(exc.code), exc.message)
         return error_body(app_id=app_id, request_id=request_id, code=exc.code, message=exc.message)
+    except Exception:
+        # Our bug, not the client's: logged with the request id, answered in the envelope.
+        logger.exception("signed %s: the request failed", request_id)
+        code = Code.INFERENCE_FAILED
+        return error_body(app_id=app_id, request_id=request_id, code=code, message="internal error")
     return success_body(app_id=app_id, request_id=request_id, result=result)

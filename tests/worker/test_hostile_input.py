@@ -58,6 +58,20 @@ async def test_non_finite_numbers_lone_surrogates_and_deep_nesting_are_a_400(
     assert error["param"] == param
 
 
+@pytest.mark.parametrize("role", [[], {}, ["user"], 5, "x" * 10_000])
+async def test_a_role_that_is_not_a_role_name_is_a_400(client: httpx2.AsyncClient, role: object) -> None:
+    body = {**CHAT, "messages": [{"role": role, "content": "hi"}]}
+    error = assert_openai_error(await client.post("/v1/chat/completions", json=body), 400)
+    assert error["param"] == "messages[0].role"
+    assert len(error["message"]) < 200  # the value is quoted, not echoed whole
+
+
+async def test_an_error_quoting_a_lone_surrogate_is_still_json(client: httpx2.AsyncClient) -> None:
+    response = await client.post("/v1/completions", content=b'{"model": "\\ud800", "prompt": "a"}')
+    error = assert_openai_error(response, 404)
+    assert error["param"] == "model"
+
+
 async def test_near_zero_temperature_is_served_greedily(client: httpx2.AsyncClient) -> None:
     response = await client.post("/v1/completions", json={**COMPLETION, "temperature": 1e-40})
     assert response.status_code == 200, response.text

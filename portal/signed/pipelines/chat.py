@@ -44,6 +44,7 @@ def _messages(data: dict[str, Any]) -> list[dict[str, str]]:
     for message in messages:
         if not (
             isinstance(message, dict)
+            and isinstance(message.get("role"), str)
             and message.get("role") in _ROLES
             and isinstance(message.get("content"), str)
         ):
