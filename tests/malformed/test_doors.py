@@ -114,7 +114,8 @@ def chat_socket_messages() -> Iterator[tuple[str, str | bytes]]:
     for kind, fields in shapes.items():
         for field in [*fields, "params", "conversation_id", "system_prompt", "type"]:
             for label, value in hostile_values():
-                yield f"{kind}.{field} = {label}", encode({"type": kind, **fields, field: value})
+                # A text frame, as the page sends (bytes would be a binary frame, refused as such).
+                yield f"{kind}.{field} = {label}", encode({"type": kind, **fields, field: value}).decode()
 
 
 def exercise_chat_socket(tally: Tally, portal: PortalProcess) -> None:
