@@ -114,7 +114,5 @@ def test_poisoned_requests_fail_alone_and_exclude_no_worker(fleet):
         assert answer.status_code == 200, answer.text
     served = UsageRecord.objects.filter(endpoint="completions", status_code=200)
     assert wait_for(lambda: served.count() == 20, timeout=10), list(served.values())
-    assert set(served.values_list("worker_id", flat=True)) == set(
-        Worker.objects.values_list("id", flat=True)
-    )
+    assert set(served.values_list("worker_id", flat=True)) == set(Worker.objects.values_list("id", flat=True))
     assert all(worker.proc.poll() is None for worker in workers)
