@@ -72,8 +72,14 @@ class APIHandler(ASGIHandler):
 
     async def _answer(self, request: Any, send: Any) -> None:
         response = await self.run_get_response(request)
-        with contextlib.suppress(asyncio.CancelledError):  # the client left while it was being sent
-            await self.send_response(response, send)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):  # the client left while it was being sent
+                await self.send_response(response, send)
+        finally:
+            # A stream whose client left before its first byte was never iterated: end it here.
+            close_stream = getattr(response, "close_stream", None)
+            if close_stream is not None:
+                await close_stream()
 
 
 def route_by_path(prefixes: tuple[str, ...], api_app: Any, default_app: Any) -> Any:

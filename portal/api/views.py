@@ -43,15 +43,28 @@ class _GenerationView(OpenAIView):
         if body.get("stream"):
             stream = self.streaming(body, caller=self.caller, request_id=self.request_id)
             await stream.open()
-            response = StreamingHttpResponse(self._events(stream), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # nginx must pass events through at once
-            return response
+            return EventStreamResponse(stream)
         return JsonResponse(await self.unary(body, caller=self.caller, request_id=self.request_id))
 
-    async def _events(self, stream: ChatStream) -> AsyncIterator[bytes]:
-        # A client that disconnects cancels or closes this generator (Django under ASGI): closing
-        # the stream aborts the request on the worker, records its usage and settles the limits.
+
+class EventStreamResponse(StreamingHttpResponse):
+    """Server-sent events relayed from an opened stream.
+
+    Closing the stream aborts the request on the worker, records its usage and
+    settles the limits. A client that disconnects while the events flow cancels
+    the generator, whose `finally` closes it; one that leaves before the first
+    byte leaves the generator unstarted, so the API handler calls `close_stream`
+    once sending is over, whatever happened (a second close does nothing).
+    """
+
+    def __init__(self, stream: ChatStream) -> None:
+        super().__init__(self._events(stream), content_type="text/event-stream")
+        self.close_stream = stream.aclose
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"  # nginx must pass events through at once
+
+    @staticmethod
+    async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
         try:
             async for event in stream.sse():
                 yield event
