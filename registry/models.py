@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -189,10 +190,20 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
+# What an appId may look like; the signed API refuses any other before a lookup.
+APP_ID_RULE = "1 to 128 of A-Z a-z 0-9 _ . -"
+APP_ID_PATTERN = r"\A[A-Za-z0-9_.\-]{1,128}\Z"
+
+
 class AppCredential(models.Model):
     """An app id and secret for the signed (go-infer compatible) API."""
 
-    app_id = models.CharField(max_length=128, unique=True)
+    app_id = models.CharField(
+        max_length=128,
+        unique=True,
+        validators=[RegexValidator(APP_ID_PATTERN, f"An appId is {APP_ID_RULE}.")],
+        help_text=f"{APP_ID_RULE} (go-infer's are 32 hex digits).",
+    )
     name = models.CharField(max_length=200, blank=True)
     secret_ciphertext = models.TextField(editable=False, help_text="The secret, encrypted at rest.")
     sm2_public_key = models.CharField(

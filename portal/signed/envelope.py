@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import Any
 
 from portal.signed.canonical import canonical_string
+from registry.models import APP_ID_PATTERN, APP_ID_RULE
 
 
 class Code(IntEnum):
@@ -36,14 +37,12 @@ class Code(IntEnum):
     INFERENCE_FAILED = 9998
 
 
-# What an appId may look like: go-infer's are 32 hex digits; the column holds 128 characters.
-APP_ID_RULE = "1 to 128 of A-Z a-z 0-9 _ . -"
-_APP_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_APP_ID = re.compile(APP_ID_PATTERN)
 
 
 def valid_app_id(value: str) -> bool:
     """Whether `value` has the form of an appId (checked before any lookup, so nothing else is cached)."""
-    return _APP_ID.fullmatch(value) is not None
+    return _APP_ID.match(value) is not None
 
 
 class SignedApiError(Exception):

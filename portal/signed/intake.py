@@ -18,13 +18,13 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import TypeVar
 
 from portal.signed.envelope import (
-    APP_ID_RULE,
     Code,
     SignedApiError,
     SignedRequest,
     parse_request,
     valid_app_id,
 )
+from registry.models import APP_ID_RULE
 
 T = TypeVar("T")
 

@@ -91,6 +91,19 @@ def test_command_refuses_bad_key_and_duplicate_app() -> None:
         call_command("createappcredential", "--app-id=dup", stdout=StringIO())
 
 
+@pytest.mark.parametrize("app_id", ["has space", "a/b", "x" * 129, "émoji"])
+def test_command_and_admin_refuse_an_app_id_the_signed_api_would_refuse(admin_client, app_id) -> None:
+    with pytest.raises(CommandError, match="an appId is"):
+        call_command("createappcredential", f"--app-id={app_id}", stdout=StringIO())
+    response = admin_client.post(
+        reverse("admin:registry_appcredential_add"),
+        {"app_id": app_id, "allowed_pipelines": "[]", "enabled": "on"},
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert response.context["adminform"].form.errors["app_id"]
+    assert not AppCredential.objects.exists()
+
+
 def test_admin_add_shows_generated_secret_once_then_masked(admin_client) -> None:
     response = admin_client.post(
         reverse("admin:registry_appcredential_add"),

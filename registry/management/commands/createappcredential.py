@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.signed.sm2 import InvalidKey
-from registry.models import AppCredential
+from registry.models import APP_ID_PATTERN, APP_ID_RULE, AppCredential
 from registry.services.credentials import create_app_credential
 
 
@@ -33,6 +34,8 @@ class Command(BaseCommand):
             if options[flag] is not None and options[flag] < 1:
                 raise CommandError(f"--{flag.replace('_', '-')} must be a positive number.")
         app_id = options["app_id"]
+        if not re.fullmatch(APP_ID_PATTERN, app_id):
+            raise CommandError(f"an appId is {APP_ID_RULE}")
         if AppCredential.objects.filter(app_id=app_id).exists():
             raise CommandError(f"app id {app_id!r} already exists")
         try:
