@@ -180,7 +180,7 @@ GATEWAY_READ_TIMEOUT = env.GATEWAY_READ_TIMEOUT
 GATEWAY_MAX_BODY_BYTES = env.GATEWAY_MAX_BODY_BYTES
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.GATEWAY_MAX_BODY_BYTES
 API_KEY_CACHE_SECONDS = env.API_KEY_CACHE_SECONDS
-# Where the API's rate counts live: Redis when set (shared by every portal), else in-process.
+# Where the limits' counts live: Redis when set (shared by every portal), else in-process.
 REDIS_URL = env.REDIS_URL
 WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
 USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
