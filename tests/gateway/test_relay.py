@@ -65,9 +65,12 @@ async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served
             raise httpx2.ConnectError("refused", request=request)
         return httpx2.Response(200, json=chat_result())
 
-    upstream(handler)
-    for _ in range(6):
+    seen = upstream(handler)
+    # Dispatch is a lottery: send until it has drawn the dead worker once (each request is served).
+    for _ in range(100):
         await relay.chat_completion(dict(BODY), caller=CALLER)
+        if any(request.url.host == "dead" for request in seen):
+            break
     dead_id = (await sync(lambda: served_model.workers.get(identity="dead"))).id
     assert counters.is_excluded(dead_id)
     assert counters.in_flight(dead_id) == 0
