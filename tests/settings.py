@@ -6,6 +6,8 @@ processes (workers, portals started by tests) inherit it.
 
 import os
 
+# A developer's .env (scripts/start writes one, with a WORKER_TOKEN) must not change the tests.
+os.environ.setdefault("ENV_FILE", os.devnull)
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
