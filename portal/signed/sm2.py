@@ -29,6 +29,18 @@ class InvalidKey(ValueError):
     """An SM2 key that is not well formed; the message says what is wrong."""
 
 
+def _crypt(*, private_key: str, public_key: str) -> _gmssl_sm2.CryptSM2:
+    """A gmssl signer/verifier holding exactly `public_key` (128 hex digits).
+
+    gmssl's constructor strips a leading "04" with `lstrip`, so an x coordinate that
+    itself starts with 0s and 4s (1 key in 256 starts with "04") lost digits and every
+    signature with that key failed: the key is set after construction instead.
+    """
+    crypt = _gmssl_sm2.CryptSM2(private_key=private_key, public_key="")
+    crypt.public_key = public_key
+    return crypt
+
+
 def normalize_public_key(public_key: str) -> str:
     """Return the key as 128 lowercase hex digits (x‖y), checking that the point is on the curve."""
     key = public_key.strip()
@@ -70,7 +82,7 @@ def generate_private_key() -> str:
 def sign_base64(message: str, *, private_key_hex: str, public_key_hex: str | None = None) -> str:
     """Sign `message` (UTF-8) with SM2-with-SM3 and return base64 of r‖s (64 bytes)."""
     public = normalize_public_key(public_key_hex or public_key_from_private(private_key_hex))
-    crypt = _gmssl_sm2.CryptSM2(private_key=private_key_hex, public_key=public)
+    crypt = _crypt(private_key=private_key_hex, public_key=public)
     signature = None
     while signature is None:
         # gmssl draws k from `random`, which is not a CSPRNG: pass our own.
@@ -92,7 +104,7 @@ def verify(message: str, signature: bytes, *, public_key_hex: str) -> bool:
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     if not (0 < r < _N and 0 < s < _N):
         return False
-    crypt = _gmssl_sm2.CryptSM2(private_key="", public_key=public_key_hex)
+    crypt = _crypt(private_key="", public_key=public_key_hex)
     try:
         return bool(crypt.verify_with_sm3(f"{r:064x}{s:064x}", message.encode("utf-8")))
     except (ValueError, TypeError):  # a degenerate point inside gmssl's arithmetic
