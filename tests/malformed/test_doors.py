@@ -20,6 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from portal import env
 from registry.services.credentials import create_app_credential
 from registry.services.keys import create_api_key
 from tests.malformed.corpus import Case, cases, encode, field_cases, hostile_values, raw_cases
@@ -170,7 +171,10 @@ def test_malformed_inputs_get_no_5xx_and_kill_no_process(fleet):
     post_all(tally, "signed /api/chat", f"{portal.url}/api/chat", signed_cases("corpus-app"), {})
     exercise_chat_socket(tally, portal)
 
-    print("\n" + tally.report())
+    report = tally.report()
+    print("\n" + report)
+    # Kept for the record (scripts/test runs pytest -q, which shows no output of a passing test).
+    (env.VAR_DIR / "malformed-report.txt").write_text(report + "\n")
     assert tally.broken == [], "\n".join(tally.broken[:40])
     for process in workers:
         assert process.proc.poll() is None, f"a worker died:\n{process.output[-3000:]}"
