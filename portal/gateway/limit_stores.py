@@ -136,10 +136,11 @@ class MemoryStore:
         with self._lock:
             return len(self._flights.get(subject, {}))
 
-    def used(self, subject: str, kind: str = "tpm") -> int:
-        """`subject`'s count of `kind` ("rpm" or "tpm") in the current minute (tests)."""
+    def used(self, subject: str, kind: str = "tpm", window: int | None = None) -> int:
+        """`subject`'s count of `kind` ("rpm" or "tpm") in minute `window` (default: this one; tests)."""
         with self._lock:
-            window = int(self._clock() // WINDOW_SECONDS)
+            if window is None:
+                window = int(self._clock() // WINDOW_SECONDS)
             return self._counts.get(window, {}).get(f"{kind}:{subject}", 0)
 
     def clear(self) -> None:
