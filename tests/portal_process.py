@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 import httpx2
@@ -93,3 +94,17 @@ def start_portal(
     portal = PortalProcess(free_port(), env if env is not None else subprocess_env(extra_env))
     portal.wait_ready(timeout)
     return portal
+
+
+def two_portals(
+    *, env: dict[str, str] | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[PortalProcess, PortalProcess]]:
+    """Start two portals sharing the test database (and `env`), yield both, stop both."""
+    first = start_portal(env=env, extra_env=extra_env)
+    try:
+        second = start_portal(env=env, extra_env=extra_env)
+    except BaseException:
+        first.stop()
+        raise
+    with first, second:
+        yield first, second

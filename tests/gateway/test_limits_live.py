@@ -22,7 +22,7 @@ import redis
 from portal.gateway.limit_stores import WINDOW_SECONDS, RedisStore
 from registry.models import ApiKey, UsageRecord
 from registry.services.keys import create_api_key
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess, two_portals
 from tests.processes import WorkerProcess, start_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -60,14 +60,7 @@ def worker(redis_client: redis.Redis) -> Iterator[WorkerProcess]:
 
 @pytest.fixture
 def portals(worker: WorkerProcess) -> Iterator[tuple[PortalProcess, PortalProcess]]:
-    first = start_portal(extra_env=SETTINGS)
-    try:
-        second = start_portal(extra_env=SETTINGS)
-    except BaseException:
-        first.stop()
-        raise
-    with first, second:
-        yield first, second
+    yield from two_portals(extra_env=SETTINGS)
 
 
 def headers(secret: str) -> dict[str, str]:

@@ -20,7 +20,8 @@ import redis
 from portal.signed.client import sign_body
 from registry.services.credentials import create_app_credential
 from registry.services.keys import create_api_key
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess
+from tests.portal_process import two_portals as start_two_portals
 from tests.processes import REPO_ROOT, subprocess_env
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -38,14 +39,7 @@ def redis_env() -> dict[str, str]:
 
 @pytest.fixture
 def two_portals(redis_env: dict[str, str]) -> Iterator[tuple[PortalProcess, PortalProcess]]:
-    first = start_portal(env=redis_env)
-    try:
-        second = start_portal(env=redis_env)
-    except BaseException:
-        first.stop()
-        raise
-    with first, second:
-        yield first, second
+    yield from start_two_portals(env=redis_env)
 
 
 def test_rate_limit_is_counted_across_portal_copies(two_portals):

@@ -12,29 +12,18 @@ import redis
 
 from portal.signed.client import sign_body
 from registry.services.credentials import create_app_credential
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess, two_portals
 from tests.processes import subprocess_env
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def two_portals(env: dict[str, str]) -> Iterator[tuple[PortalProcess, PortalProcess]]:
-    first = start_portal(env=env)
-    try:
-        second = start_portal(env=env)
-    except BaseException:
-        first.stop()
-        raise
-    with first, second:
-        yield first, second
-
-
 @pytest.fixture
 def portals_without_redis() -> Iterator[tuple[PortalProcess, PortalProcess]]:
     env = subprocess_env()
     env.pop("REDIS_URL", None)
-    yield from two_portals(env)
+    yield from two_portals(env=env)
 
 
 @pytest.fixture
@@ -50,7 +39,7 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def portals_with_redis(redis_client: redis.Redis) -> Iterator[tuple[PortalProcess, PortalProcess]]:
-    yield from two_portals(subprocess_env({"REDIS_URL": REDIS_URL}))
+    yield from two_portals(env=subprocess_env({"REDIS_URL": REDIS_URL}))
 
 
 def signed_body() -> str:
