@@ -18,6 +18,24 @@ MAX_STOP_CHARS = 256  # matching cost grows with the square of a stop string's l
 MAX_STOP_TOKEN_IDS = 256
 
 
+GUIDE_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class Guide:
+    """A constraint on the form of the output, compiled by the engine into per-token masks.
+
+    `spec` is the JSON schema (as JSON text) for "json_schema", empty for
+    "json_object", the regular expression for "regex", a JSON list of strings
+    for "choice" and a Lark (or GBNF-style) grammar for "grammar". `field` is
+    the request field that asked for it, named when the engine refuses it.
+    """
+
+    kind: str
+    spec: str
+    field: str = "response_format"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. `temperature == 0` means greedy; `top_k == 0` means off.
@@ -37,6 +55,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    # Set by the request parser, not read from the body's sampling fields:
+    guide: Guide | None = None  # structured output
+    logprobs: int | None = None  # None: none; k: the chosen token's logprob and the k most likely
 
     @property
     def greedy(self) -> bool:
@@ -138,5 +159,5 @@ _PARSERS: dict[str, Any] = {
     "frequency_penalty": lambda n, v: _number(n, v, -2.0, 2.0),
     "ignore_eos": _boolean,
 }
-_FIELD_NAMES = [f.name for f in fields(SamplingParams)]
+_FIELD_NAMES = [f.name for f in fields(SamplingParams) if f.name not in ("guide", "logprobs")]
 assert set(_PARSERS) == set(_FIELD_NAMES)
