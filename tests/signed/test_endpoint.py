@@ -256,6 +256,13 @@ async def test_params_refused_by_pipeline_is_9701_with_reason(app: App) -> None:
     assert reply["appId"] == app.app_id
 
 
+async def test_a_parameter_too_large_for_a_float_is_refused_with_9701_not_a_crash(app: App) -> None:
+    reply = await post("chat", app.body({"prompt": "hi", "model": "tiny", "temperature": 10**400}))
+
+    assert reply["code"] == 9701
+    assert "temperature" in reply["data"]["msg"]
+
+
 async def test_result_not_ready_within_message_timeout_is_9997(app: App, settings) -> None:
     settings.SIGNED_MESSAGE_TIMEOUT = 0.2
 

@@ -71,11 +71,16 @@ def optional_number(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ParamsRefused(f"{key} must be a number")
-    if kind is int and (not float(value).is_integer()):
+    if kind is int and isinstance(value, float) and not value.is_integer():
         raise ParamsRefused(f"{key} must be an integer")
     if low is not None and value < low:
         raise ParamsRefused(f"{key} must be at least {low:g}")
-    return int(value) if kind is int else float(value)
+    if kind is int:
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits: JSON allows it, a float cannot hold it
+        raise ParamsRefused(f"{key} is out of range") from None
 
 
 def optional_string(data: dict[str, Any], key: str) -> str | None:
