@@ -5,14 +5,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from portal.chat import views as chat_views
-from portal.signed.views import signed_api
+from portal.signed.views import SignedView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/<str:pipeline>", signed_api, name="signed-api"),
+    path("api/<str:pipeline>", SignedView.as_view(), name="signed-api"),
     path("chat/", include("portal.chat.urls")),
     path("leaderboard/", chat_views.leaderboard, name="leaderboard"),
 ]

@@ -1,7 +1,14 @@
-"""Signature policies, one class per `signType`, with DRF-style tiny interfaces.
+"""Signature policies: one DRF authentication class per `signType`, with tiny interfaces.
 
 A policy says whether an app may use it, verifies a request against the app's
-secret (and keys), and names what the replay guard remembers.
+secret (and keys), and names what the replay guard remembers. A view accepts
+exactly the signTypes of its `authentication_classes` (`portal.signed.views`):
+a signType that none of them names is refused with 9803.
+
+The signature is inside the JSON body, next to the `data` it signs, so it is
+checked once the envelope is parsed, by `authenticate_signed` awaited on the
+event loop; DRF's sync `authenticate(request)` is left unimplemented (it
+raises), so that no code path can take a request as authenticated without it.
 """
 
 from __future__ import annotations
@@ -11,23 +18,36 @@ import functools
 import hashlib
 import hmac
 import logging
+from collections.abc import Iterable
 from typing import ClassVar
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework.authentication import BaseAuthentication
 
 from portal.signed import sm2
 from portal.signed.canonical import candidate_strings, sha256_sign_data
-from portal.signed.envelope import SignedRequest
+from portal.signed.envelope import Code, SignedApiError, SignedRequest
 from portal.signed.intake import off_loop_if_large
 from registry.services.credentials import CredentialSnapshot
 
 logger = logging.getLogger(__name__)
 
 
-class SignaturePolicy:
+class SignaturePolicy(BaseAuthentication):
     """Base policy: every app may use it, nothing verifies, nothing is remembered."""
 
     sign_type: ClassVar[str] = ""
+    # What the OpenAPI schema says about this signType.
+    description: ClassVar[str] = ""
+
+    async def authenticate_signed(self, request: SignedRequest, credential: CredentialSnapshot) -> None:
+        """Refuse with 9803 when the app may not use this signType, 9800 when the signature fails."""
+        refusal = self.refusal(credential)
+        if refusal is not None:
+            raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, refusal)
+        if not await self.verify(request, credential):
+            raise SignedApiError(Code.BAD_SIGNATURE, "signature verification failed")
 
     def refusal(self, credential: CredentialSnapshot) -> str | None:
         """Return why this app may not use this signType, or None when it may."""
@@ -43,6 +63,7 @@ class SignaturePolicy:
 
 class Sha256Signature(SignaturePolicy):
     sign_type = "SHA256"
+    description = "signData = base64(lowercase hex(SHA-256(string to sign))); the secret ends the string."
 
     async def verify(self, request: SignedRequest, credential: CredentialSnapshot) -> bool:
         # Up to four canonical strings of the whole body: a large one is built in a thread.
@@ -74,6 +95,10 @@ def deployment_public_key() -> str | None:
 
 class Sm2Signature(SignaturePolicy):
     sign_type = "SM2"
+    description = (
+        "signData = base64(r‖s) of SM2-with-SM3 (user id 1234567812345678) over the string to sign, "
+        "checked against the app's SM2 public key or the deployment's."
+    )
 
     def refusal(self, credential: CredentialSnapshot) -> str | None:
         if credential.sm2_public_key or deployment_public_key():
@@ -103,6 +128,7 @@ class PlainSignature(SignaturePolicy):
     """No signature at all; only for apps that an operator marked allow_plain."""
 
     sign_type = "plain"
+    description = "No signature; only for apps that an operator allowed plain requests."
 
     def refusal(self, credential: CredentialSnapshot) -> str | None:
         return None if credential.allow_plain else "signType plain is not allowed for this app"
@@ -114,6 +140,13 @@ class PlainSignature(SignaturePolicy):
         return None
 
 
-POLICIES: dict[str, SignaturePolicy] = {
-    policy.sign_type: policy for policy in (Sha256Signature(), Sm2Signature(), PlainSignature())
-}
+def signature_policies(authenticators: Iterable[object]) -> tuple[SignaturePolicy, ...]:
+    """Return a view's authenticators, which must all be signature policies with distinct signTypes."""
+    authenticators = list(authenticators)
+    policies = tuple(a for a in authenticators if isinstance(a, SignaturePolicy))
+    sign_types = {policy.sign_type for policy in policies}
+    if len(policies) != len(authenticators) or len(sign_types) != len(policies) or "" in sign_types:
+        raise ImproperlyConfigured(
+            "a signed view's authentication_classes must be SignaturePolicy classes, one per signType"
+        )
+    return policies

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 import weakref
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from portal.signed.pipelines.base import (
     Pipeline,
     PipelineContext,
 )
-from portal.signed.policies import POLICIES
+from portal.signed.policies import SignaturePolicy
 from registry.models import AppCredential
 from registry.services.credentials import CredentialSnapshot, aget_credential
 from registry.services.last_used import LastUsedThrottle, touch_last_used
@@ -64,25 +65,30 @@ def _inference_slots() -> asyncio.Semaphore:
     return semaphore
 
 
-async def authenticate(request: SignedRequest) -> CredentialSnapshot:
-    """Return the app behind a request whose timestamp, version and signature check out."""
+async def authenticate(
+    request: SignedRequest, policies: Sequence[SignaturePolicy]
+) -> tuple[CredentialSnapshot, SignaturePolicy]:
+    """Return the app behind a request whose timestamp, version and signature check out.
+
+    `policies` are the view's authentication classes: a signType none of them
+    names is refused (9803), after the app lookup as go-infer orders it.
+    """
     check_timestamp(request.timestamp)
     credential = await aget_credential(request.app_id)
     if credential is None or not credential.enabled:
         raise SignedApiError(Code.UNKNOWN_APP, "unknown or disabled appId")
     request.check_version()
-    policy = POLICIES.get(request.sign_type)
+    policy = next((p for p in policies if p.sign_type == request.sign_type), None)
     if policy is None:
-        raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, f"unknown signType: {request.sign_type}")
-    refusal = policy.refusal(credential)
-    if refusal is not None:
-        raise SignedApiError(Code.SIGN_TYPE_NOT_ALLOWED, refusal)
-    if not await policy.verify(request, credential):
-        raise SignedApiError(Code.BAD_SIGNATURE, "signature verification failed")
+        accepted = ", ".join(p.sign_type for p in policies)
+        raise SignedApiError(
+            Code.SIGN_TYPE_NOT_ALLOWED, f"unknown signType: {request.sign_type} (accepted: {accepted})"
+        )
+    await policy.authenticate_signed(request, credential)
     if _last_used.due(credential.id):
         # Bookkeeping in the background, at most once a minute per app.
         spawn(database_sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
-    return credential
+    return credential, policy
 
 
 async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: PipelineContext) -> dict:
@@ -103,14 +109,17 @@ async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: Pipe
 
 
 async def _serve(
-    request: SignedRequest, credential: CredentialSnapshot, path: str, request_id: str
+    request: SignedRequest,
+    credential: CredentialSnapshot,
+    policy: SignaturePolicy,
+    path: str,
+    request_id: str,
 ) -> dict[str, Any]:
     pipeline = await aget_ready_pipeline(path)
     if pipeline is None:
         raise SignedApiError(Code.UNKNOWN_PIPELINE, f"unknown pipeline: {path}")
     if not credential.may_call(path):
         raise SignedApiError(Code.PIPELINE_NOT_ALLOWED, f"this app may not call the {path} pipeline")
-    policy = POLICIES[request.sign_type]
     await admit(app_id=credential.app_id, replay_key=policy.replay_key(request))
     try:
         params = pipeline.api_entry(request.data)
@@ -135,16 +144,21 @@ async def _serve(
         reservation.settle(used)
 
 
-async def handle_signed_request(*, body: bytes, path: str) -> dict[str, Any]:
-    """Answer one request with the envelope; every refusal is a code, never an exception."""
+async def handle_signed_request(
+    *, body: bytes, path: str, policies: Sequence[SignaturePolicy]
+) -> dict[str, Any]:
+    """Answer one request with the envelope; every refusal is a code, never an exception.
+
+    `policies` are the signature policies the endpoint accepts (its authentication classes).
+    """
     request_id = new_request_id()
     app_id = ""
     try:
         request = await read_request(body, max_bytes=int(settings.SIGNED_MAX_BODY_BYTES))
-        credential = await authenticate(request)
+        credential, policy = await authenticate(request, policies)
         # Like go-infer, the appId is echoed only once the signature proved it.
         app_id = credential.app_id
-        result = await _serve(request, credential, path, request_id)
+        result = await _serve(request, credential, policy, path, request_id)
     except SignedApiError as exc:
         logger.info("signed %s: code %s: %s", request_id, int(exc.code), exc.message)
         return error_body(app_id=app_id, request_id=request_id, code=exc.code, message=exc.message)
