@@ -156,6 +156,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Model portal API",
     "DESCRIPTION": "OpenAI-compatible inference API and go-infer compatible signed API.",
     "VERSION": "1",
+    # One operation per signed pipeline, each with the `data` its pipeline declares.
+    "PREPROCESSING_HOOKS": ["portal.signed.schema.one_operation_per_pipeline"],
 }
 
 LOGGING = {

@@ -37,6 +37,26 @@ class Code(IntEnum):
     INFERENCE_FAILED = 9998
 
 
+# What each code means, for the OpenAPI schema (README.md has the same table).
+CODE_MEANINGS: dict[Code, str] = {
+    Code.OK: "success",
+    Code.BAD_SIGNATURE: "bad signature",
+    Code.BAD_FIELD: "missing, wrong-typed or malformed field (the message names it), or a body that is "
+    "not JSON",
+    Code.TIMESTAMP_OUTSIDE_WINDOW: "timestamp more than SIGNED_TIMESTAMP_WINDOW seconds from the server time",
+    Code.SIGN_TYPE_NOT_ALLOWED: "signType unknown or not allowed for this app",
+    Code.REPLAYED: "replay: this exact signature was accepted before, inside the window",
+    Code.UNKNOWN_APP: "unknown or disabled app",
+    Code.BAD_VERSION: 'version other than "1"',
+    Code.RATE_LIMITED: "a limit of the app: requests or tokens per minute, requests in flight",
+    Code.PIPELINE_NOT_ALLOWED: "the app may not call this pipeline",
+    Code.BODY_TOO_LARGE: "the body is larger than SIGNED_MAX_BODY_BYTES (refused before parsing)",
+    Code.PARAMS_REFUSED: "the pipeline refused the parameters (the message says why)",
+    Code.UNKNOWN_PIPELINE: "unknown pipeline",
+    Code.TIMEOUT: "no result within SIGNED_MESSAGE_TIMEOUT",
+    Code.INFERENCE_FAILED: "inference failed",
+}
+
 _APP_ID = re.compile(APP_ID_PATTERN)
 
 

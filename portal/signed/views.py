@@ -1,7 +1,7 @@
 """The endpoint `POST /api/<pipeline>`; the work is in `portal.signed.service`.
 
-A DRF APIView, so that drf-spectacular can document it, with its own async
-`dispatch`, as the `/v1` views have: DRF's would run
+A DRF APIView, so that drf-spectacular documents it (`portal.signed.schema`),
+with its own async `dispatch`, as the `/v1` views have: DRF's would run
 `initial()` through Django's single sync thread and answer its errors in its
 own shape, where every answer here is the go-infer envelope, HTTP 200.
 
@@ -22,6 +22,7 @@ from django.http.response import HttpResponseBase
 from rest_framework.views import APIView
 
 from portal.signed.policies import PlainSignature, Sha256Signature, Sm2Signature, signature_policies
+from portal.signed.schema import SignedPipelineSchema
 from portal.signed.service import handle_signed_request
 
 
@@ -31,6 +32,9 @@ class SignedView(APIView):
     authentication_classes = [Sha256Signature, Sm2Signature, PlainSignature]
     permission_classes = []
     throttle_classes = []
+    schema = SignedPipelineSchema()
+    # The pipeline one documented operation describes; set by the schema's hook, not by requests.
+    documented_pipeline = ""
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:  # type: ignore[override]
         if request.method != "POST":

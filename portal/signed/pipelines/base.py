@@ -4,6 +4,12 @@ A pipeline is found by its `path` (`POST /api/<path>`), checks and transforms th
 request's `data` in `api_entry` (a refusal becomes code 9701 with its reason),
 loads what it needs once in `init` (run in a thread, so it may block), and runs
 in `infer` (async; its dict becomes the response `data`).
+
+It also declares what `data` takes (`data_schema`) and what `infer` returns
+(`result_schema`), as OpenAPI 3.0 schema objects: `/api/schema/` documents
+the pipeline's operation from them (`portal.signed.schema`), and tests hold
+`api_entry` to them. Describe what `api_entry` accepts, no more: a request
+the schema allows must not be refused.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class Pipeline:
     """Base class; subclasses set `path` and implement `api_entry` and `infer`."""
 
     path: ClassVar[str] = ""
+    # OpenAPI 3.0 schema objects (draft-4 JSON Schema with `nullable`); empty means undeclared.
+    data_schema: ClassVar[dict[str, Any]] = {}
+    result_schema: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         self._init_lock = threading.Lock()

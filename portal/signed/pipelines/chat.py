@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference.protocol.fields import MODEL, SAMPLING
 from portal.gateway import relay
 from portal.signed.pipelines.base import (
     ParamsRefused,
@@ -63,6 +64,57 @@ def _stop(data: dict[str, Any]) -> str | list[str] | None:
 
 class ChatPipeline(Pipeline):
     path = "chat"
+    data_schema = {
+        "type": "object",
+        "description": "`messages`, or `prompt` (or `text`) with an optional `system`; the model's "
+        "defaults fill the sampling fields left out. Other keys are ignored.",
+        "properties": {
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "description": "The conversation; when given, prompt, text and system are not read.",
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": sorted(_ROLES)},
+                        "content": {"type": "string"},
+                    },
+                },
+            },
+            "prompt": {"type": "string", "pattern": r"\S", "description": "One user message."},
+            "text": {"type": "string", "pattern": r"\S", "description": "Same as prompt (go-infer's name)."},
+            "system": {"type": "string", "pattern": r"\S", "description": "A system message before prompt."},
+            "model": {
+                **MODEL.schema,
+                "pattern": r"\S",
+                "description": "A served model or alias; may be left out when one chat model is served.",
+            },
+            # Checked again by the relay, as on every door: its limits are documented with them.
+            **{
+                key: {**SAMPLING[key].schema, "description": SAMPLING[key].doc}
+                for key in [*_INT_FIELDS, *_FLOAT_FIELDS, "stop"]
+            },
+        },
+        "anyOf": [{"required": ["messages"]}, {"required": ["prompt"]}, {"required": ["text"]}],
+    }
+    result_schema = {
+        "type": "object",
+        "required": ["answer", "finish_reason", "model", "usage"],
+        "properties": {
+            "answer": {"type": "string"},
+            "finish_reason": {"type": "string", "nullable": True, "description": "stop, length, …"},
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "properties": {
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                },
+            },
+        },
+    }
 
     def api_entry(self, data: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"messages": _messages(data)}

@@ -14,6 +14,12 @@ from registry.services.usage import UsageEntry, schedule_usage
 
 class EchoPipeline(Pipeline):
     path = "echo"
+    data_schema = {"type": "object", "description": "Any object; it comes back unchanged as `echo`."}
+    result_schema = {
+        "type": "object",
+        "required": ["echo"],
+        "properties": {"echo": {"type": "object", "description": "The request's `data`."}},
+    }
 
     def api_entry(self, data: dict[str, Any]) -> dict[str, Any]:
         return dict(data)

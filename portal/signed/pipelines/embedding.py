@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference.protocol.fields import MODEL
 from portal.gateway import relay
 from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext, optional_string
 from portal.signed.pipelines.relayed import call_relay, default_model
@@ -14,6 +15,43 @@ MAX_TEXTS = 256
 
 class EmbeddingPipeline(Pipeline):
     path = "embedding"
+    data_schema = {
+        "type": "object",
+        "description": "`texts`, or one `text`. Other keys are ignored.",
+        "properties": {
+            "texts": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_TEXTS,
+                "items": {"type": "string", "minLength": 1},
+                "description": "The texts to embed; when given, text is not read.",
+            },
+            "text": {"type": "string", "pattern": r"\S", "description": "One text to embed."},
+            "model": {
+                **MODEL.schema,
+                "pattern": r"\S",
+                "description": "A served embedding model or alias; may be left out when one is served.",
+            },
+        },
+        "anyOf": [{"required": ["texts"]}, {"required": ["text"]}],
+    }
+    result_schema = {
+        "type": "object",
+        "required": ["vectors", "dimensions", "model", "usage"],
+        "properties": {
+            "vectors": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number"}},
+                "description": "One vector per text, in the order given.",
+            },
+            "dimensions": {"type": "integer", "minimum": 0},
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+            },
+        },
+    }
 
     def api_entry(self, data: dict[str, Any]) -> dict[str, Any]:
         texts = data.get("texts")
