@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.protocol.fields import MODEL, SAMPLING
 from portal.gateway import relay
 from portal.signed.pipelines.base import (
     ParamsRefused,
@@ -67,7 +66,8 @@ class ChatPipeline(Pipeline):
     data_schema = {
         "type": "object",
         "description": "`messages`, or `prompt` (or `text`) with an optional `system`; the model's "
-        "defaults fill the sampling fields left out. Other keys are ignored.",
+        "defaults fill the sampling fields left out, and the relay checks them again with the limits "
+        "of /v1/chat/completions. Other keys are ignored.",
         "properties": {
             "messages": {
                 "type": "array",
@@ -86,15 +86,18 @@ class ChatPipeline(Pipeline):
             "text": {"type": "string", "pattern": r"\S", "description": "Same as prompt (go-infer's name)."},
             "system": {"type": "string", "pattern": r"\S", "description": "A system message before prompt."},
             "model": {
-                **MODEL.schema,
+                "type": "string",
                 "pattern": r"\S",
                 "description": "A served model or alias; may be left out when one chat model is served.",
             },
-            # Checked again by the relay, as on every door: its limits are documented with them.
-            **{
-                key: {**SAMPLING[key].schema, "description": SAMPLING[key].doc}
-                for key in [*_INT_FIELDS, *_FLOAT_FIELDS, "stop"]
-            },
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0},
+            "top_p": {"type": "number", "minimum": 0},
+            "top_k": {"type": "integer", "minimum": -1},
+            "seed": {"type": "integer"},
+            "presence_penalty": {"type": "number"},
+            "frequency_penalty": {"type": "number"},
+            "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         },
         "anyOf": [{"required": ["messages"]}, {"required": ["prompt"]}, {"required": ["text"]}],
     }

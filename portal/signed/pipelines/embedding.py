@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.protocol.fields import MODEL
 from portal.gateway import relay
 from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext, optional_string
 from portal.signed.pipelines.relayed import call_relay, default_model
@@ -28,7 +27,7 @@ class EmbeddingPipeline(Pipeline):
             },
             "text": {"type": "string", "pattern": r"\S", "description": "One text to embed."},
             "model": {
-                **MODEL.schema,
+                "type": "string",
                 "pattern": r"\S",
                 "description": "A served embedding model or alias; may be left out when one is served.",
             },
