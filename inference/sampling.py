@@ -71,12 +71,12 @@ class SamplingParams:
         `max_completion_tokens` is accepted as the newer name of `max_tokens`.
         """
         merged: dict[str, Any] = dict(defaults or {})
-        for key in _FIELD_NAMES:
+        for key in FIELD_NAMES:
             if body.get(key) is not None:
                 merged[key] = body[key]
         if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
             merged["max_tokens"] = body["max_completion_tokens"]
-        values = {name: _PARSERS[name](name, merged[name]) for name in _FIELD_NAMES if name in merged}
+        values = {name: FIELD_CHECKS[name](name, merged[name]) for name in FIELD_NAMES if name in merged}
         return cls(**values)
 
 
@@ -145,7 +145,8 @@ def _boolean(name: str, value: Any) -> bool:
     return value
 
 
-_PARSERS: dict[str, Any] = {
+# The value check of each body field, by name: the request parser (inference.protocol) uses them too.
+FIELD_CHECKS: dict[str, Any] = {
     "max_tokens": lambda n, v: _integer(n, v, minimum=1),
     "temperature": _temperature,
     "top_p": lambda n, v: _positive(n, _number(n, v, 0.0, 1.0)),
@@ -159,5 +160,5 @@ _PARSERS: dict[str, Any] = {
     "frequency_penalty": lambda n, v: _number(n, v, -2.0, 2.0),
     "ignore_eos": _boolean,
 }
-_FIELD_NAMES = [f.name for f in fields(SamplingParams) if f.name not in ("guide", "logprobs")]
-assert set(_PARSERS) == set(_FIELD_NAMES)
+FIELD_NAMES = [f.name for f in fields(SamplingParams) if f.name not in ("guide", "logprobs")]
+assert set(FIELD_CHECKS) == set(FIELD_NAMES)

@@ -23,10 +23,10 @@ from starlette.routing import Route
 
 from inference.engines.base import Usage
 from inference.errors import InvalidRequest, WrongTask
+from inference.protocol import GenerateCall
 from inference.worker.auth import RequireToken
 from inference.worker.protocol import (
     Draining,
-    GenerateCall,
     RequestNotFound,
     Served,
     Shape,
@@ -103,6 +103,7 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
     if request_id in ctx.active:
         raise InvalidRequest(f"The request id '{request_id}' is already in use.")
+    refuse_unimplemented(call)
     with ctx.track():
         prompt, params = await until_disconnect(request, prepare_prompt(ctx, call))
         generation = Generation(ctx, request_id, prompt, params, call.n)
@@ -118,6 +119,22 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
+
+
+def refuse_unimplemented(call: GenerateCall) -> None:
+    """Parameters the parser knows that this worker does not serve yet: a 400 naming each."""
+    if call.beam_search:
+        raise InvalidRequest(
+            "'use_beam_search' is not supported by this worker yet.", field="use_beam_search"
+        )
+    if call.candidates > call.n:
+        raise InvalidRequest("'best_of' above n is not supported by this worker yet.", field="best_of")
+    if call.tools is not None and call.tools.choice != "none":
+        raise InvalidRequest("'tools' are not supported by this worker yet.", field="tools")
+    if call.params.logprobs is not None:
+        raise InvalidRequest("'logprobs' is not supported by this worker yet.", field="logprobs")
+    if call.echo:
+        raise InvalidRequest("'echo' is not supported by this worker yet.", field="echo")
 
 
 async def _collect(generation: Generation, shape: Shape) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The OpenAI wire schema as the worker reads and writes it: parsing and response shapes.
+"""The OpenAI wire format as the worker reads and writes it: this model's checks and response shapes.
 
-Parsing turns a JSON body into a small frozen dataclass or raises
-`InvalidRequest` naming the field, so the HTTP layer only maps errors to
-status codes. No Starlette here, so the schema is tested on its own.
+Bodies are parsed by the shared parser (`inference.protocol`), strictly: a
+field the worker does not implement is a 400 naming it. This module adds
+what depends on the model (its names, its context) and shapes responses.
+No Starlette here, so the schema is tested on its own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from inference import protocol
 from inference.engines.base import Usage
 from inference.errors import EngineError, InvalidRequest
-from inference.sampling import SamplingParams
+from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, GenerateCall
 
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-MAX_N = 16
-MAX_MODEL_NAME = 256
-MAX_EMBED_INPUTS = 2048
 # Text is refused before tokenizing beyond this many characters per token of context:
 # tokenizing a 10 MB string would cost seconds for a prompt that cannot fit anyway.
 CHARS_PER_TOKEN = 32
@@ -62,28 +60,6 @@ class Served:
         return CHARS_PER_TOKEN * self.max_model_len
 
 
-@dataclass(frozen=True)
-class GenerateCall:
-    """One parsed /v1/chat/completions or /v1/completions request."""
-
-    model: str
-    params: SamplingParams
-    n: int
-    stream: bool
-    include_usage: bool
-    max_tokens_given: bool
-    messages: list[dict[str, Any]] | None = None  # chat
-    prompt: str | None = None  # completions, text
-    prompt_token_ids: list[int] | None = None  # completions, token ids
-
-
-@dataclass(frozen=True)
-class EmbedCall:
-    model: str
-    texts: list[str]
-    encoding_format: str
-
-
 def error_body(message: str, *, error_type: str, param: str | None = None, code: str | None = None) -> dict:
     """Return OpenAI's error object; clients (and the openai SDK) read exactly these keys."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -93,12 +69,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def _require_model(body: dict[str, Any], served: Served) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a string.", field="model")
-    if len(model) > MAX_MODEL_NAME:
-        raise InvalidRequest(f"'model' must be at most {MAX_MODEL_NAME} characters.", field="model")
+def _served_model(model: str, served: Served) -> str:
     if model not in served.names:
         raise ModelNotFound(
             f"The model '{model}' does not exist on this worker; it serves: {', '.join(served.names)}.",
@@ -121,125 +92,36 @@ def check_text(text: str, field: str, max_chars: int) -> str:
     return text
 
 
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"'{name}' must be a boolean.", field=name)
-    return value
-
-
-def _common(body: dict[str, Any], served: Served) -> dict[str, Any]:
-    model = _require_model(body, served)
-    n = body.get("n", 1)
-    if n is None:
-        n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
-        raise InvalidRequest(f"'n' must be an integer between 1 and {MAX_N}.", field="n")
-    # Refused rather than silently ignored: a client relying on them would get wrong answers.
-    for unsupported in ("logprobs", "top_logprobs", "echo", "tools", "response_format"):
-        if body.get(unsupported):
-            raise InvalidRequest(f"'{unsupported}' is not supported by this worker.", field=unsupported)
-    stream = _flag(body, "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", field="stream_options")
-    include_usage = bool(options and options.get("include_usage"))
-    params = SamplingParams.from_request(body)
-    given = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
-    return {
-        "model": model,
-        "params": params,
-        "n": n,
-        "stream": stream,
-        "include_usage": stream and include_usage,
-        "max_tokens_given": given,
-    }
-
-
-def _message(index: int, raw: Any) -> dict[str, Any]:
-    where = f"messages[{index}]"
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"'{where}' must be an object.", field=where)
-    role = raw.get("role")
-    if not isinstance(role, str) or role not in CHAT_ROLES:
-        raise InvalidRequest(
-            f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}; got {repr(role)[:40]}.",
-            field=f"{where}.role",
-        )
-    content = raw.get("content")
-    if content is None and role == "assistant":
-        content = ""
-    if isinstance(content, list):
-        # The content-part form: only text parts are meaningful to a text model.
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise InvalidRequest(f"'{where}.content' parts must be text parts.", field=f"{where}.content")
-            parts.append(part["text"])
-        content = "".join(parts)
-    if not isinstance(content, str):
-        raise InvalidRequest(f"'{where}.content' must be a string.", field=f"{where}.content")
-    return {"role": "system" if role == "developer" else role, "content": content}
-
-
-def parse_chat(body: dict[str, Any], served: Served) -> GenerateCall:
-    """Parse a chat completion body; raise InvalidRequest naming the offending field."""
-    common = _common(body, served)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty list.", field="messages")
-    if len(messages) > served.max_model_len:  # every message costs tokens of its template
+def parse_chat(body: Any, served: Served) -> ChatRequest:
+    """Parse a chat completion body for this worker; raise InvalidRequest naming the field."""
+    call = protocol.parse_chat(body, strict=True)
+    _served_model(call.model, served)
+    if len(call.messages) > served.max_model_len:  # every message costs tokens of its template
         raise InvalidRequest(f"'messages' allows at most {served.max_model_len} messages.", field="messages")
-    parsed = [_message(i, m) for i, m in enumerate(messages)]
-    check_text("".join(m["content"] for m in parsed), "messages", served.max_chars)
-    return GenerateCall(messages=parsed, **common)
+    check_text("".join(m["content"] for m in call.messages), "messages", served.max_chars)
+    return call
 
 
-def parse_completion(body: dict[str, Any], served: Served) -> GenerateCall:
-    """Parse a completion body: `prompt` is a string, one-string list or token ids."""
-    common = _common(body, served)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        if not prompt:
-            raise InvalidRequest("'prompt' must not be empty.", field="prompt")
-        return GenerateCall(prompt=check_text(prompt, "prompt", served.max_chars), **common)
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt)
-    ):
-        return GenerateCall(prompt_token_ids=list(prompt), **common)
-    raise InvalidRequest(
-        "'prompt' must be a non-empty string or a list of token ids (one prompt per request).",
-        field="prompt",
-    )
+def parse_completion(body: Any, served: Served) -> CompletionRequest:
+    """Parse a completion body for this worker: `prompt` is a string or token ids."""
+    call = protocol.parse_completion(body, strict=True)
+    _served_model(call.model, served)
+    if call.prompt is not None:
+        check_text(call.prompt, "prompt", served.max_chars)
+    elif call.prompt_token_ids is not None and len(call.prompt_token_ids) > served.max_model_len:
+        raise InvalidRequest(
+            f"'prompt' has more tokens than this model's context ({served.max_model_len}).", field="prompt"
+        )
+    return call
 
 
-def parse_embeddings(body: dict[str, Any], served: Served) -> EmbedCall:
-    """Parse an embeddings body: text input only; token-id input is refused."""
-    model = _require_model(body, served)
-    raw = body.get("input")
-    texts = [raw] if isinstance(raw, str) else raw
-    if isinstance(texts, list) and len(texts) > MAX_EMBED_INPUTS:
-        raise InvalidRequest(f"'input' allows at most {MAX_EMBED_INPUTS} texts.", field="input")
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidRequest("'input' must be a string or a non-empty list of strings.", field="input")
-    if any(not t for t in texts):
-        raise InvalidRequest("'input' strings must not be empty.", field="input")
-    for text in texts:
+def parse_embeddings(body: Any, served: Served) -> EmbeddingRequest:
+    """Parse an embeddings body for this worker."""
+    call = protocol.parse_embedding(body, strict=True)
+    _served_model(call.model, served)
+    for text in call.texts:
         check_text(text, "input", served.max_chars)
-    encoding = body.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", field="encoding_format")
-    return EmbedCall(model=model, texts=texts, encoding_format=encoding)
+    return call
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:

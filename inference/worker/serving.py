@@ -18,8 +18,8 @@ from typing import Any
 
 from inference.engines.base import Delta, Engine, GenerationRequest, Usage
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
-from inference.sampling import SamplingParams
-from inference.worker.protocol import GenerateCall
+from inference.protocol import GenerateCall
+from inference.sampling import MAX_SEED, SamplingParams
 from inference.worker.recent import RecentUsage
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,13 @@ async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[i
     return ids, params
 
 
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice `index`'s parameters: its own seed (seed + index), so n seeded choices differ and repeat."""
+    if params.seed is None or index == 0:
+        return params
+    return replace(params, seed=(params.seed + index) % MAX_SEED)
+
+
 _DONE = object()
 SETTLE_SECONDS = 2.0  # how long closing waits for the engine's final usage after an abort
 ABORT_SETTLE_SECONDS = 1.0  # how long /abort waits for it (the portal gives up on /abort after 2 s)
@@ -103,7 +110,10 @@ class Generation:
         self.ctx = ctx
         self.request_id = request_id
         self.engine_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
-        self._gens = [ctx.engine.generate(GenerationRequest(eid, prompt, params)) for eid in self.engine_ids]
+        self._gens = [
+            ctx.engine.generate(GenerationRequest(eid, prompt, choice_params(params, i)))
+            for i, eid in enumerate(self.engine_ids)
+        ]
         self._prompt_tokens = len(prompt)
         self._first: list[Delta] = []
         self._streamed = [0] * n  # completion tokens seen per choice

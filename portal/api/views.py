@@ -8,6 +8,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 
+from inference.protocol import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS, request_schema
 from portal.api import schema as _schema  # noqa: F401 - registers the auth scheme
 from portal.api import serializers as s
 from portal.api.base import OpenAIView
@@ -77,7 +78,7 @@ class ChatCompletionsView(_GenerationView):
 
     @extend_schema(
         operation_id="create_chat_completion",
-        request=s.ChatCompletionRequestSerializer,
+        request={"application/json": request_schema(CHAT_FIELDS)},
         responses={200: s.CompletionResponseSerializer, **ERRORS},
         description="OpenAI chat completions; `stream: true` answers with server-sent chunks.",
     )
@@ -93,7 +94,7 @@ class CompletionsView(_GenerationView):
 
     @extend_schema(
         operation_id="create_completion",
-        request=s.CompletionRequestSerializer,
+        request={"application/json": request_schema(COMPLETION_FIELDS)},
         responses={200: s.CompletionResponseSerializer, **ERRORS},
         description="OpenAI (legacy) text completions; `stream: true` answers with server-sent chunks.",
     )
@@ -106,7 +107,7 @@ class EmbeddingsView(OpenAIView):
 
     @extend_schema(
         operation_id="create_embeddings",
-        request=s.EmbeddingRequestSerializer,
+        request={"application/json": request_schema(EMBEDDING_FIELDS)},
         responses={200: s.EmbeddingResponseSerializer, **ERRORS},
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:

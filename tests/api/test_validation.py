@@ -1,19 +1,21 @@
-"""Request bodies: the relay is the one validator; the serializers in the schema agree with it.
+"""Request bodies: the shared parser is the one validator; the OpenAPI schema agrees with it.
 
-Each bad body gets a 400 in OpenAI's shape naming the field, and the DRF
-serializer that documents the endpoint refuses it too, so the schema does not
-promise what the API refuses (or the reverse).
+Each bad body gets a 400 in OpenAI's shape naming the field, and the request
+schema that /api/schema/ publishes for the endpoint refuses it too, so the
+documentation does not promise what the API refuses (or the reverse).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
+import jsonschema
 import pytest
 from asgiref.sync import sync_to_async
+from django.test import AsyncClient
 
-from portal.api import serializers as s
 from registry.models import ModelTask, ServedModel
 from tests.api.test_views import CHAT, error_of, make_key, post
 from tests.gateway.conftest import add_worker, chat_result
@@ -39,11 +41,19 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("embeddings", {"model": "tiny"}, "input"),
     ("embeddings", {**EMBED, "encoding_format": "hex"}, "encoding_format"),
 ]
-SERIALIZERS = {
-    "chat/completions": s.ChatCompletionRequestSerializer,
-    "completions": s.CompletionRequestSerializer,
-    "embeddings": s.EmbeddingRequestSerializer,
-}
+
+
+async def published_schema(endpoint: str) -> dict[str, Any]:
+    """The request body schema /api/schema/ publishes for `/v1/<endpoint>`."""
+    response = await AsyncClient().get("/api/schema/", {"format": "json"})
+    document = json.loads(response.content)
+    operation = document["paths"][f"/v1/{endpoint}"]["post"]
+    return operation["requestBody"]["content"]["application/json"]["schema"]
+
+
+def schema_accepts(schema: dict[str, Any], body: dict[str, Any]) -> bool:
+    # OpenAPI 3.0 schema objects are JSON Schema draft 4 with a few keywords of its own.
+    return jsonschema.Draft4Validator(schema).is_valid(body)
 
 
 @pytest.fixture
@@ -60,7 +70,7 @@ async def test_bad_body_is_400_naming_the_field_and_the_schema_refuses_it_too(
     response = await post(f"/v1/{endpoint}", body, await make_key())
     assert response.status_code == 400, response.content
     assert error_of(response)["param"] == param
-    assert not SERIALIZERS[endpoint](data=body).is_valid()
+    assert not schema_accepts(await published_schema(endpoint), body)
 
 
 async def test_strict_types_where_the_serializer_would_coerce(served_model):
@@ -92,7 +102,11 @@ async def test_a_full_valid_body_passes_both(served_model, upstream):
         "ignore_eos": False,
         "stop_token_ids": [2],
         "user": "someone",
+        "max_completion_tokens": 8,
+        "metadata": {"team": "search"},
+        "parallel_tool_calls": True,
+        "response_format": {"type": "text"},
     }
-    assert s.ChatCompletionRequestSerializer(data=body).is_valid()
+    assert schema_accepts(await published_schema("chat/completions"), body)
     response = await post("/v1/chat/completions", body, await make_key())
     assert response.status_code == 200, response.content

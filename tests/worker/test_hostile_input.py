@@ -67,9 +67,18 @@ async def test_a_role_that_is_not_a_role_name_is_a_400(client: httpx2.AsyncClien
 
 
 async def test_an_error_quoting_a_lone_surrogate_is_still_json(client: httpx2.AsyncClient) -> None:
-    response = await client.post("/v1/completions", content=b'{"model": "\\ud800", "prompt": "a"}')
-    error = assert_openai_error(response, 404)
-    assert error["param"] == "model"
+    tools = b'"tools": [{"type": "function", "function": {"name": "f"}}]'
+    choice = b'"tool_choice": {"type": "function", "function": {"name": "\\ud800"}}'
+    body = (
+        b'{"model": "canned", "messages": [{"role": "user", "content": "a"}], '
+        + tools
+        + b", "
+        + choice
+        + b"}"
+    )
+    response = await client.post("/v1/chat/completions", content=body)
+    error = assert_openai_error(response, 400)
+    assert error["param"] == "tool_choice"
 
 
 async def test_near_zero_temperature_is_served_greedily(client: httpx2.AsyncClient) -> None:

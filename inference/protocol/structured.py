@@ -1,0 +1,165 @@
+"""Structured outputs: OpenAI's `response_format` and vLLM's guided fields, read into one `Guide`.
+
+A request may ask for one form of output: `response_format` (json_object or
+json_schema; "text" asks for nothing), vLLM's `guided_json`, `guided_regex`,
+`guided_choice`, `guided_grammar`, or the `structured_outputs` object of newer
+vLLM releases (json, regex, choice, grammar, json_object). Asking twice is a
+400: which one should win is not ours to guess. Whether a schema or grammar
+compiles is the engine's check (a 400 naming the same field).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from inference.errors import InvalidRequest
+from inference.sampling import Guide
+
+MAX_SPEC_CHARS = 64 * 1024
+MAX_CHOICES = 256
+SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+RESPONSE_FORMAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "pattern": SCHEMA_NAME.pattern},
+                "description": {"type": "string"},
+                "schema": {"type": "object"},
+                "strict": {"type": "boolean", "nullable": True},
+            },
+            "required": ["name"],
+        },
+    },
+    "required": ["type"],
+}
+STRUCTURED_OUTPUTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "json": {"oneOf": [{"type": "object"}, {"type": "string"}]},
+        "regex": {"type": "string"},
+        "choice": {"type": "array", "items": {"type": "string"}},
+        "grammar": {"type": "string"},
+        "json_object": {"type": "boolean"},
+    },
+}
+GUIDED_SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
+    "guided_json": (
+        {"oneOf": [{"type": "object"}, {"type": "string"}]},
+        "vLLM: a JSON schema the answer follows.",
+    ),
+    "guided_regex": ({"type": "string"}, "vLLM: a regular expression the answer matches."),
+    "guided_choice": (
+        {"type": "array", "items": {"type": "string"}},
+        "vLLM: the answer is one of these strings.",
+    ),
+    "guided_grammar": ({"type": "string"}, "vLLM: a grammar (Lark, or GBNF-style EBNF) the answer follows."),
+}
+FIELDS = ("response_format", *GUIDED_SCHEMAS, "structured_outputs")
+
+
+def read_guide(values: dict[str, Any]) -> Guide | None:
+    """The one guide the checked body asks for (None for free text); 400 when it asks for two."""
+    guides = [(name, _guide(name, values[name])) for name in FIELDS if values.get(name) is not None]
+    guides = [(name, guide) for name, guide in guides if guide is not None]
+    if len(guides) > 1:
+        first, second = guides[0][0], guides[1][0]
+        raise InvalidRequest(f"'{second}' and '{first}' both constrain the answer; send one.", field=second)
+    return guides[0][1] if guides else None
+
+
+def _guide(name: str, value: Any) -> Guide | None:
+    if name == "response_format":
+        return _response_format(name, value)
+    if name == "structured_outputs":
+        return _structured_outputs(name, value)
+    return _vllm(name, name.removeprefix("guided_"), value)
+
+
+def _response_format(name: str, value: Any) -> Guide | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Guide("json_object", "", name)
+    if kind != "json_schema":
+        raise InvalidRequest(
+            f"'{name}.type' must be 'text', 'json_object' or 'json_schema'; got {repr(kind)[:40]}.",
+            field=f"{name}.type",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"'{name}.json_schema' must be an object.", field=f"{name}.json_schema")
+    if not isinstance(spec.get("name"), str) or not SCHEMA_NAME.match(spec["name"]):
+        raise InvalidRequest(
+            f"'{name}.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'.",
+            field=f"{name}.json_schema.name",
+        )
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise InvalidRequest(
+            f"'{name}.json_schema.strict' must be a boolean.", field=f"{name}.json_schema.strict"
+        )
+    schema = spec.get("schema", {})
+    return Guide("json_schema", _schema_text(f"{name}.json_schema.schema", schema), name)
+
+
+def _structured_outputs(name: str, value: Any) -> Guide | None:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{name}' must be an object.", field=name)
+    kinds = [k for k in value if value[k] is not None and value[k] is not False]
+    for key in kinds:
+        if key not in ("json", "regex", "choice", "grammar", "json_object"):
+            raise InvalidRequest(f"'{name}.{key}' is not supported.", field=f"{name}.{key}")
+    if len(kinds) > 1:
+        raise InvalidRequest(
+            f"'{name}' must set one of json, regex, choice, grammar, json_object.", field=name
+        )
+    if not kinds:
+        return None
+    key = kinds[0]
+    if key == "json_object":
+        if value[key] is not True:
+            raise InvalidRequest(f"'{name}.json_object' must be a boolean.", field=f"{name}.json_object")
+        return Guide("json_object", "", name)
+    guide = _vllm(f"{name}.{key}", "json" if key == "json" else key, value[key])
+    return Guide(guide.kind, guide.spec, name)
+
+
+def _vllm(name: str, kind: str, value: Any) -> Guide:
+    if kind == "json":
+        return Guide("json_schema", _schema_text(name, value), name)
+    if kind == "choice":
+        if (
+            not isinstance(value, list)
+            or not value
+            or len(value) > MAX_CHOICES
+            or not all(isinstance(c, str) and c for c in value)
+        ):
+            raise InvalidRequest(
+                f"'{name}' must be a list of 1 to {MAX_CHOICES} non-empty strings.", field=name
+            )
+        return Guide("choice", json.dumps(value), name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{name}' must be a non-empty string.", field=name)
+    if len(value) > MAX_SPEC_CHARS:
+        raise InvalidRequest(f"'{name}' must be at most {MAX_SPEC_CHARS} characters.", field=name)
+    return Guide(kind, value, name)
+
+
+def _schema_text(name: str, schema: Any) -> str:
+    if isinstance(schema, str):  # vLLM accepts the schema as JSON text too
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            raise InvalidRequest(f"'{name}' is not valid JSON.", field=name) from None
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"'{name}' must be a JSON schema object.", field=name)
+    text = json.dumps(schema, separators=(",", ":"))
+    if len(text) > MAX_SPEC_CHARS:
+        raise InvalidRequest(f"'{name}' must be at most {MAX_SPEC_CHARS} characters of JSON.", field=name)
+    return text

@@ -1,0 +1,165 @@
+"""Tools: OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, checked into a `Tools`.
+
+`tool_choice` "none" hides nothing but forbids calls, "auto" lets the model
+choose, "required" and a named function force a call. A forced call is a
+structured output: the answer is constrained to `{"name": ..., "arguments":
+...}` with the function's parameters schema, so its arguments always parse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from inference.errors import InvalidRequest
+from inference.sampling import Guide
+
+MAX_TOOLS = 128
+FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+TOOLS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "maxItems": MAX_TOOLS,
+    "items": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "pattern": FUNCTION_NAME.pattern},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object"},
+                    "strict": {"type": "boolean", "nullable": True},
+                },
+                "required": ["name"],
+            },
+        },
+        "required": ["type", "function"],
+    },
+}
+TOOL_CHOICE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["function"]},
+                "function": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}},
+                    "required": ["name"],
+                },
+            },
+            "required": ["type", "function"],
+        },
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The functions offered and how the model may call them."""
+
+    functions: tuple[dict[str, Any], ...]  # OpenAI's tool objects, as templates read them
+    choice: str  # "none", "auto", "required" or "function"
+    name: str | None = None  # the forced function when choice == "function"
+    parallel: bool = True
+
+    @property
+    def forced(self) -> bool:
+        return self.choice in ("required", "function")
+
+    def guide(self) -> Guide | None:
+        """The constraint of a forced call: one JSON object naming a function and its arguments."""
+        if not self.forced:
+            return None
+        wanted = [
+            f for f in self.functions if self.choice == "required" or f["function"]["name"] == self.name
+        ]
+        options = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": f["function"]["name"]},
+                    "arguments": f["function"].get("parameters") or {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for f in wanted
+        ]
+        schema = options[0] if len(options) == 1 else {"anyOf": options}
+        return Guide("json_schema", json.dumps(schema, separators=(",", ":")), "tool_choice")
+
+
+def parse_tools(values: dict[str, Any]) -> Tools | None:
+    """Read the checked body's tool fields; None when it offers no tools."""
+    raw = values.get("tools")
+    choice = values.get("tool_choice")
+    parallel = values.get("parallel_tool_calls", True)
+    if raw is None or raw == []:
+        if choice not in (None, "none"):
+            raise InvalidRequest("'tool_choice' needs 'tools'.", field="tool_choice")
+        return None
+    functions = tuple(_tool(i, t) for i, t in enumerate(_list(raw)))
+    names = [f["function"]["name"] for f in functions]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("'tools' names a function twice.", field="tools")
+    if choice is None:
+        return Tools(functions, "auto", parallel=parallel)
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise InvalidRequest(
+                "'tool_choice' must be none, auto, required or a function.", field="tool_choice"
+            )
+        return Tools(functions, choice, parallel=parallel)
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
+        raise InvalidRequest(
+            "'tool_choice' must be none, auto, required or {'type': 'function', 'function': {'name': ...}}.",
+            field="tool_choice",
+        )
+    if name not in names:
+        raise InvalidRequest(
+            f"'tool_choice' names '{name[:64]}', which is not in 'tools'.", field="tool_choice"
+        )
+    return Tools(functions, "function", name, parallel=parallel)
+
+
+def _list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise InvalidRequest(f"'tools' must be a list of at most {MAX_TOOLS} tools.", field="tools")
+    return raw
+
+
+def _tool(index: int, raw: Any) -> dict[str, Any]:
+    where = f"tools[{index}]"
+    if (
+        not isinstance(raw, dict)
+        or raw.get("type") != "function"
+        or not isinstance(raw.get("function"), dict)
+    ):
+        raise InvalidRequest(f"'{where}' must be {{'type': 'function', 'function': {{...}}}}.", field=where)
+    function = raw["function"]
+    name = function.get("name")
+    if not isinstance(name, str) or not FUNCTION_NAME.match(name):
+        raise InvalidRequest(
+            f"'{where}.function.name' must be 1 to 64 letters, digits, '_', '.' or '-'.",
+            field=f"{where}.function.name",
+        )
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidRequest(
+            f"'{where}.function.parameters' must be a JSON schema object.", field=f"{where}.function"
+        )
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequest(f"'{where}.function.description' must be a string.", field=f"{where}.function")
+    clean: dict[str, Any] = {"name": name}
+    if description:
+        clean["description"] = description
+    clean["parameters"] = parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": clean}
