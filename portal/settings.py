@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files, served by the portal: /api/docs/ works offline.
+    "drf_spectacular_sidecar",
     "django_q",
     "registry",
     # Before channels: our `runworker` must win over Channels' own.
@@ -156,6 +158,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Model portal API",
     "DESCRIPTION": "OpenAI-compatible inference API and go-infer compatible signed API.",
     "VERSION": "1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # One operation per signed pipeline, each with the `data` its pipeline declares.
     "PREPROCESSING_HOOKS": ["portal.signed.schema.one_operation_per_pipeline"],
 }

@@ -1,0 +1,90 @@
+"""The API docs page in a real Chromium, offline: Swagger UI comes from the portal, not a CDN.
+
+The page runs against a live portal (daphne) with every request that is not to
+127.0.0.1 aborted, as on a machine without internet; it must still list the
+`/v1` operations and one signed operation per pipeline, with the `data` the
+pipeline declares. Screenshots go to test-artifacts/docs/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.portal_process import PortalProcess, start_portal
+from tests.processes import REPO_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "docs"
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+if not CHROMIUM.exists():
+    print(f"browser tests skipped: {CHROMIUM} is not installed")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+OPERATIONS = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/api/chat",
+    "/api/embedding",
+    "/api/echo",
+}
+
+
+@pytest.fixture
+def portal() -> Iterator[PortalProcess]:
+    with start_portal() as process:
+        yield process
+
+
+def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(portal: PortalProcess) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    outside: list[str] = []
+    served: list[str] = []
+
+    def loopback_only(route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname == "127.0.0.1":
+            served.append(url)
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.route("**/*", loopback_only)
+
+        page.goto(f"{portal.url}/api/docs/")
+        page.locator(".opblock-summary-path").first.wait_for(timeout=30_000)
+        paths = "els => els.map(e => e.dataset.path)"
+        listed = set(page.eval_on_selector_all(".opblock-summary-path", paths))
+        page.screenshot(path=str(ARTIFACTS / "1-operations.png"), full_page=True)
+
+        # The chat operation's request body, as the pipeline declares it.
+        page.locator("#operations-signed-signed_chat .opblock-summary").click()
+        body = page.locator("#operations-signed-signed_chat .opblock-body")
+        body.locator(".body-param__example, .microlight").first.wait_for(timeout=10_000)
+        example = body.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "2-signed-chat.png"), full_page=True)
+        browser.close()
+
+    assert listed >= OPERATIONS, f"missing: {OPERATIONS - listed}"
+    assert '"messages"' in example
+    assert '"signType"' in example
+    assert outside == [], f"the page asked for something outside the portal: {outside}"
+    assert any("/static/drf_spectacular_sidecar/swagger-ui-dist/" in url for url in served)
+    assert errors == [], f"JavaScript errors on the page: {errors}"
