@@ -134,18 +134,28 @@ def request_schema(pipeline: Pipeline | None, policies: tuple[SignaturePolicy, .
         "description": "Extra top-level keys are allowed, and signed.",
         "required": ["appId", "signType", "timestamp", "data"],
         "properties": {
-            "appId": {"type": "string", "pattern": APP_ID_JSON_PATTERN, "description": APP_ID_RULE},
+            "appId": {
+                "type": "string",
+                "pattern": APP_ID_JSON_PATTERN,
+                "description": APP_ID_RULE,
+                "example": "3EA25569454745D01219080B779F021F",
+            },
             "version": {"type": "string", "enum": ["1"], "description": "Optional."},
             "signType": {
                 "type": "string",
                 "enum": [policy.sign_type for policy in policies],
                 "description": sign_types,
             },
-            "signData": {"type": "string", "description": "The signature; needed unless signType is plain."},
+            "signData": {
+                "type": "string",
+                "description": "The signature; needed unless signType is plain.",
+                "example": "ZjFkMmMz...",
+            },
             "encType": {"type": "string", "description": "Optional; signed, not interpreted."},
             "timestamp": {
                 "type": "integer",
                 "description": "Unix seconds, within SIGNED_TIMESTAMP_WINDOW of the server's clock.",
+                "example": 1767225600,
             },
             "data": _declared(pipeline.data_schema if pipeline else {}),
         },

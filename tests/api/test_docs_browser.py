@@ -74,7 +74,7 @@ def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(portal: P
         listed = set(page.eval_on_selector_all(".opblock-summary-path", paths))
         page.screenshot(path=str(ARTIFACTS / "1-operations.png"), full_page=True)
 
-        # The chat operation's request body, as the pipeline declares it.
+        # The chat operation's request body: the envelope around the example the pipeline declares.
         page.locator("#operations-signed-signed_chat .opblock-summary").click()
         body = page.locator("#operations-signed-signed_chat .opblock-body")
         body.locator(".body-param__example, .microlight").first.wait_for(timeout=10_000)
@@ -83,7 +83,7 @@ def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(portal: P
         browser.close()
 
     assert listed >= OPERATIONS, f"missing: {OPERATIONS - listed}"
-    assert '"messages"' in example
+    assert '"What is the capital of France?"' in example
     assert '"signType"' in example
     assert outside == [], f"the page asked for something outside the portal: {outside}"
     assert any("/static/drf_spectacular_sidecar/swagger-ui-dist/" in url for url in served)

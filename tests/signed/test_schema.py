@@ -74,6 +74,10 @@ def test_every_registered_pipeline_declares_its_data_and_its_result() -> None:
             jsonschema.Draft4Validator.check_schema(declared)
         # A result must require a field, so that the reply's result and refusal shapes stay apart.
         assert pipeline.result_schema.get("required"), name
+        # The example the docs page shows is one the pipeline takes.
+        example = pipeline.data_schema["example"]
+        jsonschema.Draft4Validator(pipeline.data_schema).validate(example)
+        pipeline.api_entry(example)
 
 
 def test_the_schema_lists_one_signed_operation_per_pipeline_with_its_declarations() -> None:

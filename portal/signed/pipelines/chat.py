@@ -100,6 +100,7 @@ class ChatPipeline(Pipeline):
             "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         },
         "anyOf": [{"required": ["messages"]}, {"required": ["prompt"]}, {"required": ["text"]}],
+        "example": {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 32},
     }
     result_schema = {
         "type": "object",

@@ -14,7 +14,11 @@ from registry.services.usage import UsageEntry, schedule_usage
 
 class EchoPipeline(Pipeline):
     path = "echo"
-    data_schema = {"type": "object", "description": "Any object; it comes back unchanged as `echo`."}
+    data_schema = {
+        "type": "object",
+        "description": "Any object; it comes back unchanged as `echo`.",
+        "example": {"text": "hi"},
+    }
     result_schema = {
         "type": "object",
         "required": ["echo"],

@@ -33,6 +33,7 @@ class EmbeddingPipeline(Pipeline):
             },
         },
         "anyOf": [{"required": ["texts"]}, {"required": ["text"]}],
+        "example": {"texts": ["hello", "世界"]},
     }
     result_schema = {
         "type": "object",
