@@ -6,10 +6,14 @@ import math
 from collections.abc import Iterator
 
 import httpx2
+import jsonschema
 import pytest
 
 from portal.signed import sm2
 from portal.signed.client import SignedClient
+from portal.signed.pipelines.base import Pipeline
+from portal.signed.pipelines.chat import ChatPipeline
+from portal.signed.pipelines.embedding import EmbeddingPipeline
 from registry.models import UsageRecord
 from registry.services.credentials import create_app_credential
 from tests.portal_process import PortalProcess, start_portal
@@ -40,6 +44,12 @@ def portal() -> Iterator[PortalProcess]:
         yield process
 
 
+def assert_declared_result(pipeline: type[Pipeline], data: dict) -> None:
+    """The reply's data, less msg and requestId, is what the pipeline declares (and /api/schema/ says)."""
+    result = {key: value for key, value in data.items() if key not in ("msg", "requestId")}
+    jsonschema.Draft4Validator(pipeline.result_schema).validate(result)
+
+
 def _signed_usage_count(model_name: str) -> int:
     return UsageRecord.objects.filter(
         source="signed", app_credential__app_id="e2e-app", model_name=model_name, status="ok"
@@ -57,6 +67,7 @@ def test_chat_answers_paris_with_sha256_and_sm2(
             assert reply["code"] == 0, (sign_type, reply)
             assert reply["success"] is True
             assert "Paris" in reply["data"]["answer"]
+            assert_declared_result(ChatPipeline, reply["data"])
             assert reply["data"]["usage"]["completion_tokens"] > 0
         # The relay writes the usage, attributed to the app, off the response path.
         assert wait_for(lambda: _signed_usage_count("smollm2-135m-instruct") == 2, timeout=10)
@@ -75,6 +86,7 @@ def test_embedding_returns_one_unit_vector_per_text_and_refuses_replay(
             assert len(vectors) == 2
             assert reply["data"]["dimensions"] == len(vectors[0]) == 384
             assert math.isclose(math.fsum(x * x for x in vectors[0]), 1.0, rel_tol=1e-3)
+            assert_declared_result(EmbeddingPipeline, reply["data"])
         body = clients["SM2"].build({"text": "once", "model": "all-minilm-l6-v2"})
         first = httpx2.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
         replay = httpx2.post(f"{portal.url}/api/embedding", json=body, timeout=60).json()
