@@ -12,6 +12,7 @@ class Answer:
 
     model_name: str
     content: str = ""
+    answer_format: str = "text"  # AnswerFormat: text or json
     status: str = "complete"  # AnswerStatus: complete, stopped or error
     worker_identity: str = ""
     request_id: str = ""
@@ -27,4 +28,5 @@ class Answer:
         """Return the numbers shown under the answer (JSON-ready)."""
         data = asdict(self)
         data.pop("content")
+        data.pop("answer_format")
         return data

@@ -23,9 +23,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from portal.chat import selectors, services
 from portal.chat.answers import Answer
+from portal.chat.body import page_params
 from portal.chat.owners import Owner, owner_for
 from portal.chat.services import ChatError
-from portal.chat.streaming import clean_params, stream_answer
+from portal.chat.streaming import stream_answer
 from portal.gateway import relay
 from registry.models import ModelTask, ServedModel
 
@@ -106,7 +107,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             await getattr(self, kind.replace(".", "_"))(content)
         except ChatError as exc:
-            await self.send_json({"type": f"{prefix}.error", "message": exc.message, "code": exc.code})
+            error = {"type": f"{prefix}.error", "message": exc.message, "code": exc.code}
+            await self.send_json({**error, "param": exc.param} if exc.param else error)
         except Exception:
             # Our own bug, not the client's: this message fails, the socket stays open.
             logger.exception("chat message %s failed", kind)
@@ -147,7 +149,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         model = _text(content, "model")
         if not model:
             raise ChatError("Pick a model first.", code="no_model")
-        params = clean_params(content.get("params"))
+        params = page_params(content.get("params"))
         system_prompt = _text(content, "system_prompt")
         conversation_id = _optional_id(content, "conversation_id")
         if retry:
@@ -216,7 +218,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         model_a, model_b = _text(content, "model_a"), _text(content, "model_b")
         if anonymous and not (model_a and model_b):
             model_a, model_b = await _random_pair()
-        params = clean_params(content.get("params"))
+        params = page_params(content.get("params"))
         prompt = _text(content, "prompt")
         battle = await database_sync_to_async(services.create_battle)(
             owner=self.owner, prompt=prompt, model_a=model_a, model_b=model_b, anonymous=anonymous

@@ -21,7 +21,11 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, default="New chat")
     model_name = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True)
-    params = models.JSONField(default=dict, blank=True, help_text="temperature, top_p, max_tokens.")
+    params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Sampling fields and response_format, as the last answer sent them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
@@ -43,6 +47,11 @@ class AnswerStatus(models.TextChoices):
     ERROR = "error", "Failed"
 
 
+class AnswerFormat(models.TextChoices):
+    TEXT = "text", "Text (Markdown)"
+    JSON = "json", "JSON"
+
+
 class Message(models.Model):
     """One turn; assistant turns carry the figures shown under the answer."""
 
@@ -50,6 +59,8 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=MessageRole.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=AnswerStatus.choices, default=AnswerStatus.COMPLETE)
+    # JSON answers are shown as plain text: Markdown would mangle their `*` and `_`.
+    answer_format = models.CharField(max_length=8, choices=AnswerFormat.choices, default=AnswerFormat.TEXT)
     model_name = models.CharField(max_length=200, blank=True)
     worker_identity = models.CharField(max_length=255, blank=True)
     request_id = models.CharField(max_length=64, blank=True)

@@ -26,6 +26,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "role": message.role,
         "content": message.content,
         "status": message.status,
+        "answer_format": message.answer_format,
         "model_name": message.model_name,
         "worker_identity": message.worker_identity,
         "completion_tokens": message.completion_tokens,

@@ -26,12 +26,16 @@ TITLE_LENGTH = 60
 
 
 class ChatError(Exception):
-    """A request the client got wrong (unknown conversation, empty prompt, double vote)."""
+    """A request the client got wrong (unknown conversation, empty prompt, double vote).
 
-    def __init__(self, message: str, *, code: str = "invalid_request") -> None:
+    `param` names the offending field when there is one, as OpenAI's errors do.
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.param = param
 
 
 def _title_from(content: str) -> str:
@@ -113,6 +117,7 @@ def save_answer(*, conversation_id: int, answer: Answer) -> Message:
         role=MessageRole.ASSISTANT,
         content=answer.content,
         status=answer.status,
+        answer_format=answer.answer_format,
         model_name=answer.model_name,
         worker_identity=answer.worker_identity,
         request_id=answer.request_id,

@@ -23,8 +23,8 @@ from typing import Any
 from django.conf import settings
 
 from portal.chat.answers import Answer
+from portal.chat.body import answer_format, request_body
 from portal.chat.owners import Owner
-from portal.chat.services import ChatError
 from portal.gateway import relay
 from portal.gateway.figures import count
 from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
@@ -32,27 +32,6 @@ from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, 
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[str], Awaitable[None]]
-# Bounds the page enforces too; the worker validates again.
-PARAM_BOUNDS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "max_tokens": (1, 4096)}
-
-
-def clean_params(raw: Any) -> dict[str, Any]:
-    """Return the sampling fields the user set, checked against PARAM_BOUNDS."""
-    params: dict[str, Any] = {}
-    if not isinstance(raw, dict):
-        return params
-    for name, (low, high) in PARAM_BOUNDS.items():
-        value = raw.get(name)
-        if value is None or value == "":
-            continue
-        try:
-            number = int(value) if name == "max_tokens" else float(value)
-        except (TypeError, ValueError):
-            raise ChatError(f"{name} must be a number.", code="invalid_param") from None
-        if not low <= number <= high:
-            raise ChatError(f"{name} must be between {low} and {high}.", code="invalid_param")
-        params[name] = number
-    return params
 
 
 def chat_quota(owner: Owner) -> Quota:
@@ -64,17 +43,6 @@ def chat_quota(owner: Owner) -> Quota:
         tokens_per_minute=settings.CHAT_USER_TPM,
         max_in_flight=settings.CHAT_USER_MAX_IN_FLIGHT,
     )
-
-
-def request_body(*, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-    """Return the OpenAI streaming request body for one answer."""
-    return {
-        "model": model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **params,
-    }
 
 
 async def _next_or_stop(chunks: AsyncIterator[dict[str, Any]], stop: asyncio.Event) -> dict[str, Any] | None:
@@ -174,9 +142,11 @@ async def stream_answer(
 ) -> Answer:
     """Stream one answer to `emit`; return it complete, stopped (partial) or failed.
 
+    `params` are the page's fields as `body.page_params` checked them.
+
     Never raises for a gateway or worker failure: the page shows it inline.
     """
-    answer = Answer(model_name=model)
+    answer = Answer(model_name=model, answer_format=answer_format(params))
     body = request_body(model=model, messages=messages, params=params)
     reservation = await _reserve(answer, owner, body)
     if reservation is None:
