@@ -10,57 +10,68 @@ gets a simple role-tagged transcript ending in an open assistant turn:
 
 No few-shot examples are ever injected: they would cost context and change
 answers in ways the client did not ask for.
+
+Messages arrive checked and flattened by the request parser
+(`inference.protocol.messages`): string content, roles system, user,
+assistant and tool.
+
+Tools go to templates that know them (`tools` appears in the template) as
+`apply_chat_template(tools=...)`. Other templates get them in a system
+message that describes each function and asks for calls as
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (the Hermes
+convention, which `inference.protocol.tools.extract_calls` reads back);
+earlier calls in the conversation are written the same way.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from inference.errors import InvalidRequest
-
-ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
-def message_text(message: dict[str, Any]) -> str:
-    """The text of one OpenAI message; content may be a string or a list of text parts."""
-    content = message.get("content")
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidRequest("Only text content parts are supported.", field="messages")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise InvalidRequest("Message content must be a string or a list of parts.", field="messages")
+TOOLS_PREAMBLE = (
+    "You can call functions. Their signatures are in <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
+    "To call a function, answer with only "
+    '<tool_call>{{"name": <function name>, "arguments": <arguments object>}}</tool_call>.'
+)
 
 
-def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Check roles and flatten content so every template sees plain strings."""
-    if not messages:
-        raise InvalidRequest("'messages' must not be empty.", field="messages")
-    out = []
-    for message in messages:
-        role = message.get("role") if isinstance(message, dict) else None
-        if role not in ROLES:
-            raise InvalidRequest(f"Unknown message role {role!r}.", field="messages")
-        # Many templates know only "system"; "developer" is OpenAI's newer name for it.
-        out.append({"role": "system" if role == "developer" else role, "content": message_text(message)})
-    return out
-
-
-def fallback_prompt(messages: list[dict[str, str]]) -> str:
+def fallback_prompt(messages: list[dict[str, Any]]) -> str:
     """Render the role-tagged transcript used when a tokenizer has no chat template."""
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join([*lines, "Assistant:"])
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+def tools_in_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with the tools described in a system message and earlier calls as text."""
+    listing = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
+    preamble = TOOLS_PREAMBLE.format(tools=listing)
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message["content"]
+        for call in message.get("tool_calls", ()):
+            payload = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+            content += f"<tool_call>{json.dumps(payload, ensure_ascii=False)}</tool_call>"
+        out.append({"role": message["role"], "content": content})
+    if out and out[0]["role"] == "system":
+        out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{preamble}"}
+    else:
+        out.insert(0, {"role": "system", "content": preamble})
+    return out
+
+
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> str:
     """Render `messages` into a prompt string that ends where the assistant's reply begins."""
-    normalised = normalise_messages(messages)
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=True))
-    return fallback_prompt(normalised)
+    template = getattr(tokenizer, "chat_template", None)
+    if tools and template and "tools" in template:
+        return str(
+            tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        )
+    if tools:
+        messages = tools_in_text(messages, tools)
+    else:
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if template:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return fallback_prompt(messages)

@@ -64,7 +64,7 @@ class EmbeddingEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return list(self.model.tokenizer.encode(text, add_special_tokens=False))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         raise WrongTask("This model serves embeddings; it does not chat.", field="model")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:

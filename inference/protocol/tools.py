@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,3 +164,45 @@ def _tool(index: int, raw: Any) -> dict[str, Any]:
         clean["description"] = description
     clean["parameters"] = parameters or {"type": "object", "properties": {}}
     return {"type": "function", "function": clean}
+
+
+TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def extract_calls(text: str, tools: Tools) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split an answer into its content and its tool calls, in OpenAI's `tool_calls` shape.
+
+    A forced call is the whole answer (the grammar made it one JSON object);
+    otherwise calls are `<tool_call>{...}</tool_call>` blocks, the convention
+    of Hermes-style templates and of our fallback prompt, or an answer that is
+    nothing but such an object. Text that does not parse stays content.
+    """
+    if tools.choice == "none":
+        return text, []
+    blocks = TOOL_CALL_TAG.findall(text)
+    candidates = blocks or [text.strip()]
+    names = {f["function"]["name"] for f in tools.functions}
+    calls = [call for raw in candidates if (call := _call(raw, names)) is not None]
+    if not calls or (blocks and len(calls) != len(blocks)):
+        return text, []
+    if not tools.parallel:
+        calls = calls[:1]
+    content = TOOL_CALL_TAG.sub("", text).strip() if blocks else ""
+    return content or None, calls
+
+
+def _call(raw: str, names: set[str]) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("name") not in names:
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    if not isinstance(arguments, dict):
+        return None
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -24,8 +25,10 @@ from starlette.routing import Route
 from inference.engines.base import Usage
 from inference.errors import InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
+from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
 from inference.worker.auth import RequireToken
 from inference.worker.protocol import (
+    Describe,
     Draining,
     RequestNotFound,
     Served,
@@ -106,7 +109,9 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
     refuse_unimplemented(call)
     with ctx.track():
         prompt, params = await until_disconnect(request, prepare_prompt(ctx, call))
-        generation = Generation(ctx, request_id, prompt, params, call.n)
+        if call.candidates > call.n and params.logprobs is None:
+            params = replace(params, logprobs=0)  # best_of ranks candidates by their logprobs
+        generation = Generation(ctx, request_id, prompt, params, call.candidates)
         await until_disconnect(request, generation.start())
         shape = Shape.for_call(call)
         headers = {"X-Request-Id": request_id}
@@ -115,41 +120,42 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
             stream = _sse(ctx, generation, shape, call)
             return GenerationStream(stream, ctx=ctx, generation=generation, headers=headers)
         try:
-            body = await until_disconnect(request, _collect(generation, shape))
+            body = await until_disconnect(request, _collect(ctx, generation, shape, call))
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
 
 
 def refuse_unimplemented(call: GenerateCall) -> None:
-    """Parameters the parser knows that this worker does not serve yet: a 400 naming each."""
+    """Parameters the parser knows that this worker does not serve: a 400 naming each."""
     if call.beam_search:
         raise InvalidRequest(
             "'use_beam_search' is not supported by this worker yet.", field="use_beam_search"
         )
-    if call.candidates > call.n:
-        raise InvalidRequest("'best_of' above n is not supported by this worker yet.", field="best_of")
-    if call.tools is not None and call.tools.choice != "none":
-        raise InvalidRequest("'tools' are not supported by this worker yet.", field="tools")
-    if call.params.logprobs is not None:
-        raise InvalidRequest("'logprobs' is not supported by this worker yet.", field="logprobs")
-    if call.echo:
-        raise InvalidRequest("'echo' is not supported by this worker yet.", field="echo")
+    if call.echo and call.prompt is None:
+        raise InvalidRequest("'echo' needs a text prompt, not token ids.", field="echo")
 
 
-async def _collect(generation: Generation, shape: Shape) -> dict[str, Any]:
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
+def _describe(ctx: WorkerContext) -> Describe:
+    engine = ctx.engine
+    return lambda token_id: (engine.token_text(token_id), engine.token_bytes(token_id))
+
+
+async def _collect(
+    ctx: WorkerContext, generation: Generation, shape: Shape, call: GenerateCall
+) -> dict[str, Any]:
+    choices: dict[int, ChoiceText] = {}
     usage: Usage | None = None
     async for index, item in generation.events():
         if isinstance(item, Exception):
             raise engine_failure(item)
-        texts.setdefault(index, []).append(item.text)
+        choices.setdefault(index, ChoiceText()).add(item)
         if item.finish_reason is not None:
-            finish[index] = item.finish_reason
             usage = add_usage(usage, item.usage)
-    choices = [shape.choice(i, "".join(texts.get(i, [])), finish.get(i)) for i in sorted(texts)]
-    return shape.response(choices, usage or Usage(0, 0))
+    describe = _describe(ctx)
+    picked = best(choices, call.n)
+    body = [finished_choice(shape, call, i, choice, describe) for i, choice in enumerate(picked)]
+    return shape.response(body, usage or Usage(0, 0))
 
 
 def _event(data: dict[str, Any] | str) -> bytes:
@@ -160,19 +166,34 @@ def _event(data: dict[str, Any] | str) -> bytes:
 async def _sse(
     ctx: WorkerContext, generation: Generation, shape: Shape, call: GenerateCall
 ) -> AsyncIterator[bytes]:
-    """Stream chunks every `stream_interval` tokens; always end with `[DONE]` and close the generation."""
+    """Stream chunks every `stream_interval` tokens; always end with `[DONE]` and close the generation.
 
-    def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> bytes:
-        body = shape.chunk(index, text, finish, role=role)
+    With tools offered, a choice's text is held back and sent when it ends,
+    as content or as tool calls (they are read from the whole answer).
+    """
+    describe = _describe(ctx)
+    held = buffers_text(call)
+
+    def chunk(index: int, text: str | None, finish: str | None, role: bool = False, **extra: Any) -> bytes:
+        body = shape.chunk(index, text, finish, role=role, **extra)
         if call.include_usage:
             body["usage"] = None
         return _event(body)
 
+    def logprobs_of(index: int, part: ChoiceText) -> dict[str, Any] | None:
+        if call.params.logprobs is None:
+            return None
+        return shape.logprobs(part.logprobs, describe, offset=offsets[index])
+
     try:
-        if shape.chat:
-            for index in range(call.n):
+        prefix = echo_prefix(call)
+        for index in range(call.n):
+            if shape.chat:
                 yield chunk(index, "", None, role=True)
-        pending: dict[int, list[str]] = {}
+            elif prefix:
+                yield chunk(index, prefix, None)
+        pending: dict[int, ChoiceText] = {}
+        offsets = dict.fromkeys(range(call.n), len(prefix))
         usage: Usage | None = None
         failed = False
         async for index, item in generation.events():
@@ -180,15 +201,28 @@ async def _sse(
                 yield _event(error_json(engine_failure(item)))
                 failed = True
                 break
-            parts = pending.setdefault(index, [])
-            parts.append(item.text)
+            part = pending.setdefault(index, ChoiceText())
+            part.add(item)
             if item.finish_reason is not None:
-                yield chunk(index, "".join(parts), item.finish_reason)
-                parts.clear()
                 usage = add_usage(usage, item.usage)
-            elif len(parts) >= ctx.stream_interval:
-                yield chunk(index, "".join(parts), None)
-                parts.clear()
+                if held:
+                    whole = finished_choice(shape, call, index, part, describe)
+                    message = whole["message"]
+                    yield chunk(
+                        index,
+                        message["content"],
+                        None,
+                        logprobs=whole["logprobs"],
+                        tool_calls=message.get("tool_calls"),
+                    )
+                    yield chunk(index, None, whole["finish_reason"])
+                else:
+                    yield chunk(index, part.text, item.finish_reason, logprobs=logprobs_of(index, part))
+                pending.pop(index)
+            elif not held and len(part.parts) >= ctx.stream_interval:
+                yield chunk(index, part.text, None, logprobs=logprobs_of(index, part))
+                offsets[index] += len(part.text)
+                pending.pop(index)
         if call.include_usage and not failed:
             yield _event(shape.usage_chunk(usage or Usage(0, 0)))
         yield _event("[DONE]")

@@ -9,14 +9,16 @@ No Starlette here, so the schema is tested on its own.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from inference import protocol
-from inference.engines.base import Usage
+from inference.engines.base import TokenLogprob, Usage
 from inference.errors import EngineError, InvalidRequest
 from inference.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, GenerateCall
 
@@ -124,6 +126,14 @@ def parse_embeddings(body: Any, served: Served) -> EmbeddingRequest:
     return call
 
 
+LOGPROB_FLOOR = -9999.0  # what a token the model rules out reports: -inf is not JSON
+Describe = Callable[[int], tuple[str, bytes]]
+
+
+def finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else LOGPROB_FLOOR
+
+
 def usage_dict(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
@@ -162,11 +172,21 @@ class Shape:
             "choices": choices,
         }
 
-    def choice(self, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    def choice(
+        self,
+        index: int,
+        text: str | None,
+        finish_reason: str | None,
+        *,
+        logprobs: dict[str, Any] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if self.chat:
-            message = {"role": "assistant", "content": text}
-            return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": None}
-        return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            return {"index": index, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}
+        return {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": logprobs}
 
     def response(self, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
         body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
@@ -174,7 +194,14 @@ class Shape:
         return body
 
     def chunk(
-        self, index: int, text: str | None, finish_reason: str | None, *, role: bool = False
+        self,
+        index: int,
+        text: str | None,
+        finish_reason: str | None,
+        *,
+        role: bool = False,
+        logprobs: dict[str, Any] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """One streamed chunk for choice `index`; `role` marks a chat's first chunk."""
         if self.chat:
@@ -183,10 +210,52 @@ class Shape:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            if tool_calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
-            choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            choice = {
+                "index": index,
+                "text": text or "",
+                "finish_reason": finish_reason,
+                "logprobs": logprobs,
+            }
         return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+
+    def logprobs(
+        self, entries: Sequence[TokenLogprob], describe: Describe, offset: int = 0
+    ) -> dict[str, Any]:
+        """OpenAI's logprobs object for `entries`: chat's `content` list, or the legacy four lists.
+
+        `describe` gives a token's text and bytes; `offset` is where the first
+        token's text starts in the choice's text (legacy `text_offset`).
+        """
+        if self.chat:
+            content = []
+            for entry in entries:
+                text, raw = describe(entry.token_id)
+                top = [
+                    {"token": t, "logprob": finite(lp), "bytes": list(b)}
+                    for t, b, lp in ((*describe(i), lp) for i, lp in entry.top)
+                ]
+                content.append(
+                    {"token": text, "logprob": finite(entry.logprob), "bytes": list(raw), "top_logprobs": top}
+                )
+            return {"content": content}
+        tokens, token_logprobs, tops, offsets = [], [], [], []
+        for entry in entries:
+            text = describe(entry.token_id)[0]
+            tokens.append(text)
+            token_logprobs.append(finite(entry.logprob))
+            tops.append({describe(i)[0]: finite(lp) for i, lp in entry.top})
+            offsets.append(offset)
+            offset += len(text)
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        }
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])

@@ -62,7 +62,9 @@ def _render_and_tokenize(engine: Engine, call: GenerateCall) -> list[int]:
         return call.prompt_token_ids
     if call.messages is not None:
         try:
-            prompt = engine.render_chat(call.messages)
+            tools = call.tools
+            offered = list(tools.functions) if tools is not None and tools.choice != "none" else None
+            prompt = engine.render_chat(call.messages, offered)
         except Exception as exc:  # a template rejecting the conversation is the client's doing
             raise InvalidRequest(f"The messages cannot be rendered: {exc}", field="messages") from None
     else:

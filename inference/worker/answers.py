@@ -1,0 +1,74 @@
+"""Turn each choice's deltas into OpenAI's answer: text, logprobs, tool calls, the best of several.
+
+Shared by the unary and the streamed response. `best_of` candidates are
+ranked by cumulative logprob (the engine reports the sampled tokens'
+logprobs for them even when the client did not ask), as vLLM does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.engines.base import Delta, TokenLogprob
+from inference.protocol import GenerateCall
+from inference.protocol.tools import extract_calls
+from inference.worker.protocol import Describe, Shape
+
+
+@dataclass
+class ChoiceText:
+    """What one choice has produced so far."""
+
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, delta: Delta) -> None:
+        self.parts.append(delta.text)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def score(self) -> float:
+        return sum(entry.logprob for entry in self.logprobs)
+
+
+def best(choices: dict[int, ChoiceText], n: int) -> list[ChoiceText]:
+    """The `n` choices with the highest cumulative logprob (all of them, in order, when there are n)."""
+    ordered = [choices[i] for i in sorted(choices)]
+    if len(ordered) <= n:
+        return ordered
+    return sorted(ordered, key=lambda c: c.score, reverse=True)[:n]
+
+
+def echo_prefix(call: GenerateCall) -> str:
+    """The prompt to put before a completion's text when `echo` asks for it."""
+    return (call.prompt or "") if call.echo else ""
+
+
+def buffers_text(call: GenerateCall) -> bool:
+    """Whether a stream holds text back until the choice ends: tool calls are read from the whole answer."""
+    return call.tools is not None and call.tools.choice != "none"
+
+
+def finished_choice(
+    shape: Shape, call: GenerateCall, index: int, choice: ChoiceText, describe: Describe
+) -> dict[str, Any]:
+    """The response's choice object for a finished `choice`."""
+    text: str | None = echo_prefix(call) + choice.text
+    finish = choice.finish_reason
+    calls: list[dict[str, Any]] = []
+    if call.tools is not None and text is not None:
+        text, calls = extract_calls(text, call.tools)
+        if calls and finish == "stop":
+            finish = "tool_calls"
+    logprobs = None
+    if call.params.logprobs is not None:
+        logprobs = shape.logprobs(choice.logprobs, describe, offset=len(echo_prefix(call)))
+    return shape.choice(index, text, finish, logprobs=logprobs, tool_calls=calls)
