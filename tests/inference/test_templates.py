@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from inference.errors import InvalidRequest
 from inference.templates import render_chat
 
 
@@ -28,21 +25,37 @@ def test_model_without_template_gets_role_tagged_transcript_without_examples():
     assert prompt == "System: Be terse.\nUser: Hi\nAssistant:"
 
 
-def test_tokenizer_template_is_used_and_text_parts_are_joined():
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]}
-    ]
+def test_tokenizer_template_is_used():
+    messages = [{"role": "user", "content": "Hello"}]
     assert render_chat(_WithTemplate(), messages) == "<user>Hello|<assistant>"
 
 
-def test_developer_role_is_rendered_as_system():
-    assert render_chat(_NoTemplate(), [{"role": "developer", "content": "x"}]).startswith("System: x")
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
 
-@pytest.mark.parametrize(
-    "messages",
-    [[], [{"role": "wizard", "content": "x"}], [{"role": "user", "content": [{"type": "image_url"}]}]],
-)
-def test_bad_messages_are_refused_with_invalid_request(messages):
-    with pytest.raises(InvalidRequest):
-        render_chat(_NoTemplate(), messages)
+def test_tools_go_to_a_template_that_knows_them():
+    class _ToolTemplate:
+        chat_template = "{% if tools %}{{ tools }}{% endif %}"
+
+        def apply_chat_template(self, messages, *, tools, tokenize, add_generation_prompt):
+            return f"tools={[t['function']['name'] for t in tools]} {messages[-1]['content']}"
+
+    prompt = render_chat(_ToolTemplate(), [{"role": "user", "content": "Hi"}], [WEATHER])
+    assert prompt == "tools=['get_weather'] Hi"
+
+
+def test_other_templates_get_tools_and_earlier_calls_as_text():
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},
+    ]
+    prompt = render_chat(_NoTemplate(), messages, [WEATHER])
+    assert prompt.startswith("System: Be terse.\n\nYou can call functions.")
+    assert '{"name": "get_weather", "parameters": {"type": "object"}}' in prompt
+    assert (
+        'Assistant: <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in prompt
+    )
+    assert prompt.endswith("Tool: sunny\nAssistant:")
