@@ -63,17 +63,34 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability and the `k` most likely tokens at its place.
+
+    Of the model's raw distribution (log_softmax of the logits before
+    penalties, temperature or a grammar's mask), as vLLM's default; `top` is
+    sorted from the most likely down.
+    """
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
     """New text since the previous delta. The last one has `finish_reason` and `usage`.
 
-    finish_reason: "stop" (EOS, stop string or stop token), "length"
-    (max_tokens or the context limit) or "abort" (cancelled).
+    finish_reason: "stop" (EOS, stop string, stop token or a completed
+    grammar), "length" (max_tokens or the context limit) or "abort"
+    (cancelled). `logprobs` has one entry per id in `token_ids` when the
+    request asked for them, none otherwise.
     """
 
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: str | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,8 +122,16 @@ class Engine(abc.ABC):
         """Token ids of `text` as the model sees it (no special tokens added)."""
 
     @abc.abstractmethod
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt for a chat, through the tokenizer's chat template (or the fallback)."""
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt for a chat (and the tools it may call), through the chat template or the fallback."""
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded alone, as logprobs show it (may hold U+FFFD for half a character)."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode single tokens.")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes of one token, for logprobs' `bytes`."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode single tokens.")
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:

@@ -15,6 +15,11 @@ back (the cache cropped to its length before the step), each row is retried
 alone on a copy of its cache, the rows that still fail are dropped and the
 step is redone for the rest; a row whose sampling fails is dropped alone.
 
+A constrained row's grammar masks its logits before sampling and consumes
+the token chosen; the row ends with "stop" once the grammar is complete
+(EOS is in the mask only while the grammar accepts). A grammar that errs
+fails its own row. Logprobs come from the raw logits, for the rows that ask.
+
 Results leave the thread through each request's `sink`, which the engine
 wires to `loop.call_soon_threadsafe(queue.put_nowait, ...)`.
 """
@@ -32,8 +37,8 @@ from typing import Any
 import torch
 
 from inference.engines import kvcache
-from inference.engines.base import Delta, Usage
-from inference.engines.logits import TokenPicker, pick_tokens
+from inference.engines.base import Delta, TokenLogprob, Usage
+from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
 from inference.engines.stops import TextStream
 from inference.errors import EngineError, RequestFailed
 
@@ -55,6 +60,7 @@ class Sequence:
     produced: int = 0
     last_token: int = -1
     pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
 
 
@@ -268,15 +274,31 @@ class Batcher:
 
     # -- tokens ---------------------------------------------------------------
     def _emit_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        for seq, token in zip(seqs, self._pick(seqs, logits), strict=True):
-            if token is None:
+        tokens = self._pick(seqs, apply_masks(logits, self._masks(seqs)))
+        for row, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            if token is None or seq.finish is not None:
                 continue
             try:
-                self._accept(seq, token)
-            except Exception as exc:  # detokenising or stop matching: this row's trouble only
+                self._accept(seq, token, seq.picker.logprob(logits[row], token))
+            except Exception as exc:  # grammar, detokenising or stop matching: this row's trouble only
                 self._fail(seq, exc, isolated=True)
         with self._lock:
             self._recent.append((time.monotonic(), len(seqs)))
+
+    def _masks(self, seqs: list[Sequence]) -> list[torch.Tensor | None]:
+        """Each constrained row's allowed tokens (None for a free row); a row whose grammar errs fails."""
+        masks: list[torch.Tensor | None] = [None] * len(seqs)
+        rows = [row for row, seq in enumerate(seqs) if seq.picker.grammar is not None]
+        if not rows:
+            return masks
+        grammars = [seqs[row].picker.grammar for row in rows]
+        compiler = grammars[0].compiler  # type: ignore[union-attr]
+        for row, allowed in zip(rows, compiler.allowed(grammars), strict=True):  # type: ignore[arg-type]
+            if isinstance(allowed, Exception):
+                self._fail(seqs[row], allowed, isolated=True)
+            else:
+                masks[row] = allowed
+        return masks
 
     def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
         """Sample every row at once; if that fails, row by row (None for a row that failed)."""
@@ -296,31 +318,42 @@ class Batcher:
             self._fail(seq, error, isolated=len(failed) < len(seqs))
         return tokens
 
-    def _accept(self, seq: Sequence, token: int) -> None:
+    def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> None:
         """Account one sampled token: stream its text or finish the sequence."""
         seq.produced += 1
         seq.last_token = token
         seq.picker.record(token)
+        grammar = seq.picker.grammar
+        if grammar is not None:
+            grammar.consume(token)
         params = seq.picker.params
         if token in params.stop_token_ids or (token in self.stop_ids and not params.ignore_eos):
             self._finish(seq, "stop")
             return
         seq.pending_ids.append(token)
+        if logprob is not None:
+            seq.pending_logprobs.append(logprob)
         text = seq.stream.push(token)
-        if seq.stream.stopped:
+        if seq.stream.stopped or (grammar is not None and grammar.finished):
             self._finish(seq, "stop", text)
         elif seq.produced >= seq.max_new_tokens:
             self._finish(seq, "length", text)
         elif text:
-            seq.sink(Delta(text=text, token_ids=tuple(seq.pending_ids)))
+            seq.sink(Delta(text=text, token_ids=tuple(seq.pending_ids), logprobs=self._take_logprobs(seq)))
             seq.pending_ids = []
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> tuple[TokenLogprob, ...]:
+        logprobs, seq.pending_logprobs = tuple(seq.pending_logprobs), []
+        return logprobs
 
     # -- endings --------------------------------------------------------------
     def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
         seq.finish = reason
         text += seq.stream.flush() if reason != "abort" else ""
         usage = Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced)
-        seq.sink(Delta(text=text, token_ids=tuple(seq.pending_ids), finish_reason=reason, usage=usage))
+        ids, logprobs = tuple(seq.pending_ids), self._take_logprobs(seq)
+        seq.sink(Delta(text=text, token_ids=ids, finish_reason=reason, usage=usage, logprobs=logprobs))
         seq.pending_ids = []
         with self._lock:
             self._known.pop(seq.request_id, None)

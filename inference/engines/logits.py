@@ -4,22 +4,39 @@ Each request keeps a `TokenPicker`: its penalties, temperature, top-k/top-p/
 min-p and a private `torch.Generator`, so a seeded request draws the same
 tokens whatever else shares the batch. A batch of greedy requests without
 penalties (the common benchmark case) takes one vectorised argmax.
+
+A constrained request's picker also holds its `Grammar`: `apply_masks` sets
+the tokens its grammar forbids to -inf in its own row (a copy: the raw
+logits stay for logprobs), before penalties and sampling, so free rows see
+exactly the logits they would see alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+from inference.engines.base import TokenLogprob
 from inference.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from inference.engines.guided import Grammar
 
 
 class TokenPicker:
     """Per-request sampling state: generator and the token counts penalties need."""
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], vocab_size: int) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_ids: Sequence[int],
+        vocab_size: int,
+        grammar: Grammar | None = None,
+    ) -> None:
         self.params = params
+        self.grammar = grammar
         self.generator = torch.Generator()
         if params.seed is not None:
             self.generator.manual_seed(params.seed)
@@ -47,6 +64,18 @@ class TokenPicker:
         if self._counts is not None and self._seen is not None and token_id < self._counts.numel():
             self._counts[token_id] += 1
             self._seen[token_id] = True
+
+    def logprob(self, logits: torch.Tensor, token_id: int) -> TokenLogprob | None:
+        """`token_id`'s logprob and the top alternatives in one raw row of logits, if the request asked."""
+        k = self.params.logprobs
+        if k is None:
+            return None
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        top = torch.topk(logprobs, min(k, logprobs.numel())) if k else None
+        alternatives = (
+            () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        )
+        return TokenLogprob(token_id, float(logprobs[token_id]), alternatives)
 
     def pick(self, logits: torch.Tensor) -> int:
         """Choose a token from one row of logits (float32, vocab-sized)."""
@@ -90,6 +119,29 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     drop = (cumulative - sorted_probs) >= top_p * cumulative[-1]
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     return torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+
+
+def apply_masks(logits: torch.Tensor, allowed: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """`logits` with each row's forbidden tokens at -inf (`allowed[i]` None: row i is free).
+
+    Returns `logits` itself when no row is constrained, else a copy.
+    """
+    rows = [i for i, mask in enumerate(allowed) if mask is not None]
+    if not rows:
+        return logits
+    width = logits.shape[1]
+    masks = torch.stack([_fit(allowed[i], width) for i in rows])  # type: ignore[arg-type]
+    index = torch.tensor(rows, dtype=torch.long)
+    masked = logits.clone()
+    masked[index] = logits[index].masked_fill(~masks, float("-inf"))
+    return masked
+
+
+def _fit(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """A mask as wide as the logits: tokens past the tokenizer's vocabulary (model padding) are forbidden."""
+    if mask.numel() >= width:
+        return mask[:width]
+    return torch.cat([mask, torch.zeros(width - mask.numel(), dtype=torch.bool)])
 
 
 def pick_tokens(logits: torch.Tensor, pickers: Sequence[TokenPicker]) -> list[int]:

@@ -5,6 +5,8 @@ request passes `Admission`, is checked against the context limit, then joins
 the batch; its deltas come back through a small per-request queue fed with
 `loop.call_soon_threadsafe`, the way transformers' streamers bridge a
 blocking loop to async code. The event loop never runs the model.
+A structured-output guide is compiled (in a thread) before admission, so a
+schema that does not compile is a 400 for its own request only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inference.engines.base import (
 )
 from inference.engines.batcher import Batcher, Sequence
 from inference.engines.checks import check_generation
+from inference.engines.guided import Grammar, GrammarCompiler
 from inference.engines.logits import TokenPicker
 from inference.engines.stops import TextStream
 from inference.errors import ModelLoadError
@@ -96,6 +99,7 @@ class TransformersEngine(Engine):
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.batcher.stop_ids)
         self._waiting: set[str] = set()
         self._aborted_waiting: set[str] = set()
 
@@ -108,8 +112,16 @@ class TransformersEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        return render_chat(self.tokenizer, messages)
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self.tokenizer, messages, tools)
+
+    def token_text(self, token_id: int) -> str:
+        return str(
+            self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.grammars.token_bytes(token_id)
 
     def _decode(self, token_ids: list[int]) -> str:
         # No clean-up of spaces: it may rewrite text already streamed ("a ." -> "a.") and
@@ -120,6 +132,9 @@ class TransformersEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         check_generation(request, self.info)  # before a slot: a bad request fails alone
+        guide = request.params.guide
+        # Compiling takes milliseconds (the first one builds llguidance's tokenizer, ~1 s): off the loop.
+        grammar = await asyncio.to_thread(self.grammars.compile, guide) if guide else None
         self._waiting.add(request.request_id)
         try:
             async with self.admission.slot():
@@ -128,13 +143,13 @@ class TransformersEngine(Engine):
                     self._aborted_waiting.discard(request.request_id)
                     yield Delta("", finish_reason="abort", usage=Usage(len(request.prompt_token_ids), 0))
                     return
-                async for delta in self._run(request):
+                async for delta in self._run(request, grammar):
                     yield delta
         finally:
             self._waiting.discard(request.request_id)
             self._aborted_waiting.discard(request.request_id)
 
-    async def _run(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def _run(self, request: GenerationRequest, grammar: Grammar | None) -> AsyncIterator[Delta]:
         """Submit to the batch loop and relay its deltas; abort the row if the consumer leaves."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
@@ -149,7 +164,7 @@ class TransformersEngine(Engine):
             Sequence(
                 request_id=request.request_id,
                 prompt_ids=list(request.prompt_token_ids),
-                picker=TokenPicker(params, request.prompt_token_ids, self.vocab_size),
+                picker=TokenPicker(params, request.prompt_token_ids, self.vocab_size, grammar),
                 stream=TextStream(self._decode, params.stop),
                 sink=sink,
                 max_new_tokens=params.max_tokens,
