@@ -25,6 +25,7 @@ from inference.engines.base import (
     Usage,
 )
 from inference.engines.checks import check_generation
+from inference.errors import InvalidRequest
 
 CANNED_WORDS = [
     "The",
@@ -64,11 +65,12 @@ class CannedTokenEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         check_generation(request, self.info)
+        refuse_unsupported(request)
         async with self.admission.slot():
             params = request.params
             text = ""
@@ -110,3 +112,14 @@ class CannedTokenEngine(Engine):
     def stats(self) -> EngineStats:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         return EngineStats(self.admission.running, self.admission.waiting, self._tokens / elapsed)
+
+
+def refuse_unsupported(request: GenerationRequest) -> None:
+    """Canned words follow no grammar and have no distribution: refuse, naming the field."""
+    params = request.params
+    if params.guide is not None:
+        raise InvalidRequest(
+            "The canned engine does not support structured output.", field=params.guide.field
+        )
+    if params.logprobs is not None:
+        raise InvalidRequest("The canned engine does not return logprobs.", field="logprobs")

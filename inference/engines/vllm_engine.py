@@ -2,7 +2,9 @@
 
 vLLM batches, pages the KV cache and schedules on its own; this module only
 maps our knobs onto `AsyncEngineArgs`, our `SamplingParams` onto
-`vllm.SamplingParams`, and vLLM's cumulative `RequestOutput`s onto `Delta`s.
+`vllm.SamplingParams` (a guide onto its structured-output parameters:
+`StructuredOutputsParams` since vLLM 0.10.2, `GuidedDecodingParams` before),
+and vLLM's cumulative `RequestOutput`s onto `Delta`s.
 Install with `pip install .[vllm]` on a CUDA machine. Serving knobs that have
 no `EngineConfig` field (quantization, gpu_memory_utilization,
 max_num_batched_tokens, enforce_eager, ...) pass through `EngineConfig.extra`.
@@ -10,9 +12,10 @@ max_num_batched_tokens, enforce_eager, ...) pass through `EngineConfig.extra`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,12 @@ from inference.engines.base import (
     EngineStats,
     GenerationRequest,
     ModelInfo,
+    TokenLogprob,
     Usage,
 )
 from inference.engines.checks import check_generation
-from inference.errors import ModelLoadError
-from inference.sampling import SamplingParams
+from inference.errors import InvalidRequest, ModelLoadError
+from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
 
 ENGINE_ARG_KEYS = (
@@ -73,7 +77,48 @@ def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
         "ignore_eos": params.ignore_eos,
+        "logprobs": params.logprobs,  # vLLM's default logprobs are the raw model's, as ours
     }
+
+
+def structured_output_fields(guide: Guide) -> dict[str, Any]:
+    """A guide as the one field vLLM's structured-output parameters take (the same in both APIs)."""
+    try:
+        if guide.kind == "json_schema":
+            return {"json": json.loads(guide.spec)}
+        if guide.kind == "json_object":
+            return {"json_object": True}
+        if guide.kind == "choice":
+            return {"choice": list(json.loads(guide.spec))}
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"'{guide.field}' is not valid JSON: {exc}", field=guide.field) from exc
+    if guide.kind in ("regex", "grammar"):
+        return {guide.kind: guide.spec}
+    raise InvalidRequest(f"Unknown structured output kind {guide.kind!r}.", field=guide.field)
+
+
+def structured_output_kwargs(guide: Guide, vllm_sampling: Any) -> dict[str, Any]:
+    """The `vllm.SamplingParams` keyword for `guide`, for the vLLM release in `vllm_sampling` (its module)."""
+    fields = structured_output_fields(guide)
+    if hasattr(vllm_sampling, "StructuredOutputsParams"):
+        return {"structured_outputs": vllm_sampling.StructuredOutputsParams(**fields)}
+    return {"guided_decoding": vllm_sampling.GuidedDecodingParams(**fields)}
+
+
+def delta_logprobs(
+    entries: Sequence[dict[int, Any] | None] | None, token_ids: Sequence[int], k: int | None
+) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token {id: Logprob} maps (the chosen token and the top k by rank) as TokenLogprobs."""
+    if k is None or not entries:
+        return ()
+    result = []
+    for token_id, entry in zip(token_ids, entries, strict=False):
+        entry = entry or {}
+        ranked = sorted((lp.rank, tid, lp.logprob) for tid, lp in entry.items() if lp.rank is not None)
+        top = tuple((tid, float(logprob)) for rank, tid, logprob in ranked if rank <= k)
+        chosen = entry.get(token_id)
+        result.append(TokenLogprob(token_id, float(chosen.logprob) if chosen else float("nan"), top))
+    return tuple(result)
 
 
 class VllmEngine(Engine):
@@ -104,22 +149,41 @@ class VllmEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        return render_chat(self.tokenizer, messages)
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self.tokenizer, messages, tools)
+
+    def token_text(self, token_id: int) -> str:
+        return str(
+            self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         from vllm import SamplingParams as VllmSamplingParams
+        from vllm import sampling_params as vllm_sampling
 
         check_generation(request, self.info)
+        params = request.params
         prompt = len(request.prompt_token_ids)
-        sampling = VllmSamplingParams(**vllm_sampling_kwargs(request.params))
+        kwargs = vllm_sampling_kwargs(params)
+        if params.guide is not None:
+            try:
+                kwargs.update(structured_output_kwargs(params.guide, vllm_sampling))
+            except ValueError as exc:  # vLLM's own validation of the spec
+                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
+        sampling = VllmSamplingParams(**kwargs)
         inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
         async with self.admission.slot():
             sent_text, sent_tokens, finished = 0, 0, False
+            held_ids: list[int] = []  # tokens of outputs that added no text yet: sent with the next text
+            held_logprobs: list[TokenLogprob] = []
             try:
                 async for output in self.engine.generate(inputs, sampling, request.request_id):
                     completion = output.outputs[0]
-                    ids = tuple(completion.token_ids[sent_tokens:])
+                    ids = completion.token_ids[sent_tokens:]
+                    held_ids.extend(ids)
+                    held_logprobs.extend(
+                        delta_logprobs((completion.logprobs or [])[sent_tokens:], ids, params.logprobs)
+                    )
                     text = completion.text[sent_text:]
                     sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
                     self._recent.append((time.monotonic(), len(ids)))
@@ -127,7 +191,13 @@ class VllmEngine(Engine):
                     finished = reason is not None
                     usage = Usage(prompt, sent_tokens) if finished else None
                     if text or finished:
-                        yield Delta(text=text, token_ids=ids, finish_reason=reason, usage=usage)
+                        yield Delta(text, tuple(held_ids), reason, usage, tuple(held_logprobs))
+                        held_ids, held_logprobs = [], []
+            except ValueError as exc:
+                # vLLM checks a grammar when the request is added, before any output.
+                if params.guide is None or sent_tokens:
+                    raise
+                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
             finally:
                 if not finished:
                     await self.engine.abort(request.request_id)

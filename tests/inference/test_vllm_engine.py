@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from inference.engines.base import EngineConfig
-from inference.engines.vllm_engine import engine_args_kwargs, vllm_sampling_kwargs
-from inference.sampling import SamplingParams
+from inference.engines.base import EngineConfig, TokenLogprob
+from inference.engines.vllm_engine import (
+    delta_logprobs,
+    engine_args_kwargs,
+    structured_output_fields,
+    structured_output_kwargs,
+    vllm_sampling_kwargs,
+)
+from inference.errors import InvalidRequest
+from inference.sampling import Guide, SamplingParams
 
 
 def test_engine_config_maps_onto_vllm_engine_args():
@@ -28,6 +37,62 @@ def test_sampling_params_map_onto_vllm_names():
     assert kwargs["top_k"] == -1  # vLLM's "off"
     assert kwargs["stop"] == ["END"]
     assert (kwargs["ignore_eos"], kwargs["seed"]) == (True, 3)
+
+
+def test_logprobs_map_onto_vllm_logprobs():
+    assert vllm_sampling_kwargs(SamplingParams(logprobs=3))["logprobs"] == 3
+    assert vllm_sampling_kwargs(SamplingParams(logprobs=0))["logprobs"] == 0
+    assert vllm_sampling_kwargs(SamplingParams())["logprobs"] is None
+
+
+@pytest.mark.parametrize(
+    ("guide", "fields"),
+    [
+        (Guide("json_schema", '{"type": "object"}'), {"json": {"type": "object"}}),
+        (Guide("json_object", ""), {"json_object": True}),
+        (Guide("regex", "[a-z]+"), {"regex": "[a-z]+"}),
+        (Guide("choice", json.dumps(["yes", "no"])), {"choice": ["yes", "no"]}),
+        (Guide("grammar", 'start: "a"'), {"grammar": 'start: "a"'}),
+    ],
+)
+def test_each_guide_kind_maps_onto_one_structured_output_field(guide, fields):
+    assert structured_output_fields(guide) == fields
+
+
+class Recorder:
+    """Stands in for vLLM's parameter class: keeps the keyword arguments it was built with."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def test_new_vllm_takes_structured_outputs_and_old_vllm_guided_decoding():
+    guide = Guide("regex", "[0-9]+")
+    new = structured_output_kwargs(guide, SimpleNamespace(StructuredOutputsParams=Recorder))
+    assert list(new) == ["structured_outputs"]
+    assert new["structured_outputs"].kwargs == {"regex": "[0-9]+"}
+    old = structured_output_kwargs(guide, SimpleNamespace(GuidedDecodingParams=Recorder))
+    assert list(old) == ["guided_decoding"]
+    assert old["guided_decoding"].kwargs == {"regex": "[0-9]+"}
+
+
+def test_a_schema_that_is_not_json_is_refused_naming_the_field():
+    with pytest.raises(InvalidRequest) as caught:
+        structured_output_fields(Guide("json_schema", "{nope", field="guided_json"))
+    assert caught.value.field == "guided_json"
+
+
+def test_vllm_logprob_maps_become_token_logprobs_sorted_by_rank():
+    def lp(value, rank):
+        return SimpleNamespace(logprob=value, rank=rank, decoded_token="x")
+
+    # vLLM returns the k most likely and the sampled token, here 7, ranked 5th.
+    entries = [{4: lp(-0.5, 2), 9: lp(-0.2, 1), 7: lp(-3.0, 5)}, {4: lp(-0.1, 1), 9: lp(-2.5, 2)}]
+    assert delta_logprobs(entries, [7, 4], 2) == (
+        TokenLogprob(7, -3.0, ((9, -0.2), (4, -0.5))),
+        TokenLogprob(4, -0.1, ((4, -0.1), (9, -2.5))),
+    )
+    assert delta_logprobs(entries, [7, 4], None) == ()
 
 
 @pytest.mark.vllm
