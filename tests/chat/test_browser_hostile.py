@@ -168,19 +168,25 @@ def test_arena_shows_a_hostile_upstream_as_text_end_to_end(page, portal):
 Replies = dict[str, list[dict[str, Any]]]
 
 
-def mock_socket(page: Any, models: list[str], replies: Replies) -> None:
-    """Answer the page's websocket ourselves: `models.list` on connect, then `replies[type]` per message."""
+def mock_socket(page: Any, models: list[str], replies: Replies) -> list[dict[str, Any]]:
+    """Answer the page's websocket ourselves: `models.list` on connect, then `replies[type]` per message.
+
+    Return the list that collects what the page sends.
+    """
+    sent: list[dict[str, Any]] = []
 
     def handler(ws: Any) -> None:
         ws.send(json.dumps({"type": "models.list", "models": models}))
 
         def on_message(message: str | bytes) -> None:
-            for reply in replies.get(json.loads(message)["type"], []):
+            sent.append(json.loads(message))
+            for reply in replies.get(sent[-1]["type"], []):
                 ws.send(json.dumps(reply))
 
         ws.on_message(on_message)
 
     page.route_web_socket(re.compile(r"/ws/chat/$"), handler)
+    return sent
 
 
 HOSTILE_FIGURES = {
@@ -222,6 +228,31 @@ def test_chat_page_renders_hostile_messages_as_text_by_itself(page, portal):
     assert IMG in answer.locator(".bubble").inner_text()
     assert IMG in page.locator("#conversations li.active").inner_text()
     assert IMG in page.eval_on_selector("#model", "s => [...s.options].map((o) => o.textContent).join()")
+
+
+def test_a_json_answer_is_sent_as_response_format_and_shown_as_plain_text(page, portal):
+    json_answer = json.dumps({"city": IMG, "note": "**not bold** " + SCRIPT})
+    done = {"role": "assistant", "content": json_answer, "answer_format": "json", "completion_tokens": 9}
+    tokens = [{"type": "chat.token", "text": part} for part in (json_answer[:20], json_answer[20:])]
+    replies = [*tokens, {"type": "chat.done", "message": {**done, "status": "complete"}}]
+    sent = mock_socket(page, ["hostile-a", "hostile-b"], {"chat.send": replies})
+    page.goto(f"{portal.url}/chat/")
+    wait_for_models(page, "#model")
+    page.click("#toggle-settings")
+    assert page.locator("#json-schema").is_hidden()
+    page.select_option("#answer-format", "json_schema")
+    page.fill("#json-schema", '{"type": "object"}')
+    page.fill("#prompt", "Hello")
+    page.press("#prompt", "Enter")
+    answer = page.locator(".msg.assistant").last
+    answer.locator(".figures span").first.wait_for(timeout=10_000)
+
+    schema = {"name": "answer", "schema": '{"type": "object"}', "strict": True}
+    assert sent[-1]["params"]["response_format"] == {"type": "json_schema", "json_schema": schema}
+    assert_nothing_ran(page, "body > .layout")
+    assert answer.locator(".bubble > *").count() == 1  # one <pre>, its text the answer as sent
+    assert answer.locator(".bubble pre.json").inner_text() == json_answer
+    assert answer.locator(".bubble strong").count() == 0
 
 
 def test_arena_renders_hostile_messages_as_text_by_itself(page, portal):

@@ -1,7 +1,8 @@
 /*
  * The chat page: one conversation, streamed answers, stop and retry, sidebar actions.
  * What the server relays comes from upstreams: it is inserted as text, and as HTML
- * only through SafeMarkdown.render, which escapes every character first.
+ * only through SafeMarkdown.render, which escapes every character first. JSON answers
+ * (the "Answer format" setting) are inserted as text only: Markdown would mangle them.
  */
 (function () {
   "use strict";
@@ -43,9 +44,16 @@
     scrollDown();
   }
 
+  function showAnswer(bubble, text, asJson) {
+    if (!asJson) { bubble.innerHTML = md.render(text); return; }
+    const pre = element("pre", "json");
+    pre.textContent = text;
+    bubble.replaceChildren(pre);
+  }
+
   function finishAnswer(wrap, message) {
     wrap.classList.remove("streaming");
-    if (message.content) wrap.querySelector(".bubble").innerHTML = md.render(message.content);
+    if (message.content) showAnswer(wrap.querySelector(".bubble"), message.content, message.answer_format === "json");
     else if (message.status === "error") wrap.querySelector(".bubble").hidden = true;
     ui.renderFigures(wrap.querySelector(".figures"), message);
     if (message.status === "error") showError(wrap, message.error || "The answer failed.", message.retryable !== false);
@@ -58,6 +66,12 @@
     if (p.temperature != null) $("temperature").value = p.temperature;
     if (p.top_p != null) $("top-p").value = p.top_p;
     if (p.max_tokens != null) $("max-tokens").value = p.max_tokens;
+    const format = p.response_format;
+    if (format && ["text", "json_object", "json_schema"].indexOf(format.type) !== -1) {
+      $("answer-format").value = format.type;
+      const schema = format.json_schema && format.json_schema.schema;
+      if (schema != null) $("json-schema").value = typeof schema === "string" ? schema : JSON.stringify(schema, null, 2);
+    }
     current.messages.forEach(function (m) {
       const wrap = addMessage(m.role);
       if (m.role === "user") wrap.querySelector(".bubble").textContent = m.content;
@@ -65,18 +79,27 @@
     });
   }
 
-  function setStreaming(wrap) {
-    state.streaming = wrap ? { wrap: wrap, text: "", frame: 0 } : null;
+  function setStreaming(wrap, asJson) {
+    state.streaming = wrap ? { wrap: wrap, text: "", frame: 0, json: !!asJson } : null;
     $("send").hidden = !!wrap;
     $("stop").hidden = !wrap;
   }
 
+  function showFormat() { $("schema-field").hidden = $("answer-format").value !== "json_schema"; }
+
+  // OpenAI's response_format; the schema goes as the textarea's text, which the server parses.
+  function responseFormat() {
+    const kind = $("answer-format").value;
+    if (kind === "json_object") return { type: "json_object" };
+    if (kind === "json_schema") return { type: "json_schema", json_schema: { name: "answer", schema: $("json-schema").value, strict: true } };
+    return null;
+  }
+
   function settings() {
-    return {
-      model: $("model").value,
-      system_prompt: $("system-prompt").value,
-      params: { temperature: $("temperature").value, top_p: $("top-p").value, max_tokens: $("max-tokens").value },
-    };
+    const params = { temperature: $("temperature").value, top_p: $("top-p").value, max_tokens: $("max-tokens").value };
+    const format = responseFormat();
+    if (format) params.response_format = format;
+    return { model: $("model").value, system_prompt: $("system-prompt").value, params: params };
   }
 
   function begin(type, extra) {
@@ -84,7 +107,7 @@
     wrap.classList.add("streaming");
     const message = Object.assign({ type: type, conversation_id: state.conversationId }, settings(), extra);
     if (!message.model) { wrap.classList.remove("streaming"); showError(wrap, "Pick a model with an online worker first.", false); return; }
-    setStreaming(wrap);
+    setStreaming(wrap, !!message.params.response_format);
     if (!socket.send(message)) { setStreaming(null); wrap.classList.remove("streaming"); showError(wrap, "Not connected to the server.", true); }
   }
 
@@ -142,7 +165,7 @@
       // Re-render at most once per frame: Markdown of the whole answer so far.
       s.frame = requestAnimationFrame(function () {
         s.frame = 0;
-        s.wrap.querySelector(".bubble").innerHTML = md.render(s.text);
+        showAnswer(s.wrap.querySelector(".bubble"), s.text, s.json);
         scrollDown();
       });
     },
@@ -157,6 +180,7 @@
       const s = state.streaming;
       if (!s) return;
       s.wrap.classList.remove("streaming");
+      s.wrap.querySelector(".bubble").hidden = !s.text;  // a refused request has no answer to show
       showError(s.wrap, m.message, m.code === "busy");
       setStreaming(null);
     },
@@ -176,6 +200,7 @@
   ui.autoGrow($("prompt"));
   $("stop").addEventListener("click", function () { socket.send({ type: "chat.stop" }); });
   $("toggle-settings").addEventListener("click", function () { $("settings").classList.toggle("open"); });
+  $("answer-format").addEventListener("change", showFormat);
   $("model").addEventListener("change", function () { localStorage.setItem("chat.model", $("model").value); });
 
   function post(url, body) {
@@ -203,4 +228,5 @@
   });
 
   renderHistory();
+  showFormat();
 })();
