@@ -1,12 +1,13 @@
 """The chat page in a real Chromium against a live portal (daphne) and a live SmolLM2 worker.
 
 Logs in, watches tokens arrive before the answer ends, stops a long answer, reloads and
-finds the conversation; checks that model Markdown cannot inject HTML. Screenshots go to
-test-artifacts/chat/ (git-ignored).
+finds the conversation; checks that model Markdown cannot inject HTML; asks for an answer
+that follows a JSON schema. Screenshots go to test-artifacts/chat/ (git-ignored).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,13 @@ from typing import TypeVar
 import pytest
 from django.contrib.auth import get_user_model
 
-from portal.chat.models import AnswerStatus, Message
+from portal.chat.models import AnswerFormat, AnswerStatus, Message
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT, start_worker
 
 T = TypeVar("T")
 CHROMIUM = Path("/usr/bin/chromium")
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -148,3 +150,36 @@ def test_model_markdown_cannot_inject_html(page, portal):
     assert 'href="javascript' not in html
     assert "&lt;b&gt;code&lt;/b&gt;" in html
     assert page.evaluate("window.pwned") is None
+
+
+def test_a_json_schema_answer_follows_the_schema_and_shows_as_text(page, portal):
+    log_in(page, portal.url)
+    page.click("#toggle-settings")
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "48")
+    page.select_option("#answer-format", "json_schema")
+    page.fill("#json-schema", '{"type": "object",')  # a schema that is not JSON is refused, naming it
+    page.fill("#prompt", "What is the capital of France?")
+    page.press("#prompt", "Enter")
+    refusal = page.locator(".msg.assistant .error-box").last
+    refusal.wait_for(timeout=10_000)
+    assert "response_format.json_schema.schema" in refusal.inner_text()
+
+    page.fill("#json-schema", json.dumps(CITY))
+    page.fill("#prompt", "What is the capital of France? Answer in JSON.")
+    page.press("#prompt", "Enter")
+    answer = page.locator(".msg.assistant").last
+    answer.locator(".figures span").first.wait_for(timeout=90_000)
+    page.screenshot(path=str(ARTIFACTS / "5-json-schema.png"))
+    assert answer.locator(".error-box").count() == 0, answer.locator(".error-box").inner_text()
+    assert answer.locator(".bubble > *").count() == 1  # one <pre>: text, not rendered Markdown
+    shown = answer.locator(".bubble pre.json").inner_text()
+    assert isinstance(json.loads(shown)["city"], str), shown
+
+    stored = outside_the_event_loop(lambda: Message.objects.get(role="assistant"))
+    assert (stored.answer_format, json.loads(stored.content)) == (AnswerFormat.JSON, json.loads(shown))
+    page.reload()  # the answer, the answer format and the schema come back
+    page.locator(".msg.assistant .bubble pre.json").wait_for()
+    assert json.loads(page.locator(".msg.assistant .bubble pre.json").inner_text()) == json.loads(shown)
+    assert page.input_value("#answer-format") == "json_schema"
+    assert json.loads(page.input_value("#json-schema")) == CITY
