@@ -166,7 +166,8 @@ def test_a_json_schema_answer_follows_the_schema_and_shows_as_text(page, portal)
     assert "response_format.json_schema.schema" in refusal.inner_text()
 
     page.fill("#json-schema", json.dumps(CITY))
-    page.fill("#prompt", "What is the capital of France? Answer in JSON.")
+    # Not asked for JSON in words: unconstrained, SmolLM2 answers "The capital of France is Paris."
+    page.fill("#prompt", "What is the capital of France?")
     page.press("#prompt", "Enter")
     answer = page.locator(".msg.assistant").last
     answer.locator(".figures span").first.wait_for(timeout=90_000)
