@@ -7,7 +7,8 @@ Client → server messages: `chat.send`, `chat.retry`, `chat.stop`, `arena.send`
 Each handler is named after its message type (`chat.send` → `chat_send`).
 A malformed message (not JSON, a field of the wrong type, an id that is not
 an integer) is answered with an error on this socket only; nothing a client
-sends ends the consumer.
+sends ends the consumer. An error names the offending field in `param` when
+there is one (the page's `params` are checked by the shared parser, `body.py`).
 """
 
 from __future__ import annotations
