@@ -233,8 +233,10 @@ def test_chat_page_renders_hostile_messages_as_text_by_itself(page, portal):
 def test_a_json_answer_is_sent_as_response_format_and_shown_as_plain_text(page, portal):
     json_answer = json.dumps({"city": IMG, "note": "**not bold** " + SCRIPT})
     done = {"role": "assistant", "content": json_answer, "answer_format": "json", "completion_tokens": 9}
-    tokens = [{"type": "chat.token", "text": part} for part in (json_answer[:20], json_answer[20:])]
-    replies = [*tokens, {"type": "chat.done", "message": {**done, "status": "complete"}}]
+    replies: list[dict[str, Any]] = [
+        {"type": "chat.token", "text": part} for part in (json_answer[:20], json_answer[20:])
+    ]
+    replies.append({"type": "chat.done", "message": {**done, "status": "complete"}})
     sent = mock_socket(page, ["hostile-a", "hostile-b"], {"chat.send": replies})
     page.goto(f"{portal.url}/chat/")
     wait_for_models(page, "#model")
