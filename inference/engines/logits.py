@@ -131,9 +131,11 @@ def apply_masks(logits: torch.Tensor, allowed: Sequence[torch.Tensor | None]) ->
         return logits
     width = logits.shape[1]
     masks = torch.stack([_fit(allowed[i], width) for i in rows])  # type: ignore[arg-type]
+    if len(rows) == logits.shape[0]:  # every row constrained: no copy to patch
+        return torch.where(masks, logits, float("-inf"))
     index = torch.tensor(rows, dtype=torch.long)
     masked = logits.clone()
-    masked[index] = logits[index].masked_fill(~masks, float("-inf"))
+    masked[index] = torch.where(masks, logits[index], float("-inf"))
     return masked
 
 
