@@ -288,12 +288,11 @@ class Batcher:
     def _masks(self, seqs: list[Sequence]) -> list[torch.Tensor | None]:
         """Each constrained row's allowed tokens (None for a free row); a row whose grammar errs fails."""
         masks: list[torch.Tensor | None] = [None] * len(seqs)
-        rows = [row for row, seq in enumerate(seqs) if seq.picker.grammar is not None]
-        if not rows:
+        constrained = [(row, g) for row, seq in enumerate(seqs) if (g := seq.picker.grammar) is not None]
+        if not constrained:
             return masks
-        grammars = [seqs[row].picker.grammar for row in rows]
-        compiler = grammars[0].compiler  # type: ignore[union-attr]
-        for row, allowed in zip(rows, compiler.allowed(grammars), strict=True):  # type: ignore[arg-type]
+        grammars = [g for _, g in constrained]
+        for (row, _), allowed in zip(constrained, grammars[0].compiler.allowed(grammars), strict=True):
             if isinstance(allowed, Exception):
                 self._fail(seqs[row], allowed, isolated=True)
             else:

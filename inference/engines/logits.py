@@ -71,10 +71,8 @@ class TokenPicker:
         if k is None:
             return None
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        top = torch.topk(logprobs, min(k, logprobs.numel())) if k else None
-        alternatives = (
-            () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-        )
+        top = torch.topk(logprobs, min(k, logprobs.numel()))  # sorted, most likely first
+        alternatives = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
         return TokenLogprob(token_id, float(logprobs[token_id]), alternatives)
 
     def pick(self, logits: torch.Tensor) -> int:

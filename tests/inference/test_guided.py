@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 
 from inference.engines import create_engine
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
 from inference.engines.canned import CannedTokenEngine
-from inference.engines.guided import Grammar
+from inference.engines.guided import Grammar, unpack_bitmask
+from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
 from inference.errors import InvalidRequest, RequestFailed
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import collect
@@ -216,3 +219,19 @@ async def test_the_canned_engine_refuses_guides_and_logprobs_naming_the_field():
     with pytest.raises(InvalidRequest) as caught:
         await collect(canned, GenerationRequest("l", [1, 2], SamplingParams(logprobs=2)))
     assert caught.value.field == "logprobs"
+
+
+async def test_a_mask_forbids_tokens_in_its_own_row_only():
+    logits = torch.arange(16.0).reshape(2, 8)
+    allowed = torch.tensor([True, False] * 4)
+    masked = apply_masks(logits, [None, allowed])
+    assert torch.equal(masked[0], logits[0])
+    assert masked[1].tolist() == [8.0, -np.inf, 10.0, -np.inf, 12.0, -np.inf, 14.0, -np.inf]
+    greedy = [TokenPicker(SamplingParams(temperature=0), [], 8) for _ in range(2)]
+    assert pick_tokens(masked, greedy) == [7, 6]  # row 1 would take 7 unmasked
+    assert apply_masks(logits, [None, None]) is logits  # free batches keep the plain fast path
+
+
+async def test_the_bitmask_unpacks_in_llguidance_bit_order():
+    words = np.array([[0b101, -1]], dtype=np.int32)  # word j, bit i: token 32 * j + i
+    assert unpack_bitmask(words, 40)[0].nonzero().flatten().tolist() == [0, 2, *range(32, 40)]
