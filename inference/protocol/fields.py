@@ -67,7 +67,7 @@ def text(max_chars: int) -> Check:
 def model_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest("'model' is required and must be a string.", field=name)
-    if len(value) > MAX_MODEL_NAME or not value.isprintable():
+    if len(value) > MAX_MODEL_NAME or not value.isprintable() or value.isspace():
         raise InvalidRequest(f"'model' must be 1 to {MAX_MODEL_NAME} printable characters.", field=name)
     return value
 

@@ -38,27 +38,30 @@ RESPONSE_FORMAT_SCHEMA: dict[str, Any] = {
     },
     "required": ["type"],
 }
+SPEC_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_SPEC_CHARS}
+CHOICES = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "minItems": 1,
+    "maxItems": MAX_CHOICES,
+}
 STRUCTURED_OUTPUTS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "json": {"oneOf": [{"type": "object"}, {"type": "string"}]},
-        "regex": {"type": "string"},
-        "choice": {"type": "array", "items": {"type": "string"}},
-        "grammar": {"type": "string"},
+        "json": {"type": "object", "description": "A JSON schema (or its JSON text)."},
+        "regex": SPEC_TEXT,
+        "choice": CHOICES,
+        "grammar": SPEC_TEXT,
         "json_object": {"type": "boolean"},
     },
+    "additionalProperties": False,
+    "maxProperties": 1,
 }
 GUIDED_SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
-    "guided_json": (
-        {"oneOf": [{"type": "object"}, {"type": "string"}]},
-        "vLLM: a JSON schema the answer follows.",
-    ),
-    "guided_regex": ({"type": "string"}, "vLLM: a regular expression the answer matches."),
-    "guided_choice": (
-        {"type": "array", "items": {"type": "string"}},
-        "vLLM: the answer is one of these strings.",
-    ),
-    "guided_grammar": ({"type": "string"}, "vLLM: a grammar (Lark, or GBNF-style EBNF) the answer follows."),
+    "guided_json": ({"type": "object"}, "vLLM: a JSON schema the answer follows (or its JSON text)."),
+    "guided_regex": (SPEC_TEXT, "vLLM: a regular expression the answer matches."),
+    "guided_choice": (CHOICES, "vLLM: the answer is one of these strings."),
+    "guided_grammar": (SPEC_TEXT, "vLLM: a grammar (Lark, or GBNF-style EBNF) the answer follows."),
 }
 FIELDS = ("response_format", *GUIDED_SCHEMAS, "structured_outputs")
 
@@ -155,11 +158,14 @@ def _schema_text(name: str, schema: Any) -> str:
     if isinstance(schema, str):  # vLLM accepts the schema as JSON text too
         try:
             schema = json.loads(schema)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidRequest(f"'{name}' is not valid JSON.", field=name) from None
     if not isinstance(schema, dict):
         raise InvalidRequest(f"'{name}' must be a JSON schema object.", field=name)
-    text = json.dumps(schema, separators=(",", ":"))
+    try:
+        text = json.dumps(schema, separators=(",", ":"))
+    except RecursionError:
+        raise InvalidRequest(f"'{name}' is nested too deeply.", field=name) from None
     if len(text) > MAX_SPEC_CHARS:
         raise InvalidRequest(f"'{name}' must be at most {MAX_SPEC_CHARS} characters of JSON.", field=name)
     return text

@@ -1,107 +1,101 @@
 """The chat pipeline: messages or a prompt in, the answer text and token usage out.
 
 `data` takes `messages` (OpenAI's list of {role, content}) or `prompt` (also
-`text`, go-infer's usual field) with an optional `system`, plus `model` and the
-sampling fields below; the model's defaults fill what is left out.
+`text`, go-infer's usual field) with an optional `system`, plus `model`, the
+sampling fields and the structured-output fields of `/v1/chat/completions`
+(`response_format`, vLLM's `guided_*`, `structured_outputs`). They are
+checked by the same parser as `/v1` (`inference.protocol`); a field it does
+not take is refused by name. The model's defaults fill what is left out.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from inference.errors import InvalidRequest
+from inference.protocol import CHAT_FIELDS, parse_chat
+from inference.protocol.fields import SAMPLING
+from inference.protocol.structured import FIELDS as STRUCTURED_FIELDS
 from portal.gateway import relay
-from portal.signed.pipelines.base import (
-    ParamsRefused,
-    Pipeline,
-    PipelineContext,
-    optional_number,
-    optional_string,
-)
+from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext
 from portal.signed.pipelines.relayed import call_relay, default_model
 from registry.models import ModelTask
 
-_INT_FIELDS: dict[str, float | None] = {"max_tokens": 1, "top_k": -1, "seed": None}
-_FLOAT_FIELDS: dict[str, float | None] = {
-    "temperature": 0.0,
-    "top_p": 0.0,
-    "presence_penalty": None,
-    "frequency_penalty": None,
+GO_INFER = {
+    "prompt": "One user message.",
+    "text": "Same as prompt (go-infer's name).",
+    "system": "A system message before prompt.",
 }
-_ROLES = {"system", "user", "assistant"}
+# What the signed chat takes of the /v1 fields: one answer, not streamed.
+OPENAI_FIELDS = ["messages", "model", *SAMPLING, *STRUCTURED_FIELDS]
+MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
 
 
-def _messages(data: dict[str, Any]) -> list[dict[str, str]]:
-    messages = data.get("messages")
-    if messages is None:
-        prompt = optional_string(data, "prompt") or optional_string(data, "text")
-        if prompt is None:
-            raise ParamsRefused("messages or prompt is required")
-        system = optional_string(data, "system")
-        messages = [{"role": "system", "content": system}] if system else []
-        return [*messages, {"role": "user", "content": prompt}]
-    if not isinstance(messages, list) or not messages:
-        raise ParamsRefused("messages must be a non-empty list")
-    for message in messages:
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and message.get("role") in _ROLES
-            and isinstance(message.get("content"), str)
-        ):
-            raise ParamsRefused("each message needs a role (system, user, assistant) and a string content")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+def _data_schema() -> dict[str, Any]:
+    """The /v1 declarations of the fields taken, plus go-infer's prompt fields.
+
+    Two structured-output fields at once are refused (which would win is not
+    ours to guess); the schema says so in words, as draft 4 cannot say it briefly.
+    """
+    properties = {
+        name: {**CHAT_FIELDS[name].schema, "description": CHAT_FIELDS[name].doc} for name in OPENAI_FIELDS
+    }
+    properties["messages"] = {
+        "type": "array",
+        "minItems": 1,
+        "items": MESSAGE,
+        "description": "The conversation; when given, prompt, text and system are not read.",
+    }
+    properties["model"] = {
+        "type": "string",
+        "maxLength": 200,
+        "pattern": "^ *[!-~][ -~]*$",  # printable ASCII, not blank (the parser allows more)
+        "description": "A served model or alias; default: the chat model.",
+    }
+    for name, doc in GO_INFER.items():
+        # Not blank: a character neither JavaScript's nor Python's whitespace.
+        properties[name] = {"type": "string", "pattern": r"[^\s\x1c-\x1f\x85]", "description": doc}
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "description": "At most one of " + ", ".join(STRUCTURED_FIELDS) + ".",
+        "anyOf": [{"required": ["messages"]}, {"required": ["prompt"]}, {"required": ["text"]}],
+        "example": {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 32},
+    }
 
 
-def _stop(data: dict[str, Any]) -> str | list[str] | None:
-    stop = data.get("stop")
-    if stop is None or isinstance(stop, str):
-        return stop
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop
-    raise ParamsRefused("stop must be a string or a list of strings")
+def _messages(data: dict[str, Any]) -> list[dict[str, Any]]:
+    if data.get("messages") is not None:
+        return data["messages"]
+    prompt = _text(data, "prompt") or _text(data, "text")
+    if prompt is None:
+        raise ParamsRefused("messages or prompt is required")
+    system = _text(data, "system")
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsRefused(f"{key} must be a non-empty string")
+    return value
 
 
 class ChatPipeline(Pipeline):
     path = "chat"
-    data_schema = {
-        "type": "object",
-        "description": "`messages`, or `prompt` (or `text`) with an optional `system`; the model's "
-        "defaults fill the sampling fields left out, and the relay checks them again with the limits "
-        "of /v1/chat/completions. Other keys are ignored.",
-        "properties": {
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "description": "The conversation; when given, prompt, text and system are not read.",
-                "items": {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"type": "string", "enum": sorted(_ROLES)},
-                        "content": {"type": "string"},
-                    },
-                },
-            },
-            "prompt": {"type": "string", "pattern": r"\S", "description": "One user message."},
-            "text": {"type": "string", "pattern": r"\S", "description": "Same as prompt (go-infer's name)."},
-            "system": {"type": "string", "pattern": r"\S", "description": "A system message before prompt."},
-            "model": {
-                "type": "string",
-                "pattern": r"\S",
-                "description": "A served model or alias; may be left out when one chat model is served.",
-            },
-            "max_tokens": {"type": "integer", "minimum": 1},
-            "temperature": {"type": "number", "minimum": 0},
-            "top_p": {"type": "number", "minimum": 0},
-            "top_k": {"type": "integer", "minimum": -1},
-            "seed": {"type": "integer"},
-            "presence_penalty": {"type": "number"},
-            "frequency_penalty": {"type": "number"},
-            "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        },
-        "anyOf": [{"required": ["messages"]}, {"required": ["prompt"]}, {"required": ["text"]}],
-        "example": {"prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 32},
-    }
+    data_schema = _data_schema()
     result_schema = {
         "type": "object",
         "required": ["answer", "finish_reason", "model", "usage"],
@@ -121,16 +115,17 @@ class ChatPipeline(Pipeline):
     }
 
     def api_entry(self, data: dict[str, Any]) -> dict[str, Any]:
-        body: dict[str, Any] = {"messages": _messages(data)}
-        model = optional_string(data, "model")
-        if model:
-            body["model"] = model
-        for key, low in _INT_FIELDS.items():
-            body[key] = optional_number(data, key, kind=int, low=low)
-        for key, low in _FLOAT_FIELDS.items():
-            body[key] = optional_number(data, key, low=low)
-        body["stop"] = _stop(data)
-        return {key: value for key, value in body.items() if value is not None}
+        for key in data:
+            if key not in OPENAI_FIELDS and key not in GO_INFER:
+                raise ParamsRefused(f"{str(key)[:64]} is not a field of the chat pipeline")
+        body = {k: v for k, v in data.items() if k in OPENAI_FIELDS and v is not None}
+        body["messages"] = _messages(data)
+        try:
+            # The model is resolved later (the default chat model when absent): check the rest now.
+            parse_chat({"model": "default", **body}, strict=True)
+        except InvalidRequest as exc:
+            raise ParamsRefused(str(exc)) from None
+        return body
 
     async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
         body = {"model": params.get("model") or await default_model(ModelTask.GENERATE), **params}
