@@ -129,7 +129,7 @@ def test_requests_in_flight_are_limited_across_portals(portals):
                 o.__exit__(None, None, None)
         # Leaving the streams aborted them and freed their slots (bounded wait for the settling).
         url = f"{portals[0].url}/v1/chat/completions"
-        assert wait_for(lambda: client.post(url, json=CHAT, headers=headers(secret)).status_code == 200, 10)
+        assert wait_for(lambda: client.post(url, json=CHAT, headers=headers(secret)).status_code == 200, 30)
 
 
 def test_a_stream_left_after_some_tokens_is_recorded_and_counted_with_the_workers_usage(
