@@ -94,6 +94,26 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class BeamSearch:
+    """Beam search of `width` beams returning the `n` best (scores: logprob sum / length ** penalty)."""
+
+    width: int
+    n: int
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+
+
+@dataclass(frozen=True)
+class Beam:
+    """One finished beam: its text, tokens and length-penalised score."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    finish_reason: str
+
+
+@dataclass(frozen=True)
 class EmbeddingResult:
     vectors: list[list[float]]
     prompt_tokens: int
@@ -136,6 +156,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the generation; raise QueueFull / QueueTimeout / InvalidRequest before the first delta."""
+
+    async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
+        """The `beam.n` best beams for the prompt, best first; this engine may not run beam search."""
+        from inference.errors import InvalidRequest
+
+        raise InvalidRequest(f"{type(self).__name__} does not run beam search.", field="use_beam_search")
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         from inference.errors import WrongTask

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class Batcher:
         self._inbox: list[Sequence] = []
         self._known: dict[str, Sequence] = {}
         self._aborts: set[str] = set()
+        self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._recent: deque[tuple[float, int]] = deque()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -113,6 +115,20 @@ class Batcher:
             self._known[seq.request_id] = seq
             self._wake.notify()
 
+    def run_alone(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run `job` in the batch thread between two steps (the batch waits), e.g. a beam search.
+
+        The model is only ever used from this thread, so a job that needs it
+        whole takes its turn here instead of racing the decode loop.
+        """
+        future: Future[Any] = Future()
+        with self._wake:
+            if not self._running:
+                raise EngineError("The engine is shutting down.")
+            self._jobs.append((job, future))
+            self._wake.notify()
+        return future
+
     def abort(self, request_id: str) -> bool:
         """Mark a request to end at the next step with finish_reason "abort"."""
         with self._wake:
@@ -135,12 +151,26 @@ class Batcher:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while self._running and not self._inbox and not self._aborts and self.batch is None:
+                    while (
+                        self._running
+                        and not self._inbox
+                        and not self._aborts
+                        and not self._jobs
+                        and self.batch is None
+                    ):
                         self._wake.wait()
                     if not self._running and not self._known:
+                        for _, future in self._jobs:
+                            future.set_exception(EngineError("The engine is shutting down."))
                         return
                     newcomers, self._inbox = self._inbox, []
                     aborts, self._aborts = self._aborts, set()
+                    jobs, self._jobs = self._jobs, []
+                for job, future in jobs:
+                    try:
+                        future.set_result(job())
+                    except Exception as exc:  # the job's own failure, reported to its caller
+                        future.set_exception(exc)
                 try:
                     self._iterate(newcomers, aborts)
                 except Exception as exc:  # a fault the steps did not isolate: never wedge the loop

@@ -23,6 +23,8 @@ import torch
 
 from inference.engines.admission import Admission
 from inference.engines.base import (
+    Beam,
+    BeamSearch,
     Delta,
     Engine,
     EngineConfig,
@@ -182,6 +184,49 @@ class TransformersEngine(Engine):
         finally:
             if not finished:  # the consumer went away: free the batch row
                 self.batcher.abort(request.request_id)
+
+    async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
+        """transformers' own beam search, run alone in the batch thread (the batch waits for it).
+
+        A beam request leaves the continuous batch: beams branch and merge the
+        cache in ways a shared left-padded batch does not. It holds one slot.
+        Stop strings cut each beam's text where they first appear.
+        """
+        check_generation(request, self.info)
+        async with self.admission.slot():
+            job = self.batcher.run_alone(lambda: self._beams(request, beam))
+            return await asyncio.wrap_future(job)
+
+    def _beams(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
+        params = request.params
+        ids = torch.tensor([request.prompt_token_ids], device=self.model.device)
+        stops = sorted(self.batcher.stop_ids | set(params.stop_token_ids))
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                num_beams=beam.width,
+                num_return_sequences=beam.n,
+                max_new_tokens=params.max_tokens,
+                length_penalty=beam.length_penalty,
+                early_stopping=beam.early_stopping,
+                do_sample=False,
+                eos_token_id=None if params.ignore_eos else stops,
+                pad_token_id=self.tokenizer.pad_token_id or stops[0],
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        beams = []
+        for sequence, score in zip(out.sequences, out.sequences_scores, strict=True):
+            tokens = [int(t) for t in sequence[ids.shape[1] :]]
+            ended = next((i for i, t in enumerate(tokens) if t in stops), None)
+            if ended is not None and not params.ignore_eos:
+                tokens = tokens[:ended]
+            text = self._decode(tokens)
+            cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=None)
+            finish = "stop" if ended is not None or cut is not None else "length"
+            beams.append(Beam(text if cut is None else text[:cut], tuple(tokens), float(score), finish))
+        return beams
 
     async def abort(self, request_id: str) -> bool:
         if request_id in self._waiting:  # still waiting for a slot: end it as soon as it gets one

@@ -21,6 +21,8 @@ from typing import Any
 
 from inference.engines.admission import Admission
 from inference.engines.base import (
+    Beam,
+    BeamSearch,
     Delta,
     Engine,
     EngineConfig,
@@ -121,6 +123,17 @@ def delta_logprobs(
     return tuple(result)
 
 
+def vllm_beam_kwargs(params: SamplingParams, beam: BeamSearch) -> dict[str, Any]:
+    """BeamSearchParams fields: vLLM beams of `beam.width`, scored with its length penalty."""
+    return {
+        "beam_width": beam.width,
+        "max_tokens": params.max_tokens,
+        "ignore_eos": params.ignore_eos,
+        "temperature": params.temperature,
+        "length_penalty": beam.length_penalty,
+    }
+
+
 class VllmEngine(Engine):
     """Serve a causal LM through vLLM (CUDA)."""
 
@@ -201,6 +214,27 @@ class VllmEngine(Engine):
             finally:
                 if not finished:
                     await self.engine.abort(request.request_id)
+
+    async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
+        """vLLM's beam search (`EngineClient.beam_search`); releases without it refuse the request."""
+        from vllm.sampling_params import BeamSearchParams
+
+        search = getattr(self.engine, "beam_search", None)
+        if search is None:
+            raise InvalidRequest(
+                "This vLLM release has no engine-level beam search.", field="use_beam_search"
+            )
+        params = BeamSearchParams(**vllm_beam_kwargs(request.params, beam))
+        final = None
+        async for output in search(
+            {"prompt_token_ids": list(request.prompt_token_ids)}, request.request_id, params
+        ):
+            final = output
+        outputs = final.outputs[: beam.n] if final is not None else []
+        return [
+            Beam(o.text, tuple(o.token_ids), float(o.cumulative_logprob or 0.0), o.finish_reason or "stop")
+            for o in outputs
+        ]
 
     async def abort(self, request_id: str) -> bool:
         await self.engine.abort(request_id)

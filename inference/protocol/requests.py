@@ -27,6 +27,19 @@ from inference.protocol.tools import TOOL_CHOICE_SCHEMA, TOOLS_SCHEMA, Tools, pa
 from inference.sampling import FIELD_NAMES, Guide, SamplingParams
 
 MAX_EMBED_INPUTS = 2048
+# Beam search ranks beams by the model's own log probabilities: sampling fields have no meaning there.
+BEAM_EXCLUDES = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "tools",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +242,10 @@ def _generate(values: dict[str, Any]) -> dict[str, Any]:
         for name in ("length_penalty", "early_stopping"):
             if name in values:
                 raise InvalidRequest(f"'{name}' applies to beam search only (use_beam_search).", field=name)
+    else:
+        for name in BEAM_EXCLUDES:
+            if name in values and not (name == "temperature" and values[name] == 0):
+                raise InvalidRequest(f"'{name}' does not apply to beam search.", field=name)
     return {
         "model": values["model"],
         "params": params,

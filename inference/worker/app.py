@@ -22,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from inference.engines.base import Usage
+from inference.engines.base import BeamSearch, GenerationRequest, Usage
 from inference.errors import InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
+from inference.sampling import SamplingParams
 from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
 from inference.worker.auth import RequireToken
 from inference.worker.protocol import (
@@ -106,9 +107,12 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
     if request_id in ctx.active:
         raise InvalidRequest(f"The request id '{request_id}' is already in use.")
-    refuse_unimplemented(call)
+    refuse_unserved(call)
     with ctx.track():
         prompt, params = await until_disconnect(request, prepare_prompt(ctx, call))
+        if call.beam_search:
+            body = await until_disconnect(request, _beam_search(ctx, request_id, prompt, params, call))
+            return JSONResponse(body, headers={"X-Request-Id": request_id})
         if call.candidates > call.n and params.logprobs is None:
             params = replace(params, logprobs=0)  # best_of ranks candidates by their logprobs
         generation = Generation(ctx, request_id, prompt, params, call.candidates)
@@ -126,14 +130,23 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         return JSONResponse(body, headers=headers)
 
 
-def refuse_unimplemented(call: GenerateCall) -> None:
+def refuse_unserved(call: GenerateCall) -> None:
     """Parameters the parser knows that this worker does not serve: a 400 naming each."""
-    if call.beam_search:
-        raise InvalidRequest(
-            "'use_beam_search' is not supported by this worker yet.", field="use_beam_search"
-        )
     if call.echo and call.prompt is None:
         raise InvalidRequest("'echo' needs a text prompt, not token ids.", field="echo")
+
+
+async def _beam_search(
+    ctx: WorkerContext, request_id: str, prompt: list[int], params: SamplingParams, call: GenerateCall
+) -> dict[str, Any]:
+    """The n best beams as choices; every beam returned is billed."""
+    beam = BeamSearch(call.candidates, call.n, call.length_penalty, call.early_stopping)
+    beams = await ctx.engine.beam_search(GenerationRequest(request_id, prompt, params), beam)
+    shape = Shape.for_call(call)
+    choices = [shape.choice(i, echo_prefix(call) + b.text, b.finish_reason) for i, b in enumerate(beams)]
+    usage = Usage(len(prompt), sum(len(b.token_ids) for b in beams))
+    ctx.recent.remember(request_id, usage)  # an /abort after the fact still learns the usage
+    return shape.response(choices, usage)
 
 
 def _describe(ctx: WorkerContext) -> Describe:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from inference.templates import render_chat
 
 
@@ -46,7 +48,7 @@ def test_tools_go_to_a_template_that_knows_them():
 
 def test_other_templates_get_tools_and_earlier_calls_as_text():
     call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be terse."},
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": "", "tool_calls": [call]},

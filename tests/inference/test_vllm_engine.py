@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from inference.engines.base import EngineConfig, TokenLogprob
+from inference.engines.base import BeamSearch, EngineConfig, TokenLogprob
 from inference.engines.vllm_engine import (
     delta_logprobs,
     engine_args_kwargs,
     structured_output_fields,
     structured_output_kwargs,
+    vllm_beam_kwargs,
     vllm_sampling_kwargs,
 )
 from inference.errors import InvalidRequest
@@ -37,6 +38,18 @@ def test_sampling_params_map_onto_vllm_names():
     assert kwargs["top_k"] == -1  # vLLM's "off"
     assert kwargs["stop"] == ["END"]
     assert (kwargs["ignore_eos"], kwargs["seed"]) == (True, 3)
+
+
+def test_beam_search_maps_onto_vllm_beam_search_params():
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    kwargs = vllm_beam_kwargs(params, BeamSearch(width=4, n=2, length_penalty=0.5))
+    assert kwargs == {
+        "beam_width": 4,
+        "max_tokens": 12,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "length_penalty": 0.5,
+    }
 
 
 def test_logprobs_map_onto_vllm_logprobs():

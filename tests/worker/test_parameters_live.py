@@ -69,7 +69,7 @@ def test_a_named_tool_choice_returns_arguments_valid_for_the_schema(smol: Worker
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls or []
     assert len(calls) == 1
-    assert calls[0].function.name == "get_weather"
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
     arguments = json.loads(calls[0].function.arguments)  # type: ignore[union-attr]
     jsonschema.validate(arguments, WEATHER["function"]["parameters"])
 
@@ -122,7 +122,7 @@ def test_chat_logprobs_have_openai_shape_and_the_greedy_token_on_top(smol: Worke
     )
     content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None
-    assert len(content) == answer.usage.completion_tokens
+    assert len(content) == answer.usage.completion_tokens  # type: ignore[union-attr]
     assert "".join(entry.token for entry in content) == answer.choices[0].message.content
     for entry in content:
         assert len(entry.top_logprobs) == 3
@@ -250,3 +250,27 @@ def test_what_is_not_served_is_a_400_naming_it(
     with pytest.raises(BadRequestError) as caught:
         client(smol).chat.completions.create(model="smol", messages=QUESTION, max_tokens=4, extra_body=extra)
     assert caught.value.body["param"] == param  # type: ignore[index]
+
+
+def test_beam_search_returns_n_beams_and_refuses_sampling_fields(smol: WorkerProcess) -> None:
+    body = {
+        "model": "smol",
+        "messages": QUESTION,
+        "max_tokens": 8,
+        "use_beam_search": True,
+        "n": 2,
+        "best_of": 3,
+        "length_penalty": 1.0,
+    }
+    response = httpx2.post(f"{smol.address}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    texts = [c["message"]["content"] for c in answer["choices"]]
+    assert len(texts) == 2
+    assert texts[0] != texts[1]
+    assert "Paris" in texts[0]
+    refused = httpx2.post(
+        f"{smol.address}/v1/chat/completions", json={**body, "temperature": 0.7}, timeout=30
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "temperature"
