@@ -163,6 +163,12 @@ class Engine(abc.ABC):
 
         raise InvalidRequest(f"{type(self).__name__} does not run beam search.", field="use_beam_search")
 
+    async def prompt_logprobs(self, prompt_token_ids: list[int], top: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it (the first has none: NaN)."""
+        from inference.errors import InvalidRequest
+
+        raise InvalidRequest(f"{type(self).__name__} does not compute prompt logprobs.", field="echo")
+
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         from inference.errors import WrongTask
 

@@ -31,10 +31,11 @@ from inference.engines.base import (
     EngineStats,
     GenerationRequest,
     ModelInfo,
+    TokenLogprob,
     Usage,
 )
 from inference.engines.batcher import Batcher, Sequence
-from inference.engines.checks import check_generation
+from inference.engines.checks import check_generation, check_token_ids
 from inference.engines.guided import Grammar, GrammarCompiler
 from inference.engines.logits import TokenPicker
 from inference.engines.stops import TextStream
@@ -227,6 +228,29 @@ class TransformersEngine(Engine):
             finish = "stop" if ended is not None or cut is not None else "length"
             beams.append(Beam(text if cut is None else text[:cut], tuple(tokens), float(score), finish))
         return beams
+
+    async def prompt_logprobs(self, prompt_token_ids: list[int], top: int) -> list[TokenLogprob]:
+        """One forward pass over the prompt, alone in the batch thread (for `echo` with `logprobs`)."""
+        check_token_ids(prompt_token_ids, self.info.vocab_size or self.vocab_size, "prompt")
+        async with self.admission.slot():
+            job = self.batcher.run_alone(lambda: self._prompt_logprobs(prompt_token_ids, top))
+            return await asyncio.wrap_future(job)
+
+    def _prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0]
+        logprobs = torch.log_softmax(logits.float().cpu()[:-1], dim=-1)
+        entries = [TokenLogprob(ids[0], float("nan"))]
+        for position, token in enumerate(ids[1:]):
+            row = logprobs[position]
+            best = row.topk(top) if top else None
+            pairs = (
+                tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+                if best is not None
+                else ()
+            )
+            entries.append(TokenLogprob(token, float(row[token]), pairs))
+        return entries
 
     async def abort(self, request_id: str) -> bool:
         if request_id in self._waiting:  # still waiting for a slot: end it as soon as it gets one

@@ -291,8 +291,6 @@ def parse_completion(body: Any, *, strict: bool) -> CompletionRequest:
     """Parse a text completion body: `prompt` is a string, a one-string list or token ids."""
     values = read_fields(body, COMPLETION_FIELDS, strict=strict)
     common = _with_guide(_generate(values), read_guide(values), values.get("logprobs"))
-    if values.get("echo") and values.get("logprobs") is not None:
-        raise InvalidRequest("'echo' with 'logprobs' (prompt logprobs) is not supported.", field="echo")
     prompt = values["prompt"]
     if isinstance(prompt, str):
         return CompletionRequest(prompt=prompt, echo=values.get("echo", False), **common)

@@ -7,6 +7,7 @@ logprobs for them even when the client did not ask), as vLLM does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +59,14 @@ def buffers_text(call: GenerateCall) -> bool:
 
 
 def finished_choice(
-    shape: Shape, call: GenerateCall, index: int, choice: ChoiceText, describe: Describe
+    shape: Shape,
+    call: GenerateCall,
+    index: int,
+    choice: ChoiceText,
+    describe: Describe,
+    echoed: Sequence[TokenLogprob] = (),
 ) -> dict[str, Any]:
-    """The response's choice object for a finished `choice`."""
+    """The response's choice object for a finished `choice`; `echoed`: the echoed prompt's logprobs."""
     text: str | None = echo_prefix(call) + choice.text
     finish = choice.finish_reason
     calls: list[dict[str, Any]] = []
@@ -70,5 +76,8 @@ def finished_choice(
             finish = "tool_calls"
     logprobs = None
     if call.params.logprobs is not None:
-        logprobs = shape.logprobs(choice.logprobs, describe, offset=len(echo_prefix(call)))
+        if echoed:
+            logprobs = shape.logprobs([*echoed, *choice.logprobs], describe)
+        else:
+            logprobs = shape.logprobs(choice.logprobs, describe, offset=len(echo_prefix(call)))
     return shape.choice(index, text, finish, logprobs=logprobs, tool_calls=calls)

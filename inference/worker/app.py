@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from inference.engines.base import BeamSearch, GenerationRequest, Usage
+from inference.engines.base import BeamSearch, GenerationRequest, TokenLogprob, Usage
 from inference.errors import InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
 from inference.sampling import SamplingParams
@@ -115,16 +115,19 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
             return JSONResponse(body, headers={"X-Request-Id": request_id})
         if call.candidates > call.n and params.logprobs is None:
             params = replace(params, logprobs=0)  # best_of ranks candidates by their logprobs
+        echoed: list[TokenLogprob] = []
+        if call.echo and params.logprobs is not None:  # the prompt's own logprobs come first
+            echoed = await until_disconnect(request, ctx.engine.prompt_logprobs(prompt, params.logprobs))
         generation = Generation(ctx, request_id, prompt, params, call.candidates)
         await until_disconnect(request, generation.start())
         shape = Shape.for_call(call)
         headers = {"X-Request-Id": request_id}
         if call.stream:
             headers["Cache-Control"] = "no-cache"
-            stream = _sse(ctx, generation, shape, call)
+            stream = _sse(ctx, generation, shape, call, echoed)
             return GenerationStream(stream, ctx=ctx, generation=generation, headers=headers)
         try:
-            body = await until_disconnect(request, _collect(ctx, generation, shape, call))
+            body = await until_disconnect(request, _collect(ctx, generation, shape, call, echoed))
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
@@ -155,7 +158,11 @@ def _describe(ctx: WorkerContext) -> Describe:
 
 
 async def _collect(
-    ctx: WorkerContext, generation: Generation, shape: Shape, call: GenerateCall
+    ctx: WorkerContext,
+    generation: Generation,
+    shape: Shape,
+    call: GenerateCall,
+    echoed: Sequence[TokenLogprob] = (),
 ) -> dict[str, Any]:
     choices: dict[int, ChoiceText] = {}
     usage: Usage | None = None
@@ -167,7 +174,7 @@ async def _collect(
             usage = add_usage(usage, item.usage)
     describe = _describe(ctx)
     picked = best(choices, call.n)
-    body = [finished_choice(shape, call, i, choice, describe) for i, choice in enumerate(picked)]
+    body = [finished_choice(shape, call, i, choice, describe, echoed) for i, choice in enumerate(picked)]
     return shape.response(body, usage or Usage(0, 0))
 
 
@@ -177,7 +184,11 @@ def _event(data: dict[str, Any] | str) -> bytes:
 
 
 async def _sse(
-    ctx: WorkerContext, generation: Generation, shape: Shape, call: GenerateCall
+    ctx: WorkerContext,
+    generation: Generation,
+    shape: Shape,
+    call: GenerateCall,
+    echoed: Sequence[TokenLogprob] = (),
 ) -> AsyncIterator[bytes]:
     """Stream chunks every `stream_interval` tokens; always end with `[DONE]` and close the generation.
 
@@ -204,7 +215,8 @@ async def _sse(
             if shape.chat:
                 yield chunk(index, "", None, role=True)
             elif prefix:
-                yield chunk(index, prefix, None)
+                lead = shape.logprobs(echoed, describe) if call.params.logprobs is not None else None
+                yield chunk(index, prefix, None, logprobs=lead)
         pending: dict[int, ChoiceText] = {}
         offsets = dict.fromkeys(range(call.n), len(prefix))
         usage: Usage | None = None

@@ -242,12 +242,16 @@ class Shape:
                     {"token": text, "logprob": finite(entry.logprob), "bytes": list(raw), "top_logprobs": top}
                 )
             return {"content": content}
-        tokens, token_logprobs, tops, offsets = [], [], [], []
+        tokens: list[str] = []
+        token_logprobs: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
         for entry in entries:
             text = describe(entry.token_id)[0]
             tokens.append(text)
-            token_logprobs.append(finite(entry.logprob))
-            tops.append({describe(i)[0]: finite(lp) for i, lp in entry.top})
+            first = math.isnan(entry.logprob)  # an echoed prompt's first token: nothing precedes it
+            token_logprobs.append(None if first else finite(entry.logprob))
+            tops.append(None if first else {describe(i)[0]: finite(lp) for i, lp in entry.top})
             offsets.append(offset)
             offset += len(text)
         return {

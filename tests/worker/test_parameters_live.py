@@ -9,16 +9,17 @@ forward pass) live in tests/inference/.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import jsonschema
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError
 
-from tests.processes import WorkerProcess, start_worker
+from tests.processes import WorkerProcess
+from tests.worker.live import client, smol
 
+__all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER: Any = {
@@ -41,19 +42,6 @@ TIME: Any = {
     },
 }
 ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def smol() -> Iterator[WorkerProcess]:
-    with start_worker(
-        "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
-        "--no-register", timeout=300,
-    ) as worker:  # fmt: skip
-        yield worker
-
-
-def client(worker: WorkerProcess) -> OpenAI:
-    return OpenAI(base_url=f"{worker.address}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_a_named_tool_choice_returns_arguments_valid_for_the_schema(smol: WorkerProcess) -> None:
@@ -161,6 +149,15 @@ def test_completion_logprobs_and_echo(smol: WorkerProcess) -> None:
         model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True
     )
     assert echoed.choices[0].text == "The capital of France is" + answer.choices[0].text
+    both = sdk.completions.create(
+        model="smol", prompt="The capital of France is", max_tokens=4, temperature=0, echo=True, logprobs=1
+    )
+    lead = both.choices[0].logprobs
+    assert lead is not None
+    assert "".join(lead.tokens or []) == both.choices[0].text
+    assert (lead.token_logprobs or [])[0] is None  # nothing precedes the prompt's first token
+    assert all(lp is not None and lp <= 0 for lp in (lead.token_logprobs or [])[1:])
+    assert (lead.token_logprobs or [])[-4:] == logprobs.token_logprobs
 
 
 def test_n_seeded_choices_differ_and_the_request_repeats(smol: WorkerProcess) -> None:

@@ -13,21 +13,13 @@ from typing import Any
 
 import httpx2
 import pytest
-from openai import OpenAI
 
 from tests.processes import WorkerProcess, start_worker
+from tests.worker.live import client, smol
 
+__all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def smol() -> Iterator[WorkerProcess]:
-    with start_worker(
-        "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
-        "--no-register", timeout=300,
-    ) as worker:  # fmt: skip
-        yield worker
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +29,6 @@ def minilm() -> Iterator[WorkerProcess]:
         timeout=300,
     ) as worker:  # fmt: skip
         yield worker
-
-
-def client(worker: WorkerProcess) -> OpenAI:
-    return OpenAI(base_url=f"{worker.address}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_smollm2_answers_paris_at_temperature_zero(smol: WorkerProcess) -> None:

@@ -17,7 +17,7 @@ from inference.protocol import CHAT_FIELDS, parse_chat
 from inference.protocol.fields import SAMPLING
 from inference.protocol.structured import FIELDS as STRUCTURED_FIELDS
 from portal.gateway import relay
-from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext
+from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext, optional_string
 from portal.signed.pipelines.relayed import call_relay, default_model
 from registry.models import ModelTask
 
@@ -76,21 +76,12 @@ def _data_schema() -> dict[str, Any]:
 def _messages(data: dict[str, Any]) -> list[dict[str, Any]]:
     if data.get("messages") is not None:
         return data["messages"]
-    prompt = _text(data, "prompt") or _text(data, "text")
+    prompt = optional_string(data, "prompt") or optional_string(data, "text")
     if prompt is None:
         raise ParamsRefused("messages or prompt is required")
-    system = _text(data, "system")
+    system = optional_string(data, "system")
     messages = [{"role": "system", "content": system}] if system else []
     return [*messages, {"role": "user", "content": prompt}]
-
-
-def _text(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ParamsRefused(f"{key} must be a non-empty string")
-    return value
 
 
 class ChatPipeline(Pipeline):
