@@ -116,8 +116,11 @@ def test_requests_in_flight_are_limited_across_portals(portals):
         responses = [o.__enter__() for o in opened]
         try:
             assert [r.status_code for r in responses] == [200, 200]
-            for response in responses:
-                next(response.iter_lines())  # both are generating now
+            # Held until the end: a line iterator that is dropped closes its response, which
+            # disconnects the client and frees the slot the test counts on.
+            lines = [response.iter_lines() for response in responses]
+            for stream_lines in lines:
+                next(stream_lines)  # both are generating now
             refused = [
                 client.post(f"{p.url}/v1/chat/completions", json=CHAT, headers=headers(secret))
                 for p in portals
