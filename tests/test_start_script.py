@@ -127,6 +127,10 @@ def stream_in_background(base: str, key: str, started: threading.Event) -> threa
     return thread
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: signal.Signals) -> None:
     marker, port = uuid.uuid4().hex, free_port()
@@ -139,6 +143,9 @@ def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: sign
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a group of its own, like a terminal's foreground job
+            # As a terminal starts it: a suite launched in the background (nohup, `&`) has
+            # SIGINT ignored, and a shell cannot trap a signal ignored when it started.
+            preexec_fn=default_sigint,
         )
     try:
         output = wait_for_line(log, READY_LINE, proc, timeout=300)
