@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+import torch
 
 from inference.engines import create_engine
 from inference.engines.base import Delta, Engine, EngineConfig, GenerationRequest
+from inference.loading import resolve_model
 from inference.sampling import SamplingParams
 from portal import env
 
@@ -33,6 +36,15 @@ async def chat_engine(model_cache_dir: Path) -> AsyncIterator[Engine]:
     await engine.start()
     yield engine
     await engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference_model(model_cache_dir: Path) -> Any:
+    """SmolLM2 loaded straight from transformers, float32: what the engine's figures are checked against."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 async def collect(engine: Engine, request: GenerationRequest) -> tuple[str, list[Delta]]:

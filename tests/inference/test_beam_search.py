@@ -7,26 +7,15 @@ requests already generating wait for it and then go on.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from inference.engines.base import BeamSearch, GenerationRequest
-from inference.loading import resolve_model
 from inference.sampling import SamplingParams
 from tests.inference.conftest import chat_request, collect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module")
-def reference_model(model_cache_dir: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 async def test_beams_equal_transformers_generate_with_num_beams(chat_engine, reference_model):

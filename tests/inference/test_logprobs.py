@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from inference.engines.base import Delta, GenerationRequest, TokenLogprob
-from inference.loading import resolve_model
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import collect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOLERANCE = 1e-3  # float32 on the CPU; batching and the KV cache change only the rounding
-
-
-@pytest.fixture(scope="module")
-def reference_model(model_cache_dir: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def reference_logprobs(model: Any, prompt: list[int], generated: list[int]) -> torch.Tensor:

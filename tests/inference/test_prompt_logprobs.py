@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from inference.loading import resolve_model
-
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module")
-def reference_model(model_cache_dir: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 async def test_prompt_logprobs_equal_a_direct_forward_pass(chat_engine, reference_model):
