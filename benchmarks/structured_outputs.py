@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from worker_throughput import cache_dir  # the deployment's model cache (a sibling script)
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 160
@@ -88,14 +89,6 @@ async def measure(model: str, concurrency: int, rounds: int, temperature: float)
         print(f"{name:>13}: {rate[name]:.1f} tok/s, {cost[name]:.1f} CPU ms/token")
     ratio = rate["constrained"] / rate["unconstrained"]
     print(f"ratio constrained/unconstrained: {ratio:.3f} ({(1 - ratio) * 100:.1f}% slower; target <= 15%)")
-
-
-def cache_dir() -> Path:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
-    from portal import env
-
-    return env.MODEL_CACHE_DIR
 
 
 def main() -> None:
