@@ -22,6 +22,8 @@ from tests.worker.live import client, smol
 __all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
+# The tools' parameters are closed and bounded (no extra properties, short
+# strings), so that a sampled call always ends within max_tokens.
 WEATHER: Any = {
     "type": "function",
     "function": {
@@ -29,8 +31,12 @@ WEATHER: Any = {
         "description": "The weather in a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 24},
+                "unit": {"type": "string", "enum": ["C", "F"]},
+            },
             "required": ["city", "unit"],
+            "additionalProperties": False,
         },
     },
 }
@@ -38,7 +44,12 @@ TIME: Any = {
     "type": "function",
     "function": {
         "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 24}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
     },
 }
 ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -50,8 +61,9 @@ def test_a_named_tool_choice_returns_arguments_valid_for_the_schema(smol: Worker
         messages=ASK_WEATHER,
         tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=60,
+        max_tokens=100,
         temperature=0.7,
+        seed=7,
     )
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -68,7 +80,8 @@ def test_a_streamed_required_tool_call_arrives_as_tool_call_deltas(smol: WorkerP
         messages=ASK_WEATHER,
         tools=[WEATHER, TIME],
         tool_choice="required",
-        max_tokens=60,
+        max_tokens=100,
+        seed=7,
         stream=True,
     )
     names, arguments, finish = [], "", None
@@ -199,15 +212,19 @@ def test_best_of_returns_n_choices_and_bills_every_candidate(smol: WorkerProcess
 def test_response_format_json_schema_is_followed(smol: WorkerProcess) -> None:
     schema = {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "population": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "population": {"type": "integer", "minimum": 0, "maximum": 10**9},
+        },
         "required": ["city", "population"],
         "additionalProperties": False,
     }
     answer = client(smol).chat.completions.create(
         model="smol",
         messages=QUESTION,
-        max_tokens=60,
+        max_tokens=100,
         temperature=0.7,
+        seed=7,
         response_format={
             "type": "json_schema",
             "json_schema": {"name": "city", "schema": schema, "strict": True},
