@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inference.errors import ModelLoadError
 
@@ -35,6 +36,7 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _EMBEDDING_MARKERS = ("modules.json", "config_sentence_transformers.json")
+LLAMACPP_DTYPES = ("auto", "keep", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class ResolvedModel:
     path: Path
     task: str  # "generate" or "embed"
     default_name: str
+    gguf: Path | None = None  # the .gguf file it came from, which llama.cpp loads as it is
 
 
 def resolve_model(model_path: str, *, cache_dir: Path) -> ResolvedModel:
@@ -91,7 +94,7 @@ def _resolve_local(path: Path, *, cache_dir: Path, name: str | None) -> Resolved
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf file; give a folder or a .gguf file.")
         folder = convert_gguf(path, cache_dir=cache_dir)
-        return ResolvedModel(folder, "generate", name or path.stem.split(".")[0].lower())
+        return ResolvedModel(folder, "generate", name or path.stem.split(".")[0].lower(), gguf=path)
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json).")
     return ResolvedModel(path, detect_task(path), name or path.name)
@@ -162,6 +165,87 @@ def _convert_into(gguf: Path, out: Path) -> None:
         fresh.save_pretrained(out)
         tokenizer.save_pretrained(out)
         bar.update()
+
+
+def gguf_for_llamacpp(gguf: Path, dtype: str, *, cache_dir: Path) -> Path:
+    """The GGUF llama.cpp should load for `--dtype`: `gguf` itself, or a copy converted once and cached.
+
+    "auto" keeps the file, except a small model (under 1 B parameters) whose
+    weights are quantised below 8 bits: that one is served in float16. A
+    135M model loses the most to 4-bit weights and costs the least to widen:
+    the packaged SmolLM2 Q4_1 answers "L'Étoile, la Cité…" to "What is the
+    capital of France?" at temperature 0, widened to float16 it says Paris.
+    float16, bfloat16 and float32 convert any GGUF; "keep" never converts.
+    """
+    import gguf as gguflib
+
+    if dtype not in LLAMACPP_DTYPES:
+        choices = ", ".join(LLAMACPP_DTYPES)
+        raise ModelLoadError(f"--dtype {dtype} is not one llama.cpp serves; choose {choices}.")
+    reader = gguflib.GGUFReader(gguf)
+    if dtype == "auto":
+        types = gguflib.GGMLQuantizationType
+        wide = {types.F32, types.F16, types.BF16, types.Q8_0}
+        low_bit = any(t.tensor_type not in wide for t in reader.tensors)
+        parameters = sum(int(t.n_elements) for t in reader.tensors)
+        dtype = "float16" if low_bit and parameters < 1_000_000_000 else "keep"
+    if dtype == "keep":
+        return gguf
+    folder = gguf_cache_folder(gguf, cache_dir=cache_dir)
+    target = folder.parent / f"{folder.name}.{dtype}.gguf"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if not target.exists():
+            handle, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=cache_dir)
+            os.close(handle)
+            try:
+                _widen_gguf(reader, Path(tmp), dtype)
+                os.rename(tmp, target)
+            except Exception as exc:
+                message = f"Could not convert {gguf.name} to {dtype}: {exc}".splitlines()[0]
+                raise ModelLoadError(message) from exc
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def _widen_gguf(reader: Any, out: Path, dtype: str) -> None:
+    """Write `reader`'s model to `out`: matrices in `dtype`, vectors in float32, the same metadata."""
+    import gguf as gguflib
+    import numpy as np
+    from tqdm import tqdm
+
+    types, files = gguflib.GGMLQuantizationType, gguflib.LlamaFileType
+    qtype, file_type = {
+        "float16": (types.F16, files.MOSTLY_F16),
+        "bfloat16": (types.BF16, files.MOSTLY_BF16),
+        "float32": (types.F32, files.ALL_F32),
+    }[dtype]
+    arch = reader.fields[gguflib.Keys.General.ARCHITECTURE].contents()
+    writer = gguflib.GGUFWriter(out, arch=arch)
+    for field in reader.fields.values():
+        # The writer adds the architecture and GGUF.* itself; the file type changes.
+        if field.name in (gguflib.Keys.General.ARCHITECTURE, gguflib.Keys.General.FILE_TYPE):
+            continue
+        if field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguflib.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    writer.add_file_type(file_type)
+    with tqdm(total=len(reader.tensors), desc=f"Widening to {dtype} (once)", unit="tensor") as bar:
+        for tensor in reader.tensors:
+            weights = gguflib.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+            target = qtype if weights.ndim >= 2 else types.F32
+            data = gguflib.quants.quantize(weights, target)
+            writer.add_tensor(tensor.name, data, raw_shape=weights.shape, raw_dtype=target)
+            bar.update()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def _download_from_hub(repo_id: str, *, cache_dir: Path) -> Path:

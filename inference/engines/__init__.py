@@ -11,9 +11,9 @@ import importlib.util
 from pathlib import Path
 
 from inference.engines.base import Engine, EngineConfig
-from inference.errors import InvalidRequest
+from inference.errors import InvalidRequest, ModelLoadError
 
-BACKENDS = ("auto", "transformers", "vllm", "canned")
+BACKENDS = ("auto", "llamacpp", "transformers", "vllm", "canned")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "modelportal"
 
 
@@ -21,7 +21,8 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
     """Load the model `config.model_path` names into the backend that fits it.
 
     "auto" picks the embedding engine for a sentence-transformers model, vLLM
-    when it is installed and the device is CUDA, and transformers otherwise.
+    when it is installed and the device is CUDA, llama.cpp for a .gguf file on
+    a CPU when xllamacpp is installed, and transformers otherwise.
     Raises ModelLoadError (one-line message) when the model cannot be found.
     """
     if backend not in BACKENDS:
@@ -40,6 +41,21 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
         return EmbeddingEngine(config, folder=resolved.path, default_name=resolved.default_name)
     if backend == "auto":
         backend = "vllm" if _vllm_fits(config.device) else "transformers"
+        if backend == "transformers" and resolved.gguf and _llamacpp_fits(config.device):
+            backend = "llamacpp"
+    if backend == "llamacpp":
+        from inference.engines.llamacpp_engine import LlamaCppEngine
+        from inference.loading import gguf_for_llamacpp
+
+        if resolved.gguf is None:
+            raise ModelLoadError(
+                f"--backend llamacpp serves .gguf files; {config.model_path} is a Hugging Face folder "
+                "(serve it with --backend transformers)."
+            )
+        if config.device == "cuda":
+            raise ModelLoadError("--backend llamacpp runs on the CPU here; use --device cpu or auto.")
+        gguf = gguf_for_llamacpp(resolved.gguf, config.dtype, cache_dir=cache_dir)
+        return LlamaCppEngine(config, gguf=gguf, folder=resolved.path, default_name=resolved.default_name)
     if backend == "vllm":
         from inference.engines.vllm_engine import VllmEngine
 
@@ -47,6 +63,17 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
     from inference.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(config, folder=resolved.path, default_name=resolved.default_name)
+
+
+def _llamacpp_fits(device: str) -> bool:
+    """Whether xllamacpp is installed and the model runs on the CPU (its PyPI wheel is a CPU build)."""
+    if device not in ("auto", "cpu") or importlib.util.find_spec("xllamacpp") is None:
+        return False
+    if device == "cpu":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _vllm_fits(device: str) -> bool:

@@ -37,12 +37,13 @@ class ModelInfo:
     """What an engine serves, as the worker reports it."""
 
     task: str  # "generate" or "embed"
-    backend: str  # "transformers", "vllm", "canned"
+    backend: str  # "llamacpp", "transformers", "vllm", "canned"
     device: str
     max_model_len: int
     default_name: str  # served name when --model-names is not given
     has_chat_template: bool = True
     vocab_size: int | None = None  # token ids must be below it; None: not checked (canned)
+    detail: str = ""  # how it runs, for the start-up line: precision, threads
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ import torch
 from inference.engines import kvcache
 from inference.engines.base import Delta, TokenLogprob, Usage
 from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
+from inference.engines.rate import TokenRate
 from inference.engines.stops import TextStream
 from inference.errors import EngineError, RequestFailed
 
@@ -77,17 +76,16 @@ class Batch:
 class Batcher:
     """Run the decode loop in a thread; accept, abort and report sequences from any thread."""
 
-    def __init__(self, model: Any, stop_ids: frozenset[int], window_s: float = 10.0) -> None:
+    def __init__(self, model: Any, stop_ids: frozenset[int]) -> None:
         self.model = model
         self.stop_ids = stop_ids  # EOS ids of the model
-        self.window_s = window_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inbox: list[Sequence] = []
         self._known: dict[str, Sequence] = {}
         self._aborts: set[str] = set()
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
-        self._recent: deque[tuple[float, int]] = deque()
+        self.rate = TokenRate()
         self._running = False
         self._thread: threading.Thread | None = None
         self.batch: Batch | None = None
@@ -137,14 +135,6 @@ class Batcher:
             self._aborts.add(request_id)
             self._wake.notify()
             return True
-
-    def tokens_per_second(self) -> float:
-        now = time.monotonic()
-        with self._lock:
-            while self._recent and self._recent[0][0] < now - self.window_s:
-                self._recent.popleft()
-            total = sum(n for _, n in self._recent)
-        return total / self.window_s
 
     # -- batch thread ---------------------------------------------------------
     def _loop(self) -> None:
@@ -312,8 +302,7 @@ class Batcher:
                 self._accept(seq, token, seq.picker.logprob(logits[row], token))
             except Exception as exc:  # grammar, detokenising or stop matching: this row's trouble only
                 self._fail(seq, exc, isolated=True)
-        with self._lock:
-            self._recent.append((time.monotonic(), len(seqs)))
+        self.rate.add(len(seqs))
 
     def _masks(self, seqs: list[Sequence]) -> list[torch.Tensor | None]:
         """Each constrained row's allowed tokens (None for a free row); a row whose grammar errs fails."""

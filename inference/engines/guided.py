@@ -191,6 +191,20 @@ def grammar_text(guide: Guide) -> str:
     raise InvalidRequest(f"Unknown structured output kind {guide.kind!r}.", field=guide.field)
 
 
+def lark_text(guide: Guide) -> str:
+    """`guide` as one llguidance Lark grammar, the form llama.cpp takes (`%llguidance` in `grammar`).
+
+    llguidance's own constructors give either Lark or a one-grammar JSON
+    wrapper (regex, JSON schema); a JSON schema becomes Lark's `%json` rule,
+    carrying the layout options in its `x-guidance` key.
+    """
+    text = grammar_text(guide)
+    if text.lstrip().startswith("{"):
+        (grammar,) = json.loads(text)["grammars"]
+        text = grammar["lark_grammar"] or f"start: %json {json.dumps(grammar['json_schema'])}"
+    return text if text.startswith("%llguidance") else "%llguidance {}\n" + text
+
+
 def unpack_bitmask(bitmask: np.ndarray, vocab_size: int) -> torch.Tensor:
     """(rows, words) int32 bitmask, bit i of word j = token 32j+i, as a (rows, vocab) bool tensor.
 

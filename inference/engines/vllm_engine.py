@@ -13,8 +13,6 @@ max_num_batched_tokens, enforce_eager, ...) pass through `EngineConfig.extra`.
 from __future__ import annotations
 
 import json
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from inference.engines.base import (
     Usage,
 )
 from inference.engines.checks import check_generation
+from inference.engines.rate import TokenRate
 from inference.errors import InvalidRequest, ModelLoadError
 from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
@@ -157,7 +156,7 @@ class VllmEngine(Engine):
             vocab_size=len(self.tokenizer),  # vLLM refuses ids past the tokenizer's, mid-request
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
-        self._recent: deque[tuple[float, int]] = deque()
+        self.rate = TokenRate()
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -199,7 +198,7 @@ class VllmEngine(Engine):
                     )
                     text = completion.text[sent_text:]
                     sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
-                    self._recent.append((time.monotonic(), len(ids)))
+                    self.rate.add(len(ids))
                     reason = completion.finish_reason if output.finished else None
                     finished = reason is not None
                     usage = Usage(prompt, sent_tokens) if finished else None
@@ -241,9 +240,4 @@ class VllmEngine(Engine):
         return True
 
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        while self._recent and self._recent[0][0] < now - 10.0:
-            self._recent.popleft()
-        return EngineStats(
-            self.admission.running, self.admission.waiting, sum(n for _, n in self._recent) / 10.0
-        )
+        return EngineStats(self.admission.running, self.admission.waiting, self.rate.per_second())

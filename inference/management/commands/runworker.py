@@ -40,7 +40,7 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 def engine_config(options: dict[str, Any]) -> EngineConfig:
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"threads": options["threads"]}
     if options["backend"] == "canned":
         extra = {"token_delay": options["canned_token_delay"], "task": options["canned_task"]}
     values: dict[str, Any] = {
@@ -76,8 +76,13 @@ class Command(BaseCommand):
             "Required to bind a non-loopback address.",
         )
         add("--device", choices=["cpu", "cuda", "auto"], default="auto")
-        add("--dtype", default="auto", help="auto, float32, float16 or bfloat16.")
-        add("--backend", choices=["auto", "transformers", "vllm", "canned"], default="auto")
+        add(
+            "--dtype",
+            default="auto",
+            help="auto, float32, float16 or bfloat16 (llama.cpp: also keep, the GGUF as it is).",
+        )
+        add("--backend", choices=["auto", "llamacpp", "transformers", "vllm", "canned"], default="auto")
+        add("--threads", type=int, default=None, help="CPU threads for the model (default: per engine).")
         add("--max-concurrency", type=int, default=16, help="Sequences generating at once.")
         add("--max-queue", type=int, default=64, help="Requests waiting for a slot; more get 503.")
         add("--queue-timeout", type=float, default=60.0, help="Seconds a request may wait for a slot.")
@@ -98,6 +103,10 @@ class Command(BaseCommand):
         token = options["worker_token"] or settings.WORKER_TOKEN
         check_exposure(options["host"], token)
         engine = build_engine(engine_config(options), options["backend"])
+        info = engine.info
+        self.stdout.write(
+            f"Engine: {info.backend} on {info.device}" + (f" ({info.detail})" if info.detail else "")
+        )
         names = [n.strip() for n in options["model_names"].split(",") if n.strip()]
         ctx = WorkerContext(
             engine=engine,

@@ -1,0 +1,298 @@
+"""The llama.cpp engine: llama.cpp's own server loop, in process, through xllamacpp.
+
+Why xllamacpp rather than llama-cpp-python: it wraps llama.cpp's C++ server
+(continuous batching over `n_parallel` slots, prompt cache, llguidance
+grammars), ships prebuilt CPU wheels, and releases the GIL while it works;
+llama-cpp-python would leave the batching to us and builds from source.
+
+Each request calls `Server.handle_completions` in a thread of its own with
+our prompt's token ids; llama.cpp streams OpenAI completion chunks into a
+callback, which hands them to the event loop and returns True to cancel the
+request (abort, or a stop token). Tokenising, the chat template and tool
+prompts stay ours (the Hugging Face tokenizer), so every engine renders the
+same prompt. A grammar is compiled by our llguidance first: llama.cpp logs a
+grammar it cannot compile and generates without it, so only a grammar that
+compiled here is sent, as Lark.
+
+llama.cpp's HTTP listener (which xllamacpp always starts, on loopback) is
+locked with a random API key: the worker's own HTTP app, behind WORKER_TOKEN,
+stays the only way in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from inference.engines.admission import Admission
+from inference.engines.base import (
+    Delta,
+    Engine,
+    EngineConfig,
+    EngineStats,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+    Usage,
+)
+from inference.engines.checks import check_generation
+from inference.engines.guided import GrammarCompiler, lark_text
+from inference.engines.rate import TokenRate
+from inference.errors import InvalidRequest, ModelLoadError, RequestFailed
+from inference.sampling import SamplingParams
+from inference.templates import render_chat
+
+logger = logging.getLogger(__name__)
+SEED_MODULUS = 2**32 - 1  # llama.cpp seeds are uint32; 0xFFFFFFFF means "random"
+
+
+def default_threads() -> int:
+    """All cores: llama.cpp's threads sleep between steps; the event loop needs little (measured)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def completion_body(request: GenerationRequest, top_logprobs: int) -> dict[str, Any]:
+    """The llama.cpp completion request for `request` (pure: unit-tested without llama.cpp).
+
+    Every sampler is set, because llama.cpp's defaults differ from the
+    OpenAI ones we promise (top_k 40, top_p 0.95, min_p 0.05, penalties over
+    the last 64 tokens only). `top_logprobs` is always at least 1: the chosen
+    token's id arrives with its logprob, which is how stop token ids and the
+    usage of a cancelled request are known.
+    """
+    params: SamplingParams = request.params
+    body: dict[str, Any] = {
+        "prompt": list(request.prompt_token_ids),
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repeat_penalty": params.repetition_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        # Penalties see every token of the request, as vLLM's do.
+        "repeat_last_n": len(request.prompt_token_ids) + params.max_tokens,
+        "stop": list(params.stop),
+        "ignore_eos": params.ignore_eos,
+        "logprobs": top_logprobs,
+        "stream": True,
+        # A cached prompt is evaluated along another path (its last token alone) whose logits
+        # differ in the last bits, enough to change a sample: a seeded request repeats only without it.
+        "cache_prompt": params.seed is None,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed % SEED_MODULUS
+    if params.guide is not None:
+        body["grammar"] = lark_text(params.guide)
+    return body
+
+
+class LlamaCppEngine(Engine):
+    """Serve a GGUF model with llama.cpp's server loop, `max_concurrency` slots sharing one KV cache."""
+
+    def __init__(self, config: EngineConfig, *, gguf: Path, folder: Path, default_name: str) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise ModelLoadError("--backend llamacpp needs xllamacpp: pip install xllamacpp") from exc
+        self.config = config
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            model_config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load the tokenizer of {folder}: {exc}".splitlines()[0]) from exc
+        limit = int(model_config.get("max_position_embeddings") or 2048)
+        if config.max_model_len:
+            limit = min(limit, config.max_model_len)
+        threads = int(config.extra.get("threads") or default_threads())
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_parallel = config.max_concurrency
+        # One KV cache of one full context, shared by the slots (llama.cpp's own default):
+        # each request may use the whole context; together they share its memory.
+        params.n_ctx = limit
+        params.kv_unified = True
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.api_keys = [secrets.token_urlsafe(32)]
+        params.verbosity = 0
+        if config.seed is not None:
+            params.sampling.seed = config.seed % SEED_MODULUS
+        try:
+            self.server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"llama.cpp could not load {gguf}: {exc}".splitlines()[0]) from exc
+        self.gguf = gguf
+        self.threads = threads
+        self.vocab_size = int(model_config.get("vocab_size") or len(self.tokenizer))
+        self.info = ModelInfo(
+            task="generate",
+            backend="llamacpp",
+            device="cpu",
+            max_model_len=limit,
+            default_name=default_name,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            vocab_size=min(self.vocab_size, len(self.tokenizer)),
+            detail=f"{gguf.name}, {threads} threads",
+        )
+        self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
+        eos = {self.tokenizer.eos_token_id} - {None}
+        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, eos)
+        # One thread per running request: handle_completions blocks (without the GIL) until it ends.
+        self._threads = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="llamacpp")
+        self._known: set[str] = set()  # waiting or running
+        self._cancelled: set[str] = set()
+        self.rate = TokenRate()
+
+    async def shutdown(self) -> None:
+        self._cancelled.update(self._known)
+        await asyncio.to_thread(self._threads.shutdown, wait=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        return render_chat(self.tokenizer, messages, tools)
+
+    def token_text(self, token_id: int) -> str:
+        return str(
+            self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.grammars.token_bytes(token_id)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        check_generation(request, self.info)  # before a slot: a bad request fails alone
+        guide = request.params.guide
+        if guide is not None:  # refused here if it does not compile (llama.cpp would drop it)
+            await asyncio.to_thread(self.grammars.compile, guide)
+        rid = request.request_id
+        self._known.add(rid)
+        try:
+            async with self.admission.slot():
+                if rid in self._cancelled:  # aborted while it waited
+                    yield Delta("", finish_reason="abort", usage=Usage(len(request.prompt_token_ids), 0))
+                    return
+                async for delta in self._run(request):
+                    yield delta
+        finally:
+            self._known.discard(rid)
+            self._cancelled.discard(rid)
+
+    async def _run(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Run the request in a pool thread and relay its chunks; cancel it if the consumer leaves."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
+        rid = request.request_id
+        body = completion_body(request, max(1, request.params.logprobs or 0))
+
+        def hand_over(item: dict[str, Any] | Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            hand_over(chunk)
+            return rid in self._cancelled  # True cancels the request in llama.cpp
+
+        def complete() -> None:
+            try:
+                self.server.handle_completions(body, on_chunk)
+            except Exception as exc:  # handed to its request; a pool thread has no one to raise to
+                hand_over(exc)
+            hand_over(None)
+
+        self._threads.submit(complete)
+        reader = ChunkReader(request, self.tokenizer)
+        returned = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:  # returned without a final chunk: cancelled
+                    returned = True
+                    yield Delta("", finish_reason="abort", usage=reader.usage())
+                    return
+                if isinstance(item, Exception):
+                    raise RequestFailed(f"llama.cpp failed on this request: {item}") from item
+                delta = reader.read(item)
+                self.rate.add(len(delta.token_ids))
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            if not returned:  # ended early (stop token, error, consumer gone): free the slot
+                self._cancelled.add(rid)
+                while await queue.get() is not None:
+                    pass
+
+    async def abort(self, request_id: str) -> bool:
+        if request_id not in self._known:
+            return False
+        self._cancelled.add(request_id)
+        return True
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            in_flight=self.admission.running,
+            queued=self.admission.waiting,
+            tokens_per_second=self.rate.per_second(),
+        )
+
+
+class ChunkReader:
+    """Turns one request's llama.cpp completion chunks into Deltas, counting its tokens."""
+
+    def __init__(self, request: GenerationRequest, tokenizer: Any) -> None:
+        self.params = request.params
+        self.prompt_tokens = len(request.prompt_token_ids)
+        self.stop_ids = set(request.params.stop_token_ids)
+        self.tokenizer = tokenizer
+        self.streamed = 0
+
+    def usage(self, completion_tokens: int | None = None) -> Usage:
+        return Usage(self.prompt_tokens, self.streamed if completion_tokens is None else completion_tokens)
+
+    def read(self, chunk: dict[str, Any]) -> Delta:
+        """One chunk as a Delta; an error chunk raises InvalidRequest (for this request only)."""
+        if "error" in chunk or not chunk.get("choices"):
+            error = chunk.get("error", chunk)
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise InvalidRequest(f"llama.cpp refused the request: {message}")
+        choice = chunk["choices"][0]
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        ids = tuple(int(entry["id"]) for entry in entries)
+        text, finish = str(choice.get("text") or ""), choice.get("finish_reason")
+        hit = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
+        if hit is not None:  # a stop token ends the answer and is not part of it
+            ids, entries, finish = ids[:hit], entries[:hit], "stop"
+            text = str(self.tokenizer.decode(list(ids), skip_special_tokens=True)) if ids else ""
+        self.streamed += len(ids)
+        usage = None
+        if finish is not None:
+            reported = (chunk.get("usage") or {}).get("completion_tokens")
+            usage = self.usage(None if hit is not None or reported is None else int(reported))
+        return Delta(text, ids, finish, usage, self._logprobs(entries))
+
+    def _logprobs(self, entries: list[dict[str, Any]]) -> tuple[TokenLogprob, ...]:
+        top = self.params.logprobs
+        if top is None:
+            return ()
+        return tuple(
+            TokenLogprob(
+                int(entry["id"]),
+                float(entry["logprob"]),
+                tuple((int(t["id"]), float(t["logprob"])) for t in entry.get("top_logprobs", [])[:top]),
+            )
+            for entry in entries
+        )

@@ -1,0 +1,231 @@
+"""The llama.cpp engine: the packaged SmolLM2 served by xllamacpp, widened to float16 once.
+
+The mapping of our parameters onto llama.cpp's request and of its chunks onto
+Deltas is checked without the model; the rest runs the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import pytest_asyncio
+import torch
+
+from inference.engines import create_engine
+from inference.engines.base import Engine, EngineConfig, GenerationRequest
+from inference.engines.llamacpp_engine import ChunkReader, completion_body
+from inference.errors import InvalidRequest, ModelLoadError
+from inference.loading import gguf_for_llamacpp, packaged_model_path, resolve_model
+from inference.sampling import Guide, SamplingParams
+from tests.inference.conftest import chat_request, collect
+
+pytest.importorskip("xllamacpp")
+QUESTION = "What is the capital of France?"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(model_cache_dir: Path) -> AsyncIterator[Engine]:
+    config = EngineConfig(
+        "smollm2-135m-instruct", device="cpu", max_concurrency=4, max_queue=4, cache_dir=str(model_cache_dir)
+    )
+    engine = create_engine(config, backend="llamacpp")
+    await engine.start()
+    yield engine
+    await engine.shutdown()
+
+
+def test_every_sampler_is_set_because_llama_cpp_defaults_differ_from_openai() -> None:
+    params = SamplingParams(max_tokens=5, temperature=0.5, seed=2**40 + 3, stop=("x",))
+    body = completion_body(GenerationRequest("r", [1, 2, 3], params), top_logprobs=1)
+    assert body["prompt"] == [1, 2, 3]
+    assert (body["top_k"], body["top_p"], body["min_p"], body["repeat_penalty"]) == (0, 1.0, 0.0, 1.0)
+    assert body["repeat_last_n"] == 8  # the whole request: prompt and answer
+    assert body["seed"] < 2**32 - 1  # llama.cpp's seeds are uint32, and 0xFFFFFFFF means random
+    assert (body["stop"], body["stream"], body["logprobs"]) == (["x"], True, 1)
+    assert body["cache_prompt"] is False  # a cached prompt's logits differ in the last bits
+    assert completion_body(GenerationRequest("r", [1], SamplingParams()), top_logprobs=1)["cache_prompt"]
+    assert "grammar" not in body
+    guided = SamplingParams(guide=Guide("regex", "[a-z]+"))
+    grammar = completion_body(GenerationRequest("g", [1], guided), top_logprobs=1)["grammar"]
+    assert grammar.startswith("%llguidance")
+
+
+def _chunk(text: str, ids: list[int]) -> dict[str, Any]:
+    """A streamed llama.cpp completion chunk, with two top logprobs per token."""
+    top = [{"id": 9, "logprob": -1.0}]
+    content = [{"id": i, "logprob": -0.5, "top_logprobs": [{"id": i, "logprob": -0.5}, *top]} for i in ids]
+    return {"choices": [{"text": text, "finish_reason": None, "logprobs": {"content": content}}]}
+
+
+def test_chunks_become_deltas_and_a_stop_token_ends_the_answer_without_its_text() -> None:
+    request = GenerationRequest("r", [1, 2], SamplingParams(stop_token_ids=(42,), logprobs=1))
+    reader = ChunkReader(request, tokenizer=None)
+    first = reader.read(_chunk("Hel", [7]))
+    assert (first.text, first.token_ids, first.finish_reason) == ("Hel", (7,), None)
+    assert len(first.logprobs) == 1
+    assert len(first.logprobs[0].top) == 1
+    stopped = reader.read(_chunk("STOP", [42]))
+    assert (stopped.text, stopped.token_ids, stopped.finish_reason) == ("", (), "stop")
+    assert stopped.usage is not None
+    assert (stopped.usage.prompt_tokens, stopped.usage.completion_tokens) == (
+        2,
+        1,
+    )
+
+
+def test_the_final_chunk_carries_llama_cpp_usage_and_an_error_chunk_fails_the_request() -> None:
+    reader = ChunkReader(GenerationRequest("r", [1, 2, 3], SamplingParams()), tokenizer=None)
+    last = reader.read(
+        {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": 4}}
+    )
+    assert last.usage is not None
+    assert last.usage.completion_tokens == 4
+    assert last.logprobs == ()
+    with pytest.raises(InvalidRequest, match="invalid tokens"):
+        reader.read({"error": {"code": 400, "message": "Prompt contains invalid tokens"}})
+
+
+def test_a_small_low_bit_gguf_is_widened_once_and_other_choices_are_kept(model_cache_dir: Path) -> None:
+    packaged = packaged_model_path("smollm2-135m-instruct")
+    widened = gguf_for_llamacpp(packaged, "auto", cache_dir=model_cache_dir)
+    assert widened.name.endswith(".float16.gguf")
+    assert widened.parent == model_cache_dir.resolve()
+    stamp = widened.stat().st_mtime_ns
+    assert gguf_for_llamacpp(packaged, "float16", cache_dir=model_cache_dir) == widened
+    assert widened.stat().st_mtime_ns == stamp  # converted once
+    assert gguf_for_llamacpp(packaged, "keep", cache_dir=model_cache_dir) == packaged
+    with pytest.raises(ModelLoadError, match="--dtype int3"):
+        gguf_for_llamacpp(packaged, "int3", cache_dir=model_cache_dir)
+
+
+async def test_smollm2_answers_paris_at_temperature_zero(engine: Engine) -> None:
+    text, deltas = await collect(
+        engine, chat_request(engine, "paris", QUESTION, temperature=0, max_tokens=30)
+    )
+    assert "Paris" in text
+    assert deltas[-1].finish_reason == "stop"
+    usage = deltas[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == sum(len(d.token_ids) for d in deltas)
+    assert engine.info.backend == "llamacpp"
+    assert "float16" in engine.info.detail
+
+
+async def test_concurrent_greedy_answers_equal_the_answer_alone(engine: Engine) -> None:
+    questions = [QUESTION, "Name three colours.", "What is 2 + 2?", "Say hello in French."]
+    alone = [
+        (await collect(engine, chat_request(engine, f"a{i}", q, temperature=0, max_tokens=24)))[0]
+        for i, q in enumerate(questions)
+    ]
+    together = await asyncio.gather(
+        *(
+            collect(engine, chat_request(engine, f"t{i}", q, temperature=0, max_tokens=24))
+            for i, q in enumerate(questions)
+        )
+    )
+    assert [text for text, _ in together] == alone
+
+
+async def test_a_seed_repeats_a_sample_and_stop_strings_and_tokens_end_it(engine: Engine) -> None:
+    def sampled(rid: str, seed: int) -> GenerationRequest:
+        return chat_request(engine, rid, "Tell me a story.", temperature=1.0, seed=seed, max_tokens=16)
+
+    first, again, other = [
+        (await collect(engine, sampled(rid, seed)))[0] for rid, seed in (("s1", 5), ("s2", 5), ("s3", 6))
+    ]
+    assert first == again != other
+    counted, _ = await collect(
+        engine, chat_request(engine, "stop", "Count from 1 to 10.", temperature=0, max_tokens=40, stop=("5",))
+    )
+    assert "4" in counted
+    assert "5" not in counted
+    period = engine.tokenize(".")[0]
+    text, deltas = await collect(
+        engine, chat_request(engine, "tok", QUESTION, temperature=0, max_tokens=30, stop_token_ids=(period,))
+    )
+    assert text == "The capital of France is Paris"
+    assert deltas[-1].finish_reason == "stop"
+
+
+async def test_a_json_schema_is_followed_and_a_broken_one_is_refused_before_a_slot(engine: Engine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "big": {"type": "boolean"}},
+        "required": ["city", "big"],
+        "additionalProperties": False,
+    }
+    guide = Guide("json_schema", json.dumps(schema))
+    request = chat_request(engine, "json", QUESTION, temperature=0.7, seed=2, max_tokens=40, guide=guide)
+    text, deltas = await collect(engine, request)
+    jsonschema.validate(json.loads(text), schema)
+    assert deltas[-1].finish_reason == "stop"
+    broken = Guide("json_schema", json.dumps({"type": "nonsense"}), field="response_format")
+    with pytest.raises(InvalidRequest) as refused:
+        await collect(engine, chat_request(engine, "bad", QUESTION, max_tokens=5, guide=broken))
+    assert refused.value.field == "response_format"
+
+
+async def test_logprobs_are_the_raw_distribution(engine: Engine, reference_model: Any) -> None:
+    request = chat_request(engine, "lp", QUESTION, temperature=1.5, seed=3, max_tokens=3, logprobs=3)
+    _, deltas = await collect(engine, request)
+    entries = [entry for d in deltas for entry in d.logprobs]
+    assert len(entries) == 3
+    assert all(len(e.top) == 3 for e in entries)
+    ids = list(request.prompt_token_ids)
+    for entry in entries:  # float16 weights against the float32 reference: close, not equal
+        with torch.inference_mode():
+            logits = reference_model(input_ids=torch.tensor([ids])).logits[0, -1]
+        expected = torch.log_softmax(logits.float(), dim=-1)
+        assert math.isclose(entry.logprob, float(expected[entry.token_id]), abs_tol=0.1)
+        assert entry.top[0][0] == int(expected.argmax())
+        ids.append(entry.token_id)
+
+
+async def test_an_abort_ends_the_answer_and_frees_its_slot(engine: Engine) -> None:
+    request = chat_request(engine, "long", "Write a long story about the sea.", temperature=0, max_tokens=400)
+    deltas = []
+    async for delta in engine.generate(request):
+        deltas.append(delta)
+        if len(deltas) == 3:
+            assert await engine.abort("long")
+    assert deltas[-1].finish_reason == "abort"
+    assert deltas[-1].usage is not None
+    assert deltas[-1].usage.completion_tokens >= 3
+    assert not await engine.abort("long")  # gone
+    assert engine.stats().in_flight == 0
+
+
+async def test_a_consumer_that_leaves_frees_its_slot(engine: Engine) -> None:
+    stream = engine.generate(
+        chat_request(engine, "left", "Write a long poem.", temperature=0, max_tokens=400)
+    )
+    await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert engine.stats().in_flight == 0
+    text, _ = await collect(engine, chat_request(engine, "next", QUESTION, temperature=0, max_tokens=30))
+    assert "Paris" in text
+
+
+def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu_and_refuses_a_folder(
+    model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import engines
+
+    chosen: list[str] = []
+    monkeypatch.setattr(
+        "inference.engines.llamacpp_engine.LlamaCppEngine.__init__",
+        lambda self, config, **kw: chosen.append(str(kw["gguf"])),
+    )
+    engines.create_engine(EngineConfig("smollm2-135m-instruct", device="cpu", cache_dir=str(model_cache_dir)))
+    assert chosen
+    assert chosen[0].endswith(".float16.gguf")
+    folder = str(resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path)
+    with pytest.raises(ModelLoadError, match=r"serves \.gguf files"):
+        engines.create_engine(EngineConfig(folder, cache_dir=str(model_cache_dir)), backend="llamacpp")
