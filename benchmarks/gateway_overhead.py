@@ -1,12 +1,13 @@
 """Measure what the portal adds on top of a worker: streamed TTFT and throughput, portal vs direct.
 
     python benchmarks/gateway_overhead.py [--levels 1,16,64] [--requests-per-level 64]
-                                          [--max-tokens 32] [--skip-smollm2]
+                                          [--max-tokens 32] [--skip-smollm2] [--backend llamacpp]
 
 In one run: a scratch SQLite database, a worker, a daphne portal in front of it;
 each concurrency level streams the same chat requests to the worker directly
 and through the portal. Two engines: the canned-token engine (a named fake,
-no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU.
+no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU
+(llama.cpp unless `--backend` says otherwise).
 Reported: added TTFT p50/p95 (portal − direct) and throughput ratio portal ÷ direct,
 for arrivals spread over time (independent users) and in synchronized waves.
 """
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--canned-token-delay", type=float, default=0.01)
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--backend", default="llamacpp", help="The SmolLM2 worker's engine.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         env = environment(tmp)
@@ -173,8 +175,8 @@ def main() -> None:
         bench_engine("canned engine (fake, no model)", canned, env, args)
         if not args.skip_smollm2:
             smol = ["--model-path", "smollm2-135m-instruct", "--model-names", "smollm2-bench",
-                    "--max-concurrency", "16", "--max-queue", "256"]  # fmt: skip
-            bench_engine("SmolLM2-135M-Instruct (transformers, CPU)", smol, env, args)
+                    "--max-concurrency", "16", "--max-queue", "256", "--backend", args.backend]  # fmt: skip
+            bench_engine(f"SmolLM2-135M-Instruct ({args.backend}, CPU)", smol, env, args)
 
 
 if __name__ == "__main__":

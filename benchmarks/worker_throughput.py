@@ -1,19 +1,27 @@
-"""Measure a worker's aggregate output tokens/s at concurrency 1, 4 and 16.
+"""Measure workers' output tokens/s and TTFT at concurrency 1, 4 and 16, engines side by side.
 
-Starts `manage.py runworker` on the packaged SmolLM2 (or uses `--url` of a
-running worker), then at each concurrency level fires that many streaming
-/v1/completions requests at once, each asking for exactly `--tokens` tokens
-(temperature 0, ignore_eos), and divides the tokens the worker reports in
-its usage chunk by the wall time. Batching works when the 16-way figure is
-several times the 1-way one.
+In one run, for each server in `--servers`, starts it on the packaged SmolLM2
+and drives it with closed-loop users: each of `c` users streams a chat
+request, waits for the answer, and sends the next (`--rounds` each). Printed
+per level: tokens/s (completion tokens the server reports ÷ wall time), TTFT
+p50/p95 and the median time per output token.
 
-    python benchmarks/worker_throughput.py [--tokens 64] [--levels 1 4 16] [--url URL]
+    python benchmarks/worker_throughput.py [--servers llamacpp llama.cpp-server ...]
+        [--levels 1 4 16] [--mode natural|fixed] [--tokens 64] [--rounds 3]
     python benchmarks/worker_throughput.py --in-process   # ours vs transformers' own batching
 
-`--in-process` skips HTTP and compares our engine with transformers'
-built-in continuous batching (`model.generate_batch`) on the same workload.
-We serve with ours: transformers' manager has no per-request seed,
-penalties, min_p or stop strings, and it was slower here.
+Servers: `llamacpp`, `transformers-float32`, `transformers-bfloat16` are our
+worker (`runworker --backend …`); `llama.cpp-server` is xllamacpp's own
+llama.cpp HTTP server with the same float16 GGUF, slots and threads and no
+worker around it, which shows what the worker itself costs.
+Modes: `natural` sends different questions as independent users do, answers
+end at EOS (up to `--tokens`); `fixed` makes every answer exactly `--tokens`
+tokens long (ignore_eos).
+
+`--in-process` skips HTTP and compares our transformers engine with
+transformers' built-in continuous batching (`model.generate_batch`). We
+serve with ours: transformers' manager has no per-request seed, penalties,
+min_p or stop strings, and it was slower here.
 """
 
 from __future__ import annotations
@@ -22,35 +30,76 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Here is a long story about a lighthouse keeper and the sea:"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "What is 2 + 2?",
+    "Say hello in Spanish.",
+    "What do bees make?",
+    "Give me a word that rhymes with cat.",
+    "What is the largest ocean?",
+    "How many legs does a spider have?",
+    "What is the boiling point of water?",
+    "Name a planet in our solar system.",
+    "What colour is the sky on a clear day?",
+    "Who wrote Romeo and Juliet?",
+    "What is the opposite of hot?",
+    "Name a fruit that is yellow.",
+    "How many days are in a week?",
+    "What animal says moo?",
+]
+SERVERS = ("llamacpp", "llama.cpp-server", "transformers-float32", "transformers-bfloat16")
+BARE_SERVER = """
+import sys, time, xllamacpp
+params = xllamacpp.CommonParams()
+params.model.path, params.n_parallel = sys.argv[1], int(sys.argv[2])
+params.n_ctx, params.kv_unified = 8192, True  # as our engine sets them
+params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[3])
+params.api_keys, params.verbosity = ["benchmark"], 0
+server = xllamacpp.Server(params)
+print("LISTENING", server.listening_address, flush=True)
+time.sleep(86400)
+"""
+
+
+@dataclass
+class Answer:
+    ttft: float  # seconds to the first content token
+    seconds: float
+    tokens: int
 
 
 @contextmanager
-def worker_process(model: str, max_concurrency: int, timeout: float = 300.0) -> Iterator[str]:
-    """Run `runworker` until the block ends; yield its base URL once it prints WORKER READY."""
-    env = {"SECRET_KEY": "benchmark-only", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable,
-        "manage.py",
-        "runworker",
-        "--model-path",
-        model,
-        "--port",
-        "0",
-        "--no-register",
-        "--max-concurrency",
-        str(max_concurrency),
-    ]
+def server_process(kind: str, model: str, slots: int, timeout: float = 300.0) -> Iterator[str]:
+    """Start one server until the block ends; yield its base URL once it is ready."""
+    env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1"}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if kind == "llama.cpp-server":
+        from inference.engines.llamacpp_engine import default_threads
+        from inference.loading import gguf_for_llamacpp, packaged_model_path
+
+        gguf = gguf_for_llamacpp(packaged_model_path(model), "auto", cache_dir=cache_dir())
+        command = [sys.executable, "-c", BARE_SERVER, str(gguf), str(slots), str(default_threads())]
+        ready = "LISTENING "
+    else:
+        backend, _, dtype = kind.partition("-")
+        command = [sys.executable, "manage.py", "runworker", "--model-path", model, "--port", "0",
+                   "--no-register", "--max-concurrency", str(slots), "--backend", backend,
+                   "--dtype", dtype or "auto"]  # fmt: skip
+        ready = "WORKER READY "
     proc = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=None, text=True
     )
@@ -58,13 +107,15 @@ def worker_process(model: str, max_concurrency: int, timeout: float = 300.0) -> 
         deadline = time.monotonic() + timeout
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("WORKER READY "):
-                yield line.split()[2].rstrip("/")
+            if line.startswith("Engine: "):
+                print(f"  {line.strip()}")
+            if line.startswith(ready):
+                yield line.split()[-1].rstrip("/")
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError("The worker did not become ready in time.")
+                raise TimeoutError(f"{kind} did not become ready in time.")
         else:
-            raise RuntimeError(f"The worker exited with status {proc.wait()} before it was ready.")
+            raise RuntimeError(f"{kind} exited with status {proc.wait()} before it was ready.")
     finally:
         proc.terminate()
         try:
@@ -73,51 +124,86 @@ def worker_process(model: str, max_concurrency: int, timeout: float = 300.0) -> 
             proc.kill()
 
 
-async def one_request(client: httpx2.AsyncClient, url: str, model: str, tokens: int) -> int:
-    """Stream one completion to the end; return the completion tokens the worker reports."""
+def request_body(mode: str, model: str, tokens: int, question: str) -> dict:
     body = {
         "model": model,
-        "prompt": PROMPT,
+        "messages": [{"role": "user", "content": question if mode == "natural" else PROMPT}],
         "max_tokens": tokens,
         "temperature": 0,
-        "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    produced = 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+    return body | ({"ignore_eos": True} if mode == "fixed" else {})
+
+
+async def one_request(client: httpx2.AsyncClient, url: str, body: dict) -> Answer:
+    """Stream one chat answer to the end; time its first token and take the usage it reports."""
+    started = time.perf_counter()
+    ttft, produced = 0.0, 0
+    headers = {"Authorization": "Bearer benchmark"}  # the bare server's key; our worker has none here
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            usage = json.loads(line[6:]).get("usage")
-            if usage:
-                produced = int(usage["completion_tokens"])
-    return produced
+            chunk = json.loads(line[6:])
+            if not ttft and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                produced = int(chunk["usage"]["completion_tokens"])
+    return Answer(ttft, time.perf_counter() - started, produced)
 
 
-async def measure(url: str, model: str, levels: list[int], tokens: int) -> list[tuple[int, int, float]]:
-    """Return (concurrency, tokens produced, seconds) for each level, after a warm-up request."""
+async def measure(url: str, args: argparse.Namespace) -> list[tuple[int, float, list[Answer]]]:
+    """For each level: (concurrency, wall seconds, answers) of `level` closed-loop users."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
     async with httpx2.AsyncClient(timeout=timeout, limits=httpx2.Limits(max_connections=64)) as client:
-        await one_request(client, url, model, 8)
-        for level in levels:
+        await one_request(client, url, request_body(args.mode, args.model, 8, QUESTIONS[0]))  # warm-up
+        for level in args.levels:
             started = time.perf_counter()
-            counts = await asyncio.gather(*(one_request(client, url, model, tokens) for _ in range(level)))
-            results.append((level, sum(counts), time.perf_counter() - started))
+            users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
+            results.append((level, time.perf_counter() - started, [a for answers in users for a in answers]))
     return results
 
 
-def report(results: list[tuple[int, int, float]]) -> None:
-    print(f"{'concurrency':>11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
+async def user(
+    client: httpx2.AsyncClient, url: str, args: argparse.Namespace, index: int, level: int
+) -> list[Answer]:
+    """One closed-loop user: `args.rounds` requests, each sent when the previous answer ended."""
+    answers = []
+    for round_ in range(args.rounds):
+        question = QUESTIONS[(index + round_ * level) % len(QUESTIONS)]
+        answers.append(
+            await one_request(client, url, request_body(args.mode, args.model, args.tokens, question))
+        )
+    return answers
+
+
+def report(kind: str, results: list[tuple[int, float, list[Answer]]]) -> dict[int, float]:
+    print(kind)
+    print(
+        f"{'c':>4} {'answers':>8} {'tokens':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'ms/token':>9}"
+    )
     rates = {}
+    for level, seconds, answers in results:
+        tokens = sum(a.tokens for a in answers)
+        ttfts = sorted(a.ttft * 1000 for a in answers)
+        per_token = [(a.seconds - a.ttft) * 1000 / (a.tokens - 1) for a in answers if a.tokens > 1]
+        rates[level] = tokens / seconds
+        p95 = ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))]
+        per_token_ms = statistics.median(per_token) if per_token else 0.0
+        print(
+            f"{level:>4} {len(answers):>8} {tokens:>7} {rates[level]:>7.1f} "
+            f"{statistics.median(ttfts):>7.0f}ms {p95:>7.0f}ms {per_token_ms:>7.1f}ms"
+        )
+    return rates
+
+
+def report_rates(results: list[tuple[int, int, float]]) -> None:
+    print(f"{'concurrency':>11} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
     for level, produced, seconds in results:
-        rates[level] = produced / seconds
-        print(f"{level:>11} {produced:>7} {seconds:>8.2f} {rates[level]:>9.1f}")
-    low, high = min(rates), max(rates)
-    if low != high and rates[low] > 0:
-        print(f"ratio {high}/{low}: {rates[high] / rates[low]:.2f}x")
+        print(f"{level:>11} {produced:>7} {seconds:>8.2f} {produced / seconds:>9.1f}")
 
 
 async def measure_in_process(model: str, levels: list[int], tokens: int) -> list[tuple[int, int, float]]:
@@ -171,7 +257,7 @@ def measure_transformers_batching(model: str, levels: list[int], tokens: int) ->
 
 def cache_dir() -> Path:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    os.environ.setdefault("SECRET_KEY", "benchmark-only")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key")
     from portal import env
 
     return env.MODEL_CACHE_DIR
@@ -180,24 +266,32 @@ def cache_dir() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--mode", choices=("natural", "fixed"), default="natural")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="Requests each user sends, one after another.")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--url", help="Measure a worker that is already running instead of starting one.")
-    parser.add_argument("--in-process", action="store_true", help="Compare engines without HTTP.")
+    parser.add_argument(
+        "--in-process", action="store_true", help="Compare transformers engines without HTTP."
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))  # run as a script: make the project importable
     if args.in_process:
-        sys.path.insert(0, str(ROOT))  # run as a script: make the project importable
         print("our engine (in process)")
-        report(asyncio.run(measure_in_process(args.model, args.levels, args.tokens)))
+        report_rates(asyncio.run(measure_in_process(args.model, args.levels, args.tokens)))
         print("transformers generate_batch (in process)")
-        report(measure_transformers_batching(args.model, args.levels, args.tokens))
+        report_rates(measure_transformers_batching(args.model, args.levels, args.tokens))
         return
-    if args.url:
-        results = asyncio.run(measure(args.url.rstrip("/"), args.model, args.levels, args.tokens))
-    else:
-        with worker_process(args.model, max(args.levels)) as url:
-            results = asyncio.run(measure(url, args.model, args.levels, args.tokens))
-    report(results)
+    print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
+    rates = {}
+    for kind in args.servers:
+        with server_process(kind, args.model, max(args.levels)) as url:
+            rates[kind] = report(kind, asyncio.run(measure(url, args)))
+    if "llamacpp" in rates and "llama.cpp-server" in rates:
+        ratios = ", ".join(
+            f"c={c}: {rates['llamacpp'][c] / rates['llama.cpp-server'][c]:.2f}" for c in args.levels
+        )
+        print(f"llamacpp worker ÷ bare llama.cpp server, tok/s: {ratios}")
 
 
 if __name__ == "__main__":

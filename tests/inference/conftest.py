@@ -28,6 +28,7 @@ async def chat_engine(model_cache_dir: Path) -> AsyncIterator[Engine]:
     config = EngineConfig(
         model_path="smollm2-135m-instruct",
         device="cpu",
+        dtype="float32",  # as the reference model: logprobs are compared to its figures
         max_concurrency=8,
         max_queue=8,
         cache_dir=str(model_cache_dir),

@@ -40,7 +40,12 @@ MAX_TOKENS = 160  # a ceiling: the grammar ends each answer long before
 async def engine(model_cache_dir: Path) -> AsyncIterator[Engine]:
     """One batch wide enough for the whole corpus at once."""
     config = EngineConfig(
-        "smollm2-135m-instruct", device="cpu", max_concurrency=32, max_queue=8, cache_dir=str(model_cache_dir)
+        "smollm2-135m-instruct",
+        device="cpu",
+        dtype="float32",  # the greedy answers these tests know were found in float32
+        max_concurrency=32,
+        max_queue=8,
+        cache_dir=str(model_cache_dir),
     )
     engine = create_engine(config, backend="transformers")
     await engine.start()

@@ -12,10 +12,10 @@ from tests.processes import WorkerProcess, start_worker
 
 @pytest.fixture(scope="module")
 def smol() -> Iterator[WorkerProcess]:
-    """SmolLM2 served as "smol" on the CPU, one process per test module."""
+    """SmolLM2 served as "smol" by the transformers engine (the one with beam search and prompt logprobs)."""
     with start_worker(
         "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
-        "--no-register", timeout=300,
+        "--backend", "transformers", "--no-register", timeout=300,
     ) as worker:  # fmt: skip
         yield worker
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from inference.engines.transformers_engine import cpu_has_bf16
 from tests.processes import WorkerProcess, start_worker
 from tests.worker.live import client, smol
 
@@ -32,6 +33,9 @@ def minilm() -> Iterator[WorkerProcess]:
 
 
 def test_smollm2_answers_paris_at_temperature_zero(smol: WorkerProcess) -> None:
+    # --dtype auto: bfloat16 where the CPU multiplies it natively (this answer is its quality check).
+    dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    assert f"Engine: transformers on cpu ({dtype}" in smol.output
     answer = client(smol).chat.completions.create(
         model="smol", messages=QUESTION, temperature=0, max_tokens=24
     )
