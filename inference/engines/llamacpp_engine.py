@@ -146,7 +146,11 @@ class LlamaCppEngine(Engine):
             vocab_size=min(self.vocab_size, len(self.tokenizer)),
             detail=f"{gguf.name}, {threads} threads",
         )
-        self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
+        # The slots share one KV cache: each request reserves its prompt and max_tokens of it,
+        # so that an admitted request never runs out of cache halfway (llama.cpp would fail it).
+        self.admission = Admission(
+            config.max_concurrency, config.max_queue, config.queue_timeout, token_budget=limit
+        )
         eos = {self.tokenizer.eos_token_id} - {None}
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, eos)
         # One thread per running request: handle_completions blocks (without the GIL) until it ends.
@@ -181,7 +185,7 @@ class LlamaCppEngine(Engine):
         rid = request.request_id
         self._known.add(rid)
         try:
-            async with self.admission.slot():
+            async with self.admission.slot(len(request.prompt_token_ids) + request.params.max_tokens):
                 if rid in self._cancelled:  # aborted while it waited
                     yield Delta("", finish_reason="abort", usage=Usage(len(request.prompt_token_ids), 0))
                     return

@@ -229,3 +229,25 @@ def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu_and_refuses_a_folder(
     folder = str(resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path)
     with pytest.raises(ModelLoadError, match=r"serves \.gguf files"):
         engines.create_engine(EngineConfig(folder, cache_dir=str(model_cache_dir)), backend="llamacpp")
+
+
+async def test_requests_that_would_overflow_the_shared_kv_cache_wait_instead_of_failing(
+    model_cache_dir: Path,
+) -> None:
+    # A 256-token cache and three answers of 200 tokens: together they would not fit, and
+    # llama.cpp fails every sequence when its cache runs out. Each waits for its share instead.
+    config = EngineConfig(
+        "smollm2-135m-instruct",
+        device="cpu",
+        max_concurrency=3,
+        max_model_len=256,
+        cache_dir=str(model_cache_dir),
+    )
+    small = create_engine(config, backend="llamacpp")
+    requests = [
+        chat_request(small, f"kv{i}", f"Tale {i}", temperature=0, max_tokens=200, ignore_eos=True)
+        for i in range(3)
+    ]
+    results = await asyncio.gather(*(collect(small, r) for r in requests))
+    assert [deltas[-1].finish_reason for _, deltas in results] == ["length"] * 3
+    await small.shutdown()
