@@ -83,7 +83,9 @@ class Answer:
 
 
 @contextmanager
-def server_process(kind: str, model: str, slots: int, timeout: float = 300.0) -> Iterator[str]:
+def server_process(
+    kind: str, model: str, slots: int, threads: int | None = None, timeout: float = 300.0
+) -> Iterator[str]:
     """Start one server until the block ends; yield its base URL once it is ready."""
     env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1"}
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -92,13 +94,21 @@ def server_process(kind: str, model: str, slots: int, timeout: float = 300.0) ->
         from inference.loading import gguf_for_llamacpp, packaged_model_path
 
         gguf = gguf_for_llamacpp(packaged_model_path(model), "auto", cache_dir=cache_dir())
-        command = [sys.executable, "-c", BARE_SERVER, str(gguf), str(slots), str(default_threads())]
+        command = [
+            sys.executable,
+            "-c",
+            BARE_SERVER,
+            str(gguf),
+            str(slots),
+            str(threads or default_threads()),
+        ]
         ready = "LISTENING "
     else:
         backend, _, dtype = kind.partition("-")
         command = [sys.executable, "manage.py", "runworker", "--model-path", model, "--port", "0",
                    "--no-register", "--max-concurrency", str(slots), "--backend", backend,
                    "--dtype", dtype or "auto"]  # fmt: skip
+        command += ["--threads", str(threads)] if threads else []
         ready = "WORKER READY "
     proc = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=None, text=True
@@ -285,7 +295,7 @@ def main() -> None:
     print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
     rates = {}
     for kind in args.servers:
-        with server_process(kind, args.model, max(args.levels)) as url:
+        with server_process(kind, args.model, max(args.levels), args.threads) as url:
             rates[kind] = report(kind, asyncio.run(measure(url, args)))
     if "llamacpp" in rates and "llama.cpp-server" in rates:
         ratios = ", ".join(

@@ -127,14 +127,10 @@ class LlamaCppEngine(Engine):
         params.cpuparams_batch.n_threads = threads
         params.api_keys = [secrets.token_urlsafe(32)]
         params.verbosity = 0
-        if config.seed is not None:
-            params.sampling.seed = config.seed % SEED_MODULUS
         try:
             self.server = xllamacpp.Server(params)
         except RuntimeError as exc:
             raise ModelLoadError(f"llama.cpp could not load {gguf}: {exc}".splitlines()[0]) from exc
-        self.gguf = gguf
-        self.threads = threads
         self.vocab_size = int(model_config.get("vocab_size") or len(self.tokenizer))
         self.info = ModelInfo(
             task="generate",

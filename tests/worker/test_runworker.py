@@ -47,6 +47,12 @@ def test_wrong_worker_address_exits_non_zero_with_one_line_error() -> None:
     assert "--worker-address" in message[0]
 
 
+def test_a_global_seed_is_refused_by_an_engine_that_seeds_each_request() -> None:
+    result = run_command("runworker", *CANNED, "--no-register", "--seed", "3")
+    assert result.returncode != 0
+    assert "--seed is used by the vLLM engine only, not by canned" in result.stderr
+
+
 @pytest.mark.django_db(transaction=True)
 def test_registration_row_has_the_workers_fields() -> None:
     with start_worker(

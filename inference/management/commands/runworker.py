@@ -104,6 +104,9 @@ class Command(BaseCommand):
         check_exposure(options["host"], token)
         engine = build_engine(engine_config(options), options["backend"])
         info = engine.info
+        if options["seed"] is not None and info.backend != "vllm":
+            # Our own engines seed each request from its `seed` field; a global seed would be ignored.
+            raise CommandError(f"--seed is used by the vLLM engine only, not by {info.backend}.")
         self.stdout.write(
             f"Engine: {info.backend} on {info.device}" + (f" ({info.detail})" if info.detail else "")
         )
