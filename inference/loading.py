@@ -198,17 +198,44 @@ def gguf_for_llamacpp(gguf: Path, dtype: str, *, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f"{target.name}.lock"):
         if not target.exists():
-            handle, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=cache_dir)
-            os.close(handle)
-            try:
-                _widen_gguf(reader, Path(tmp), dtype)
-                os.rename(tmp, target)
-            except Exception as exc:
-                message = f"Could not convert {gguf.name} to {dtype}: {exc}".splitlines()[0]
-                raise ModelLoadError(message) from exc
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            _publish(target, lambda tmp: _widen_gguf(reader, tmp, dtype), f"Could not convert {gguf.name}")
     return target
+
+
+def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
+    """A Hugging Face folder as a float16 GGUF for llama.cpp, exported once and cached like a conversion."""
+    from inference.gguf_export import export_llama
+
+    if dtype not in ("auto", "float16"):
+        raise ModelLoadError(
+            f"--dtype {dtype}: a folder is served by llama.cpp in float16 (auto or float16)."
+        )
+    weights = sorted(folder.glob("*.safetensors"))
+    stamp = ":".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    key = hashlib.sha256(f"{folder.resolve()}:{stamp}".encode()).hexdigest()[:12]
+    target = cache_dir / f"{folder.name}-{key}.float16.gguf"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if not target.exists():
+            _publish(target, lambda tmp: export_llama(folder, tmp), f"Could not convert {folder.name}")
+    return target
+
+
+def _publish(target: Path, write: Any, failure: str) -> None:
+    """Write `target` through a temporary file and an atomic rename; a reader never sees half a file."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.rename(tmp, target)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{failure}: {exc}".splitlines()[0]) from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _widen_gguf(reader: Any, out: Path, dtype: str) -> None:

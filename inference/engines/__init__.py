@@ -22,7 +22,8 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
 
     "auto" picks the embedding engine for a sentence-transformers model, vLLM
     when it is installed and the device is CUDA, llama.cpp for a .gguf file on
-    a CPU when xllamacpp is installed, and transformers otherwise.
+    a CPU when xllamacpp is installed, and transformers otherwise. llama.cpp
+    also serves a Llama-family folder when asked, exported to a GGUF once.
     Raises ModelLoadError (one-line message) when the model cannot be found.
     """
     if backend not in BACKENDS:
@@ -45,16 +46,14 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
             backend = "llamacpp"
     if backend == "llamacpp":
         from inference.engines.llamacpp_engine import LlamaCppEngine
-        from inference.loading import gguf_for_llamacpp
+        from inference.loading import gguf_for_llamacpp, gguf_from_folder
 
-        if resolved.gguf is None:
-            raise ModelLoadError(
-                f"--backend llamacpp serves .gguf files; {config.model_path} is a Hugging Face folder "
-                "(serve it with --backend transformers)."
-            )
         if config.device == "cuda":
             raise ModelLoadError("--backend llamacpp runs on the CPU here; use --device cpu or auto.")
-        gguf = gguf_for_llamacpp(resolved.gguf, config.dtype, cache_dir=cache_dir)
+        if resolved.gguf is not None:
+            gguf = gguf_for_llamacpp(resolved.gguf, config.dtype, cache_dir=cache_dir)
+        else:  # a Hugging Face folder: exported to a GGUF once
+            gguf = gguf_from_folder(resolved.path, config.dtype, cache_dir=cache_dir)
         return LlamaCppEngine(config, gguf=gguf, folder=resolved.path, default_name=resolved.default_name)
     if backend == "vllm":
         from inference.engines.vllm_engine import VllmEngine

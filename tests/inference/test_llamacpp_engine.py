@@ -22,7 +22,7 @@ from inference.engines import create_engine
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
 from inference.engines.llamacpp_engine import ChunkReader, completion_body
 from inference.errors import InvalidRequest, ModelLoadError
-from inference.loading import gguf_for_llamacpp, packaged_model_path, resolve_model
+from inference.loading import gguf_for_llamacpp, gguf_from_folder, packaged_model_path, resolve_model
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import chat_request, collect
 
@@ -213,7 +213,7 @@ async def test_a_consumer_that_leaves_frees_its_slot(engine: Engine) -> None:
     assert "Paris" in text
 
 
-def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu_and_refuses_a_folder(
+def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu(
     model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from inference import engines
@@ -226,9 +226,27 @@ def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu_and_refuses_a_folder(
     engines.create_engine(EngineConfig("smollm2-135m-instruct", device="cpu", cache_dir=str(model_cache_dir)))
     assert chosen
     assert chosen[0].endswith(".float16.gguf")
-    folder = str(resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path)
-    with pytest.raises(ModelLoadError, match=r"serves \.gguf files"):
-        engines.create_engine(EngineConfig(folder, cache_dir=str(model_cache_dir)), backend="llamacpp")
+
+
+async def test_a_llama_folder_is_exported_once_and_samples_like_the_gguf_it_came_from(
+    engine: Engine, model_cache_dir: Path
+) -> None:
+    # The cached folder holds the packaged GGUF's weights: exported, they must sample the same text.
+    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    exported = gguf_from_folder(folder, "auto", cache_dir=model_cache_dir)
+    stamp = exported.stat().st_mtime_ns
+    config = EngineConfig(str(folder), device="cpu", max_concurrency=2, cache_dir=str(model_cache_dir))
+    from_folder = create_engine(config, backend="llamacpp")
+    assert exported.stat().st_mtime_ns == stamp  # exported once
+    assert exported.name in from_folder.info.detail
+
+    def story(target: Engine) -> GenerationRequest:
+        return chat_request(target, "story", "Tell me a story.", temperature=1.0, seed=5, max_tokens=16)
+
+    assert (await collect(from_folder, story(from_folder)))[0] == (await collect(engine, story(engine)))[0]
+    await from_folder.shutdown()
+    with pytest.raises(ModelLoadError, match="BertModel"):
+        gguf_from_folder(packaged_model_path("all-minilm-l6-v2"), "auto", cache_dir=model_cache_dir)
 
 
 async def test_requests_that_would_overflow_the_shared_kv_cache_wait_instead_of_failing(
