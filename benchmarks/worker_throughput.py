@@ -281,6 +281,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="Requests each user sends, one after another.")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--threads", type=int, help="Model threads of every server (default: its own).")
     parser.add_argument(
         "--in-process", action="store_true", help="Compare transformers engines without HTTP."
     )

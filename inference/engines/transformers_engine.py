@@ -54,8 +54,8 @@ def pick_device(requested: str) -> str:
 def pick_dtype(requested: str, device: str) -> torch.dtype:
     """bfloat16 on a GPU and on a CPU with native bfloat16 products, float32 on other CPUs.
 
-    On the 2-core AVX512-BF16 dev box bfloat16 served SmolLM2 at 115 tok/s at
-    concurrency 16 against float32's 69 (benchmarks/worker_throughput.py).
+    On the 2-core AVX512-BF16 dev box bfloat16 served SmolLM2 at 134 tok/s at
+    concurrency 16 against float32's 68 (benchmarks/worker_throughput.py).
     """
     if requested == "auto":
         return torch.bfloat16 if device != "cpu" or cpu_has_bf16() else torch.float32
