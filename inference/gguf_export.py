@@ -19,19 +19,27 @@ from typing import Any
 
 from inference.errors import ModelLoadError
 
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "BertModel")
 
 
-def export_llama(folder: Path, out: Path) -> None:
-    """Write `folder` (a Llama-family causal LM) to `out` as a GGUF; raise ModelLoadError if it is not one."""
-    import gguf
-
+def export_folder(folder: Path, out: Path) -> None:
+    """Write `folder` to `out` as a GGUF; raise ModelLoadError for an architecture we do not convert."""
     config = json.loads((folder / "config.json").read_text())
-    if not set(config.get("architectures") or ()) & set(ARCHITECTURES):
+    architectures = set(config.get("architectures") or ())
+    if "BertModel" in architectures:
+        _export_bert(folder, config, out)
+    elif architectures & set(ARCHITECTURES):
+        _export_llama(folder, config, out)
+    else:
         raise ModelLoadError(
             f"{folder} is a {config.get('architectures')} model; the llama.cpp backend converts "
             f"{', '.join(ARCHITECTURES)} folders (give a .gguf file, or use --backend transformers)."
         )
+
+
+def _export_llama(folder: Path, config: dict[str, Any], out: Path) -> None:
+    import gguf
+
     heads, layers = int(config["num_attention_heads"]), int(config["num_hidden_layers"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     hidden = int(config["hidden_size"])
@@ -65,6 +73,71 @@ def export_llama(folder: Path, out: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _export_bert(folder: Path, config: dict[str, Any], out: Path) -> None:
+    """A BERT sentence encoder (mean pooling, as sentence-transformers' MiniLM): embeddings only."""
+    import gguf
+
+    layers = int(config["num_hidden_layers"])
+    writer = gguf.GGUFWriter(out, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
+    writer.add_name(folder.name)
+    writer.add_context_length(int(config.get("max_position_embeddings") or 512))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(int(config["num_attention_heads"]))
+    writer.add_layer_norm_eps(float(config.get("layer_norm_eps") or 1e-12))
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(_pooling(folder))
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    special = {int(added["id"]) for added in tokenizer.get("added_tokens") or () if added.get("special")}
+    by_id = {int(i): text for text, i in vocab.items()}
+    writer.add_tokenizer_model("bert")
+    writer.add_tokenizer_pre("default")
+    # llama.cpp's WordPiece marks a word's start with U+2581 instead of marking continuations with "##".
+    writer.add_token_list([_word_piece(by_id[i], i in special) for i in range(len(by_id))])
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(by_id))]
+    )
+    writer.add_vocab_size(len(by_id))
+    writer.add_token_type_count(int(config.get("type_vocab_size") or 2))
+    gguf.SpecialVocab(folder, n_vocab=len(by_id)).add_to_gguf(writer, quiet=True)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, layers)
+    for name, weights in _weights(folder):
+        if name.startswith("pooler.") or name.endswith("position_ids"):
+            continue
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ModelLoadError(f"{folder} has a tensor llama.cpp's BERT does not know: {name}")
+        # Position and token-type tables are added to activations as they are: float32, as llama.cpp adds.
+        added = gguf_name.startswith(("position_embd", "token_types"))
+        writer.add_tensor(
+            gguf_name, weights.astype("float16" if weights.ndim >= 2 and not added else "float32")
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _word_piece(token: str, special: bool) -> str:
+    if special or (token.startswith("[") and token.endswith("]")):
+        return token
+    return token[2:] if token.startswith("##") else "\u2581" + token
+
+
+def _pooling(folder: Path) -> Any:
+    """The sentence-transformers pooling of `folder` as llama.cpp's pooling type (mean by default)."""
+    import gguf
+
+    pooling = folder / "1_Pooling" / "config.json"
+    modes = json.loads(pooling.read_text()) if pooling.exists() else {}
+    if modes.get("pooling_mode_cls_token"):
+        return gguf.PoolingType.CLS
+    return gguf.PoolingType.MEAN
 
 
 def _interleave_rope_rows(weights: Any, heads: int) -> Any:

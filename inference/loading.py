@@ -204,7 +204,7 @@ def gguf_for_llamacpp(gguf: Path, dtype: str, *, cache_dir: Path) -> Path:
 
 def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
     """A Hugging Face folder as a float16 GGUF for llama.cpp, exported once and cached like a conversion."""
-    from inference.gguf_export import export_llama
+    from inference.gguf_export import export_folder
 
     if dtype not in ("auto", "float16"):
         raise ModelLoadError(
@@ -219,7 +219,7 @@ def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f"{target.name}.lock"):
         if not target.exists():
-            _publish(target, lambda tmp: export_llama(folder, tmp), f"Could not convert {folder.name}")
+            _publish(target, lambda tmp: export_folder(folder, tmp), f"Could not convert {folder.name}")
     return target
 
 

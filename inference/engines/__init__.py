@@ -36,7 +36,7 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
     resolved = resolve_model(config.model_path, cache_dir=cache_dir)
-    if resolved.task == "embed":
+    if resolved.task == "embed" and backend != "llamacpp":
         from inference.engines.embedding_engine import EmbeddingEngine
 
         return EmbeddingEngine(config, folder=resolved.path, default_name=resolved.default_name)
@@ -54,7 +54,9 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
             gguf = gguf_for_llamacpp(resolved.gguf, config.dtype, cache_dir=cache_dir)
         else:  # a Hugging Face folder: exported to a GGUF once
             gguf = gguf_from_folder(resolved.path, config.dtype, cache_dir=cache_dir)
-        return LlamaCppEngine(config, gguf=gguf, folder=resolved.path, default_name=resolved.default_name)
+        return LlamaCppEngine(
+            config, gguf=gguf, folder=resolved.path, default_name=resolved.default_name, task=resolved.task
+        )
     if backend == "vllm":
         from inference.engines.vllm_engine import VllmEngine
 

@@ -35,6 +35,7 @@ from typing import Any
 from inference.engines.admission import Admission
 from inference.engines.base import (
     Delta,
+    EmbeddingResult,
     Engine,
     EngineConfig,
     EngineStats,
@@ -46,7 +47,7 @@ from inference.engines.base import (
 from inference.engines.checks import check_generation
 from inference.engines.guided import GrammarCompiler, lark_text
 from inference.engines.rate import TokenRate
-from inference.errors import InvalidRequest, ModelLoadError, RequestFailed
+from inference.errors import InvalidRequest, ModelLoadError, RequestFailed, WrongTask
 from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
@@ -99,7 +100,9 @@ def completion_body(request: GenerationRequest, top_logprobs: int) -> dict[str, 
 class LlamaCppEngine(Engine):
     """Serve a GGUF model with llama.cpp's server loop, `max_concurrency` slots sharing one KV cache."""
 
-    def __init__(self, config: EngineConfig, *, gguf: Path, folder: Path, default_name: str) -> None:
+    def __init__(
+        self, config: EngineConfig, *, gguf: Path, folder: Path, default_name: str, task: str = "generate"
+    ) -> None:
         from transformers import AutoTokenizer
 
         try:
@@ -125,6 +128,9 @@ class LlamaCppEngine(Engine):
         params.kv_unified = True
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
+        if task == "embed":  # a sentence encoder sees each input whole, in one batch
+            params.embedding = True
+            params.n_batch = params.n_ubatch = limit
         params.api_keys = [secrets.token_urlsafe(32)]
         params.verbosity = 0
         try:
@@ -133,12 +139,12 @@ class LlamaCppEngine(Engine):
             raise ModelLoadError(f"llama.cpp could not load {gguf}: {exc}".splitlines()[0]) from exc
         self.vocab_size = int(model_config.get("vocab_size") or len(self.tokenizer))
         self.info = ModelInfo(
-            task="generate",
+            task=task,
             backend="llamacpp",
             device="cpu",
             max_model_len=limit,
             default_name=default_name,
-            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            has_chat_template=task == "generate" and bool(getattr(self.tokenizer, "chat_template", None)),
             vocab_size=min(self.vocab_size, len(self.tokenizer)),
             detail=f"{gguf.name}, {threads} threads",
         )
@@ -163,6 +169,8 @@ class LlamaCppEngine(Engine):
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        if self.info.task != "generate":
+            raise WrongTask("This model serves embeddings; it does not chat.", field="model")
         return render_chat(self.tokenizer, messages, tools)
 
     def token_text(self, token_id: int) -> str:
@@ -173,7 +181,31 @@ class LlamaCppEngine(Engine):
     def token_bytes(self, token_id: int) -> bytes:
         return self.grammars.token_bytes(token_id)
 
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Embed `texts` (mean-pooled and normalised by llama.cpp); refuse texts over the model's limit."""
+        if self.info.task != "embed":
+            return await super().embed(texts)
+        if not texts:
+            raise InvalidRequest("'input' must not be empty.", field="input")
+        ids = [list(self.tokenizer.encode(text)) for text in texts]  # with the encoder's [CLS] and [SEP]
+        longest = max(len(i) for i in ids)
+        if longest > self.info.max_model_len:  # refuse rather than embed a truncated text
+            raise InvalidRequest(
+                f"An input has {longest} tokens; this model embeds at most {self.info.max_model_len}.",
+                field="input",
+            )
+        async with self.admission.slot(longest):
+            answer = await asyncio.to_thread(self.server.handle_embeddings, {"input": ids})
+        if "data" not in answer:
+            raise RequestFailed(f"llama.cpp failed to embed: {answer.get('error', answer)}")
+        rows = sorted(answer["data"], key=lambda row: row["index"])
+        tokens = sum(len(i) for i in ids)
+        self.rate.add(tokens)
+        return EmbeddingResult([[float(x) for x in row["embedding"]] for row in rows], tokens)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self.info.task != "generate":
+            raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
         check_generation(request, self.info)  # before a slot: a bad request fails alone
         guide = request.params.guide
         if guide is not None:  # refused here if it does not compile (llama.cpp would drop it)

@@ -21,7 +21,7 @@ import torch
 from inference.engines import create_engine
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
 from inference.engines.llamacpp_engine import ChunkReader, completion_body
-from inference.errors import InvalidRequest, ModelLoadError
+from inference.errors import InvalidRequest, ModelLoadError, WrongTask
 from inference.loading import gguf_for_llamacpp, gguf_from_folder, packaged_model_path, resolve_model
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import chat_request, collect
@@ -229,7 +229,7 @@ def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu(
 
 
 async def test_a_llama_folder_is_exported_once_and_samples_like_the_gguf_it_came_from(
-    engine: Engine, model_cache_dir: Path
+    engine: Engine, model_cache_dir: Path, tmp_path: Path
 ) -> None:
     # The cached folder holds the packaged GGUF's weights: exported, they must sample the same text.
     folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
@@ -245,8 +245,11 @@ async def test_a_llama_folder_is_exported_once_and_samples_like_the_gguf_it_came
 
     assert (await collect(from_folder, story(from_folder)))[0] == (await collect(engine, story(engine)))[0]
     await from_folder.shutdown()
-    with pytest.raises(ModelLoadError, match="BertModel"):
-        gguf_from_folder(packaged_model_path("all-minilm-l6-v2"), "auto", cache_dir=model_cache_dir)
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ModelLoadError, match="GPT2LMHeadModel"):
+        gguf_from_folder(other, "auto", cache_dir=tmp_path)
 
 
 async def test_requests_that_would_overflow_the_shared_kv_cache_wait_instead_of_failing(
@@ -269,3 +272,27 @@ async def test_requests_that_would_overflow_the_shared_kv_cache_wait_instead_of_
     results = await asyncio.gather(*(collect(small, r) for r in requests))
     assert [deltas[-1].finish_reason for _, deltas in results] == ["length"] * 3
     await small.shutdown()
+
+
+async def test_minilm_exported_for_llama_cpp_embeds_as_sentence_transformers_does(
+    model_cache_dir: Path,
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    config = EngineConfig("all-minilm-l6-v2", device="cpu", max_concurrency=2, cache_dir=str(model_cache_dir))
+    encoder = create_engine(config, backend="llamacpp")
+    assert (encoder.info.task, encoder.info.backend) == ("embed", "llamacpp")
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue."]
+    result = await encoder.embed(texts)
+    folder = packaged_model_path("all-minilm-l6-v2")
+    reference = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
+    for vector, expected in zip(result.vectors, reference, strict=True):
+        assert (
+            float(torch.tensor(vector) @ torch.tensor(expected)) > 0.999
+        )  # float16 weights: cosine, not equality
+    assert result.prompt_tokens == 26  # with [CLS] and [SEP]
+    with pytest.raises(InvalidRequest, match="at most 512"):
+        await encoder.embed(["word " * 600])
+    with pytest.raises(WrongTask):
+        await collect(encoder, GenerationRequest("g", [101, 102], SamplingParams()))
+    await encoder.shutdown()

@@ -136,3 +136,20 @@ def test_what_llama_cpp_cannot_do_is_refused_by_name(
     refused = httpx2.post(f"{llama.address}/v1/{path}", json=body, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == param
+
+
+def test_an_embedding_model_served_by_llama_cpp_returns_unit_vectors() -> None:
+    with start_worker(
+        "--model-path", "all-minilm-l6-v2", "--model-names", "mini", "--backend", "llamacpp",
+        "--no-register", timeout=300,
+    ) as worker:  # fmt: skip
+        assert "Engine: llamacpp on cpu (model-" in worker.output
+        answer = client(worker).embeddings.create(model="mini", input=["A cat sleeps.", "A kitten naps."])
+        vectors = [item.embedding for item in answer.data]
+        assert [len(v) for v in vectors] == [384, 384]
+        assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)
+        assert sum(a * b for a, b in zip(*vectors, strict=True)) > 0.5  # similar sentences
+        refused = httpx2.post(
+            f"{worker.address}/v1/chat/completions", json={"model": "mini", "messages": QUESTION}, timeout=30
+        )
+        assert refused.status_code == 400
