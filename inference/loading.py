@@ -93,11 +93,43 @@ def _resolve_local(path: Path, *, cache_dir: Path, name: str | None) -> Resolved
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"{path} is a file but not a .gguf file; give a folder or a .gguf file.")
+        name = name or path.stem.split(".")[0].lower()
+        if gguf_pools(path):  # a sentence encoder: only llama.cpp serves it, with its own tokenizer
+            return ResolvedModel(path, "embed", name, gguf=path)
         folder = convert_gguf(path, cache_dir=cache_dir)
-        return ResolvedModel(folder, "generate", name or path.stem.split(".")[0].lower(), gguf=path)
+        return ResolvedModel(folder, "generate", name, gguf=path)
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json).")
     return ResolvedModel(path, detect_task(path), name or path.name)
+
+
+def gguf_pools(gguf: Path) -> bool:
+    """Whether the GGUF is a sentence encoder: its metadata names a pooling type.
+
+    A file that cannot be read says no: the conversion then reports what is wrong with it.
+    """
+    import gguf as gguflib
+
+    try:
+        reader = gguflib.GGUFReader(gguf)
+        arch = reader.fields[gguflib.Keys.General.ARCHITECTURE].contents()
+    except (ValueError, KeyError, IndexError, OSError):
+        return False
+    return f"{arch}.pooling_type" in reader.fields
+
+
+def gguf_limits(gguf: Path) -> dict[str, int]:
+    """The context length and vocabulary size a GGUF's metadata declares, as config.json names them."""
+    import gguf as gguflib
+
+    reader = gguflib.GGUFReader(gguf)
+    arch = reader.fields[gguflib.Keys.General.ARCHITECTURE].contents()
+    context = reader.fields.get(f"{arch}.context_length")
+    tokens = reader.fields.get(gguflib.Keys.Tokenizer.LIST)
+    return {
+        "max_position_embeddings": int(context.contents()) if context else 2048,
+        "vocab_size": len(tokens.data) if tokens else 0,
+    }
 
 
 def gguf_cache_folder(gguf: Path, *, cache_dir: Path) -> Path:

@@ -21,6 +21,7 @@ LIVE_FIGURES = (
     "in_flight",
     "queued",
     "tokens_per_second",
+    "kv_cache_usage",
     "speed",
     "pid",
     "hostname",
@@ -82,6 +83,7 @@ class WorkerAdmin(admin.ModelAdmin):
         "in_flight",
         "queued",
         "tokens_per_second_display",
+        "kv_cache_display",
         "backend",
         "device",
     )
@@ -110,3 +112,7 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="Tokens/s", ordering="tokens_per_second")
     def tokens_per_second_display(self, obj: Worker) -> str:
         return f"{obj.tokens_per_second:.1f}"
+
+    @admin.display(description="KV cache", ordering="kv_cache_usage")
+    def kv_cache_display(self, obj: Worker) -> str:
+        return "—" if obj.kv_cache_usage is None else f"{obj.kv_cache_usage:.0%}"

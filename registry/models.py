@@ -110,6 +110,9 @@ class Worker(models.Model):
     in_flight = models.PositiveIntegerField(default=0)
     queued = models.PositiveIntegerField(default=0)
     tokens_per_second = models.FloatField(default=0.0)
+    kv_cache_usage = models.FloatField(
+        null=True, blank=True, help_text="Share of the KV cache in use (reserved by running requests)."
+    )
     speed = models.FloatField(default=1.0, help_text="Relative weight for lottery dispatch.")
 
     registered_at = models.DateTimeField(default=timezone.now)

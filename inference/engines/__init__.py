@@ -36,6 +36,8 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
     resolved = resolve_model(config.model_path, cache_dir=cache_dir)
+    if resolved.task == "embed" and resolved.gguf is not None:
+        backend = "llamacpp"  # an embedding GGUF: sentence-transformers cannot load it
     if resolved.task == "embed" and backend != "llamacpp":
         from inference.engines.embedding_engine import EmbeddingEngine
 

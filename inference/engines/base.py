@@ -125,6 +125,7 @@ class EngineStats:
     in_flight: int  # generating now
     queued: int  # waiting for a slot
     tokens_per_second: float  # output tokens per second, recent window
+    kv_cache_usage: float | None = None  # share of the KV cache in use (0..1); None: not known
 
 
 class Engine(abc.ABC):

@@ -48,6 +48,7 @@ from inference.engines.checks import check_generation
 from inference.engines.guided import GrammarCompiler, lark_text
 from inference.engines.rate import TokenRate
 from inference.errors import InvalidRequest, ModelLoadError, RequestFailed, WrongTask
+from inference.loading import gguf_limits
 from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
@@ -110,11 +111,17 @@ class LlamaCppEngine(Engine):
         except ImportError as exc:
             raise ModelLoadError("--backend llamacpp needs xllamacpp: pip install xllamacpp") from exc
         self.config = config
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            model_config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"Could not load the tokenizer of {folder}: {exc}".splitlines()[0]) from exc
+        self.tokenizer: Any = None  # an encoder GGUF on its own: llama.cpp tokenises its inputs
+        if folder.is_dir():
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(folder)
+                model_config = json.loads((folder / "config.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"Could not load the tokenizer of {folder}: {exc}".splitlines()[0]
+                ) from exc
+        else:
+            model_config = gguf_limits(gguf)
         limit = int(model_config.get("max_position_embeddings") or 2048)
         if config.max_model_len:
             limit = min(limit, config.max_model_len)
@@ -137,7 +144,7 @@ class LlamaCppEngine(Engine):
             self.server = xllamacpp.Server(params)
         except RuntimeError as exc:
             raise ModelLoadError(f"llama.cpp could not load {gguf}: {exc}".splitlines()[0]) from exc
-        self.vocab_size = int(model_config.get("vocab_size") or len(self.tokenizer))
+        self.vocab_size = int(model_config["vocab_size"])
         self.info = ModelInfo(
             task=task,
             backend="llamacpp",
@@ -145,7 +152,7 @@ class LlamaCppEngine(Engine):
             max_model_len=limit,
             default_name=default_name,
             has_chat_template=task == "generate" and bool(getattr(self.tokenizer, "chat_template", None)),
-            vocab_size=min(self.vocab_size, len(self.tokenizer)),
+            vocab_size=min(self.vocab_size, len(self.tokenizer)) if self.tokenizer else self.vocab_size,
             detail=f"{gguf.name}, {threads} threads",
         )
         # The slots share one KV cache: each request reserves its prompt and max_tokens of it,
@@ -153,8 +160,10 @@ class LlamaCppEngine(Engine):
         self.admission = Admission(
             config.max_concurrency, config.max_queue, config.queue_timeout, token_budget=limit
         )
-        eos = {self.tokenizer.eos_token_id} - {None}
-        self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, eos)
+        self.grammars: GrammarCompiler | None = None  # compiles structured outputs (generation only)
+        if task == "generate":
+            eos = [int(self.tokenizer.eos_token_id)] if self.tokenizer.eos_token_id is not None else []
+            self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, eos)
         # One thread per running request: handle_completions blocks (without the GIL) until it ends.
         self._threads = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="llamacpp")
         self._known: set[str] = set()  # waiting or running
@@ -166,6 +175,8 @@ class LlamaCppEngine(Engine):
         await asyncio.to_thread(self._threads.shutdown, wait=True)
 
     def tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
@@ -179,7 +190,12 @@ class LlamaCppEngine(Engine):
         )
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self.grammars.token_bytes(token_id)
+        return self._grammars().token_bytes(token_id)
+
+    def _grammars(self) -> GrammarCompiler:
+        if self.grammars is None:
+            raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
+        return self.grammars
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Embed `texts` (mean-pooled and normalised by llama.cpp); refuse texts over the model's limit."""
@@ -187,19 +203,24 @@ class LlamaCppEngine(Engine):
             return await super().embed(texts)
         if not texts:
             raise InvalidRequest("'input' must not be empty.", field="input")
-        ids = [list(self.tokenizer.encode(text)) for text in texts]  # with the encoder's [CLS] and [SEP]
-        longest = max(len(i) for i in ids)
+        inputs: list[Any] = list(texts)
+        longest = 0
+        if self.tokenizer is not None:
+            inputs = [list(self.tokenizer.encode(text)) for text in texts]  # with [CLS] and [SEP]
+            longest = max(len(i) for i in inputs)
         if longest > self.info.max_model_len:  # refuse rather than embed a truncated text
             raise InvalidRequest(
                 f"An input has {longest} tokens; this model embeds at most {self.info.max_model_len}.",
                 field="input",
             )
         async with self.admission.slot(longest):
-            answer = await asyncio.to_thread(self.server.handle_embeddings, {"input": ids})
+            answer = await asyncio.to_thread(self.server.handle_embeddings, {"input": inputs})
         if "data" not in answer:
-            raise RequestFailed(f"llama.cpp failed to embed: {answer.get('error', answer)}")
+            error = answer.get("error", answer)
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise InvalidRequest(f"llama.cpp could not embed the input: {message}", field="input")
         rows = sorted(answer["data"], key=lambda row: row["index"])
-        tokens = sum(len(i) for i in ids)
+        tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
         self.rate.add(tokens)
         return EmbeddingResult([[float(x) for x in row["embedding"]] for row in rows], tokens)
 
@@ -209,7 +230,7 @@ class LlamaCppEngine(Engine):
         check_generation(request, self.info)  # before a slot: a bad request fails alone
         guide = request.params.guide
         if guide is not None:  # refused here if it does not compile (llama.cpp would drop it)
-            await asyncio.to_thread(self.grammars.compile, guide)
+            await asyncio.to_thread(self._grammars().compile, guide)
         rid = request.request_id
         self._known.add(rid)
         try:
@@ -279,6 +300,7 @@ class LlamaCppEngine(Engine):
             in_flight=self.admission.running,
             queued=self.admission.waiting,
             tokens_per_second=self.rate.per_second(),
+            kv_cache_usage=self.admission.reserved / self.info.max_model_len,
         )
 
 

@@ -62,6 +62,7 @@ class Heartbeat(threading.Thread):
             in_flight=stats.in_flight,
             queued=stats.queued,
             tokens_per_second=stats.tokens_per_second,
+            kv_cache_usage=stats.kv_cache_usage,
             interval=self.interval,
         )
         if not alive and not self.draining:

@@ -92,7 +92,13 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
 
 
 def record_heartbeat(
-    *, identity: str, in_flight: int, queued: int, tokens_per_second: float, interval: float | None = None
+    *,
+    identity: str,
+    in_flight: int,
+    queued: int,
+    tokens_per_second: float,
+    kv_cache_usage: float | None = None,
+    interval: float | None = None,
 ) -> bool:
     """Store the worker's live figures and push its expiry forward.
 
@@ -105,6 +111,7 @@ def record_heartbeat(
         "in_flight": in_flight,
         "queued": queued,
         "tokens_per_second": tokens_per_second,
+        "kv_cache_usage": kv_cache_usage,
         "last_heartbeat": now,
         "expires_at": now + _expiry(interval),
     }

@@ -194,12 +194,15 @@ async def test_an_abort_ends_the_answer_and_frees_its_slot(engine: Engine) -> No
     async for delta in engine.generate(request):
         deltas.append(delta)
         if len(deltas) == 3:
+            stats = engine.stats()
+            assert stats.kv_cache_usage is not None
+            assert stats.kv_cache_usage > 0  # its prompt and max_tokens are reserved
             assert await engine.abort("long")
     assert deltas[-1].finish_reason == "abort"
     assert deltas[-1].usage is not None
     assert deltas[-1].usage.completion_tokens >= 3
     assert not await engine.abort("long")  # gone
-    assert engine.stats().in_flight == 0
+    assert (engine.stats().in_flight, engine.stats().kv_cache_usage) == (0, 0.0)
 
 
 async def test_a_consumer_that_leaves_frees_its_slot(engine: Engine) -> None:
@@ -295,4 +298,24 @@ async def test_minilm_exported_for_llama_cpp_embeds_as_sentence_transformers_doe
         await encoder.embed(["word " * 600])
     with pytest.raises(WrongTask):
         await collect(encoder, GenerationRequest("g", [101, 102], SamplingParams()))
+    await encoder.shutdown()
+
+
+async def test_an_encoder_gguf_given_on_its_own_is_served_by_llama_cpp_with_its_own_tokenizer(
+    model_cache_dir: Path,
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    folder = packaged_model_path("all-minilm-l6-v2")
+    exported = gguf_from_folder(folder, "auto", cache_dir=model_cache_dir)
+    encoder = create_engine(EngineConfig(str(exported), device="cpu", cache_dir=str(model_cache_dir)))
+    assert (encoder.info.task, encoder.info.backend, encoder.info.max_model_len) == ("embed", "llamacpp", 512)
+    texts = ["A man is eating FOOD.", "Héllo, wörld! Tokenization-test: 3.14"]
+    result = await encoder.embed(texts)
+    reference = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
+    for vector, expected in zip(result.vectors, reference, strict=True):
+        assert float(torch.tensor(vector) @ torch.tensor(expected)) > 0.999
+    assert result.prompt_tokens == 22  # llama.cpp's WordPiece splits as the Hugging Face tokenizer does
+    with pytest.raises(WrongTask):
+        encoder.render_chat([{"role": "user", "content": "hi"}])
     await encoder.shutdown()

@@ -133,11 +133,13 @@ def test_admin_lists_workers_with_effective_status_and_models(django_assert_max_
     for i in range(3):
         register_worker(registration=registration(identity=f"w{i}", address=f"http://127.0.0.1:{9000 + i}"))
     Worker.objects.filter(identity="w0").update(expires_at=timezone.now() - timedelta(seconds=1))
+    record_heartbeat(identity="w2", in_flight=2, queued=0, tokens_per_second=40.0, kv_cache_usage=0.375)
     response = client.get("/admin/registry/worker/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "w1" in html
     assert "smol" in html
+    assert "38%" in html  # w2's KV cache in use; the others report none
     model_admin: Any = admin.site._registry[Worker]
     statuses = {w.identity: model_admin.live_status(w) for w in response.context["cl"].result_list}
     assert statuses == {"w0": "offline", "w1": "online", "w2": "online"}

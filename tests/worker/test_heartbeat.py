@@ -64,3 +64,16 @@ def test_draining_worker_never_registers_as_online_again() -> None:
     workers.mark_offline(identity="hb-unit")
     heartbeat.beat()
     assert Worker.objects.get(identity="hb-unit").status == WorkerStatus.OFFLINE
+
+
+def test_a_beat_stores_the_engines_figures_with_its_kv_cache_use() -> None:
+    registration = workers.WorkerRegistration(
+        identity="hb-kv", address="http://127.0.0.1:9", model_names=("canned",), heartbeat_interval=1.0
+    )
+    heartbeat = Heartbeat(
+        registration=registration, stats=lambda: EngineStats(3, 1, 42.0, 0.25), interval=1.0
+    )
+    heartbeat.beat()  # registers
+    heartbeat.beat()  # records the figures
+    row = Worker.objects.get(identity="hb-kv")
+    assert (row.in_flight, row.queued, row.tokens_per_second, row.kv_cache_usage) == (3, 1, 42.0, 0.25)
