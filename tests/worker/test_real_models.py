@@ -16,11 +16,20 @@ import pytest
 
 from inference.engines.transformers_engine import cpu_has_bf16
 from tests.processes import WorkerProcess, start_worker
-from tests.worker.live import client, smol
+from tests.worker.live import client
 
-__all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smol() -> Iterator[WorkerProcess]:
+    """SmolLM2 on the transformers engine at its default precision (bfloat16 where the CPU has it)."""
+    with start_worker(
+        "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
+        "--backend", "transformers", "--no-register", timeout=300,
+    ) as worker:  # fmt: skip
+        yield worker
 
 
 @pytest.fixture(scope="module")
