@@ -8,6 +8,7 @@ from portal.chat import views as chat_views
 from portal.signed.views import SignedView
 
 urlpatterns = [
+    path("admin/console/", include("portal.console.urls")),
     path("admin/", admin.site.urls),
     path("v1/", include("portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

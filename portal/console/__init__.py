@@ -1,0 +1,1 @@
+"""Additions to the admin console: the live fleet dashboard, worker controls and usage views."""
