@@ -1,7 +1,10 @@
-"""Admin for workers and served models: what runs where, and how busy it is.
+"""Admin for workers and served models: what runs where, how busy it is, and the operator's controls.
 
 Figures (status, heartbeat, load) are written by the workers themselves, so
-they are read-only here; an operator edits names, policies and remote endpoints.
+they are read-only here; an operator edits names, policies and remote
+endpoints, drains, resumes and removes workers, and enables or disables
+models. Each control goes through `registry.services.controls`, which bumps
+the registry version so that every portal follows within a second.
 """
 
 from __future__ import annotations
@@ -9,15 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
+from registry.models import ModelAlias, ServedModel, Worker, WorkerIntent, WorkerStatus
+from registry.services import controls
 
 LIVE_FIGURES = (
     "status",
+    "intent",
     "in_flight",
     "queued",
     "tokens_per_second",
@@ -43,6 +48,7 @@ class ServedModelAdmin(admin.ModelAdmin):
     list_filter = ("task", "dispatch_policy", "enabled")
     search_fields = ("name", "aliases__name")
     inlines = [ModelAliasInline]
+    actions = ["enable_models", "disable_models"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServedModel]:
         # One query for the whole list, with the same "online" rule as Worker.objects.online().
@@ -52,6 +58,16 @@ class ServedModelAdmin(admin.ModelAdmin):
     @admin.display(description="Online workers", ordering="online_count")
     def online_workers(self, obj: Any) -> int:
         return int(obj.online_count)
+
+    @admin.action(description="Enable the selected models")
+    def enable_models(self, request: HttpRequest, queryset: QuerySet[ServedModel]) -> None:
+        count = controls.set_models_enabled(model_ids=queryset.values_list("id", flat=True), enabled=True)
+        self.message_user(request, f"{count} model(s) enabled.")
+
+    @admin.action(description="Disable the selected models (requests get 404)")
+    def disable_models(self, request: HttpRequest, queryset: QuerySet[ServedModel]) -> None:
+        count = controls.set_models_enabled(model_ids=queryset.values_list("id", flat=True), enabled=False)
+        self.message_user(request, f"{count} model(s) disabled.")
 
 
 class WorkerForm(forms.ModelForm):
@@ -87,10 +103,11 @@ class WorkerAdmin(admin.ModelAdmin):
         "backend",
         "device",
     )
-    list_filter = ("status", "kind", "backend", "device", "served_models")
+    list_filter = ("status", "intent", "kind", "backend", "device", "served_models")
     search_fields = ("identity", "address", "hostname", "served_models__name")
     readonly_fields = LIVE_FIGURES
     filter_horizontal = ("served_models",)
+    actions = ["drain", "resume", "remove"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return super().get_queryset(request).prefetch_related("served_models")
@@ -98,7 +115,28 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="Status", ordering="status")
     def live_status(self, obj: Worker) -> str:
         """The status readers act on: a stale heartbeat shows as offline before the sweep runs."""
-        return str(obj.effective_status)
+        if obj.intent == WorkerIntent.SERVE:
+            return str(obj.effective_status)
+        return f"{obj.effective_status} ({obj.get_intent_display().split(' (')[0].lower()})"
+
+    @admin.action(description="Drain: take no new requests, finish those in flight, then go offline")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
+        count = controls.drain_workers(worker_ids=queryset.values_list("id", flat=True))
+        self.message_user(request, f"{count} worker(s) draining; dispatch to them has stopped.")
+
+    @admin.action(description="Resume: serve again after a drain")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
+        count = controls.resume_workers(worker_ids=queryset.values_list("id", flat=True))
+        self.message_user(request, f"{count} worker(s) resuming with their next heartbeat.")
+
+    @admin.action(description="Remove: delete gone workers; drain and stop running ones")
+    def remove(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
+        deleted, asked = controls.remove_workers(worker_ids=queryset.values_list("id", flat=True))
+        self.message_user(
+            request,
+            f"{deleted} worker(s) deleted; {asked} running worker(s) draining, then exiting.",
+            messages.SUCCESS,
+        )
 
     @admin.display(description="Heartbeat age", ordering="last_heartbeat")
     def heartbeat_age_display(self, obj: Worker) -> str:

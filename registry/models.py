@@ -66,6 +66,14 @@ class WorkerStatus(models.TextChoices):
     OFFLINE = "offline", "Offline"
 
 
+class WorkerIntent(models.TextChoices):
+    """What an operator asked of a worker; the worker reads it with each heartbeat."""
+
+    SERVE = "serve", "Serve"
+    DRAIN = "drain", "Drain (finish what runs, take nothing new, stay up)"
+    REMOVE = "remove", "Remove (drain, exit, delete the row)"
+
+
 class WorkerKind(models.TextChoices):
     LOCAL = "local", "Our worker (runworker)"
     REMOTE = "remote", "Remote OpenAI-compatible endpoint"
@@ -93,6 +101,12 @@ class Worker(models.Model):
     address = models.URLField(max_length=500, help_text="Base URL the portal reaches it at.")
     served_models = models.ManyToManyField(ServedModel, related_name="workers", blank=True)
     status = models.CharField(max_length=16, choices=WorkerStatus.choices, default=WorkerStatus.STARTING)
+    intent = models.CharField(
+        max_length=16,
+        choices=WorkerIntent.choices,
+        default=WorkerIntent.SERVE,
+        help_text="Set by the admin's drain, resume and remove actions; kept across the worker's restarts.",
+    )
     backend = models.CharField(max_length=32, blank=True)
     device = models.CharField(max_length=32, blank=True)
     model_path = models.CharField(max_length=1000, blank=True)

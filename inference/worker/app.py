@@ -70,6 +70,12 @@ def _served(ctx: WorkerContext) -> Served:
 def _refuse_when_draining(ctx: WorkerContext) -> None:
     if ctx.draining:
         raise Draining("The worker is shutting down; send the request to another worker.")
+    if ctx.held:
+        raise Draining("The worker is drained by an operator; send the request to another worker.")
+
+
+def _serving_status(ctx: WorkerContext) -> str:
+    return "draining" if ctx.draining else "drained" if ctx.held else "ok"
 
 
 class GenerationStream(StreamingResponse):
@@ -302,8 +308,8 @@ async def models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     ctx = _context(request)
-    status = "draining" if ctx.draining else "ok"
-    return JSONResponse({"status": status, "nonce": ctx.nonce}, status_code=503 if ctx.draining else 200)
+    status = _serving_status(ctx)
+    return JSONResponse({"status": status, "nonce": ctx.nonce}, status_code=200 if status == "ok" else 503)
 
 
 async def status(request: Request) -> Response:
@@ -314,7 +320,7 @@ async def status(request: Request) -> Response:
         {
             "worker_id": ctx.worker_id,
             "nonce": ctx.nonce,
-            "status": "draining" if ctx.draining else "ok",
+            "status": _serving_status(ctx),
             "served_names": ctx.served_names,
             "task": info.task,
             "backend": info.backend,

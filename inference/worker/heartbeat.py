@@ -23,12 +23,18 @@ class Heartbeat(threading.Thread):
     """Keep this worker's row alive every `interval` seconds until stopped."""
 
     def __init__(
-        self, *, registration: workers.WorkerRegistration, stats: Callable[[], EngineStats], interval: float
+        self,
+        *,
+        registration: workers.WorkerRegistration,
+        stats: Callable[[], EngineStats],
+        interval: float,
+        on_intent: Callable[[str], None] = lambda intent: None,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.registration = registration
         self.stats = stats
         self.interval = interval
+        self.on_intent = on_intent  # told the operator's intent (serve, drain, remove) after each write
         self.draining = False  # once draining, never register as online again
         self.failing = False
         self._needs_register = True
@@ -45,7 +51,7 @@ class Heartbeat(threading.Thread):
             try:
                 close_old_connections()
                 if self._needs_register and not self.draining:
-                    workers.register_worker(registration=self.registration)
+                    self._register()
                     self._needs_register = False
                 else:
                     self._record()
@@ -55,9 +61,13 @@ class Heartbeat(threading.Thread):
             except Exception as exc:
                 self._on_error(exc)
 
+    def _register(self) -> None:
+        worker = workers.register_worker(registration=self.registration)
+        self.on_intent(worker.intent)
+
     def _record(self) -> None:
         stats = self.stats()
-        alive = workers.record_heartbeat(
+        intent = workers.record_heartbeat(
             identity=self.registration.identity,
             in_flight=stats.in_flight,
             queued=stats.queued,
@@ -65,9 +75,11 @@ class Heartbeat(threading.Thread):
             kv_cache_usage=stats.kv_cache_usage,
             interval=self.interval,
         )
-        if not alive and not self.draining:
-            # Swept offline (e.g. after an outage longer than the expiry) or deleted: come back.
-            workers.register_worker(registration=self.registration)
+        if intent is not None:
+            self.on_intent(intent)
+        elif not self.draining:
+            # Swept offline (e.g. after an outage longer than the expiry), resumed or deleted: come back.
+            self._register()
 
     def _on_error(self, exc: Exception) -> None:
         if not self.failing:
@@ -85,7 +97,7 @@ class Heartbeat(threading.Thread):
             logger.debug("Closing the broken connection failed", exc_info=True)
 
     def mark(self, action: Callable[..., None]) -> None:
-        """Run `mark_draining`/`mark_offline` for this worker; log instead of raising."""
+        """Run `mark_draining`/`mark_drained`/`mark_offline` for this worker; log instead of raising."""
         with self._lock:
             try:
                 close_old_connections()

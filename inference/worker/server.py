@@ -23,6 +23,7 @@ import httpx2
 from inference.worker.app import build_app
 from inference.worker.heartbeat import Heartbeat
 from inference.worker.serving import WorkerContext
+from registry.models import WorkerIntent
 from registry.services import workers
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class WorkerServer:
         self.error: str | None = None
         self.address = ""
         self._drain_task: asyncio.Task[None] | None = None
+        self._hold_task: asyncio.Task[None] | None = None
 
     def run(self) -> None:
         """Serve until drained; raise StartupError if the worker never became ready."""
@@ -133,9 +135,35 @@ class WorkerServer:
             registration=registration,
             stats=self.ctx.engine.stats,
             interval=self.options.heartbeat_interval,
+            on_intent=self._intent_from_thread,
         )
         await asyncio.to_thread(self.heartbeat.beat)  # registers, or logs the outage and retries later
         self.heartbeat.start()
+
+    def _intent_from_thread(self, intent: str) -> None:
+        self.loop.call_soon_threadsafe(self._follow_intent, intent)
+
+    def _follow_intent(self, intent: str) -> None:
+        """Act on the operator's intent from the admin (read with each heartbeat)."""
+        if intent == WorkerIntent.REMOVE:
+            if self._drain_task is None:
+                logger.info("Removed by an operator: draining, then exiting")
+                self._begin_drain()
+        elif intent == WorkerIntent.DRAIN and not self.ctx.held:
+            logger.info("Drained by an operator: %d request(s) in progress", self.ctx.requests_in_progress)
+            self.ctx.held = True
+            self._hold_task = self.loop.create_task(self._hold())
+        elif intent == WorkerIntent.SERVE and self.ctx.held:
+            logger.info("Resumed by an operator")
+            self.ctx.held = False
+
+    async def _hold(self) -> None:
+        """Once what was in flight has finished, report offline; stay up, beating, until resumed."""
+        while self.ctx.held and (self.ctx.requests_in_progress or self.ctx.active):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if self.ctx.held and self.heartbeat is not None:
+            await asyncio.to_thread(self.heartbeat.mark, workers.mark_drained)
+            logger.info("Drained: offline until resumed")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         loop = getattr(self, "loop", None)

@@ -35,7 +35,8 @@ class WorkerContext:
     nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream_interval: int = 1
     limits: dict[str, Any] = field(default_factory=dict)
-    draining: bool = False
+    draining: bool = False  # shutting down: refuse new requests, then exit
+    held: bool = False  # drained by an operator: refuse new requests, stay up until resumed
     active: dict[str, Generation] = field(default_factory=dict)
     recent: RecentUsage = field(default_factory=RecentUsage)  # final usage of finished requests
     token: str | None = field(default=None, repr=False)  # WORKER_TOKEN callers must present

@@ -24,6 +24,7 @@ from django.db import transaction
 
 from portal.signed.sm2 import normalize_public_key
 from registry.models import AppCredential
+from registry.services import versions
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ async def aget_credential(app_id: str) -> CredentialSnapshot | None:
     Misses are cached too, so a flood of unknown app ids does not reach the database.
     A disabled app is returned as such; the caller refuses it.
     """
+    await versions.watch.check()
     now = time.monotonic()
     hit = _cache.get(app_id)
     if hit is not None and hit[0] > now:

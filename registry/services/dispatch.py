@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, WorkerStatus
+from registry.services import versions
 from registry.services.cache import RefreshingCache
 
 _RNG = random.Random()
@@ -175,6 +176,7 @@ async def aresolve_model(*, name: str) -> ResolvedModel | None:
     """
     if not valid_model_name(name):
         return None
+    await versions.watch.check()
     return await _model_cache.get(name)
 
 

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
+from registry.services import versions
 from registry.services.cache import RefreshingCache
 from registry.services.last_used import LastUsedThrottle
 
@@ -137,7 +138,8 @@ async def _load_key(hashed: Hashable) -> KeyInfo | None:
     return await database_sync_to_async(get_key_info)(hashed=str(hashed))
 
 
-# Revocation reaches the hot path within API_KEY_CACHE_SECONDS (plus one request).
+# Revocation reaches the hot path within a second through the registry version
+# (an admin change bumps it), and within API_KEY_CACHE_SECONDS in any case.
 _cache: RefreshingCache[KeyInfo | None] = RefreshingCache(
     _load_key,
     ttl=lambda: settings.API_KEY_CACHE_SECONDS,
@@ -151,6 +153,7 @@ async def aauthenticate_secret(secret: str) -> KeyInfo:
     """The live key for `secret`, or KeyRejected saying why (messages never echo the secret)."""
     if not secret.startswith("sk-") or len(secret) > MAX_SECRET_LENGTH:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
+    await versions.watch.check()
     info = await _cache.get(hash_secret(secret))
     if info is None:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")

@@ -13,7 +13,7 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
-from registry.models import Worker, WorkerKind, WorkerStatus
+from registry.models import Worker, WorkerIntent, WorkerKind, WorkerStatus
 
 
 def probe_remote_endpoint(*, worker: Worker, client: httpx2.Client | None = None) -> bool:
@@ -43,9 +43,9 @@ def probe_remote_endpoint(*, worker: Worker, client: httpx2.Client | None = None
 
 
 def probe_remote_endpoints() -> int:
-    """Probe every remote endpoint; return how many answered."""
+    """Probe every remote endpoint an operator has not drained; return how many answered."""
     with httpx2.Client(timeout=settings.GATEWAY_CONNECT_TIMEOUT, trust_env=False) as client:
         return sum(
             probe_remote_endpoint(worker=w, client=client)
-            for w in Worker.objects.filter(kind=WorkerKind.REMOTE)
+            for w in Worker.objects.filter(kind=WorkerKind.REMOTE, intent=WorkerIntent.SERVE)
         )

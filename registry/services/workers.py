@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from registry.models import ModelTask, ServedModel, Worker, WorkerKind, WorkerStatus
+from registry.models import ModelTask, ServedModel, Worker, WorkerIntent, WorkerKind, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +50,21 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
     """Upsert the worker's row by identity and mark it online; create missing served models.
 
     The same identity after a restart keeps the same row (and its usage
-    history); its figures start again from zero.
+    history); its figures start again from zero. An operator's drain or
+    remove outlives the restart: such a worker comes back draining, and
+    reads its intent from the returned row.
     """
     reg = registration
     interval = reg.heartbeat_interval or settings.HEARTBEAT_INTERVAL
     now = timezone.now()
+    intent = Worker.objects.filter(identity=reg.identity).values_list("intent", flat=True).first()
+    serving = intent in (None, WorkerIntent.SERVE)
     worker, _ = Worker.objects.update_or_create(
         identity=reg.identity,
         defaults={
             "kind": WorkerKind.LOCAL,
             "address": reg.address,
-            "status": WorkerStatus.ONLINE,
+            "status": WorkerStatus.ONLINE if serving else WorkerStatus.DRAINING,
             "backend": reg.backend,
             "device": reg.device,
             "model_path": reg.model_path,
@@ -99,11 +103,13 @@ def record_heartbeat(
     tokens_per_second: float,
     kv_cache_usage: float | None = None,
     interval: float | None = None,
-) -> bool:
-    """Store the worker's live figures and push its expiry forward.
+) -> str | None:
+    """Store the worker's live figures and push its expiry forward; return the operator's intent.
 
-    Returns False when there is no live row to update (it was swept offline
-    or deleted): the worker then registers again.
+    Returns None when there is no live row to update (it was swept offline,
+    resumed after a drain, or deleted): the worker then registers again. A
+    drained worker is offline on purpose and keeps beating, so that the admin
+    sees it alive and can resume it.
     """
     interval = interval or settings.HEARTBEAT_INTERVAL
     now = timezone.now()
@@ -118,8 +124,10 @@ def record_heartbeat(
     if tokens_per_second > 0:
         # Lottery weight follows measured speed; an idle worker keeps its last weight.
         fields["speed"] = tokens_per_second
-    updated = Worker.objects.filter(identity=identity).exclude(status=WorkerStatus.OFFLINE).update(**fields)
-    return updated == 1
+    row = Worker.objects.filter(identity=identity)
+    if not row.exclude(status=WorkerStatus.OFFLINE, intent=WorkerIntent.SERVE).update(**fields):
+        return None
+    return row.values_list("intent", flat=True).first()
 
 
 def mark_draining(*, identity: str) -> None:
@@ -129,8 +137,16 @@ def mark_draining(*, identity: str) -> None:
     )
 
 
+def mark_drained(*, identity: str) -> None:
+    """Mark a worker the operator drained offline: it has finished what it had and takes nothing new."""
+    Worker.objects.filter(identity=identity, intent=WorkerIntent.DRAIN).update(
+        status=WorkerStatus.OFFLINE, in_flight=0, queued=0
+    )
+
+
 def mark_offline(*, identity: str, error: str = "") -> None:
-    """Mark the worker offline: it has exited or is about to."""
+    """Mark the worker offline: it has exited or is about to. A worker asked to go is deleted instead."""
+    Worker.objects.filter(identity=identity, intent=WorkerIntent.REMOVE).delete()
     Worker.objects.filter(identity=identity).update(
         status=WorkerStatus.OFFLINE, in_flight=0, queued=0, last_error=error
     )
