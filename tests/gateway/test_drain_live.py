@@ -1,4 +1,4 @@
-"""Drain and resume from the admin, on two real SmolLM2 workers (llama.cpp) behind a real portal.
+"""Drain, resume and remove from the admin, on two real SmolLM2 workers (llama.cpp) behind a real portal.
 
 The drained worker finishes the answer it is streaming, takes nothing new,
 reports offline, and serves again once resumed; the portal sends new requests
@@ -61,7 +61,7 @@ def worker_serving(record_ids: set[int]) -> set[str]:
 
 
 def test_a_drained_worker_finishes_its_stream_takes_nothing_new_and_resumes(fleet) -> None:
-    portal, _, _ = fleet
+    portal, first, second = fleet
     _, secret = create_api_key(name="drain")
     api = openai.OpenAI(base_url=f"{portal.url}/v1", api_key=secret, max_retries=0, timeout=60)
     chat: Any = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}]}
@@ -127,3 +127,9 @@ def test_a_drained_worker_finishes_its_stream_takes_nothing_new_and_resumes(flee
     assert worker_serving(set(UsageRecord.objects.exclude(id__in=before).values_list("id", flat=True))) == {
         busy.identity
     }
+
+    # Removing a running worker: it drains, exits by itself and deletes its row.
+    act("remove", other)
+    leaving = first if other.address == first.address else second
+    assert leaving.wait(timeout=30) == 0
+    assert not Worker.objects.filter(pk=other.pk).exists()
