@@ -1,0 +1,103 @@
+"""The fleet at a glance: every worker's live figures and every model's last five minutes.
+
+A snapshot is a plain dict (JSON as it is), built in a fixed number of
+queries whatever the fleet's size: the dashboard page, its JSON refresh and
+its websocket all send the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
+
+WINDOW = timedelta(minutes=5)
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile of `values` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(share * len(ordered)) - 1)], 1)
+
+
+def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
+    age = None if worker.last_heartbeat is None else (now - worker.last_heartbeat).total_seconds()
+    return {
+        "id": worker.id,
+        "identity": worker.identity,
+        "status": worker.effective_status,
+        "intent": worker.intent,
+        "role": worker.role,
+        "kind": worker.kind,
+        "backend": worker.backend,
+        "device": worker.device,
+        "models": sorted(m.name for m in worker.served_models.all()),
+        "address": worker.address,
+        "heartbeat_age": None if age is None else round(age, 1),
+        "in_flight": worker.in_flight,
+        "queued": worker.queued,
+        "max_concurrency": worker.max_concurrency,
+        "tokens_per_second": round(worker.tokens_per_second, 1),
+        "kv_cache_usage": worker.kv_cache_usage,
+    }
+
+
+def _model_rows(now: Any) -> list[dict[str, Any]]:
+    live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
+    models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
+    recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
+        "model_name", "status", "time_to_first_token_ms", "total_time_ms"
+    )
+    requests: dict[str, int] = defaultdict(int)
+    errors: dict[str, int] = defaultdict(int)
+    ttft: dict[str, list[float]] = defaultdict(list)
+    latency: dict[str, list[float]] = defaultdict(list)
+    for name, status, first, total in recent.iterator(chunk_size=5000):
+        requests[name] += 1
+        errors[name] += status != UsageStatus.OK
+        if first is not None:
+            ttft[name].append(first)
+        if total is not None:
+            latency[name].append(total)
+    minutes = WINDOW.total_seconds() / 60
+
+    def error_rate(name: str) -> float | None:
+        return round(errors[name] / requests[name], 3) if requests[name] else None
+
+    return [
+        {
+            "name": model.name,
+            "task": model.task,
+            "enabled": model.enabled,
+            "dispatch_policy": model.dispatch_policy,
+            "online_replicas": model.online,
+            "requests_per_minute": round(requests[model.name] / minutes, 1),
+            "ttft_p50_ms": percentile(ttft[model.name], 0.5),
+            "ttft_p95_ms": percentile(ttft[model.name], 0.95),
+            "latency_p50_ms": percentile(latency[model.name], 0.5),
+            "latency_p95_ms": percentile(latency[model.name], 0.95),
+            "error_rate": round(errors[model.name] / requests[model.name], 3)
+            if requests[model.name]
+            else None,
+        }
+        for model in models
+    ]
+
+
+def fleet_snapshot() -> dict[str, Any]:
+    """Workers and models as the dashboard shows them (four queries)."""
+    now = timezone.now()
+    workers = Worker.objects.prefetch_related("served_models").order_by("identity")
+    return {
+        "at": now.isoformat(),
+        "workers": [_worker_row(worker, now) for worker in workers],
+        "models": _model_rows(now),
+    }

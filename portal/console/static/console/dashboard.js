@@ -1,0 +1,114 @@
+// The fleet dashboard: a websocket pushes snapshots; when it fails, the page polls the JSON.
+"use strict";
+(function () {
+  const config = JSON.parse(document.getElementById("fleet-config").textContent);
+  const state = document.getElementById("fleet-connection");
+  const POLL_MS = 5000;
+  const RECONNECT_MS = 10000;
+  let pollTimer = null;
+
+  function cell(row, value, className) {
+    const td = row.insertCell();
+    if (value instanceof Node) td.appendChild(value); else td.textContent = value;
+    if (className) td.className = className;
+    return td;
+  }
+  function link(text, href) {
+    const a = document.createElement("a");
+    a.textContent = text;
+    a.href = href;
+    return a;
+  }
+  const dash = (value, suffix = "") => (value === null || value === undefined ? "—" : value + suffix);
+  const percent = (value) => (value === null || value === undefined ? "—" : Math.round(value * 100) + "%");
+
+  function renderModels(models) {
+    const body = document.querySelector("#fleet-models tbody");
+    body.replaceChildren();
+    for (const m of models) {
+      const row = body.insertRow();
+      cell(row, link(m.name, config.modelAdmin + "?q=" + encodeURIComponent(m.name)));
+      cell(row, m.task);
+      cell(row, m.enabled ? "yes" : "no");
+      cell(row, m.dispatch_policy);
+      cell(row, m.online_replicas, "number");
+      cell(row, m.requests_per_minute, "number");
+      cell(row, dash(m.ttft_p50_ms, " ms"), "number");
+      cell(row, dash(m.ttft_p95_ms, " ms"), "number");
+      cell(row, dash(m.latency_p50_ms, " ms"), "number");
+      cell(row, dash(m.latency_p95_ms, " ms"), "number");
+      cell(row, percent(m.error_rate), "number");
+    }
+  }
+
+  function renderWorkers(workers) {
+    const body = document.querySelector("#fleet-workers tbody");
+    body.replaceChildren();
+    for (const w of workers) {
+      const row = body.insertRow();
+      row.dataset.worker = w.identity;
+      cell(row, link(w.identity, config.workerAdmin + w.id + "/change/"));
+      const status = w.intent === "serve" ? w.status : w.status + " (" + w.intent + ")";
+      cell(row, status, "fleet-status-" + w.status);
+      cell(row, w.role);
+      cell(row, w.backend || w.kind);
+      cell(row, w.models.join(", "));
+      cell(row, w.address);
+      cell(row, dash(w.heartbeat_age, " s"), "number");
+      cell(row, w.in_flight + " / " + w.max_concurrency, "number");
+      cell(row, w.queued, "number");
+      cell(row, w.tokens_per_second, "number");
+      cell(row, percent(w.kv_cache_usage), "number");
+    }
+  }
+
+  function render(snapshot) {
+    renderModels(snapshot.models);
+    renderWorkers(snapshot.workers);
+    document.body.dataset.fleetAt = snapshot.at;
+  }
+
+  function poll() {
+    fetch(config.json, { credentials: "same-origin" })
+      .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
+      .then(render)
+      .catch(() => {});
+  }
+
+  function startPolling() {
+    if (pollTimer === null) {
+      state.dataset.state = "polling";
+      state.textContent = "Live updates unavailable: refreshing every " + POLL_MS / 1000 + " s.";
+      pollTimer = setInterval(poll, POLL_MS);
+      poll();
+    }
+  }
+
+  function stopPolling() {
+    if (pollTimer !== null) {
+      clearInterval(pollTimer);
+      pollTimer = null;
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + location.host + config.socket);
+    socket.onopen = () => {
+      stopPolling();
+      state.dataset.state = "live";
+      state.textContent = "Live.";
+    };
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "fleet.snapshot") render(message);
+    };
+    socket.onclose = () => {
+      startPolling();
+      setTimeout(connect, RECONNECT_MS);
+    };
+  }
+
+  render(JSON.parse(document.getElementById("fleet-snapshot").textContent));
+  if ("WebSocket" in window) connect(); else startPolling();
+})();

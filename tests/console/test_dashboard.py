@@ -1,0 +1,151 @@
+"""The fleet dashboard: staff only, figures right, bounded queries, live updates over a websocket."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.test import Client
+from django.utils import timezone
+
+from portal.console import live
+from portal.console.fleet import fleet_snapshot, percentile
+from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
+from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
+
+URL = "/admin/console/"
+
+
+def add_worker(index: int, model: str = "smol") -> Worker:
+    return register_worker(
+        registration=WorkerRegistration(
+            identity=f"w{index}", address=f"http://127.0.0.1:{9000 + index}", model_names=(model,)
+        )
+    )
+
+
+def usage(
+    model: str, ttft: float, total: float, status: str = UsageStatus.OK, age_s: float = 10
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        request_id=f"r{ttft}-{total}-{status}-{age_s}",
+        model_name=model,
+        endpoint="chat",
+        time_to_first_token_ms=ttft,
+        total_time_ms=total,
+        status=status,
+        status_code=200 if status == UsageStatus.OK else 502,
+        created_at=timezone.now() - timedelta(seconds=age_s),
+    )
+
+
+def client_for(*, staff: bool) -> Client:
+    user = get_user_model().objects.create_user("someone", password="pw-123456789", is_staff=staff)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+
+
+@pytest.mark.django_db
+def test_the_snapshot_has_each_models_last_five_minutes() -> None:
+    add_worker(1)
+    add_worker(2)
+    Worker.objects.filter(identity="w2").update(status=WorkerStatus.OFFLINE)
+    ServedModel.objects.create(name="idle")
+    for ttft in (100.0, 200.0, 300.0, 400.0):
+        usage("smol", ttft, ttft * 10)
+    usage("smol", 50.0, 60.0, status=UsageStatus.ERROR)
+    usage("smol", 9999.0, 9999.0, age_s=400)  # outside the window
+    models = {m["name"]: m for m in fleet_snapshot()["models"]}
+    smol = models["smol"]
+    assert smol["online_replicas"] == 1
+    assert smol["requests_per_minute"] == 1.0  # 5 requests in 5 minutes
+    assert (smol["ttft_p50_ms"], smol["ttft_p95_ms"]) == (200.0, 400.0)
+    assert smol["latency_p95_ms"] == 4000.0
+    assert smol["error_rate"] == 0.2
+    assert models["idle"]["requests_per_minute"] == 0
+    assert models["idle"]["ttft_p50_ms"] is None
+
+
+@pytest.mark.django_db
+def test_the_dashboard_is_for_staff_only() -> None:
+    assert Client().get(URL).status_code == 302
+    assert Client().get(URL + "fleet.json").status_code == 302
+    assert client_for(staff=False).get(URL).status_code == 302
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [3, 60])
+def test_the_dashboard_renders_in_a_bounded_number_of_queries(workers, django_assert_max_num_queries) -> None:
+    for index in range(workers):
+        add_worker(index, model=f"m{index % 7}")
+        usage(f"m{index % 7}", 100.0 + index, 1000.0)
+    staff = client_for(staff=True)
+    with django_assert_max_num_queries(10):
+        page = staff.get(URL)
+    assert page.status_code == 200
+    assert "fleet-workers" in page.content.decode()
+    with django_assert_max_num_queries(6):
+        data = staff.get(URL + "fleet.json").json()
+    assert len(data["workers"]) == workers
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_websocket_refuses_anyone_but_staff() -> None:
+    for user in (AnonymousUser(), await database_sync_to_async(get_user_model().objects.create_user)("u")):
+        socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
+        socket.scope["user"] = user
+        connected, code = await socket.connect()
+        assert (connected, code) == (False, live.FORBIDDEN_CLOSE_CODE)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_websocket_sends_an_update_when_a_heartbeat_arrives(monkeypatch) -> None:
+    monkeypatch.setattr(live, "POLL_SECONDS", 0.1)
+    worker = await database_sync_to_async(add_worker)(1)
+    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
+    socket.scope["user"] = staff
+    connected, _ = await socket.connect()
+    assert connected
+    first = await socket.receive_json_from(timeout=5)
+    assert first["type"] == "fleet.snapshot"
+    assert first["workers"][0]["in_flight"] == 0
+    await asyncio.sleep(0.3)  # the watcher has seen the fleet as it is
+    await database_sync_to_async(record_heartbeat)(
+        identity=worker.identity, in_flight=3, queued=1, tokens_per_second=42.0
+    )
+    update = await socket.receive_json_from(timeout=5)
+    row = update["workers"][0]
+    assert (row["in_flight"], row["queued"], row["tokens_per_second"]) == (3, 1, 42.0)
+    await socket.disconnect()
+    assert live.watch.clients == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_burst_of_changes_sends_at_most_one_snapshot_a_second() -> None:
+    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
+    socket.scope["user"] = staff
+    assert (await socket.connect())[0]
+    await socket.receive_json_from(timeout=5)
+    sent_at = asyncio.get_running_loop().time()
+    layer = get_channel_layer()
+    for _ in range(20):
+        await layer.group_send(live.GROUP, {"type": "fleet.changed"})
+    await socket.receive_json_from(timeout=5)
+    assert asyncio.get_running_loop().time() - sent_at >= 0.9
+    assert await socket.receive_nothing(timeout=1.2)
+    await socket.disconnect()
