@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from registry.models import ApiKey, UsageRecord
 from registry.services.keys import assign_secret
+from registry.services.versions import bump_version
 
 
 @admin.register(ApiKey)
@@ -44,6 +45,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        bump_version()  # `update()` sends no signal: tell every portal here
         self.message_user(request, f"Revoked {count} key(s); they stop working within seconds.")
 
 

@@ -1,0 +1,114 @@
+"""The fleet dashboard in a real Chromium against a live portal: live updates, then the polling fallback.
+
+Screenshots go to test-artifacts/console/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
+from tests.portal_process import PortalProcess, start_portal
+from tests.processes import REPO_ROOT
+
+T = TypeVar("T")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+if not CHROMIUM.exists():
+    print(f"browser tests skipped: {CHROMIUM} is not installed")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def outside_the_event_loop(query: Callable[[], T]) -> T:
+    """Run an ORM call in a thread: Playwright's sync API runs an event loop in this one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(query).result()
+
+
+@pytest.fixture
+def portal() -> Iterator[PortalProcess]:
+    get_user_model().objects.create_superuser("root", password="browser-pass-123")
+    for index in range(3):
+        register_worker(
+            registration=WorkerRegistration(
+                identity=f"node{index}@http://127.0.0.1:{9100 + index}",
+                address=f"http://127.0.0.1:{9100 + index}",
+                model_names=("smollm2",) if index < 2 else ("minilm",),
+                backend="llamacpp",
+                heartbeat_interval=60,
+            )
+        )
+    with start_portal() as process:
+        yield process
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+def open_dashboard(browser, base: str, *, socket_fails: bool = False):
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    if socket_fails:
+        page.route_web_socket("**/ws/console/fleet/", lambda socket: socket.close())
+    page.goto(f"{base}/admin/login/?next=/admin/console/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "browser-pass-123")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base}/admin/console/")
+    return page, errors
+
+
+def test_the_dashboard_updates_live_when_a_heartbeat_arrives(browser, portal) -> None:
+    page, errors = open_dashboard(browser, portal.url)
+    page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'live'")
+    assert page.locator("#fleet-workers tbody tr").count() == 3
+    assert "smollm2" in page.locator("#fleet-models tbody").inner_text()
+    outside_the_event_loop(
+        lambda: record_heartbeat(
+            identity="node1@http://127.0.0.1:9101", in_flight=7, queued=2, tokens_per_second=123.4
+        )
+    )
+    row = page.locator("tr[data-worker='node1@http://127.0.0.1:9101']")
+    page.wait_for_function(
+        "document.querySelector(\"tr[data-worker='node1@http://127.0.0.1:9101']\").textContent.includes('123.4')",
+        timeout=10_000,
+    )
+    assert "7 / 1" in row.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
+    assert errors == []
+
+
+def test_the_dashboard_polls_when_the_websocket_fails(browser, portal) -> None:
+    page, errors = open_dashboard(browser, portal.url, socket_fails=True)
+    page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'polling'")
+    outside_the_event_loop(
+        lambda: record_heartbeat(
+            identity="node0@http://127.0.0.1:9100", in_flight=1, queued=0, tokens_per_second=77.7
+        )
+    )
+    page.wait_for_function(
+        "document.querySelector(\"tr[data-worker='node0@http://127.0.0.1:9100']\").textContent.includes('77.7')",
+        timeout=15_000,
+    )
+    page.screenshot(path=str(ARTIFACTS / "dashboard-polling.png"), full_page=True)
+    assert errors == []
