@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from portal.chat import views as chat_views
+from portal.metrics.views import metrics
 from portal.signed.views import SignedView
 
 urlpatterns = [
@@ -16,4 +17,5 @@ urlpatterns = [
     path("api/<str:pipeline>", SignedView.as_view(), name="signed-api"),
     path("chat/", include("portal.chat.urls")),
     path("leaderboard/", chat_views.leaderboard, name="leaderboard"),
+    path("metrics", metrics, name="metrics"),
 ]

@@ -28,6 +28,7 @@ from inference.protocol import GenerateCall
 from inference.sampling import SamplingParams
 from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
 from inference.worker.auth import RequireToken
+from inference.worker.metrics import metrics
 from inference.worker.protocol import (
     Describe,
     Draining,
@@ -366,6 +367,7 @@ def build_app(ctx: WorkerContext) -> Starlette:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/status", status, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/abort/{request_id:str}", abort, methods=["POST"]),
         ],
         middleware=[Middleware(RequireToken, token=ctx.token, fallbacks=ctx.token_fallbacks)],

@@ -4,6 +4,8 @@ The portal aborts a request when its client disconnects, and counts the
 tokens the request consumed from the answer. By then the worker may have
 closed the generation already (the portal dropped the stream first), so the
 usage is kept a little while: at most `size` ids, each for `ttl` seconds.
+Every request finished is remembered once, so the running totals here are
+the worker's request and token counters (its `/metrics`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ class RecentUsage:
         self.ttl = ttl
         self._clock = clock
         self._items: OrderedDict[str, tuple[float, Usage]] = OrderedDict()
+        self.finished = 0  # requests remembered since the worker started
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
     def remember(self, request_id: str, usage: Usage) -> None:
+        self.finished += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
         self._items.pop(request_id, None)
         self._items[request_id] = (self._clock() + self.ttl, usage)
         self._expire()

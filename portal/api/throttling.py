@@ -8,6 +8,7 @@ The relay settles the reservation when the request ends.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from portal.api.errors import rate_limited
@@ -33,6 +34,8 @@ class KeyRateThrottle:
     ) -> Reservation:
         """Reserve `body` (nothing to generate when None) with `model`'s defaults for max_tokens."""
         cost = TokenEstimate() if body is None else estimate(body, model.default_params if model else None)
+        if model is not None:
+            cost = replace(cost, model=model.name)  # refusals are counted against the model
         try:
             return await reserve(key_quota(key), cost)
         except LimitExceeded as exc:

@@ -24,7 +24,7 @@ import logging
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -32,6 +32,7 @@ import redis
 from inference.sampling import DEFAULT_MAX_TOKENS
 from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, Quota, limit_store
 from portal.gateway.tasks import spawn
+from portal.metrics import instruments
 from registry.services.dispatch import aresolve_model, valid_model_name
 
 __all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "aestimate", "estimate", "reserve"]
@@ -55,11 +56,16 @@ class LimitExceeded(Exception):
 
 @dataclass(frozen=True)
 class TokenEstimate:
-    """What a request may cost: `prompt` (estimated) + `completions` × `max_tokens`."""
+    """What a request may cost: `prompt` (estimated) + `completions` × `max_tokens`.
+
+    `model` is the served model's name when the estimate used its defaults: a
+    refusal is counted against it (never against a name a client made up).
+    """
 
     prompt: int = 0
     completions: int = 0
     max_tokens: int = 0
+    model: str = ""
 
     @property
     def total(self) -> int:
@@ -135,7 +141,9 @@ async def aestimate(body: Any) -> TokenEstimate:
     """`estimate`, with the defaults of the model the body names (looked up through the model cache)."""
     name = body.get("model") if isinstance(body, dict) else None
     model = await aresolve_model(name=name) if isinstance(name, str) and valid_model_name(name) else None
-    return estimate(body, model.default_params if model is not None else None)
+    if model is None:
+        return estimate(body)
+    return replace(estimate(body, model.default_params), model=model.name)
 
 
 @dataclass
@@ -197,5 +205,6 @@ async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
         logger.warning("limits: the store cannot be reached, %s passes uncounted: %s", quota.subject, exc)
         return Reservation(quota, cost)
     if admission.outcome != OK:
+        instruments.record_refusal(subject=quota.subject, model=cost.model, reason=admission.outcome)
         raise _refusal(quota, admission.outcome, admission.retry_after, cost)
     return Reservation(quota, cost, window=admission.window, tokens=tokens, flight_id=flight_id)

@@ -64,7 +64,7 @@ class ChatStream:
         self._include_usage = isinstance(body, dict) and wants_usage(body)
         name = str(body.get("model") or "") if isinstance(body, dict) else ""
         entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
-        self._ticket = Ticket(entry, reservation=caller.reservation)
+        self._ticket = Ticket(entry, reservation=caller.reservation, streamed=True)
         self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None
@@ -76,6 +76,8 @@ class ChatStream:
             model, out = await prepare(self._body, self._endpoint, stream=True)
             self._ticket.entry.served_model_id, self._ticket.entry.model_name = model.id, model.name
             self._ticket.prompt_estimate = estimate_prompt_tokens(out)
+            n = out.get("n")
+            self._ticket.choices = n if isinstance(n, int) and n > 0 else 1
             await with_failover(model, self._ticket, lambda worker: self._attempt(worker, out))
         except GatewayError as exc:
             await self._close_response()

@@ -12,6 +12,7 @@ from portal.gateway.figures import usage_counts
 from portal.gateway.limits import Reservation
 from portal.gateway.tasks import spawn
 from portal.gateway.upstream import abort_request
+from portal.metrics import instruments
 from registry.models import UsageStatus, WorkerKind
 from registry.services.usage import UsageEntry, schedule_usage
 
@@ -37,6 +38,10 @@ class Ticket:
     prompt_estimate: int = 0
     chunks: int = 0  # content chunks relayed to the client
     usage_known: bool = False
+    streamed: bool = False  # its first token came as the first event of a stream
+    choices: int = 1  # completions generated side by side (n), for the time between tokens
+    worker_label: str = ""  # the identity of the last worker assigned, for the metrics
+    _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
 
     def __post_init__(self) -> None:
         if self.reservation is not None:
@@ -48,12 +53,20 @@ class Ticket:
         self.release()
         self.worker = worker
         self.entry.worker_id = worker.id
+        self.worker_label = worker.identity
         counters.acquire(worker.id)
+        self._in_flight = instruments.start_in_flight(self.model_label, worker.identity)
 
     def release(self) -> None:
         if self.worker is not None:
             counters.release(self.worker.id)
+            self._in_flight.dec()
             self.worker = None
+
+    @property
+    def model_label(self) -> str:
+        """The served model's name once the request's name resolved, else "" (never a client's name)."""
+        return self.entry.model_name if self.entry.served_model_id is not None else ""
 
     def first_token(self) -> None:
         if self.entry.time_to_first_token_ms is None:
@@ -99,6 +112,30 @@ class Ticket:
         schedule_usage(entry=self.entry)
         if self.reservation is not None:
             self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
+        self._observe()
+
+    def _observe(self) -> None:
+        entry = self.entry
+        ttft = None if entry.time_to_first_token_ms is None else entry.time_to_first_token_ms / 1000
+        latency = (entry.total_time_ms or 0.0) / 1000
+        ok = entry.status == UsageStatus.OK
+        instruments.record_request(
+            model=self.model_label,
+            worker=self.worker_label,
+            status=entry.status_code,
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
+            ttft=ttft,
+            latency=latency if ok else None,
+            token_gap=self._token_gap(ttft, latency) if ok else None,
+        )
+
+    def _token_gap(self, ttft: float | None, latency: float) -> float | None:
+        """The mean time between a streamed answer's tokens: decoding time ÷ gaps, per choice."""
+        tokens = self.entry.completion_tokens / max(1, self.choices)
+        if not self.streamed or ttft is None or tokens < 2:
+            return None
+        return max(0.0, latency - ttft) / (tokens - 1)
 
     def _estimate_usage(self) -> None:
         # A worker that took the request read its prompt; one that failed before any content did

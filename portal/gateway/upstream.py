@@ -15,6 +15,7 @@ from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
 from portal.gateway.figures import clean_usage
 from portal.gateway.tasks import spawn
+from portal.metrics import instruments
 from registry.models import WorkerKind
 from registry.services.dispatch import NoWorkerAvailable, ResolvedModel, aget_candidates, choose_worker
 
@@ -147,12 +148,16 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     a second worker fails it as well, the request is taken to be the cause:
     it ends there and no worker is excluded. A timeout once the request was
     sent ends it too (the worker may still be generating: the Ticket aborts it).
+    A move to another worker is counted (portal_dispatch_failovers) against the one left.
     """
     tried: set[int] = set()
     suspects: list[int] = []
     last_error: GatewayError | None = None
+    left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
     for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
         worker = await pick_worker(model, tried, last_error)
+        if left is not None:
+            instruments.record_failover(model=model.name, worker=left[0], reason=left[1])
         tried.add(worker.id)
         ticket.assign(worker)
         try:
@@ -164,7 +169,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
                 counters.exclude(worker.id)
             elif exc.fault == "worker":
                 suspects.append(worker.id)
-            last_error = exc
+            last_error, left = exc, (worker.identity, exc.fault)
             continue
         except (httpx2.HTTPError, WorkerDied) as exc:
             if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
@@ -174,6 +179,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             # as ReadError): exclude it for a while and try another.
             counters.exclude(worker.id)
             last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
+            left = (worker.identity, "connection")
             continue
         for suspect in suspects:
             counters.exclude(suspect)  # another worker served what it failed: the fault was its own
