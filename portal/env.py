@@ -55,6 +55,16 @@ API_KEY_CACHE_SECONDS: float = env.float("API_KEY_CACHE_SECONDS", default=5.0)
 # Usage records are queued and written in batches this often.
 USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=0.5)
 WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
+# Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
+USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)
+
+# Metrics (/metrics)
+# Scrapers send "Authorization: Bearer <METRICS_TOKEN>"; empty: /metrics answers loopback clients only.
+METRICS_TOKEN: str | None = env.str("METRICS_TOKEN", default="") or None
+# A directory the portal processes of one host share, so that /metrics in any of them shows all
+# (prometheus-client's multiprocess mode, which reads this variable from the environment itself);
+# empty: each process counts alone. Empty it before the portals start.
+PROMETHEUS_MULTIPROC_DIR: str | None = env.str("PROMETHEUS_MULTIPROC_DIR", default="") or None
 
 # Signed API (go-infer compatible)
 SIGNED_TIMESTAMP_WINDOW: int = env.int("SIGNED_TIMESTAMP_WINDOW", default=300)

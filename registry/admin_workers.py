@@ -27,6 +27,7 @@ LIVE_FIGURES = (
     "queued",
     "tokens_per_second",
     "kv_cache_usage",
+    "memory_bytes",
     "speed",
     "pid",
     "hostname",

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -126,6 +127,9 @@ class Worker(models.Model):
     tokens_per_second = models.FloatField(default=0.0)
     kv_cache_usage = models.FloatField(
         null=True, blank=True, help_text="Share of the KV cache in use (reserved by running requests)."
+    )
+    memory_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Resident memory of the worker process, from its heartbeat."
     )
     speed = models.FloatField(default=1.0, help_text="Relative weight for lottery dispatch.")
 
@@ -284,3 +288,90 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class UsageRollupDay(models.Model):
+    """Which UTC days `UsageDaily` covers, and whether a day is final.
+
+    A day that is not final is recomputed from its raw records on every roll-up.
+    A final day is never recomputed (its raw records may be partly pruned);
+    records written for it later are added to it. Every raw record of a final
+    day up to `last_record_id` is in the rollup, so the prune may delete those.
+    """
+
+    day = models.DateField(unique=True)
+    final = models.BooleanField(default=False)
+    last_record_id = models.BigIntegerField(
+        default=0, help_text="Every raw record of this day up to this id is counted in its rollup."
+    )
+    records = models.PositiveBigIntegerField(default=0, help_text="Raw records counted in the rollup.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.day} ({'final' if self.final else 'provisional'})"
+
+
+class UsageDaily(models.Model):
+    """Usage per UTC day, source, model, key, app credential and user: the charts' and exports' source.
+
+    The key, credential and user are ids that outlive their rows (no database
+    constraint, nothing done on delete): a deleted key's history stays its own
+    instead of merging into the "no key" row, and a final day is never rewritten.
+    """
+
+    day = models.DateField()
+    source = models.CharField(max_length=16)
+    model_name = models.CharField(max_length=200)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    app_credential = models.ForeignKey(
+        AppCredential,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    requests = models.PositiveIntegerField(default=0)
+    ok = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    # Sums and counts rather than averages, so that days and groups add up.
+    ttft_ms_sum = models.FloatField(default=0)
+    ttft_count = models.PositiveIntegerField(default=0)
+    total_time_ms_sum = models.FloatField(default=0)
+    total_time_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "model_name"]
+        verbose_name_plural = "usage per day"
+        constraints = [
+            # NULL ids coalesce to 0: one "no key" row per group on SQLite and PostgreSQL alike.
+            models.UniqueConstraint(
+                "day",
+                "source",
+                "model_name",
+                Coalesce("api_key", 0, output_field=models.BigIntegerField()),
+                Coalesce("app_credential", 0, output_field=models.BigIntegerField()),
+                Coalesce("user", 0, output_field=models.BigIntegerField()),
+                name="usage_daily_one_row_per_group",
+            )
+        ]
+        indexes = [models.Index(fields=["model_name", "day"], name="usage_daily_model_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"

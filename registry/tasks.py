@@ -8,6 +8,11 @@ tables; a command is easier to re-run and to read.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from django.conf import settings
+
+from registry.services import rollups
 from registry.services.workers import expire_stale_workers as _expire_stale_workers
 
 # (name, dotted function, minutes between runs). Other areas append theirs.
@@ -15,6 +20,8 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("registry: expire stale workers", "registry.tasks.expire_stale_workers", 1),
     ("gateway: probe remote endpoints", "registry.tasks.probe_remote_endpoints", 1),
     ("signed: sweep seen signatures", "portal.signed.replay.sweep_seen_signatures", 10),
+    ("usage: roll up per day", "registry.tasks.roll_up_usage", 10),
+    ("usage: prune rolled-up records", "registry.tasks.prune_usage", 60),
 ]
 
 
@@ -28,6 +35,16 @@ def probe_remote_endpoints() -> int:
     from registry.services.remote import probe_remote_endpoints as _probe
 
     return _probe()
+
+
+def roll_up_usage() -> dict[str, int]:
+    """Bring the per-day usage rollup up to date (every 10 minutes; a second run changes nothing)."""
+    return asdict(rollups.roll_up_usage())
+
+
+def prune_usage() -> int:
+    """Delete raw usage older than USAGE_RETENTION_DAYS that a final rollup holds (hourly)."""
+    return rollups.prune_usage(retention_days=settings.USAGE_RETENTION_DAYS)
 
 
 def ensure_schedules() -> int:

@@ -8,6 +8,7 @@ registers again (an idempotent upsert) as soon as the database answers.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -17,6 +18,15 @@ from inference.engines.base import EngineStats
 from registry.services import workers
 
 logger = logging.getLogger(__name__)
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident memory (Linux's /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Heartbeat(threading.Thread):
@@ -73,6 +83,7 @@ class Heartbeat(threading.Thread):
             queued=stats.queued,
             tokens_per_second=stats.tokens_per_second,
             kv_cache_usage=stats.kv_cache_usage,
+            memory_bytes=resident_memory_bytes(),
             interval=self.interval,
         )
         if intent is not None:

@@ -47,6 +47,7 @@ def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
         "max_concurrency": worker.max_concurrency,
         "tokens_per_second": round(worker.tokens_per_second, 1),
         "kv_cache_usage": worker.kv_cache_usage,
+        "memory_bytes": worker.memory_bytes,
     }
 
 

@@ -1,6 +1,6 @@
 """Console pages, mounted under /admin/console/ (staff only, inside the admin's look)."""
 
-from django.urls import URLPattern, URLResolver, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from portal.console import views
 
@@ -9,4 +9,5 @@ app_name = "console"
 urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.dashboard, name="dashboard"),
     path("fleet.json", views.fleet, name="fleet"),
+    path("usage/", include("portal.console.usage.urls")),
 ]

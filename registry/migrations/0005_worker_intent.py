@@ -12,6 +12,11 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='worker',
+            name='memory_bytes',
+            field=models.PositiveBigIntegerField(blank=True, help_text='Resident memory of the worker process, from its heartbeat.', null=True),
+        ),
+        migrations.AddField(
+            model_name='worker',
             name='intent',
             field=models.CharField(choices=[('serve', 'Serve'), ('drain', 'Drain (finish what runs, take nothing new, stay up)'), ('remove', 'Remove (drain, exit, delete the row)')], default='serve', help_text="Set by the admin's drain, resume and remove actions; kept across the worker's restarts.", max_length=16),
         ),

@@ -102,6 +102,7 @@ def record_heartbeat(
     queued: int,
     tokens_per_second: float,
     kv_cache_usage: float | None = None,
+    memory_bytes: int | None = None,
     interval: float | None = None,
 ) -> str | None:
     """Store the worker's live figures and push its expiry forward; return the operator's intent.
@@ -118,6 +119,7 @@ def record_heartbeat(
         "queued": queued,
         "tokens_per_second": tokens_per_second,
         "kv_cache_usage": kv_cache_usage,
+        "memory_bytes": memory_bytes,
         "last_heartbeat": now,
         "expires_at": now + _expiry(interval),
     }

@@ -149,3 +149,9 @@ async def test_a_burst_of_changes_sends_at_most_one_snapshot_a_second() -> None:
     assert asyncio.get_running_loop().time() - sent_at >= 0.9
     assert await socket.receive_nothing(timeout=1.2)
     await socket.disconnect()
+
+
+@pytest.mark.django_db
+def test_the_admin_index_links_to_the_dashboard() -> None:
+    page = client_for(staff=True).get("/admin/").content.decode()
+    assert f'href="{URL}"' in page

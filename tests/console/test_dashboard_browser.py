@@ -78,7 +78,7 @@ def open_dashboard(browser, base: str, *, socket_fails: bool = False):
     return page, errors
 
 
-def test_the_dashboard_updates_live_when_a_heartbeat_arrives(browser, portal) -> None:
+def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, browser) -> None:
     page, errors = open_dashboard(browser, portal.url)
     page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'live'")
     assert page.locator("#fleet-workers tbody tr").count() == 3
@@ -98,7 +98,7 @@ def test_the_dashboard_updates_live_when_a_heartbeat_arrives(browser, portal) ->
     assert errors == []
 
 
-def test_the_dashboard_polls_when_the_websocket_fails(browser, portal) -> None:
+def test_the_dashboard_polls_when_the_websocket_fails(portal, browser) -> None:
     page, errors = open_dashboard(browser, portal.url, socket_fails=True)
     page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'polling'")
     outside_the_event_loop(

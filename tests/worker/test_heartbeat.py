@@ -66,7 +66,7 @@ def test_draining_worker_never_registers_as_online_again() -> None:
     assert Worker.objects.get(identity="hb-unit").status == WorkerStatus.OFFLINE
 
 
-def test_a_beat_stores_the_engines_figures_with_its_kv_cache_use() -> None:
+def test_a_beat_stores_the_engines_figures_with_its_kv_cache_use_and_memory() -> None:
     registration = workers.WorkerRegistration(
         identity="hb-kv", address="http://127.0.0.1:9", model_names=("canned",), heartbeat_interval=1.0
     )
@@ -77,3 +77,5 @@ def test_a_beat_stores_the_engines_figures_with_its_kv_cache_use() -> None:
     heartbeat.beat()  # records the figures
     row = Worker.objects.get(identity="hb-kv")
     assert (row.in_flight, row.queued, row.tokens_per_second, row.kv_cache_usage) == (3, 1, 42.0, 0.25)
+    assert row.memory_bytes is not None
+    assert 10 * 2**20 < row.memory_bytes < 64 * 2**30  # this test process's resident memory

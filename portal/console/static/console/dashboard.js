@@ -20,6 +20,7 @@
     return a;
   }
   const dash = (value, suffix = "") => (value === null || value === undefined ? "—" : value + suffix);
+  const mebibytes = (value) => (value === null || value === undefined ? "—" : Math.round(value / 1048576) + " MiB");
   const percent = (value) => (value === null || value === undefined ? "—" : Math.round(value * 100) + "%");
 
   function renderModels(models) {
@@ -59,6 +60,7 @@
       cell(row, w.queued, "number");
       cell(row, w.tokens_per_second, "number");
       cell(row, percent(w.kv_cache_usage), "number");
+      cell(row, mebibytes(w.memory_bytes), "number");
     }
   }
 

@@ -1,0 +1,1 @@
+"""Benchmark scripts: each starts what it measures and prints its figures."""

@@ -1,0 +1,111 @@
+"""The usage page's filters: a GET form that resolves to one `UsageFilters` value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.db.models import Model, Q
+
+from registry.models import ApiKey, AppCredential
+from registry.services.rollups import utc_today
+
+DEFAULT_DAYS = 30
+# The daily series has one point per day: a bound keeps the page and its queries small.
+MAX_DAYS = 366
+SOURCES = [("", "any"), ("api", "api"), ("signed", "signed"), ("chat", "chat")]
+RANKS = [("requests", "requests"), ("tokens", "tokens")]
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    """What the charts and exports show: UTC days `start`..`end` (both included) and the rest."""
+
+    start: date
+    end: date
+    model: str = ""
+    source: str = ""
+    api_key_id: int | None = None
+    app_credential_id: int | None = None
+    user_id: int | None = None
+    rank: str = "requests"
+
+    def q(self) -> Q:
+        """The filters other than dates, for `UsageRecord` and `UsageDaily` alike (same field names)."""
+        q = Q()
+        for field, value in (
+            ("model_name", self.model), ("source", self.source), ("api_key_id", self.api_key_id),
+            ("app_credential_id", self.app_credential_id), ("user_id", self.user_id),
+        ):  # fmt: skip
+            if value not in ("", None):
+                q &= Q(**{field: value})
+        return q
+
+    @property
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+
+class UsageFilterForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    model = forms.CharField(
+        required=False, max_length=200, widget=forms.TextInput(attrs={"list": "usage-models"})
+    )
+    source = forms.ChoiceField(required=False, choices=SOURCES)
+    key = forms.CharField(required=False, max_length=40, help_text="Key prefix, or #id.")
+    app = forms.CharField(required=False, max_length=130, help_text="App id, or #id.")
+    user = forms.CharField(required=False, max_length=150, help_text="Username, or #id.")
+    rank = forms.ChoiceField(required=False, choices=RANKS, label="Rank by")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        end = data.get("end") or utc_today()
+        start = data.get("start") or end - timedelta(days=DEFAULT_DAYS - 1)
+        if start > end:
+            raise forms.ValidationError("The start is after the end.")
+        if (end - start).days >= MAX_DAYS:
+            raise forms.ValidationError(f"Choose at most {MAX_DAYS} days.")
+        data["start"], data["end"] = start, end
+        return data
+
+    def clean_key(self) -> int | None:
+        return _resolve(self.cleaned_data["key"], ApiKey, "prefix", "API key")
+
+    def clean_app(self) -> int | None:
+        return _resolve(self.cleaned_data["app"], AppCredential, "app_id", "app credential")
+
+    def clean_user(self) -> int | None:
+        return _resolve(self.cleaned_data["user"], get_user_model(), "username", "user")
+
+    def filters(self) -> UsageFilters:
+        """The filters of a valid form."""
+        data = self.cleaned_data
+        return UsageFilters(
+            start=data["start"],
+            end=data["end"],
+            model=data["model"].strip(),
+            source=data["source"],
+            api_key_id=data["key"],
+            app_credential_id=data["app"],
+            user_id=data["user"],
+            rank=data["rank"] or "requests",
+        )
+
+
+def _resolve(value: str, model: type[Model], field: str, noun: str) -> int | None:
+    """An id from "#<id>" (kept after its row is deleted) or from the row's natural key."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.startswith("#"):
+        if not value[1:].isdigit():
+            raise forms.ValidationError(f"#{value[1:]} is not an id.")
+        return int(value[1:])
+    found = model._default_manager.filter(**{field: value}).values_list("pk", flat=True).first()
+    if found is None:
+        raise forms.ValidationError(f"No {noun} has the {field} {value!r}.")
+    return int(found)

@@ -1,0 +1,13 @@
+"""/admin/console/usage/: the charts and the two CSV exports (namespace "console:usage")."""
+
+from django.urls import path
+
+from portal.console.usage import views
+
+app_name = "usage"
+
+urlpatterns = [
+    path("", views.usage, name="index"),
+    path("records.csv", views.export_records, name="records-csv"),
+    path("daily.csv", views.export_daily, name="daily-csv"),
+]

@@ -1,0 +1,111 @@
+"""The usage page (charts over the daily rollup) and its CSV exports; staff with the usage permission."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.template.response import TemplateResponse
+from django.views.decorators.http import require_GET
+
+from portal.console.usage import exports
+from portal.console.usage.forms import UsageFilterForm
+from portal.console.usage.selectors import filter_choices, usage_charts
+
+PERMISSION = "registry.view_usagerecord"
+# Per dimension: its heading and the filter that shows one of its rows alone.
+SECTIONS = {
+    "keys": ("API keys", "key"),
+    "apps": ("app credentials", "app"),
+    "users": ("users", "user"),
+    "models": ("models", "model"),
+}
+View = Callable[..., HttpResponseBase]
+
+
+def staff_view(view: View) -> View:
+    """The admin's own gate (staff, else its login page), plus the permission to see usage records."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.has_perm(PERMISSION):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return admin.site.admin_view(require_GET(checked))
+
+
+@staff_view
+def usage(request: HttpRequest) -> HttpResponse:
+    form = UsageFilterForm(request.GET)
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Usage",
+        "form": form,
+        "choices": filter_choices(),
+        "query": request.GET.urlencode(),
+        "retention_days": settings.USAGE_RETENTION_DAYS,
+    }
+    if form.is_valid():
+        filters = form.filters()
+        # Show the dates the page uses, defaults included.
+        form.data = shown = request.GET.copy()
+        shown["start"], shown["end"] = filters.start.isoformat(), filters.end.isoformat()
+        charts = usage_charts(filters)
+        context.update(filters=filters, totals=charts["totals"], sections=_sections(request, charts["top"]))
+        context["chart_data"] = {
+            "daily": charts["daily"],
+            "top": {
+                name: {
+                    "labels": [row["label"] for row in rows],
+                    "values": [row[filters.rank] for row in rows],
+                }
+                for name, rows in charts["top"].items()
+            },
+            "rank": filters.rank,
+        }
+    return TemplateResponse(request, "console/usage.html", context)
+
+
+def _sections(request: HttpRequest, top: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The top tables, each row with the query string that filters the page down to it."""
+    sections = []
+    for name, (title, param) in SECTIONS.items():
+        rows = []
+        for row in top[name]:
+            query = request.GET.copy()
+            query[param] = row["id"] if name == "models" else f"#{row['id']}"
+            rows.append({**row, "filter_query": query.urlencode()})
+        sections.append({"name": name, "title": title, "rows": rows})
+    return sections
+
+
+def _export(request: HttpRequest, kind: str) -> HttpResponseBase:
+    form = UsageFilterForm(request.GET)
+    if not form.is_valid():
+        return HttpResponse(form.errors.as_text(), status=400, content_type="text/plain; charset=utf-8")
+    filters = form.filters()
+    span = f"{filters.start.isoformat()}-{filters.end.isoformat()}"
+    header: tuple[str, ...]
+    if kind == "records":
+        page, header = exports.record_pages(filters), exports.RECORD_HEADER
+    else:
+        page, header = exports.daily_pages(filters), exports.DAILY_HEADER
+    return exports.csv_response(request, name=f"usage-{kind}-{span}.csv", header=header, page=page)
+
+
+@staff_view
+def export_records(request: HttpRequest) -> HttpResponseBase:
+    """The filtered raw records (those not pruned yet), one row each."""
+    return _export(request, "records")
+
+
+@staff_view
+def export_daily(request: HttpRequest) -> HttpResponseBase:
+    """The filtered daily rollup, then the days not rolled up yet aggregated the same way."""
+    return _export(request, "daily")
