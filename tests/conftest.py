@@ -50,3 +50,15 @@ def _close_thread_connections(django_db_setup: None, django_db_blocker: Any) -> 
     with django_db_blocker.unblock():
         for executor in executors:
             executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_usage_queue() -> Iterator[None]:
+    """Start each test with an empty usage queue.
+
+    A test that ends before its queue is flushed would otherwise leave records
+    for the next test's flush, pointing at rows its database no longer has.
+    """
+    usage._buffer.clear()
+    yield
+    usage._buffer.clear()
