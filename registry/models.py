@@ -314,7 +314,36 @@ class UsageRollupDay(models.Model):
         return f"{self.day} ({'final' if self.final else 'provisional'})"
 
 
-class UsageDaily(models.Model):
+class UsageCounters(models.Model):
+    """The counters every usage rollup keeps.
+
+    Sums and counts rather than averages, so that days and groups add up.
+    """
+
+    requests = models.PositiveIntegerField(default=0)
+    ok = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    ttft_ms_sum = models.FloatField(default=0)
+    ttft_count = models.PositiveIntegerField(default=0)
+    total_time_ms_sum = models.FloatField(default=0)
+    total_time_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+def _ranked_by(field: str) -> models.Index:
+    """An index that answers "the top groups of `field` over these days" from the index alone."""
+    return models.Index(
+        fields=[field, "day", "requests", "prompt_tokens", "completion_tokens"],
+        name=f"usage_daily_top_{field}",
+    )
+
+
+class UsageDaily(UsageCounters):
     """Usage per UTC day, source, model, key, app credential and user: the charts' and exports' source.
 
     The key, credential and user are ids that outlive their rows (no database
@@ -325,8 +354,15 @@ class UsageDaily(models.Model):
     day = models.DateField()
     source = models.CharField(max_length=16)
     model_name = models.CharField(max_length=200)
+    # Not indexed alone: the `_ranked_by` indexes lead with these ids.
     api_key = models.ForeignKey(
-        ApiKey, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
     )
     app_credential = models.ForeignKey(
         AppCredential,
@@ -334,6 +370,7 @@ class UsageDaily(models.Model):
         blank=True,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,
         related_name="+",
     )
     user = models.ForeignKey(
@@ -342,19 +379,9 @@ class UsageDaily(models.Model):
         blank=True,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,
         related_name="+",
     )
-    requests = models.PositiveIntegerField(default=0)
-    ok = models.PositiveIntegerField(default=0)
-    errors = models.PositiveIntegerField(default=0)
-    cancelled = models.PositiveIntegerField(default=0)
-    prompt_tokens = models.PositiveBigIntegerField(default=0)
-    completion_tokens = models.PositiveBigIntegerField(default=0)
-    # Sums and counts rather than averages, so that days and groups add up.
-    ttft_ms_sum = models.FloatField(default=0)
-    ttft_count = models.PositiveIntegerField(default=0)
-    total_time_ms_sum = models.FloatField(default=0)
-    total_time_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-day", "model_name"]
@@ -371,7 +398,33 @@ class UsageDaily(models.Model):
                 name="usage_daily_one_row_per_group",
             )
         ]
-        indexes = [models.Index(fields=["model_name", "day"], name="usage_daily_model_day")]
+        indexes = [
+            models.Index(fields=["model_name", "day"], name="usage_daily_model_day"),
+            _ranked_by("api_key"),
+            _ranked_by("app_credential"),
+            _ranked_by("user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"
+
+
+class UsageDailyTotal(UsageCounters):
+    """`UsageDaily` summed over keys, app credentials and users: one row per UTC day, source and model.
+
+    The console's totals and per-model series read these few rows instead of
+    one row per key; the roll-up writes both in the same transaction.
+    """
+
+    day = models.DateField()
+    source = models.CharField(max_length=16)
+    model_name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["-day", "model_name"]
+        constraints = [
+            models.UniqueConstraint("day", "source", "model_name", name="usage_daily_total_one_row_per_group")
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"

@@ -28,12 +28,14 @@ from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from registry.models import UsageDaily, UsageRecord, UsageRollupDay, UsageStatus
+from registry.models import UsageDaily, UsageDailyTotal, UsageRecord, UsageRollupDay, UsageStatus
 
 # Records get their created_at when the usage writer saves them, a second or so
 # after the request ends; an hour covers a stalled writer and skewed clocks.
 FINAL_AFTER = timedelta(hours=1)
 GROUP = ("source", "model_name", "api_key_id", "app_credential_id", "user_id")
+# `UsageDailyTotal`'s group: the first fields of GROUP.
+TOTAL_GROUP = GROUP[:2]
 COUNTS = (
     "requests", "ok", "errors", "cancelled", "prompt_tokens", "completion_tokens",
     "ttft_ms_sum", "ttft_count", "total_time_ms_sum", "total_time_count",
@@ -101,12 +103,29 @@ def _stored(day: date) -> dict[Key, dict[str, Any]]:
 
 def _write_day(day: date, groups: dict[Key, dict[str, Any]]) -> None:
     UsageDaily.objects.filter(day=day).delete()
+    UsageDailyTotal.objects.filter(day=day).delete()
     UsageDaily.objects.bulk_create(
         [
             UsageDaily(day=day, **dict(zip(GROUP, key, strict=True)), **counts)
             for key, counts in groups.items()
         ]
     )
+    UsageDailyTotal.objects.bulk_create(
+        [
+            UsageDailyTotal(day=day, **dict(zip(TOTAL_GROUP, key, strict=True)), **counts)
+            for key, counts in _totals(groups).items()
+        ]
+    )
+
+
+def _totals(groups: dict[Key, dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """The groups summed per source and model."""
+    totals: dict[Key, dict[str, Any]] = {}
+    for key, counts in groups.items():
+        total = totals.setdefault(key[: len(TOTAL_GROUP)], dict.fromkeys(COUNTS, 0))
+        for name in COUNTS:
+            total[name] += counts[name]
+    return totals
 
 
 def _recompute_day(day: date, *, high: int, final: bool) -> tuple[bool, bool]:
@@ -155,11 +174,16 @@ def _add_late_records(*, high: int) -> int:
 
 
 def _add_to_group(day: date, group: Key, counts: dict[str, Any]) -> None:
-    row, created = UsageDaily.objects.get_or_create(
-        day=day, **dict(zip(GROUP, group, strict=True)), defaults=counts
+    rollups: tuple[tuple[type[UsageDaily] | type[UsageDailyTotal], tuple[str, ...]], ...] = (
+        (UsageDaily, GROUP),
+        (UsageDailyTotal, TOTAL_GROUP),
     )
-    if not created:
-        UsageDaily.objects.filter(pk=row.pk).update(**{c: F(c) + counts[c] for c in COUNTS})
+    for model, fields in rollups:
+        row, created = model.objects.get_or_create(
+            day=day, **dict(zip(fields, group[: len(fields)], strict=True)), defaults=counts
+        )
+        if not created:
+            model.objects.filter(pk=row.pk).update(**{c: F(c) + counts[c] for c in COUNTS})
 
 
 def _days(first: date, last: date) -> Iterable[date]:
@@ -169,7 +193,7 @@ def _days(first: date, last: date) -> Iterable[date]:
 
 
 def roll_up_usage(*, day: date | None = None) -> RollupReport:
-    """Bring `UsageDaily` up to date with the raw records (every complete day, or just `day`).
+    """Bring the rollups up to date with the raw records (every complete day, or just `day`).
 
     Idempotent: a second run with no new records writes nothing.
     """

@@ -12,7 +12,15 @@ from django.db.models import Sum
 from django_q.models import Schedule
 
 from registry import tasks
-from registry.models import ApiKey, AppCredential, UsageDaily, UsageRecord, UsageRollupDay, UsageStatus
+from registry.models import (
+    ApiKey,
+    AppCredential,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageRecord,
+    UsageRollupDay,
+    UsageStatus,
+)
 from registry.services import rollups
 from registry.services.rollups import prune_usage, roll_up_usage, utc_today
 
@@ -39,7 +47,16 @@ def raw_totals(*, before: datetime | None = None) -> dict[str, int]:
     return {"requests": rows.count(), **{k: sums[k] or 0 for k in TOTALS}}
 
 
+def per_model(rows: Any) -> dict[tuple, tuple]:
+    grouped = rows.values("day", "source", "model_name").annotate(
+        r=Sum("requests"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"), e=Sum("errors")
+    )
+    return {(g["day"], g["source"], g["model_name"]): (g["r"], g["p"], g["c"], g["e"]) for g in grouped}
+
+
 def rollup_totals() -> dict[str, int]:
+    """The rollup's sums, after checking that the per-model rollup agrees with the per-key one."""
+    assert per_model(UsageDailyTotal.objects.order_by()) == per_model(UsageDaily.objects.order_by())
     sums = UsageDaily.objects.aggregate(
         requests=Sum("requests"),
         prompt_tokens=Sum("prompt_tokens"),
@@ -48,10 +65,11 @@ def rollup_totals() -> dict[str, int]:
     return {k: v or 0 for k, v in sums.items()}
 
 
-def snapshot() -> tuple[list[Any], list[Any]]:
+def snapshot() -> tuple[list[Any], ...]:
     """Every rollup row and day marker, ids included: what "changes nothing" compares."""
     return (
         list(UsageDaily.objects.order_by("pk").values()),
+        list(UsageDailyTotal.objects.order_by("pk").values()),
         list(UsageRollupDay.objects.order_by("pk").values()),
     )
 
@@ -173,6 +191,7 @@ def test_nothing_that_is_not_in_a_rollup_is_pruned(history, monkeypatch):
     assert list(UsageRecord.objects.filter(created_at__lt=days_ago(3, hour=0))) == [late]
     assert UsageRecord.objects.filter(created_at__date=utc_today() - timedelta(days=3)).count() == 6
     roll_up_usage()
+    rollup_totals()  # the per-model rollup took the late record too
     assert prune_usage(retention_days=1) == 1
     assert (
         UsageDaily.objects.filter(day=utc_today() - timedelta(days=5)).aggregate(p=Sum("prompt_tokens"))["p"]

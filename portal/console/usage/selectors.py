@@ -1,9 +1,12 @@
 """The usage page's figures: the daily rollup, plus raw records for the days not rolled up yet.
 
-Every figure is a grouped query over `UsageDaily` (small: one row per day and
-group) added to the same query over the raw records of days the roll-up has
-not reached (today, and any day before it the job has not run for), so the
-page costs the same number of queries at a thousand records or a million.
+Every figure is a grouped query over the rollups added to the same query over
+the raw records of days the roll-up has not reached (today, and any day before
+it the job has not run for), so the page costs the same number of queries at a
+thousand records or a million. Totals and the per-model series read
+`UsageDailyTotal` (one row per day, source and model) unless the page is
+filtered to one key, app or user; the top tables read `UsageDaily` through
+indexes that lead with the group's id.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from portal.console.usage.forms import UsageFilters
-from registry.models import ApiKey, AppCredential, ServedModel, UsageDaily, UsageRecord, UsageRollupDay
+from registry.models import (
+    ApiKey,
+    AppCredential,
+    ServedModel,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageRecord,
+    UsageRollupDay,
+)
 from registry.services.rollups import COUNTS, day_bounds, usage_aggregates
 
 TOP = 10
@@ -40,6 +51,15 @@ def unrolled_days(filters: UsageFilters) -> list[date]:
 
 def rollup_rows(filters: UsageFilters) -> QuerySet[UsageDaily]:
     return UsageDaily.objects.filter(filters.q(), day__gte=filters.start, day__lte=filters.end).order_by()
+
+
+def total_rows(filters: UsageFilters) -> QuerySet[UsageDaily] | QuerySet[UsageDailyTotal]:
+    """The rollup rows that sum to the filtered totals: per model, unless filtered to one key, app or user."""
+    if filters.api_key_id is None and filters.app_credential_id is None and filters.user_id is None:
+        return UsageDailyTotal.objects.filter(
+            filters.q(), day__gte=filters.start, day__lte=filters.end
+        ).order_by()
+    return rollup_rows(filters)
 
 
 def raw_rows(filters: UsageFilters, days: Iterable[date]) -> QuerySet[UsageRecord]:
@@ -67,7 +87,7 @@ def _runs(days: list[date]) -> Iterable[tuple[date, date]]:
 def usage_charts(filters: UsageFilters) -> dict[str, Any]:
     """Totals, the per-day series by model, and the top keys, apps, users and models."""
     rolled, raw = rollup_rows(filters), raw_rows(filters, unrolled_days(filters))
-    cells = _by_day_and_model(rolled, raw)  # one scan gives the totals, the series and the models
+    cells = _by_day_and_model(total_rows(filters), raw)  # the totals, the series and the models
     top = {
         name: _top(field, filters.rank, rolled, raw) for name, field in DIMENSIONS.items() if name != "models"
     }
@@ -79,7 +99,7 @@ def usage_charts(filters: UsageFilters) -> dict[str, Any]:
 
 
 def _by_day_and_model(
-    rolled: QuerySet[UsageDaily], raw: QuerySet[UsageRecord]
+    rolled: QuerySet[UsageDaily] | QuerySet[UsageDailyTotal], raw: QuerySet[UsageRecord]
 ) -> dict[tuple, dict[str, int]]:
     """Every counter per (day, model), from the rollup and the raw records together."""
     cells: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
