@@ -33,6 +33,9 @@ from registry.models import (
 from registry.services.rollups import COUNTS, day_bounds, usage_aggregates
 
 TOP = 10
+# The rollup's leaders fetched per top table: more than TOP, so that few
+# groups outside them can still reach the top with today's raw records.
+LEADERS = 100
 # Stacked charts show the busiest models and fold the rest into one series.
 MAX_SERIES = 8
 OTHER = "(other models)"
@@ -170,35 +173,47 @@ def _top(
 ) -> list[dict[str, Any]]:
     """The TOP groups of one dimension by requests or tokens, each with its label and figures.
 
-    The rollup is ranked in SQL, so only TOP rows leave the database however
-    many keys there are. That is exact: a group outside the rollup's TOP that
-    has no raw records today cannot beat those TOP, so the candidates are the
-    rollup's TOP plus the few groups with raw records, topped up with their
-    rolled figures.
+    The rollup is ranked in SQL, so only LEADERS rows leave the database however
+    many keys there are. That is exact: a group outside the leaders has at most
+    the last leader's rolled figure, so with today's raw records it can only
+    reach the top if that ceiling plus its raw figure reaches the TOP-th best
+    leader. Those few candidates get their rolled figures looked up.
     """
     tokens = {"prompt": Sum("prompt_tokens"), "completion": Sum("completion_tokens")}
     known = {f"{field}__isnull": False}
     rolled_groups = rolled.filter(**known).values(field).annotate(requests=Sum("requests"), **tokens)
     order = "-requests" if rank == "requests" else "-tokens"
-    leaders = rolled_groups.annotate(tokens=F("prompt") + F("completion")).order_by(order, field)[:TOP]
-    live = list(raw.filter(**known).values(field).annotate(requests=Count("id"), **tokens))
+    ranked_groups = rolled_groups.annotate(tokens=F("prompt") + F("completion")).order_by(order, field)
+    leaders = list(ranked_groups[:LEADERS])
+    raw_groups = raw.filter(**known).values(field).annotate(requests=Count("id"), **tokens)
+    live = {row[field]: row for row in raw_groups}
+
+    def figure(row: dict[str, Any]) -> int:
+        return row["requests"] if rank == "requests" else (row["prompt"] or 0) + (row["completion"] or 0)
+
     merged: dict[Any, dict[str, int]] = defaultdict(lambda: {"requests": 0, "prompt": 0, "completion": 0})
-    seen: set[Any] = set()
-    others = {row[field] for row in live}
-    for rows in (leaders, rolled_groups.filter(**{f"{field}__in": others}), live):
-        for row in rows:
-            if rows is not live:
-                if row[field] in seen:
-                    continue
-                seen.add(row[field])
-            figures = merged[row[field]]
-            for name in ("requests", "prompt", "completion"):
-                figures[name] += row[name] or 0
+    for row in [*leaders, *(live[row[field]] for row in leaders if row[field] in live)]:
+        _add(merged[row[field]], row)
+    others = set(live) - set(merged)
+    if len(leaders) == LEADERS:  # else the rollup has no group beyond the leaders
+        ceiling = figure(leaders[-1])
+        best = sorted((figure(figures) for figures in merged.values()), reverse=True)
+        floor = best[TOP - 1] if len(best) >= TOP else 0
+        others = {group for group in others if figure(live[group]) + ceiling >= floor}
+        for row in rolled_groups.filter(**{f"{field}__in": others}):
+            _add(merged[row[field]], row)
+    for group in others:
+        _add(merged[group], live[group])
     for figures in merged.values():
         figures["tokens"] = figures["prompt"] + figures["completion"]
     ranked = sorted(merged.items(), key=lambda item: (-item[1][rank], str(item[0])))[:TOP]
     labels = _labels(field, [group for group, _ in ranked])
     return [{"id": group, "label": labels[group], **figures} for group, figures in ranked]
+
+
+def _add(figures: dict[str, int], row: dict[str, Any]) -> None:
+    for name in ("requests", "prompt", "completion"):
+        figures[name] += row[name] or 0
 
 
 def _labels(field: str, groups: list[Any]) -> dict[Any, str]:
