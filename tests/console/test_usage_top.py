@@ -23,8 +23,8 @@ def at(days_ago: int) -> datetime:
     )
 
 
-def brute_force(rank: str, top: int) -> list[tuple[int, int]]:
-    figures: dict[int, int] = defaultdict(int)
+def brute_force(rank: str, top: int) -> list[tuple[int | None, int]]:
+    figures: dict[int | None, int] = defaultdict(int)
     for record in UsageRecord.objects.exclude(api_key=None):
         tokens = record.prompt_tokens + record.completion_tokens
         figures[record.api_key_id] += 1 if rank == "requests" else tokens
