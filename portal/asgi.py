@@ -12,7 +12,8 @@ django_asgi_app = get_asgi_application()
 
 from portal.handlers import APIHandler, route_by_path  # noqa: E402
 
-django_asgi_app = route_by_path(("/v1/",), APIHandler(), django_asgi_app)
+# /health too: probes need no sessions or CSRF, and send the pod's IP as Host (no ALLOWED_HOSTS check).
+django_asgi_app = route_by_path(("/v1/", "/health"), APIHandler(), django_asgi_app)
 if settings.SERVE_STATIC:
     # Embedded mode has no nginx in front: serve the admin's and the chat page's files.
     django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)

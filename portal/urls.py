@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from portal.chat import views as chat_views
+from portal.health.views import health
 from portal.metrics.views import metrics
 from portal.signed.views import SignedView
 
@@ -18,4 +19,5 @@ urlpatterns = [
     path("chat/", include("portal.chat.urls")),
     path("leaderboard/", chat_views.leaderboard, name="leaderboard"),
     path("metrics", metrics, name="metrics"),
+    path("health", health, name="health"),
 ]
