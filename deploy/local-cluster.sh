@@ -7,6 +7,7 @@
 #   deploy/local-cluster.sh up       start it all, wait until healthy, print URLs and an API key
 #   deploy/local-cluster.sh status   each process, its pid and its health
 #   deploy/local-cluster.sh down     stop exactly what `up` started, by pid
+#   deploy/local-cluster.sh restart NAME   stop one process (TERM, then KILL) and start it again
 #
 # State (pids, logs, env, nginx config, static files) lives in $CLUSTER_DIR
 # (var/cluster). Settings: PG_URL (the server, default postgres://postgres@127.0.0.1:5432),
@@ -72,6 +73,22 @@ PROMETHEUS_MULTIPROC_DIR=$CLUSTER_DIR/metrics
 HF_HUB_OFFLINE=1
 TOKENIZERS_PARALLELISM=false
 ENV
+}
+
+load_env() {
+  # Exported, so that they win over anything this shell inherited (read_env does not overwrite).
+  set -a
+  # shellcheck disable=SC1091
+  . "$CLUSTER_DIR/cluster.env"
+  set +a
+  export ENV_FILE=$CLUSTER_DIR/cluster.env DJANGO_SETTINGS_MODULE=portal.settings
+}
+
+start_process() {  # name command...: in a session of its own, so that `down` signals it (and only it) by pid
+  local name=$1
+  shift
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 &
+  echo $! >"$PIDS/$name.pid"
 }
 
 fresh_stores() {
@@ -178,11 +195,7 @@ up() {
   rm -rf "$CLUSTER_DIR"
   mkdir -p "$PIDS" "$LOGS" "$CLUSTER_DIR/var" "$CLUSTER_DIR/metrics"
   write_env
-  # Exported, so that they win over anything this shell inherited (read_env does not overwrite).
-  set -a
-  . "$CLUSTER_DIR/cluster.env"
-  set +a
-  export ENV_FILE=$CLUSTER_DIR/cluster.env DJANGO_SETTINGS_MODULE=portal.settings
+  load_env
   fresh_stores
   python manage.py migrate --no-input -v 0
   python manage.py setup_schedules
@@ -193,10 +206,8 @@ up() {
 
   local name command
   while IFS='|' read -r name command; do
-    # A session of its own: `down` signals each process (and only it) by its pid.
     # shellcheck disable=SC2086
-    setsid $command >"$LOGS/$name.log" 2>&1 &
-    echo $! >"$PIDS/$name.pid"
+    start_process "$name" $command
   done < <(processes)
   write_nginx_conf
   nginx -c "$CLUSTER_DIR/nginx/nginx.conf" -p "$CLUSTER_DIR/nginx" -e "$LOGS/nginx-error.log"
@@ -272,9 +283,26 @@ down() {
   echo "Stopped. The database $CLUSTER_DB and the logs in $LOGS/ are kept until the next 'up'."
 }
 
+restart() {
+  local name=${1:-} command
+  command=$(processes | sed -n "s/^$name|//p")
+  if [ -z "$name" ] || [ -z "$command" ]; then
+    echo "usage: $0 restart NAME, one of: $(processes | cut -d'|' -f1 | tr '\n' ' ')" >&2
+    exit 2
+  fi
+  started || { echo "No cluster is up." >&2; exit 1; }
+  . .venv/bin/activate
+  load_env
+  stop_pids "$name"
+  # shellcheck disable=SC2086
+  start_process "$name" $command
+  echo "Restarted $name (pid $(cat "$PIDS/$name.pid"))."
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  restart) restart "${2:-}" ;;
+  *) echo "usage: $0 up|down|status|restart NAME" >&2; exit 2 ;;
 esac

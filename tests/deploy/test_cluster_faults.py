@@ -1,0 +1,209 @@
+"""Faults on the local cluster (nginx, two portals, two SmolLM2 workers): kill -9 a worker under load.
+
+Requests that start after the kill go to the other worker; those the dead worker
+held end with a clean error event; none hangs; the dead worker shows offline
+within three heartbeat intervals; restarted, it serves again. The figures are
+written to test-artifacts/faults/worker-kill.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deploy.cluster import Cluster, cluster_env, run, up
+from tests.processes import REPO_ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.fault]
+MODEL = "smollm2-135m-instruct"
+REQUESTS, CONCURRENCY, KILL_AFTER = 96, 8, 24  # kill once this many requests have finished
+BOUND_SECONDS = 60  # no request may take longer, fault or not
+HEARTBEAT_SECONDS = 5.0  # the default HEARTBEAT_INTERVAL
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "faults"
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float = 0.0
+    ok: bool = False
+    error: str = ""  # the error event's message, when the stream carried one
+    clean: bool = False  # ended with [DONE], an error event or an HTTP error answer: never cut off
+
+
+async def stream_one(client: httpx2.AsyncClient, key: str, n: int) -> Outcome:
+    outcome = Outcome(started=time.monotonic())
+    body = {
+        "model": MODEL, "stream": True, "max_tokens": 48, "temperature": 0.8, "seed": n,
+        "messages": [{"role": "user", "content": f"Tell me fact number {n} about the sea."}],
+    }  # fmt: skip
+    try:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            if response.status_code != 200:
+                outcome.error = (await response.aread()).decode()[:300]
+                outcome.clean = True
+                return outcome
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    outcome.clean = True
+                    outcome.ok = not outcome.error
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    outcome.error = str(chunk["error"].get("message", chunk["error"]))
+                    outcome.clean = True
+    except httpx2.HTTPError as exc:
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        outcome.ended = time.monotonic()
+    return outcome
+
+
+def fleet(admin: httpx2.Client) -> list[dict[str, Any]]:
+    return admin.get("/admin/console/fleet.json").json()["workers"]
+
+
+def worker_at(admin: httpx2.Client, port: str) -> dict[str, Any]:
+    return next(w for w in fleet(admin) if w["address"].endswith(f":{port}"))
+
+
+def served_by(cluster: Cluster, identity: str) -> float:
+    token = cluster.settings["METRICS_TOKEN"]
+    text = httpx2.get(
+        f"{cluster.base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "portal_requests"
+        for sample in family.samples
+        if sample.name == "portal_requests_total" and sample.labels.get("worker") == identity
+    )
+
+
+def p95(values: list[float]) -> float | None:
+    return round(statistics.quantiles(values, n=20)[-1], 3) if len(values) >= 2 else None
+
+
+def seconds_until_offline(admin: httpx2.Client, port: str, killed_at: float) -> float | None:
+    """Poll the dashboard's figures until the worker shows offline (None if not within four intervals)."""
+    while time.monotonic() - killed_at < 4 * HEARTBEAT_SECONDS:
+        if worker_at(admin, port)["status"] == "offline":
+            return time.monotonic() - killed_at
+        time.sleep(0.5)
+    return None
+
+
+async def load_with_a_kill(
+    cluster: Cluster, victim_pid: int, admin: httpx2.Client, victim_port: str
+) -> tuple[list[Outcome], float, float | None]:
+    """The streaming load; the victim is killed with -9 once KILL_AFTER requests have finished.
+
+    Returns the outcomes, when the kill happened, and how long the dashboard took to show the victim offline.
+    """
+    outcomes: list[Outcome] = []
+    watch: asyncio.Future[float | None] | None = None
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(REQUESTS):
+        queue.put_nowait(n)
+    killed_at = 0.0
+    limits = httpx2.Limits(max_connections=CONCURRENCY * 2)
+    async with httpx2.AsyncClient(base_url=cluster.base, timeout=BOUND_SECONDS + 30, limits=limits) as client:
+
+        async def user() -> None:
+            nonlocal killed_at, watch
+            while not queue.empty():
+                outcome = await stream_one(client, cluster.api_key, queue.get_nowait())
+                outcomes.append(outcome)
+                if len(outcomes) == KILL_AFTER and not killed_at:
+                    os.kill(victim_pid, signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    watch = asyncio.ensure_future(
+                        asyncio.to_thread(seconds_until_offline, admin, victim_port, killed_at)
+                    )
+
+        await asyncio.gather(*(user() for _ in range(CONCURRENCY)))
+    return outcomes, killed_at, (await watch if watch else None)
+
+
+def test_kill_9_of_a_worker_under_load(tmp_path: Path) -> None:
+    env = cluster_env(tmp_path / "cluster", "portal_cluster_faults")
+    victim_port = env["WORKER_PORTS"].split()[0]
+    try:
+        cluster = up(env)
+        with cluster.admin_client() as admin:
+            victim = worker_at(admin, victim_port)
+            assert victim["status"] == "online"
+            victim_pid = cluster.pids()["worker-smollm2-a"]
+            outcomes, killed_at, offline_after = asyncio.run(
+                load_with_a_kill(cluster, victim_pid, admin, victim_port)
+            )
+            assert killed_at, "the load ended before the kill"
+
+            restarted = run(env, "restart", "worker-smollm2-a", timeout=60)
+            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+            deadline = time.monotonic() + 180
+            while worker_at(admin, victim_port)["status"] != "online":
+                assert time.monotonic() < deadline, "the restarted worker did not come online"
+                time.sleep(1)
+            identity = worker_at(admin, victim_port)["identity"]
+            before = served_by(cluster, identity)
+            with httpx2.Client(base_url=cluster.base, timeout=60) as client:
+                for n in range(40):  # the dispatcher spreads load: some land on the restarted worker
+                    body = {
+                        "model": MODEL,
+                        "max_tokens": 2,
+                        "messages": [{"role": "user", "content": f"Hi {n}"}],
+                    }
+                    answer = client.post(
+                        "/v1/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {cluster.api_key}"},
+                    )
+                    assert answer.status_code == 200, answer.text
+                    if served_by(cluster, identity) > before:
+                        break
+            served_again = served_by(cluster, identity) > before
+    finally:
+        run(env, "down", timeout=120)
+
+    before_kill = [o for o in outcomes if o.ended <= killed_at]
+    during = [o for o in outcomes if o.ended > killed_at]
+    failed = [o for o in outcomes if not o.ok]
+    longest = max(o.ended - o.started for o in outcomes)
+    report: dict[str, Any] = {
+        "requests": len(outcomes), "ok": len(outcomes) - len(failed), "failed": len(failed),
+        "failed_started_after_kill": sum(o.started > killed_at for o in failed),
+        "p95_seconds_before_kill": p95([o.ended - o.started for o in before_kill]),
+        "p95_seconds_after_kill": p95([o.ended - o.started for o in during]),
+        "longest_seconds": round(longest, 3),
+        "offline_after_seconds": None if offline_after is None else round(offline_after, 1),
+        "served_again": served_again, "failures": [asdict(o) for o in failed],
+    }  # fmt: skip
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "worker-kill.json").write_text(json.dumps(report, indent=2))
+
+    assert len(outcomes) == REQUESTS
+    assert longest <= BOUND_SECONDS, report
+    assert all(o.clean for o in outcomes), report  # every failure is an error event or answer, never a cut
+    assert report["failed_started_after_kill"] == 0, report  # new requests go to the live worker
+    assert len(failed) <= CONCURRENCY, report  # only what the dead worker held
+    assert offline_after is not None, report
+    assert offline_after <= 3 * HEARTBEAT_SECONDS + 2, report  # + the polling and the page's own time
+    assert served_again, report
