@@ -1,9 +1,14 @@
-"""Faults on the local cluster (nginx, two portals, two SmolLM2 workers): kill -9 a worker under load.
+"""Faults on the local cluster (nginx, two portals, two SmolLM2 workers), each under a streaming load.
 
-Requests that start after the kill go to the other worker; those the dead worker
-held end with a clean error event; none hangs; the dead worker shows offline
-within three heartbeat intervals; restarted, it serves again. The figures are
-written to test-artifacts/faults/worker-kill.json.
+- kill -9 of a worker: requests that start after the kill go to the other
+  worker; those the dead worker held end with a clean error event; none hangs;
+  the dead worker shows offline within three heartbeat intervals; restarted, it
+  serves again.
+- kill -9 of a portal: nginx routes around it; only requests that portal held
+  fail; no usage record is written twice. Records lost with the portal's
+  unflushed usage batch are counted and reported, not yet held to 0.
+
+The figures are written to test-artifacts/faults/.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,9 +39,20 @@ HEARTBEAT_SECONDS = 5.0  # the default HEARTBEAT_INTERVAL
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "faults"
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the module; each test leaves it whole again (it restarts what it killed)."""
+    env = cluster_env(tmp_path_factory.mktemp("faults") / "cluster", "portal_cluster_faults")
+    try:
+        yield up(env)
+    finally:
+        run(env, "down", timeout=120)
+
+
 @dataclass
 class Outcome:
     started: float
+    request_id: str = ""
     ended: float = 0.0
     ok: bool = False
     error: str = ""  # the error event's message, when the stream carried one
@@ -52,6 +69,7 @@ async def stream_one(client: httpx2.AsyncClient, key: str, n: int) -> Outcome:
         async with client.stream(
             "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
         ) as response:
+            outcome.request_id = response.headers.get("X-Request-Id", "")
             if response.status_code != 200:
                 outcome.error = (await response.aread()).decode()[:300]
                 outcome.clean = True
@@ -111,14 +129,15 @@ def seconds_until_offline(admin: httpx2.Client, port: str, killed_at: float) -> 
 
 
 async def load_with_a_kill(
-    cluster: Cluster, victim_pid: int, admin: httpx2.Client, victim_port: str
-) -> tuple[list[Outcome], float, float | None]:
+    cluster: Cluster, victim_pid: int, after_kill: Callable[[float], Any] | None = None
+) -> tuple[list[Outcome], float, Any]:
     """The streaming load; the victim is killed with -9 once KILL_AFTER requests have finished.
 
-    Returns the outcomes, when the kill happened, and how long the dashboard took to show the victim offline.
+    Returns the outcomes, when the kill happened, and what `after_kill(killed_at)` returned
+    (it runs in a thread while the load goes on).
     """
     outcomes: list[Outcome] = []
-    watch: asyncio.Future[float | None] | None = None
+    watch: asyncio.Future[Any] | None = None
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(REQUESTS):
         queue.put_nowait(n)
@@ -134,76 +153,114 @@ async def load_with_a_kill(
                 if len(outcomes) == KILL_AFTER and not killed_at:
                     os.kill(victim_pid, signal.SIGKILL)
                     killed_at = time.monotonic()
-                    watch = asyncio.ensure_future(
-                        asyncio.to_thread(seconds_until_offline, admin, victim_port, killed_at)
-                    )
+                    if after_kill is not None:
+                        watch = asyncio.ensure_future(asyncio.to_thread(after_kill, killed_at))
 
         await asyncio.gather(*(user() for _ in range(CONCURRENCY)))
     return outcomes, killed_at, (await watch if watch else None)
 
 
-def test_kill_9_of_a_worker_under_load(tmp_path: Path) -> None:
-    env = cluster_env(tmp_path / "cluster", "portal_cluster_faults")
-    victim_port = env["WORKER_PORTS"].split()[0]
-    try:
-        cluster = up(env)
-        with cluster.admin_client() as admin:
-            victim = worker_at(admin, victim_port)
-            assert victim["status"] == "online"
-            victim_pid = cluster.pids()["worker-smollm2-a"]
-            outcomes, killed_at, offline_after = asyncio.run(
-                load_with_a_kill(cluster, victim_pid, admin, victim_port)
-            )
-            assert killed_at, "the load ended before the kill"
-
-            restarted = run(env, "restart", "worker-smollm2-a", timeout=60)
-            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-            deadline = time.monotonic() + 180
-            while worker_at(admin, victim_port)["status"] != "online":
-                assert time.monotonic() < deadline, "the restarted worker did not come online"
-                time.sleep(1)
-            identity = worker_at(admin, victim_port)["identity"]
-            before = served_by(cluster, identity)
-            with httpx2.Client(base_url=cluster.base, timeout=60) as client:
-                for n in range(40):  # the dispatcher spreads load: some land on the restarted worker
-                    body = {
-                        "model": MODEL,
-                        "max_tokens": 2,
-                        "messages": [{"role": "user", "content": f"Hi {n}"}],
-                    }
-                    answer = client.post(
-                        "/v1/chat/completions",
-                        json=body,
-                        headers={"Authorization": f"Bearer {cluster.api_key}"},
-                    )
-                    assert answer.status_code == 200, answer.text
-                    if served_by(cluster, identity) > before:
-                        break
-            served_again = served_by(cluster, identity) > before
-    finally:
-        run(env, "down", timeout=120)
-
+def summary(outcomes: list[Outcome], killed_at: float) -> dict[str, Any]:
     before_kill = [o for o in outcomes if o.ended <= killed_at]
-    during = [o for o in outcomes if o.ended > killed_at]
+    after_kill = [o for o in outcomes if o.ended > killed_at]
     failed = [o for o in outcomes if not o.ok]
-    longest = max(o.ended - o.started for o in outcomes)
-    report: dict[str, Any] = {
+    return {
         "requests": len(outcomes), "ok": len(outcomes) - len(failed), "failed": len(failed),
         "failed_started_after_kill": sum(o.started > killed_at for o in failed),
         "p95_seconds_before_kill": p95([o.ended - o.started for o in before_kill]),
-        "p95_seconds_after_kill": p95([o.ended - o.started for o in during]),
-        "longest_seconds": round(longest, 3),
-        "offline_after_seconds": None if offline_after is None else round(offline_after, 1),
-        "served_again": served_again, "failures": [asdict(o) for o in failed],
+        "p95_seconds_after_kill": p95([o.ended - o.started for o in after_kill]),
+        "longest_seconds": round(max(o.ended - o.started for o in outcomes), 3),
+        "failures": [asdict(o) for o in failed],
     }  # fmt: skip
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "worker-kill.json").write_text(json.dumps(report, indent=2))
 
+
+def write_report(name: str, report: dict[str, Any]) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+
+
+def assert_only_held_requests_failed(outcomes: list[Outcome], report: dict[str, Any]) -> None:
     assert len(outcomes) == REQUESTS
-    assert longest <= BOUND_SECONDS, report
-    assert all(o.clean for o in outcomes), report  # every failure is an error event or answer, never a cut
-    assert report["failed_started_after_kill"] == 0, report  # new requests go to the live worker
-    assert len(failed) <= CONCURRENCY, report  # only what the dead worker held
+    assert report["longest_seconds"] <= BOUND_SECONDS, report
+    assert report["failed_started_after_kill"] == 0, report  # new requests go to what is alive
+    assert report["failed"] <= CONCURRENCY, report  # only what the dead process held
+
+
+def test_kill_9_of_a_worker_under_load(cluster: Cluster) -> None:
+    victim_port = cluster.env["WORKER_PORTS"].split()[0]
+    with cluster.admin_client() as admin:
+        assert worker_at(admin, victim_port)["status"] == "online"
+        outcomes, killed_at, offline_after = asyncio.run(
+            load_with_a_kill(
+                cluster,
+                cluster.pids()["worker-smollm2-a"],
+                lambda killed_at: seconds_until_offline(admin, victim_port, killed_at),
+            )
+        )
+        assert killed_at, "the load ended before the kill"
+
+        restarted = run(cluster.env, "restart", "worker-smollm2-a", timeout=60)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        deadline = time.monotonic() + 180
+        while worker_at(admin, victim_port)["status"] != "online":
+            assert time.monotonic() < deadline, "the restarted worker did not come online"
+            time.sleep(1)
+        identity = worker_at(admin, victim_port)["identity"]
+    before = served_by(cluster, identity)
+    headers = {"Authorization": f"Bearer {cluster.api_key}"}
+    with httpx2.Client(base_url=cluster.base, timeout=60, headers=headers) as client:
+        for n in range(40):  # the dispatcher spreads load: some land on the restarted worker
+            question = [{"role": "user", "content": f"Hi {n}"}]
+            answer = client.post(
+                "/v1/chat/completions", json={"model": MODEL, "max_tokens": 2, "messages": question}
+            )
+            assert answer.status_code == 200, answer.text
+            if served_by(cluster, identity) > before:
+                break
+    served_again = served_by(cluster, identity) > before
+
+    report = summary(outcomes, killed_at)
+    report["offline_after_seconds"] = None if offline_after is None else round(offline_after, 1)
+    report["served_again"] = served_again
+    write_report("worker-kill", report)
+    assert_only_held_requests_failed(outcomes, report)
+    assert all(o.clean for o in outcomes), report  # a failure is an error event or answer, never a cut stream
     assert offline_after is not None, report
     assert offline_after <= 3 * HEARTBEAT_SECONDS + 2, report  # + the polling and the page's own time
     assert served_again, report
+
+
+def test_kill_9_of_a_portal_under_load(cluster: Cluster) -> None:
+    outcomes, killed_at, _ = asyncio.run(load_with_a_kill(cluster, cluster.pids()["portal-1"]))
+    assert killed_at, "the load ended before the kill"
+    restarted = run(cluster.env, "restart", "portal-1", timeout=60)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    portal = f"http://127.0.0.1:{cluster.env['PORTAL_PORTS'].split()[0]}/health"
+    deadline = time.monotonic() + 60
+    while not _answers(portal):
+        assert time.monotonic() < deadline, "the restarted portal did not answer /health"
+        time.sleep(0.5)
+
+    time.sleep(3)  # the live portal's usage batches (USAGE_FLUSH_SECONDS) reach the database
+    seen_finish = [o.request_id for o in outcomes if o.ok]
+    with psycopg.connect(cluster.settings["DATABASE_URL"]) as db:
+        rows = db.execute(
+            "SELECT request_id, count(*) FROM registry_usagerecord WHERE request_id = ANY(%s) GROUP BY 1",
+            (seen_finish,),
+        ).fetchall()
+    report = summary(outcomes, killed_at)
+    report.update(
+        usage_records_lost=len(set(seen_finish) - {request_id for request_id, _ in rows}),
+        usage_records_duplicated=sum(count > 1 for _, count in rows),
+    )
+    write_report("portal-kill", report)
+    assert_only_held_requests_failed(outcomes, report)
+    assert all(o.request_id for o in outcomes if o.ok), report
+    assert report["usage_records_duplicated"] == 0, report
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx2.get(url, timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
