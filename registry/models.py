@@ -314,12 +314,15 @@ class UsageRollupDay(models.Model):
         return f"{self.day} ({'final' if self.final else 'provisional'})"
 
 
-class UsageCounters(models.Model):
-    """The counters every usage rollup keeps.
+class UsageDayRollup(models.Model):
+    """What every daily usage rollup row holds: its UTC day, source and model, and the counters.
 
     Sums and counts rather than averages, so that days and groups add up.
     """
 
+    day = models.DateField()
+    source = models.CharField(max_length=16)
+    model_name = models.CharField(max_length=200)
     requests = models.PositiveIntegerField(default=0)
     ok = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
@@ -333,6 +336,9 @@ class UsageCounters(models.Model):
 
     class Meta:
         abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"
 
 
 def _ranked_by(field: str) -> models.Index:
@@ -348,7 +354,7 @@ def _ranked_by(field: str) -> models.Index:
     )
 
 
-class UsageDaily(UsageCounters):
+class UsageDaily(UsageDayRollup):
     """Usage per UTC day, source, model, key, app credential and user: the charts' and exports' source.
 
     The key, credential and user are ids that outlive their rows (no database
@@ -356,16 +362,8 @@ class UsageDaily(UsageCounters):
     instead of merging into the "no key" row, and a final day is never rewritten.
     """
 
-    day = models.DateField()
-    source = models.CharField(max_length=16)
-    model_name = models.CharField(max_length=200)
     api_key = models.ForeignKey(
-        ApiKey,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        related_name="+",
+        ApiKey, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     app_credential = models.ForeignKey(
         AppCredential,
@@ -406,26 +404,16 @@ class UsageDaily(UsageCounters):
             _ranked_by("user"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"
 
-
-class UsageDailyTotal(UsageCounters):
+class UsageDailyTotal(UsageDayRollup):
     """`UsageDaily` summed over keys, app credentials and users: one row per UTC day, source and model.
 
     The console's totals and per-model series read these few rows instead of
     one row per key; the roll-up writes both in the same transaction.
     """
 
-    day = models.DateField()
-    source = models.CharField(max_length=16)
-    model_name = models.CharField(max_length=200)
-
     class Meta:
         ordering = ["-day", "model_name"]
         constraints = [
             models.UniqueConstraint("day", "source", "model_name", name="usage_daily_total_one_row_per_group")
         ]
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.source} {self.model_name}: {self.requests} requests"

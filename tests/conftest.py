@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
@@ -62,3 +63,14 @@ def _fresh_usage_queue() -> Iterator[None]:
     usage._buffer.clear()
     yield
     usage._buffer.clear()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """An empty database (15) on the Redis at 127.0.0.1:6379; the test is skipped when it does not answer."""
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url).flushdb()
+    except redis.ConnectionError:
+        pytest.skip("Redis is not answering at 127.0.0.1:6379")
+    return url

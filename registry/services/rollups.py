@@ -28,7 +28,14 @@ from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from registry.models import UsageDaily, UsageDailyTotal, UsageRecord, UsageRollupDay, UsageStatus
+from registry.models import (
+    UsageDaily,
+    UsageDailyTotal,
+    UsageDayRollup,
+    UsageRecord,
+    UsageRollupDay,
+    UsageStatus,
+)
 
 # Records get their created_at when the usage writer saves them, a second or so
 # after the request ends; an hour covers a stalled writer and skewed clocks.
@@ -174,16 +181,13 @@ def _add_late_records(*, high: int) -> int:
 
 
 def _add_to_group(day: date, group: Key, counts: dict[str, Any]) -> None:
-    rollups: tuple[tuple[type[UsageDaily] | type[UsageDailyTotal], tuple[str, ...]], ...] = (
-        (UsageDaily, GROUP),
-        (UsageDailyTotal, TOTAL_GROUP),
-    )
-    for model, fields in rollups:
-        row, created = model.objects.get_or_create(
+    rollups: dict[type[UsageDayRollup], tuple[str, ...]] = {UsageDaily: GROUP, UsageDailyTotal: TOTAL_GROUP}
+    for model, fields in rollups.items():
+        row, created = model._default_manager.get_or_create(
             day=day, **dict(zip(fields, group[: len(fields)], strict=True)), defaults=counts
         )
         if not created:
-            model.objects.filter(pk=row.pk).update(**{c: F(c) + counts[c] for c in COUNTS})
+            model._default_manager.filter(pk=row.pk).update(**{c: F(c) + counts[c] for c in COUNTS})
 
 
 def _days(first: date, last: date) -> Iterable[date]:

@@ -17,15 +17,6 @@ from portal.gateway.tasks import drain
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    except redis.ConnectionError:
-        pytest.skip("Redis is not answering at 127.0.0.1:6379")
-    return REDIS_URL
-
-
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
     """Run a test against each store, through the settings that choose it."""

@@ -6,7 +6,7 @@ it the job has not run for), so the page costs the same number of queries at a
 thousand records or a million. Totals and the per-model series read
 `UsageDailyTotal` (one row per day, source and model) unless the page is
 filtered to one key, app or user; the top tables read `UsageDaily` through
-indexes that lead with the group's id.
+indexes that hold the day, the group and its figures, so no row is read.
 """
 
 from __future__ import annotations
