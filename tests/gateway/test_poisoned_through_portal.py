@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
+from django.utils import timezone
 
 from registry.models import UsageRecord, Worker
 from registry.services.keys import create_api_key
@@ -108,6 +110,12 @@ def test_poisoned_requests_fail_alone_and_exclude_no_worker(fleet):
 
     # Neither worker was excluded: ordinary requests right after are served, by both workers
     # (an excluded worker would get none of 20; a fair draw misses one with odds of 2 in 10^6).
+    # First both heartbeats must report the load gone: a stale in-flight figure would rightly
+    # steer every request to the other worker. That takes about a second; exclusion lasts ten.
+    load_ended = timezone.now()
+    idle = Worker.objects.filter(last_heartbeat__gt=load_ended, in_flight=0, queued=0)
+    assert wait_for(lambda: idle.count() == 2, timeout=5)
+    time.sleep(0.5)  # the portal's candidate cache (WORKER_CACHE_SECONDS=0.2) has seen them
     for i in range(20):
         body = {**COMPLETION, "prompt": f"Count to {i}", "max_tokens": 2}
         answer = httpx2.post(f"{portal.url}/v1/completions", json=body, headers=headers, timeout=60)
