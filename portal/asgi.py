@@ -10,7 +10,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 # Initialise Django before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 
+from portal import lifecycle  # noqa: E402
 from portal.handlers import APIHandler, route_by_path  # noqa: E402
+
+lifecycle.install()
 
 # /health too: probes need no sessions or CSRF, and send the pod's IP as Host (no ALLOWED_HOSTS check).
 django_asgi_app = route_by_path(("/v1/", "/health"), APIHandler(), django_asgi_app)

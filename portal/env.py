@@ -54,6 +54,9 @@ GATEWAY_MAX_BODY_BYTES: int = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024
 API_KEY_CACHE_SECONDS: float = env.float("API_KEY_CACHE_SECONDS", default=5.0)
 # Usage records are queued and written in batches this often.
 USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=0.5)
+# With REDIS_URL: usage a portal read from the shared stream and did not acknowledge this long
+# ago is taken over by another (its reader died). Well above the time one batch takes to write.
+USAGE_CLAIM_SECONDS: float = env.float("USAGE_CLAIM_SECONDS", default=60.0)
 WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 # Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
 USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)

@@ -11,7 +11,7 @@ import redis
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
-from registry.services import usage
+from registry.services import usage, usage_stream
 
 DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
 
@@ -61,8 +61,10 @@ def _fresh_usage_queue() -> Iterator[None]:
     for the next test's flush, pointing at rows its database no longer has.
     """
     usage._buffer.clear()
+    usage_stream._current = None
     yield
     usage._buffer.clear()
+    usage_stream._current = None
 
 
 @pytest.fixture

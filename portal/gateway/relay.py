@@ -79,6 +79,7 @@ async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | Non
         raise
     ticket.set_usage(result.get("usage"))
     ticket.finish()
+    await ticket.recorded()
     return result
 
 

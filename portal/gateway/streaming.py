@@ -172,6 +172,7 @@ class ChatStream:
             if payload is None:
                 raise WorkerDied("the worker closed the stream before [DONE]")
             self._ticket.finish()
+            await self._ticket.recorded()
             await self._read_to_end()
         except (httpx2.HTTPError, WorkerDied) as exc:
             error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx2.TimeoutException) else None

@@ -42,6 +42,7 @@ class Ticket:
     choices: int = 1  # completions generated side by side (n), for the time between tokens
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
+    _recording: Any = field(default=None, repr=False)  # the task adding its record to the shared buffer
 
     def __post_init__(self) -> None:
         if self.reservation is not None:
@@ -98,6 +99,15 @@ class Ticket:
         else:
             self._record()
 
+    async def recorded(self) -> None:
+        """Wait until the usage record is in a buffer that outlives this process (Redis); at once otherwise.
+
+        A finished response awaits this before its last bytes, so that a client
+        that saw the answer end has its usage counted even if the portal dies.
+        """
+        if self._recording is not None:
+            await self._recording
+
     async def _abort_then_record(self, worker: Any) -> None:
         try:
             usage = await abort_request(worker, self.entry.request_id)
@@ -109,7 +119,7 @@ class Ticket:
     def _record(self) -> None:
         if not self.usage_known:
             self._estimate_usage()
-        schedule_usage(entry=self.entry)
+        self._recording = schedule_usage(entry=self.entry)
         if self.reservation is not None:
             self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
         self._observe()

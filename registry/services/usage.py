@@ -1,19 +1,44 @@
-"""Usage records: one row per request through the portal, written off the request path."""
+"""Usage records: one row per request through the portal, written off the request path.
+
+A finished request's record goes to a buffer and is written in batches:
+- with REDIS_URL, a Redis stream (`usage_stream`), added to before the
+  response's last bytes leave, so a portal killed with -9 loses nothing that
+  its clients saw finish; every portal writes the stream to the database;
+- without it (the embedded default: one portal, SQLite), this process's
+  memory, written every USAGE_FLUSH_SECONDS and drained on shutdown.
+
+A batch the database cannot take (it is down, or restarting) is kept and
+retried, never dropped.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.contrib.auth import get_user_model
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    models,
+)
+from django.utils import timezone
 
-from registry.models import UsageRecord, UsageStatus
+from registry.models import ApiKey, AppCredential, ServedModel, UsageRecord, UsageStatus, Worker
 
 logger = logging.getLogger(__name__)
+
+RETRY_SECONDS_MAX = 30.0
+DATABASE_AWAY = (OperationalError, InterfaceError)  # the database, not the row: retry the batch
 
 
 @dataclass
@@ -36,6 +61,7 @@ class UsageEntry:
     status: str = UsageStatus.OK
     status_code: int = 200
     error: str = ""
+    created_at: datetime | None = None  # when the request finished; set when it is scheduled
 
 
 def record_usage(*, entry: UsageEntry) -> UsageRecord:
@@ -44,64 +70,129 @@ def record_usage(*, entry: UsageEntry) -> UsageRecord:
 
 
 def record_usage_batch(*, entries: list[UsageEntry]) -> None:
-    """Write many usage records in one statement."""
-    UsageRecord.objects.bulk_create([UsageRecord(**_fields(entry)) for entry in entries])
+    """Write many usage records in one statement, skipping request ids already stored.
+
+    A batch retried after a partial write, or a stream entry delivered twice,
+    must not count a request twice (request ids are made by the portal, unique).
+    """
+    ids = [entry.request_id for entry in entries]
+    stored = set(UsageRecord.objects.filter(request_id__in=ids).values_list("request_id", flat=True))
+    fresh = [UsageRecord(**_fields(entry)) for entry in entries if entry.request_id not in stored]
+    UsageRecord.objects.bulk_create(fresh)
 
 
 def _fields(entry: UsageEntry) -> dict:
     fields = asdict(entry)
     fields["error"] = fields["error"][:2000]
+    fields["created_at"] = fields["created_at"] or timezone.now()
     return fields
+
+
+def _without_dangling(entry: UsageEntry) -> UsageEntry:
+    """The entry with references to rows deleted since the request (a removed worker) cleared."""
+    references: dict[str, type[models.Model]] = {
+        "api_key_id": ApiKey, "app_credential_id": AppCredential, "user_id": get_user_model(),
+        "served_model_id": ServedModel, "worker_id": Worker,
+    }  # fmt: skip
+    cleared: dict[str, Any] = {
+        field: None
+        for field, model in references.items()
+        if (pk := getattr(entry, field)) is not None and not model._default_manager.filter(pk=pk).exists()
+    }
+    return replace(entry, **cleared)
+
+
+def write_batch(entries: list[UsageEntry]) -> None:
+    """Write `entries`; raise only when the database is away (the caller keeps them and retries).
+
+    One row the database refuses must not cost the others: the batch is then
+    written row by row, a row pointing at a deleted worker or key is kept with
+    that reference cleared, and only a row refused even so is logged and left.
+    """
+    close_old_connections()  # drop a connection the database has closed since the last batch
+    try:
+        record_usage_batch(entries=entries)
+        return
+    except DATABASE_AWAY:
+        raise
+    except DatabaseError:
+        if len(entries) > 1:
+            for entry in entries:
+                write_batch([entry])
+            return
+    try:
+        record_usage_batch(entries=[_without_dangling(entries[0])])
+    except DATABASE_AWAY:
+        raise
+    except DatabaseError:
+        logger.exception("usage record for request %s refused by the database", entries[0].request_id)
 
 
 # One thread of its own writes usage: Django's single sync thread stays free for
 # the request path, and the writer keeps its own database connection.
 _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
+write_batch_async = sync_to_async(write_batch, thread_sensitive=False, executor=_WRITER)
+
 _buffer: list[UsageEntry] = []
 _flusher: asyncio.Task[None] | None = None
+_flush_now: asyncio.Event | None = None  # cuts the flusher's wait short (shutdown, tests)
 
 
-def _write_batch(entries: list[UsageEntry]) -> None:
-    close_old_connections()  # drop a connection the database has closed since the last batch
-    try:
-        record_usage_batch(entries=entries)
-        return
-    except Exception:
-        if len(entries) == 1:
-            # A lost usage row must not turn into a failed request; the log keeps the trace.
-            logger.exception("usage record for request %s not written", entries[0].request_id)
-            return
-    # One bad row (say, a worker deleted meanwhile) must not lose the others.
-    for entry in entries:
-        _write_batch([entry])
-
-
-async def _flush_after_delay() -> None:
-    await asyncio.sleep(settings.USAGE_FLUSH_SECONDS)
+async def _write_buffer() -> None:
+    """Write the in-memory buffer until it is empty, waiting out a database that is away."""
+    delay = settings.USAGE_FLUSH_SECONDS
     while _buffer:
         batch = _buffer[:]
         _buffer.clear()
-        await sync_to_async(_write_batch, thread_sensitive=False, executor=_WRITER)(batch)
+        try:
+            await write_batch_async(batch)
+            delay = settings.USAGE_FLUSH_SECONDS
+        except DATABASE_AWAY as exc:
+            _buffer[:0] = batch  # kept, in order, ahead of what came meanwhile
+            delay = min(max(delay, 0.5) * 2, RETRY_SECONDS_MAX)
+            logger.warning("%d usage records wait for the database: %s", len(_buffer), exc)
+            await asyncio.sleep(delay)
 
 
-def schedule_usage(*, entry: UsageEntry) -> None:
-    """Queue the record; a background task writes the queue in batches every USAGE_FLUSH_SECONDS.
+async def _flush_after_delay(flush_now: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(flush_now.wait(), settings.USAGE_FLUSH_SECONDS)
+    await _write_buffer()
 
-    The response never waits for the database, and one INSERT carries many
-    records, which keeps the write load flat as traffic grows.
-    """
-    global _flusher
+
+def buffer_in_memory(entry: UsageEntry) -> None:
+    """Queue the record in this process; a background task writes the queue in batches."""
+    global _flusher, _flush_now
     _buffer.append(entry)
     loop = asyncio.get_running_loop()
     if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
-        _flusher = loop.create_task(_flush_after_delay())
+        _flush_now = asyncio.Event()
+        _flusher = loop.create_task(_flush_after_delay(_flush_now))
+
+
+def schedule_usage(*, entry: UsageEntry) -> asyncio.Task[None] | None:
+    """Buffer the record; the response never waits for the database, and one INSERT carries many.
+
+    With REDIS_URL, returns the task adding it to the shared stream: await it
+    before the response ends so that the record outlives this process.
+    """
+    entry.created_at = entry.created_at or timezone.now()
+    if settings.REDIS_URL:
+        from registry.services import usage_stream
+
+        return usage_stream.add(entry)
+    buffer_in_memory(entry)
+    return None
 
 
 async def flush_pending() -> None:
-    """Write what is queued now (tests, shutdown)."""
+    """Write what this process holds now (tests, shutdown): its memory buffer and its stream share."""
     if _flusher is not None and not _flusher.done() and _flusher.get_loop() is asyncio.get_running_loop():
+        assert _flush_now is not None
+        _flush_now.set()
         await _flusher
-    if _buffer:
-        batch = _buffer[:]
-        _buffer.clear()
-        await sync_to_async(_write_batch, thread_sensitive=False, executor=_WRITER)(batch)
+    await _write_buffer()
+    if settings.REDIS_URL:
+        from registry.services import usage_stream
+
+        await usage_stream.drain()

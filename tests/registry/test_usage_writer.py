@@ -1,8 +1,10 @@
-"""Usage records are queued and written in batches, off the request path."""
+"""Usage records are queued and written in batches, off the request path, and never dropped."""
 
 import pytest
+from django.db import OperationalError
 
 from registry.models import UsageRecord
+from registry.services import usage
 from registry.services.usage import UsageEntry, flush_pending, schedule_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,10 +32,47 @@ async def test_queued_records_are_written_together():
     assert record.completion_tokens == 3
 
 
-async def test_a_bad_record_does_not_lose_the_rest_of_its_batch():
+async def test_a_record_of_a_deleted_worker_is_kept_without_it_and_its_batch_with_it():
     schedule_usage(entry=entry("good-1"))
     schedule_usage(entry=entry("dangling", worker_id=987654))  # a worker deleted meanwhile
     schedule_usage(entry=entry("good-2"))
     await flush_pending()
     written = {r async for r in UsageRecord.objects.values_list("request_id", flat=True)}
-    assert written == {"good-1", "good-2"}
+    assert written == {"good-1", "dangling", "good-2"}
+    assert (await UsageRecord.objects.aget(request_id="dangling")).worker_id is None
+
+
+async def test_a_batch_waits_out_a_database_that_is_away_and_loses_nothing(monkeypatch, settings):
+    settings.USAGE_FLUSH_SECONDS = 0.01
+    real, calls = usage.record_usage_batch, []
+
+    def away_twice(*, entries):
+        calls.append(len(entries))
+        if len(calls) <= 2:
+            raise OperationalError("the database is restarting")
+        real(entries=entries)
+
+    monkeypatch.setattr(usage, "record_usage_batch", away_twice)
+    for i in range(3):
+        schedule_usage(entry=entry(f"kept-{i}"))
+    await flush_pending()
+    written = [r async for r in UsageRecord.objects.values_list("request_id", flat=True)]
+    assert sorted(written) == ["kept-0", "kept-1", "kept-2"]  # each once, after two refusals
+    assert calls == [3, 3, 3]
+
+
+async def test_a_request_id_already_stored_is_not_written_again():
+    await UsageRecord.objects.acreate(request_id="twice", model_name="m")
+    schedule_usage(entry=entry("twice"))
+    schedule_usage(entry=entry("once"))
+    await flush_pending()
+    assert await UsageRecord.objects.filter(request_id="twice").acount() == 1
+    assert await UsageRecord.objects.filter(request_id="once").acount() == 1
+
+
+async def test_the_record_keeps_the_time_its_request_finished():
+    finished = entry("timed")
+    schedule_usage(entry=finished)
+    assert finished.created_at is not None
+    await flush_pending()
+    assert (await UsageRecord.objects.aget(request_id="timed")).created_at == finished.created_at

@@ -37,5 +37,7 @@ class EchoPipeline(Pipeline):
             app_credential_id=context.app_credential_id,
             total_time_ms=0.0,
         )
-        schedule_usage(entry=entry)
+        recording = schedule_usage(entry=entry)
+        if recording is not None:
+            await recording
         return {"echo": params}

@@ -1,0 +1,155 @@
+"""The shared usage buffer: a Redis stream every portal adds to and writes to the database from.
+
+A record is added (XADD) before its response ends; it then outlives the
+portal that served it. Each portal process reads the stream as one consumer
+of one group and acknowledges entries once they are in the database, so an
+entry is written by one portal. What a portal read and did not acknowledge
+before it died is claimed by another after USAGE_CLAIM_SECONDS; the database skips
+request ids it already holds, so a claim after a write that was not yet
+acknowledged does not count a request twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as redis
+from django.conf import settings
+from redis.exceptions import RedisError, ResponseError
+
+from registry.services import usage
+
+logger = logging.getLogger(__name__)
+
+STREAM = "portal:usage"
+GROUP = "usage-writers"
+BATCH = 500
+BLOCK_MS = 1000
+RETRY_SECONDS_MAX = 30.0
+
+Message = tuple[bytes, dict[bytes, bytes]]
+
+
+def encode(entry: usage.UsageEntry) -> dict[str, str]:
+    fields = asdict(entry)
+    fields["created_at"] = entry.created_at.isoformat() if entry.created_at else None
+    return {"entry": json.dumps(fields)}
+
+
+def decode(fields: dict[bytes, bytes]) -> usage.UsageEntry:
+    data: dict[str, Any] = json.loads(fields[b"entry"])
+    if data.get("created_at"):
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+    return usage.UsageEntry(**data)
+
+
+class UsageStream:
+    """This process's side of the stream, on one event loop: its adds and its writer task."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()  # one read-write-acknowledge cycle at a time (the writer, a drain)
+        self.writer: asyncio.Task[None] | None = None
+        self.group_ready = False
+
+    async def add(self, entry: usage.UsageEntry) -> None:
+        try:
+            await self.redis.xadd(STREAM, encode(entry))  # type: ignore[arg-type]
+        except RedisError as exc:
+            # Redis is away: this process still writes the record, only a kill -9 meanwhile loses it.
+            logger.warning("usage record %s kept in memory, Redis failed: %s", entry.request_id, exc)
+            usage.buffer_in_memory(entry)
+
+    def start_writer(self) -> None:
+        if self.writer is None or self.writer.done():
+            self.writer = self.loop.create_task(self._write_forever())
+
+    async def _write_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with self.lock:
+                    await self._cycle(block_ms=BLOCK_MS)
+                delay = 0.5
+            except Exception as exc:  # Redis or the database away; the entries wait in the stream
+                self.group_ready = not isinstance(exc, ResponseError)  # NOGROUP after Redis lost its data
+                logger.warning("usage stream: %s: %s; retry in %.1f s", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_SECONDS_MAX)
+
+    async def _cycle(self, block_ms: int | None) -> int:
+        """Write one batch: this consumer's unacknowledged entries first, then a dead one's, then new ones."""
+        if not self.group_ready:
+            try:
+                await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.group_ready = True
+        messages = await self._read("0", None)
+        if not messages:
+            idle_ms = int(settings.USAGE_CLAIM_SECONDS * 1000)
+            claimed = await self.redis.xautoclaim(STREAM, GROUP, self.consumer, idle_ms, count=BATCH)
+            messages = claimed[1]
+        if not messages:
+            messages = await self._read(">", block_ms)
+        if messages:
+            await self._write(messages)
+        return len(messages)
+
+    async def _read(self, start: str, block_ms: int | None) -> list[Message]:
+        streams: dict[Any, Any] = {STREAM: start}
+        answer = await self.redis.xreadgroup(GROUP, self.consumer, streams, count=BATCH, block=block_ms)
+        return [(message_id, fields) for _, messages in answer for message_id, fields in messages if fields]
+
+    async def _write(self, messages: list[Message]) -> None:
+        entries = []
+        for message_id, fields in messages:
+            try:
+                entries.append(decode(fields))
+            except (KeyError, ValueError, TypeError):
+                logger.exception("usage stream entry %s cannot be read; dropped", message_id)
+        if entries:
+            await usage.write_batch_async(entries)
+        ids = [message_id for message_id, _ in messages]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(STREAM, GROUP, *ids)
+            pipe.xdel(STREAM, *ids)
+            await pipe.execute()
+
+    async def drain(self) -> None:
+        """Write everything the stream holds now, not waiting for more."""
+        async with self.lock:
+            while await self._cycle(block_ms=None):
+                pass
+
+
+_current: UsageStream | None = None
+
+
+def current() -> UsageStream:
+    """This process's stream on the running loop, its writer started."""
+    global _current
+    if _current is None or _current.loop is not asyncio.get_running_loop():
+        _current = UsageStream(str(settings.REDIS_URL))
+    _current.start_writer()
+    return _current
+
+
+def add(entry: usage.UsageEntry) -> asyncio.Task[None]:
+    """Add the record to the stream in a task; the response awaits it before its last bytes."""
+    return asyncio.get_running_loop().create_task(current().add(entry))
+
+
+async def drain() -> None:
+    await current().drain()
