@@ -58,6 +58,9 @@ USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=0.5)
 # ago is taken over by another (its reader died). Well above the time one batch takes to write.
 USAGE_CLAIM_SECONDS: float = env.float("USAGE_CLAIM_SECONDS", default=60.0)
 WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
+# PostgreSQL only: each portal process keeps a psycopg pool of at most this many connections
+# (Django's `pool` option) instead of one persistent connection per thread; 0 turns it off.
+DATABASE_POOL_SIZE: int = env.int("DATABASE_POOL_SIZE", default=0)
 # Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
 USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)
 

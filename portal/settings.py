@@ -103,9 +103,17 @@ def _database(url: str) -> dict:
         }
         # A file, not memory, so that worker processes started by tests share it.
         config["TEST"] = {"NAME": str(env.VAR_DIR / "test-portal.sqlite3")}
+    config.setdefault("CONN_HEALTH_CHECKS", True)  # a connection the database closed is replaced
+    if config["ENGINE"] == "django.db.backends.postgresql" and env.DATABASE_POOL_SIZE > 0:
+        # Under ASGI, threads come and go (sync_to_async, the usage writer): a pool bounds the
+        # connections per process and hands them back after each query block. It needs
+        # CONN_MAX_AGE 0; with health checks, the pool checks a connection before handing it out.
+        pool = {"min_size": 1, "max_size": env.DATABASE_POOL_SIZE, "timeout": 10}
+        config.setdefault("OPTIONS", {})["pool"] = pool
+        config["CONN_MAX_AGE"] = 0
+        return config
     # Reuse connections: opening one per request costs more than the request's own queries.
     config.setdefault("CONN_MAX_AGE", 60)
-    config.setdefault("CONN_HEALTH_CHECKS", True)
     return config
 
 

@@ -33,6 +33,21 @@ def test_placeholder_secret_key_is_refused_when_debug_is_off():
     assert "placeholder" in result.stderr
 
 
+def test_postgresql_gets_a_connection_pool_when_sized():
+    code = (
+        "import json, django; from django.conf import settings; django.setup(); "
+        "db = settings.DATABASES['default']; "
+        "print(json.dumps([db['CONN_MAX_AGE'], db['OPTIONS']['pool']['max_size']]))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "portal.settings", "SECRET_KEY": "x" * 50}
+    env.update(DATABASE_URL="postgres://portal@127.0.0.1:5432/portal", DATABASE_POOL_SIZE="8")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [0, 8]  # Django refuses a pool with persistent connections
+
+
 def test_missing_secret_key_is_refused_when_debug_is_off():
     result = load_settings(SECRET_KEY="")
     assert result.returncode != 0
