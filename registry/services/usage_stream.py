@@ -55,7 +55,9 @@ class UsageStream:
     """This process's side of the stream, on one event loop: its adds and its writer task."""
 
     def __init__(self, url: str) -> None:
-        self.redis = redis.Redis.from_url(url)
+        # Bounded: a Redis that stalls must not hold a response's last bytes (the record then waits in
+        # memory); above BLOCK_MS, which a read of the stream waits by design.
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=BLOCK_MS / 1000 + 4)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()  # one read-write-acknowledge cycle at a time (the writer, a drain)
