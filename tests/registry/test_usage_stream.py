@@ -5,6 +5,8 @@ a portal dies between reading and acknowledging, or when the database is away.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -17,6 +19,19 @@ from registry.services.usage import UsageEntry, flush_pending, schedule_usage
 from registry.services.usage_stream import GROUP, STREAM
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def _writer_stopped_after_each_test() -> AsyncIterator[None]:
+    """Stop this process's stream writer inside the test's own loop, before the database is flushed."""
+    yield
+    current = usage_stream._current
+    if current is not None and current.writer is not None:
+        current.writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await current.writer
+        await current.redis.aclose()
+    usage_stream._current = None
 
 
 @pytest.fixture
@@ -110,4 +125,3 @@ async def test_a_record_stays_in_memory_when_redis_is_away(settings):
     assert [e.request_id for e in usage._buffer] == ["m1"]
     await usage._write_buffer()
     assert await stored() == ["m1"]
-    stop_writer()
