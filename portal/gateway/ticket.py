@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,8 @@ class Ticket:
     choices: int = 1  # completions generated side by side (n), for the time between tokens
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
-    _recording: Any = field(default=None, repr=False)  # the task adding its record to the shared buffer
+    # The task adding its record to the shared buffer (Redis); None when it stays in memory.
+    _recording: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.reservation is not None:

@@ -33,7 +33,6 @@ STREAM = "portal:usage"
 GROUP = "usage-writers"
 BATCH = 500
 BLOCK_MS = 1000
-RETRY_SECONDS_MAX = 30.0
 
 Message = tuple[bytes, dict[bytes, bytes]]
 
@@ -87,7 +86,7 @@ class UsageStream:
                 self.group_ready = not isinstance(exc, ResponseError)  # NOGROUP after Redis lost its data
                 logger.warning("usage stream: %s: %s; retry in %.1f s", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_SECONDS_MAX)
+                delay = min(delay * 2, usage.RETRY_SECONDS_MAX)
 
     async def _cycle(self, block_ms: int | None) -> int:
         """Write one batch: this consumer's unacknowledged entries first, then a dead one's, then new ones."""
