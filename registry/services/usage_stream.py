@@ -61,6 +61,7 @@ class UsageStream:
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()  # one read-write-acknowledge cycle at a time (the writer, a drain)
         self.writer: asyncio.Task[None] | None = None
+        self.stopping = False
         self.group_ready = False
 
     async def add(self, entry: usage.UsageEntry) -> None:
@@ -72,17 +73,29 @@ class UsageStream:
             usage.buffer_in_memory(entry)
 
     def start_writer(self) -> None:
-        if self.writer is None or self.writer.done():
+        if not self.stopping and (self.writer is None or self.writer.done()):
             self.writer = self.loop.create_task(self._write_forever())
+
+    async def stop_writer(self) -> None:
+        """Stop the writer (tests; the stream's entries stay for a drain or another portal)."""
+        self.stopping = True
+        writer = self.writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            # A cancel that lands inside a Redis read can come back out of redis-py as a timeout, which
+            # the loop takes for a Redis failure: `stopping` ends it at its next turn.
+            await asyncio.wait([writer], timeout=BLOCK_MS / 1000 + 5)
 
     async def _write_forever(self) -> None:
         delay = 0.5
-        while True:
+        while not self.stopping:
             try:
                 async with self.lock:
                     await self._cycle(block_ms=BLOCK_MS)
                 delay = 0.5
             except Exception as exc:  # Redis or the database away; the entries wait in the stream
+                if self.stopping:
+                    return
                 self.group_ready = not isinstance(exc, ResponseError)  # NOGROUP after Redis lost its data
                 logger.warning("usage stream: %s: %s; retry in %.1f s", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)

@@ -1,11 +1,10 @@
-"""The shared usage buffer on the real Redis (database 15): a record is in the stream when its
+"""The shared usage buffer on the real Redis (TEST_REDIS_URL): a record is in the stream when its
 response may end, every portal writes the stream, and no entry is lost or written twice when
 a portal dies between reading and acknowledging, or when the database is away."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,10 +25,8 @@ async def _writer_stopped_after_each_test() -> AsyncIterator[None]:
     """Stop this process's stream writer inside the test's own loop, before the database is flushed."""
     yield
     current = usage_stream._current
-    if current is not None and current.writer is not None:
-        current.writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await current.writer
+    if current is not None:
+        await current.stop_writer()
         await current.redis.aclose()
     usage_stream._current = None
 
@@ -51,13 +48,6 @@ async def schedule(record: UsageEntry) -> None:
     await recording
 
 
-def stop_writer() -> None:
-    """Stop this process's writer until the next record starts it again."""
-    writer = usage_stream.current().writer
-    assert writer is not None
-    writer.cancel()
-
-
 async def stored() -> list[str]:
     return sorted([r async for r in UsageRecord.objects.values_list("request_id", flat=True)])
 
@@ -65,7 +55,7 @@ async def stored() -> list[str]:
 async def test_a_record_is_in_the_stream_once_its_task_is_done(stream):
     recording = schedule_usage(entry=entry("r1", tokens=7))
     assert recording is not None
-    stop_writer()  # keep it in the stream to look at it
+    await usage_stream.current().stop_writer()  # keep it in the stream to look at it
     await recording
     [(_, fields)] = stream.xrange(STREAM)
     assert usage_stream.decode(fields).completion_tokens == 7
