@@ -12,6 +12,7 @@ from asgiref.sync import SyncToAsync
 from django.db import connections
 
 from registry.services import usage, usage_stream
+from tests.processes import TEST_REDIS_URL
 
 DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
 
@@ -69,8 +70,8 @@ def _fresh_usage_queue() -> Iterator[None]:
 
 @pytest.fixture
 def redis_url() -> str:
-    """An empty database (15) on the Redis at 127.0.0.1:6379; the test is skipped when it does not answer."""
-    url = "redis://127.0.0.1:6379/15"
+    """An empty Redis database (TEST_REDIS_URL, 15 on 127.0.0.1 by default); skipped when none answers."""
+    url = TEST_REDIS_URL
     try:
         redis.Redis.from_url(url).flushdb()
     except redis.ConnectionError:

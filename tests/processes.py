@@ -23,6 +23,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_PREFIX = "WORKER READY "
 
 
+# The Redis database tests may empty; another number keeps a second test run (a developer's,
+# beside a verification run) out of this one's way.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
 def database_url() -> str:
     """The URL of the database this test process uses now (the test database once created)."""
     config = connection.settings_dict

@@ -13,8 +13,9 @@ from portal.gateway import limit_stores
 from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore, memory_store
 from portal.gateway.limits import LimitExceeded, TokenEstimate, estimate, estimate_prompt_tokens, reserve
 from portal.gateway.tasks import drain
+from tests.processes import TEST_REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 
 
 @pytest.fixture(params=["memory", "redis"])

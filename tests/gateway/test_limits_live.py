@@ -23,10 +23,10 @@ from portal.gateway.limit_stores import WINDOW_SECONDS, RedisStore
 from registry.models import ApiKey, UsageRecord
 from registry.services.keys import create_api_key
 from tests.portal_process import PortalProcess, two_portals
-from tests.processes import WorkerProcess, start_worker, subprocess_env, wait_for
+from tests.processes import TEST_REDIS_URL, WorkerProcess, start_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 TOKEN = "live-limits-worker-token"
 SETTINGS = {
     "REDIS_URL": REDIS_URL,

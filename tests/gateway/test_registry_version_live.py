@@ -19,10 +19,10 @@ from django.utils import timezone
 from registry.models import ApiKey, ServedModel
 from registry.services.keys import create_api_key
 from tests.portal_process import two_portals
-from tests.processes import wait_for
+from tests.processes import TEST_REDIS_URL, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 SLOW_CACHES = {"REDIS_URL": REDIS_URL, "WORKER_CACHE_SECONDS": "300", "API_KEY_CACHE_SECONDS": "300"}
 SHARED_CACHE = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 

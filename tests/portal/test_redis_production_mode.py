@@ -1,6 +1,6 @@
 """Production mode: with REDIS_URL set, portal copies share counters, the replay guard and channels.
 
-Real portal processes and the real Redis at 127.0.0.1:6379 (database 15, flushed
+Real portal processes and the real Redis at 127.0.0.1:6379 (TEST_REDIS_URL, flushed
 before each test).
 """
 
@@ -22,9 +22,9 @@ from registry.services.credentials import create_app_credential
 from registry.services.keys import create_api_key
 from tests.portal_process import PortalProcess
 from tests.portal_process import two_portals as start_two_portals
-from tests.processes import REPO_ROOT, subprocess_env
+from tests.processes import REPO_ROOT, TEST_REDIS_URL, subprocess_env
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 

@@ -20,10 +20,11 @@ from registry.models import AppCredential
 from registry.services.credentials import forget_cached_credential
 from registry.services.usage import flush_pending
 from registry.tasks import ensure_schedules
+from tests.processes import TEST_REDIS_URL
 from tests.signed.conftest import App, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ import redis
 from portal.signed.client import sign_body
 from registry.services.credentials import create_app_credential
 from tests.portal_process import PortalProcess, two_portals
-from tests.processes import subprocess_env
+from tests.processes import TEST_REDIS_URL, subprocess_env
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = TEST_REDIS_URL
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
