@@ -59,6 +59,7 @@ class CannedTokenEngine(Engine):
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self._aborted: set[str] = set()
+        self._known: set[str] = set()  # waiting or running
         self._tokens = 0
         self._started = time.monotonic()
 
@@ -71,32 +72,36 @@ class CannedTokenEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         check_generation(request, self.info)
         refuse_unsupported(request)
-        async with self.admission.slot():
-            params = request.params
-            text = ""
-            produced = 0
-            finish = "length"
-            for i in range(params.max_tokens):
-                if request.request_id in self._aborted:
-                    finish = "abort"
-                    break
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                word = CANNED_WORDS[i % len(CANNED_WORDS)]
-                piece = word if i == 0 else " " + word
-                produced += 1
-                self._tokens += 1
-                if any(stop in text + piece for stop in params.stop):
-                    finish = "stop"
-                    break
-                text += piece
-                yield Delta(text=piece, token_ids=(i,))
+        self._known.add(request.request_id)
+        try:
+            async with self.admission.slot():
+                async for delta in self._stream(request):
+                    yield delta
+        finally:
+            self._known.discard(request.request_id)
             self._aborted.discard(request.request_id)
-            yield Delta(
-                text="",
-                finish_reason=finish,
-                usage=Usage(len(request.prompt_token_ids), produced),
-            )
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        params = request.params
+        text = ""
+        produced = 0
+        finish = "length"
+        for i in range(params.max_tokens):
+            if request.request_id in self._aborted:
+                finish = "abort"
+                break
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            word = CANNED_WORDS[i % len(CANNED_WORDS)]
+            piece = word if i == 0 else " " + word
+            produced += 1
+            self._tokens += 1
+            if any(stop in text + piece for stop in params.stop):
+                finish = "stop"
+                break
+            text += piece
+            yield Delta(text=piece, token_ids=(i,))
+        yield Delta(text="", finish_reason=finish, usage=Usage(len(request.prompt_token_ids), produced))
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         vectors = []
@@ -106,6 +111,10 @@ class CannedTokenEngine(Engine):
         return EmbeddingResult(vectors, sum(len(self.tokenize(t)) for t in texts))
 
     async def abort(self, request_id: str) -> bool:
+        # Like the real engines: only a waiting or running request can be aborted. One refused as
+        # busy may come back with the same id, and must not find an old abort waiting for it.
+        if request_id not in self._known:
+            return False
         self._aborted.add(request_id)
         return True
 
