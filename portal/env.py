@@ -52,6 +52,9 @@ GATEWAY_CONNECT_TIMEOUT: float = env.float("GATEWAY_CONNECT_TIMEOUT", default=3.
 GATEWAY_READ_TIMEOUT: float = env.float("GATEWAY_READ_TIMEOUT", default=120.0)
 GATEWAY_MAX_BODY_BYTES: int = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 API_KEY_CACHE_SECONDS: float = env.float("API_KEY_CACHE_SECONDS", default=5.0)
+# Requests one caller (key, app credential, chat user) may have waiting for a busy model at once;
+# a key's own max_queued overrides it; 0: no cap.
+QUEUE_MAX_PER_CALLER: int = env.int("QUEUE_MAX_PER_CALLER", default=32)
 # Usage records are queued and written in batches this often.
 USAGE_FLUSH_SECONDS: float = env.float("USAGE_FLUSH_SECONDS", default=0.5)
 # With REDIS_URL: usage a portal read from the shared stream and did not acknowledge this long

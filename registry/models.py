@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
@@ -37,6 +37,11 @@ class ServedModel(models.Model):
         help_text="Sampling defaults applied when a request leaves them out.",
     )
     enabled = models.BooleanField(default=True)
+    queue_timeout = models.FloatField(
+        default=30.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(3600.0)],
+        help_text="Seconds a request waits in the queue when every worker is busy, then 503; 0: 503 at once.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -201,6 +206,16 @@ class ApiKey(models.Model):
     )
     max_in_flight = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests this key may have running at once."
+    )
+    queue_priority = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(9)],
+        help_text="0-9: when every worker is busy, this key's requests leave the queue before lower ones.",
+    )
+    max_queued = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests this key may have waiting in the queue at once (empty: QUEUE_MAX_PER_CALLER).",
     )
 
     class Meta:

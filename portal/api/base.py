@@ -89,7 +89,14 @@ class OpenAIView(APIView):
 
     @property
     def caller(self) -> Caller:
-        return Caller(source="api", api_key_id=self.key.id, reservation=self.reservation)
+        key = self.key
+        return Caller(
+            source="api",
+            api_key_id=key.id,
+            reservation=self.reservation,
+            queue_priority=key.queue_priority,
+            max_queued=key.max_queued,
+        )
 
     def read_body(self, request: HttpRequest) -> dict[str, Any]:
         """The JSON object of the body; 413 when too large, 400 when it is not one.

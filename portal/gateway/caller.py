@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from portal.gateway.limits import Reservation
+from portal.gateway.queue import QueueTerms
 from registry.services.dispatch import MAX_MODEL_NAME_LENGTH
 from registry.services.usage import UsageEntry
 
@@ -23,6 +24,20 @@ class Caller:
     app_credential_id: int | None = None
     user_id: int | None = None
     reservation: Reservation | None = field(default=None, compare=False, repr=False)
+    queue_priority: int = 0  # an API key's place in the shared queue (0-9, higher first)
+    max_queued: int | None = None  # its cap on requests waiting there; None: QUEUE_MAX_PER_CALLER
+
+    @property
+    def queue_terms(self) -> QueueTerms:
+        if self.api_key_id is not None:
+            caller = f"key:{self.api_key_id}"
+        elif self.app_credential_id is not None:
+            caller = f"app:{self.app_credential_id}"
+        elif self.user_id is not None:
+            caller = f"user:{self.user_id}"
+        else:
+            caller = "anonymous"
+        return QueueTerms(caller=caller, priority=self.queue_priority, max_queued=self.max_queued)
 
     def usage_entry(self, *, request_id: str, endpoint: str, model_name: str) -> UsageEntry:
         return UsageEntry(

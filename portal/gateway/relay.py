@@ -64,7 +64,7 @@ async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | Non
     request_id = request_id or new_request_id()
     name = body.get("model") if isinstance(body, dict) else None
     entry = caller.usage_entry(request_id=request_id, endpoint=endpoint, model_name=str(name or ""))
-    ticket = Ticket(entry, reservation=caller.reservation)
+    ticket = Ticket(entry, reservation=caller.reservation, queue=caller.queue_terms)
     try:
         model, out = await prepare(body, endpoint, stream=False)
         ticket.entry.served_model_id, ticket.entry.model_name = model.id, model.name

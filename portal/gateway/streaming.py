@@ -64,7 +64,7 @@ class ChatStream:
         self._include_usage = isinstance(body, dict) and wants_usage(body)
         name = str(body.get("model") or "") if isinstance(body, dict) else ""
         entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
-        self._ticket = Ticket(entry, reservation=caller.reservation, streamed=True)
+        self._ticket = Ticket(entry, reservation=caller.reservation, queue=caller.queue_terms, streamed=True)
         self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None

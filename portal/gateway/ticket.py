@@ -7,10 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from portal.gateway import counters
+from portal.gateway import counters, queue
 from portal.gateway.errors import GatewayError
 from portal.gateway.figures import usage_counts
 from portal.gateway.limits import Reservation
+from portal.gateway.queue import QueueTerms
 from portal.gateway.tasks import spawn
 from portal.gateway.upstream import abort_request
 from portal.metrics import instruments
@@ -32,6 +33,7 @@ class Ticket:
 
     entry: UsageEntry
     reservation: Reservation | None = None
+    queue: QueueTerms = field(default_factory=QueueTerms)  # how it waits when every worker is busy
     started: float = field(default_factory=time.perf_counter)
     worker: Any = None
     finished: bool = False
@@ -65,6 +67,7 @@ class Ticket:
             counters.release(self.worker.id)
             self._in_flight.dec()
             self.worker = None
+            queue.wake()  # a slot may have freed: the heads of the queues try again
 
     @property
     def model_label(self) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 from django.conf import settings
 
-from portal.gateway import counters
+from portal.gateway import counters, queue
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
 from portal.gateway.figures import clean_usage
@@ -124,17 +124,35 @@ def abort_on_worker(worker: Any, request_id: str) -> None:
         spawn(abort_request(worker, request_id))
 
 
-async def pick_worker(model: ResolvedModel, tried: set[int], last_error: GatewayError | None) -> Any:
-    """The next worker to try for `model`, skipping those tried; raise GatewayError when none is left."""
-    candidates = await aget_candidates(served_model_id=model.id)
-    try:
-        return choose_worker(counters.with_local_counts(candidates, tried), model.dispatch_policy)
-    except NoWorkerAvailable as exc:
-        if last_error is not None:
-            raise last_error from None
-        if not candidates:
-            raise no_worker(f"No online worker serves the model '{model.name}'; retry later.") from None
-        raise no_worker(str(exc)) from None
+async def pick_worker(
+    model: ResolvedModel, place: queue.Place, skip: set[int], busy: set[int], last_error: GatewayError | None
+) -> Any:
+    """The next worker to try for `model`, waiting in the queue while every one is busy.
+
+    `skip`: workers that failed this request; `busy`: those that refused it as
+    busy since it last waited. A new request queues behind this portal's queued
+    ones rather than take a slot before them. Raise GatewayError when no worker
+    is left, or when the queue's time is up.
+    """
+    while True:
+        candidates = await aget_candidates(served_model_id=model.id)
+        usable = counters.with_local_counts(candidates, skip | busy)
+        jump = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
+        try:
+            if not jump:
+                return choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
+            raise NoWorkerAvailable("others are waiting", all_full=True)
+        except NoWorkerAvailable as exc:
+            if not (place.enabled and candidates and (exc.all_full or busy)):
+                if last_error is not None:
+                    raise last_error from None
+                if not candidates:
+                    raise no_worker(
+                        f"No online worker serves the model '{model.name}'; retry later."
+                    ) from None
+                raise no_worker(str(exc)) from None
+        await place.wait_turn()
+        busy.clear()
 
 
 async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[[Any], Awaitable[T]]) -> T:
@@ -148,44 +166,66 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     a second worker fails it as well, the request is taken to be the cause:
     it ends there and no worker is excluded. A timeout once the request was
     sent ends it too (the worker may still be generating: the Ticket aborts it).
+    When every worker is busy the request waits in the model's queue (`queue`)
+    up to its `queue_timeout`; busy answers do not count against its attempts.
     A move to another worker is counted (portal_dispatch_failovers) against the one left.
     """
-    tried: set[int] = set()
+    place = queue.Place(
+        model_id=model.id,
+        model_name=model.name,
+        timeout=model.queue_timeout,
+        member=ticket.entry.request_id,
+        terms=ticket.queue,
+    )
+    failed: set[int] = set()
+    busy: set[int] = set()
     suspects: list[int] = []
     last_error: GatewayError | None = None
     left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
-    for _ in range(max(1, settings.GATEWAY_MAX_ATTEMPTS)):
-        worker = await pick_worker(model, tried, last_error)
-        if left is not None:
-            instruments.record_failover(model=model.name, worker=left[0], reason=left[1])
-        tried.add(worker.id)
-        ticket.assign(worker)
-        try:
-            result = await attempt(worker)
-        except GatewayError as exc:
-            if exc.fault not in ("busy", "misrouted", "worker") or (exc.fault == "worker" and suspects):
-                raise
-            if exc.fault == "misrouted":
+    failures = 0
+    try:
+        while True:
+            worker = await pick_worker(model, place, failed, busy, last_error)
+            await place.leave()  # the next in line may go while this one tries its worker
+            if left is not None and left[0] != worker.identity:
+                instruments.record_failover(model=model.name, worker=left[0], reason=left[1])
+            ticket.assign(worker)
+            try:
+                result = await attempt(worker)
+            except GatewayError as exc:
+                if exc.fault not in ("busy", "misrouted", "worker") or (exc.fault == "worker" and suspects):
+                    raise
+                if exc.fault == "busy":
+                    busy.add(worker.id)
+                else:
+                    failed.add(worker.id)
+                    failures += 1
+                if exc.fault == "misrouted":
+                    counters.exclude(worker.id)
+                elif exc.fault == "worker":
+                    suspects.append(worker.id)
+                last_error, left = exc, (worker.identity, exc.fault)
+            except (httpx2.HTTPError, WorkerDied) as exc:
+                if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
+                    ticket.abort_on_finish = True
+                    raise worker_timeout(timeout_seconds()) from None
+                # Gone, or its connection broke (a stale keep-alive socket to a killed worker reads
+                # as ReadError): exclude it for a while and try another.
                 counters.exclude(worker.id)
-            elif exc.fault == "worker":
-                suspects.append(worker.id)
-            last_error, left = exc, (worker.identity, exc.fault)
-            continue
-        except (httpx2.HTTPError, WorkerDied) as exc:
-            if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
-                ticket.abort_on_finish = True
-                raise worker_timeout(timeout_seconds()) from None
-            # Gone, or its connection broke (a stale keep-alive socket to a killed worker reads
-            # as ReadError): exclude it for a while and try another.
-            counters.exclude(worker.id)
-            last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
-            left = (worker.identity, "connection")
-            continue
-        for suspect in suspects:
-            counters.exclude(suspect)  # another worker served what it failed: the fault was its own
-        return result
-    assert last_error is not None
-    raise last_error
+                failed.add(worker.id)
+                failures += 1
+                last_error = worker_failed(
+                    f"{worker.identity} failed before answering ({type(exc).__name__})."
+                )
+                left = (worker.identity, "connection")
+            else:
+                for suspect in suspects:
+                    counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+                return result
+            if failures >= max(1, settings.GATEWAY_MAX_ATTEMPTS):
+                raise last_error
+    finally:
+        await place.close()
 
 
 def timeout_seconds() -> float:

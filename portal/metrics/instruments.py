@@ -92,6 +92,18 @@ FAILOVERS = Counter(
     "Requests moved to another worker after `worker` failed or refused them, by `reason`.",
     ["model", "worker", "reason"],
 )
+QUEUED = Gauge(
+    "portal_queued_requests",
+    "Requests of this portal waiting in the shared queue because every worker of the model was busy.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "portal_queue_wait_seconds",
+    "Time requests waited in the shared queue, whether they got a worker or timed out.",
+    ["model"],
+    buckets=TTFT_BUCKETS,
+)
 REFUSALS = Counter(
     "portal_rate_limit_refusals",
     "Requests refused by a caller's limit, by door (api, signed, chat) and limit (rpm, tpm, ...).",
@@ -173,6 +185,15 @@ def record_request(
 
 def record_failover(*, model: str, worker: str, reason: str) -> None:
     FAILOVERS.labels(model, worker, reason).inc()
+
+
+def queued(model: str) -> Gauge:
+    """The gauge of requests waiting for `model`: the caller increments it on entry, decrements on exit."""
+    return QUEUED.labels(model)
+
+
+def record_queue_wait(*, model: str, seconds: float) -> None:
+    QUEUE_WAIT.labels(model).observe(seconds)
 
 
 def record_refusal(*, subject: str, model: str, reason: str) -> None:

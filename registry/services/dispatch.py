@@ -77,6 +77,7 @@ class ResolvedModel:
     task: str
     dispatch_policy: str
     default_params: dict[str, Any]
+    queue_timeout: float = 0.0  # seconds a request may wait for a busy fleet; 0: refused at once
 
 
 def _speeds(candidates: list[WorkerSnapshot]) -> list[float]:
@@ -95,17 +96,24 @@ def _lowest(candidates: list[WorkerSnapshot], key: Callable[[int], float], rng: 
 
 
 def choose_worker(
-    candidates: list[WorkerSnapshot], policy: str, *, rng: random.Random | None = None
+    candidates: list[WorkerSnapshot],
+    policy: str,
+    *,
+    rng: random.Random | None = None,
+    allow_full: bool = False,
 ) -> WorkerSnapshot:
     """Pick the worker for one request by `policy`; raise NoWorkerAvailable, never return None.
 
     lottery: random, weighted by speed. shortest_queue: lowest (queued + local in-flight) / speed.
-    least_inflight (default): lowest load. Full workers are skipped.
+    least_inflight (default): lowest load. Full workers are skipped, unless `allow_full` (the
+    head of the request queue asks the least loaded one even so: the figures may be a heartbeat old).
     """
     rng = rng or _RNG
     if not candidates:
         raise NoWorkerAvailable("No online worker serves this model.")
     open_ = [c for c in candidates if not c.is_full]
+    if not open_ and allow_full:
+        return candidates[_lowest(candidates, lambda i: candidates[i].load, rng)]
     if not open_:
         raise NoWorkerAvailable(
             f"All {len(candidates)} workers serving this model are busy; retry shortly.", all_full=True
@@ -152,6 +160,7 @@ def get_model(*, name: str) -> ResolvedModel | None:
         task=model.task,
         dispatch_policy=model.dispatch_policy,
         default_params=dict(model.default_params or {}),
+        queue_timeout=model.queue_timeout,
     )
 
 

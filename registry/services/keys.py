@@ -55,6 +55,8 @@ class KeyInfo:
     requests_per_minute: int | None
     tokens_per_minute: int | None
     max_in_flight: int | None = None
+    queue_priority: int = 0
+    max_queued: int | None = None
 
     def allows(self, served_model_id: int) -> bool:
         return self.allowed_model_ids is None or served_model_id in self.allowed_model_ids
@@ -131,6 +133,8 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
         max_in_flight=key.max_in_flight,
+        queue_priority=key.queue_priority,
+        max_queued=key.max_queued,
     )
 
 

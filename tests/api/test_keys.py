@@ -46,7 +46,8 @@ def admin_client() -> Client:
 
 
 def test_admin_shows_a_new_keys_secret_once(admin_client):
-    response = admin_client.post("/admin/registry/apikey/add/", {"name": "from-admin"}, follow=True)
+    form = {"name": "from-admin", "queue_priority": 0}
+    response = admin_client.post("/admin/registry/apikey/add/", form, follow=True)
     key = ApiKey.objects.get(name="from-admin")
     shown = [str(m) for m in response.context["messages"] if f"sk-{key.prefix}-" in str(m)]
     assert len(shown) == 1

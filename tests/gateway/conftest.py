@@ -48,9 +48,7 @@ def add_worker(model: ServedModel, name: str, **fields: object) -> Worker:
         address=f"http://{name}:9000",
         status=WorkerStatus.ONLINE,
         expires_at=timezone.now() + timedelta(minutes=5),
-        max_concurrency=4,
-        max_queue=4,
-        **fields,
+        **{"max_concurrency": 4, "max_queue": 4, **fields},
     )
     worker.served_models.add(model)
     return worker
