@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from rest_framework.views import APIView
@@ -74,6 +75,18 @@ class OpenAIView(APIView):
             return await handler(request, *args, **kwargs)
         except GatewayError as exc:
             return error_response(exc)
+        except (OperationalError, InterfaceError):
+            # The database is away (restarting, unreachable): the request may succeed in a moment.
+            logger.warning("request %s failed: the database is unavailable", self.request_id, exc_info=True)
+            return error_response(
+                GatewayError(
+                    "The database is unavailable; retry shortly.",
+                    status_code=503,
+                    error_type="service_unavailable",
+                    code="database_unavailable",
+                    retry_after=2,
+                )
+            )
         except Exception:
             # Our own bug, not the client's: logged with the request id, answered in OpenAI's shape.
             logger.exception("request %s failed", self.request_id)

@@ -6,7 +6,8 @@ Django's single sync thread; past `max_stale` the caller waits for the load.
 Concurrent misses for one key share a single load (no thundering herd).
 It is an LRU with a size cap: a flood of distinct keys (random API keys,
 unknown model names) evicts the least recently used entries, one at a time,
-and never grows the process.
+and never grows the process. While the database is away, a value past
+`max_stale` is still served rather than the request failing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from django.db import DatabaseError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -61,7 +64,14 @@ class RefreshingCache(Generic[T]):
             if age < self._max_stale():
                 self._start_load(key)  # refresh behind the caller's back
                 return entry.value
-        return await asyncio.shield(self._start_load(key))
+        try:
+            return await asyncio.shield(self._start_load(key))
+        except DatabaseError as exc:
+            if entry is None:
+                raise
+            # The database is away: the last value known beats a failed request.
+            logger.warning("serving a value %.0f s old, the database failed: %s", age, exc)
+            return entry.value
 
     def clear(self) -> None:
         self._entries.clear()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 from django.test import AsyncClient
 from django.utils import timezone
 
@@ -140,3 +141,17 @@ async def test_unknown_v1_path_is_404_in_openai_shape(served_model):
     response = await AsyncClient().get("/v1/nothing")
     assert response.status_code == 404
     error_of(response)
+
+
+async def test_an_unreachable_database_is_503_with_retry_after_not_500(served_model, monkeypatch):
+    secret = await make_key()
+
+    async def away(key: object) -> None:
+        raise OperationalError("connection refused")
+
+    keys.clear_cache()  # the key is not known yet: its lookup needs the database
+    monkeypatch.setattr(keys._cache, "_load", away)
+    response = await post("/v1/chat/completions", CHAT, secret)
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert error_of(response)["code"] == "database_unavailable"

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from django.db import OperationalError
 
 from registry.services.cache import RefreshingCache
 
@@ -91,3 +92,17 @@ async def test_distinct_keys_evict_the_least_recently_used_one_at_a_time():
     for i in range(100):
         await cache.get(f"random-{i}")
     assert len(cache) == 3
+
+
+async def test_while_the_database_is_away_a_value_past_max_stale_is_served_and_a_miss_fails():
+    source = Source()
+    cache = make(source, ttl=0.0, max_stale=0.0)
+    assert await cache.get("k") == "k:v1"
+
+    async def away(key: object) -> str:
+        raise OperationalError("the database is restarting")
+
+    cache._load = away
+    assert await cache.get("k") == "k:v1"  # the last value known
+    with pytest.raises(OperationalError):
+        await cache.get("other")  # nothing known: the failure is the caller's to answer
