@@ -7,6 +7,14 @@
 - kill -9 of a portal, 200 requests: nginx routes around it; only requests
   that portal held fail; every request the client saw finish has exactly one
   usage record (the record is in the shared Redis stream before [DONE]).
+- Redis killed with -9 and restarted (a private redis-server, append-only):
+  no request fails, no usage record is lost.
+- PostgreSQL cut for 10 s (a relay in front of it drops and refuses every
+  connection): nothing hangs, failures are quick answers, the workers beat
+  again, no usage record is lost.
+
+Each report counts requests ok / failed / retried (moved to another worker),
+p95 latency before and after the fault, and usage records lost.
 
 The figures are written to test-artifacts/faults/.
 """
@@ -29,6 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.cluster import Cluster, cluster_env, run, up
+from tests.deploy.outages import PostgresCut, PrivateRedis
 from tests.processes import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.fault]
@@ -38,14 +47,39 @@ PORTAL_KILL_REQUESTS = 200
 CLAIM_SECONDS = 5  # USAGE_CLAIM_SECONDS: a live portal takes over the dead one's unwritten records
 BOUND_SECONDS = 60  # no request may take longer, fault or not
 HEARTBEAT_SECONDS = 5.0  # the default HEARTBEAT_INTERVAL
+REDIS_DOWN_SECONDS = 3.0
+POSTGRES_DOWN_SECONDS = 10.0
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "faults"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One cluster for the module; each test leaves it whole again (it restarts what it killed)."""
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def postgres_cut() -> Iterator[PostgresCut]:
+    relay = PostgresCut()
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, private_redis: PrivateRedis, postgres_cut: PostgresCut
+) -> Iterator[Cluster]:
+    """One cluster for the module, on a Redis and a path to PostgreSQL that the tests may break.
+
+    Each test leaves it whole again (it restarts what it killed).
+    """
     env = cluster_env(tmp_path_factory.mktemp("faults") / "cluster", "portal_cluster_faults")
     env["USAGE_CLAIM_SECONDS"] = str(CLAIM_SECONDS)
+    env["CLUSTER_REDIS_URL"] = private_redis.url
+    env["PG_URL"] = f"postgres://postgres@127.0.0.1:{postgres_cut.port}"
     try:
         yield up(env)
     finally:
@@ -104,7 +138,8 @@ def worker_at(admin: httpx2.Client, port: str) -> dict[str, Any]:
     return next(w for w in fleet(admin) if w["address"].endswith(f":{port}"))
 
 
-def served_by(cluster: Cluster, identity: str) -> float:
+def counted(cluster: Cluster, family_name: str, **labels: str) -> float:
+    """The sum of a counter's samples with `labels`, from /metrics (every portal of the host)."""
     token = cluster.settings["METRICS_TOKEN"]
     text = httpx2.get(
         f"{cluster.base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
@@ -112,10 +147,41 @@ def served_by(cluster: Cluster, identity: str) -> float:
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
-        if family.name == "portal_requests"
+        if family.name == family_name
         for sample in family.samples
-        if sample.name == "portal_requests_total" and sample.labels.get("worker") == identity
+        if sample.name == f"{family_name}_total" and labels.items() <= sample.labels.items()
     )
+
+
+def served_by(cluster: Cluster, identity: str) -> float:
+    return counted(cluster, "portal_requests", worker=identity)
+
+
+def retried(cluster: Cluster) -> float:
+    """Requests moved to another worker, so far (portal_dispatch_failovers)."""
+    return counted(cluster, "portal_dispatch_failovers")
+
+
+def usage_records(cluster: Cluster, finished: list[str]) -> dict[str, int]:
+    """Of the requests the client saw finish: how many have no usage record, how many more than one.
+
+    What a dead portal read from the stream and had not written is claimed after CLAIM_SECONDS.
+    """
+
+    def records() -> list[tuple[str, int]]:
+        with psycopg.connect(cluster.settings["DATABASE_URL"]) as db:
+            return db.execute(
+                "SELECT request_id, count(*) FROM registry_usagerecord WHERE request_id = ANY(%s) GROUP BY 1",
+                (finished,),
+            ).fetchall()
+
+    deadline = time.monotonic() + CLAIM_SECONDS + 20
+    while len(rows := records()) < len(finished) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {
+        "usage_records_lost": len(set(finished) - {request_id for request_id, _ in rows}),
+        "usage_records_duplicated": sum(count > 1 for _, count in rows),
+    }
 
 
 def p95(values: list[float]) -> float | None:
@@ -131,15 +197,19 @@ def seconds_until_offline(admin: httpx2.Client, port: str, killed_at: float) -> 
     return None
 
 
-async def load_with_a_kill(
+def kill(pid: int) -> Callable[[], None]:
+    return lambda: os.kill(pid, signal.SIGKILL)
+
+
+async def load_with_a_fault(
     cluster: Cluster,
-    victim_pid: int,
+    fault: Callable[[], None],
     after_kill: Callable[[float], Any] | None = None,
     requests: int = REQUESTS,
 ) -> tuple[list[Outcome], float, Any]:
-    """The streaming load; the victim is killed with -9 once a quarter of the requests have finished.
+    """The streaming load; `fault()` happens once a quarter of the requests have finished.
 
-    Returns the outcomes, when the kill happened, and what `after_kill(killed_at)` returned
+    Returns the outcomes, when the fault happened, and what `after_kill(killed_at)` returned
     (it runs in a thread while the load goes on).
     """
     outcomes: list[Outcome] = []
@@ -157,7 +227,7 @@ async def load_with_a_kill(
                 outcome = await stream_one(client, cluster.api_key, queue.get_nowait())
                 outcomes.append(outcome)
                 if len(outcomes) == requests // 4 and not killed_at:
-                    os.kill(victim_pid, signal.SIGKILL)
+                    fault()
                     killed_at = time.monotonic()
                     if after_kill is not None:
                         watch = asyncio.ensure_future(asyncio.to_thread(after_kill, killed_at))
@@ -196,12 +266,13 @@ def assert_only_held_requests_failed(
 
 def test_kill_9_of_a_worker_under_load(cluster: Cluster) -> None:
     victim_port = cluster.env["WORKER_PORTS"].split()[0]
+    retried_before = retried(cluster)
     with cluster.admin_client() as admin:
         assert worker_at(admin, victim_port)["status"] == "online"
         outcomes, killed_at, offline_after = asyncio.run(
-            load_with_a_kill(
+            load_with_a_fault(
                 cluster,
-                cluster.pids()["worker-smollm2-a"],
+                kill(cluster.pids()["worker-smollm2-a"]),
                 lambda killed_at: seconds_until_offline(admin, victim_port, killed_at),
             )
         )
@@ -228,6 +299,7 @@ def test_kill_9_of_a_worker_under_load(cluster: Cluster) -> None:
     served_again = served_by(cluster, identity) > before
 
     report = summary(outcomes, killed_at)
+    report["retried"] = retried(cluster) - retried_before
     report["offline_after_seconds"] = None if offline_after is None else round(offline_after, 1)
     report["served_again"] = served_again
     write_report("worker-kill", report)
@@ -239,7 +311,8 @@ def test_kill_9_of_a_worker_under_load(cluster: Cluster) -> None:
 
 
 def test_kill_9_of_a_portal_under_load(cluster: Cluster) -> None:
-    load = load_with_a_kill(cluster, cluster.pids()["portal-1"], requests=PORTAL_KILL_REQUESTS)
+    retried_before = retried(cluster)
+    load = load_with_a_fault(cluster, kill(cluster.pids()["portal-1"]), requests=PORTAL_KILL_REQUESTS)
     outcomes, killed_at, _ = asyncio.run(load)
     assert killed_at, "the load ended before the kill"
     restarted = run(cluster.env, "restart", "portal-1", timeout=60)
@@ -250,29 +323,68 @@ def test_kill_9_of_a_portal_under_load(cluster: Cluster) -> None:
         assert time.monotonic() < deadline, "the restarted portal did not answer /health"
         time.sleep(0.5)
 
-    seen_finish = [o.request_id for o in outcomes if o.ok]
-
-    def records() -> list[tuple[str, int]]:
-        with psycopg.connect(cluster.settings["DATABASE_URL"]) as db:
-            return db.execute(
-                "SELECT request_id, count(*) FROM registry_usagerecord WHERE request_id = ANY(%s) GROUP BY 1",
-                (seen_finish,),
-            ).fetchall()
-
-    # What the dead portal read from the stream and had not written is claimed after CLAIM_SECONDS.
-    deadline = time.monotonic() + CLAIM_SECONDS + 20
-    while len(rows := records()) < len(seen_finish) and time.monotonic() < deadline:
-        time.sleep(0.5)
     report = summary(outcomes, killed_at)
-    report.update(
-        usage_records_lost=len(set(seen_finish) - {request_id for request_id, _ in rows}),
-        usage_records_duplicated=sum(count > 1 for _, count in rows),
-    )
+    report["retried"] = retried(cluster) - retried_before
+    report.update(usage_records(cluster, [o.request_id for o in outcomes if o.ok]))
     write_report("portal-kill", report)
     assert_only_held_requests_failed(outcomes, report, PORTAL_KILL_REQUESTS)
     assert all(o.request_id for o in outcomes if o.ok), report
     assert report["usage_records_lost"] == 0, report
     assert report["usage_records_duplicated"] == 0, report
+
+
+def test_redis_restarted_under_load(cluster: Cluster, private_redis: PrivateRedis) -> None:
+    """Redis killed with -9 and started again 3 s later: the portals go on without a restart."""
+
+    def start_again(_: float) -> None:
+        time.sleep(REDIS_DOWN_SECONDS)
+        private_redis.start()
+
+    retried_before = retried(cluster)
+    outcomes, killed_at, _ = asyncio.run(load_with_a_fault(cluster, private_redis.kill, start_again))
+    assert killed_at, "the load ended before the kill"
+    report = summary(outcomes, killed_at)
+    report["retried"] = retried(cluster) - retried_before
+    # Records added to the stream before the kill are in Redis's append-only file; those of the
+    # requests that ended while it was down waited in their portal's memory.
+    report.update(usage_records(cluster, [o.request_id for o in outcomes if o.ok]))
+    write_report("redis-restart", report)
+    assert report["longest_seconds"] <= BOUND_SECONDS, report
+    assert all(o.clean for o in outcomes), report
+    assert report["failed"] == 0, report  # limits, the queue and the usage buffer fall back without Redis
+    assert report["usage_records_lost"] == 0, report
+    assert report["usage_records_duplicated"] == 0, report
+
+
+def test_postgresql_cut_for_10_seconds_under_load(cluster: Cluster, postgres_cut: PostgresCut) -> None:
+    """Every connection to PostgreSQL broken and refused for 10 s: nothing hangs, everything comes back."""
+    retried_before = retried(cluster)
+    outcomes, cut_at, _ = asyncio.run(
+        load_with_a_fault(cluster, lambda: postgres_cut.cut(POSTGRES_DOWN_SECONDS))
+    )
+    assert cut_at, "the load ended before the cut"
+    report = summary(outcomes, cut_at)
+    report["retried"] = retried(cluster) - retried_before
+    report.update(usage_records(cluster, [o.request_id for o in outcomes if o.ok]))
+    with cluster.admin_client() as admin:  # the workers beat again: online, with a heartbeat after the cut
+        deadline = time.monotonic() + 3 * HEARTBEAT_SECONDS + 5
+        while any(w["status"] != "online" for w in fleet(admin)):
+            assert time.monotonic() < deadline, fleet(admin)
+            time.sleep(0.5)
+    headers = {"Authorization": f"Bearer {cluster.api_key}"}
+    question = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    answer = httpx2.post(f"{cluster.base}/v1/chat/completions", json=question, headers=headers, timeout=60)
+    report["served_after"] = answer.status_code == 200
+    write_report("postgresql-cut", report)
+    assert report["longest_seconds"] <= BOUND_SECONDS, report
+    assert all(o.clean for o in outcomes), report
+    # Served from the portals' caches, or refused quickly with a 503: an answer, never a wait.
+    failed = [o for o in outcomes if not o.ok]
+    assert all(o.ended - o.started < POSTGRES_DOWN_SECONDS + 10 for o in failed), report
+    assert not any("Internal error" in o.error for o in failed), report
+    assert report["usage_records_lost"] == 0, report  # they waited in the Redis stream
+    assert report["usage_records_duplicated"] == 0, report
+    assert report["served_after"], answer.text
 
 
 def _answers(url: str) -> bool:
