@@ -15,7 +15,6 @@ minute. Its keys share one hash tag per subject.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from typing import Protocol
 import redis.asyncio
 from django.conf import settings
 from redis.commands.core import AsyncScript
+
+from portal.gateway.per_loop import PerLoop
 
 WINDOW_SECONDS = 60
 # A request still running after this long stops holding its in-flight slot; a dead portal's slots
@@ -202,21 +203,14 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[asyncio.AbstractEventLoop, tuple[AsyncScript, AsyncScript]] = {}
+        self._per_loop = PerLoop(self._connect)
+
+    def _connect(self) -> tuple[AsyncScript, AsyncScript]:
+        client = redis.asyncio.Redis.from_url(self.url)
+        return client.register_script(RESERVE_LUA), client.register_script(SETTLE_LUA)
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
-        # A redis.asyncio connection belongs to the loop that opened it: one client per loop.
-        loop = asyncio.get_running_loop()
-        scripts = self._clients.get(loop)
-        if scripts is None:
-            for old in [other for other in self._clients if other.is_closed()]:
-                del self._clients[old]
-            client = redis.asyncio.Redis.from_url(self.url)
-            scripts = self._clients[loop] = (
-                client.register_script(RESERVE_LUA),
-                client.register_script(SETTLE_LUA),
-            )
-        return scripts
+        return self._per_loop.get()
 
     @staticmethod
     def prefix(subject: str) -> str:

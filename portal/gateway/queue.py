@@ -26,7 +26,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import redis.asyncio
 from django.conf import settings
@@ -34,6 +34,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from portal.gateway.errors import GatewayError, no_worker
+from portal.gateway.per_loop import PerLoop
 from portal.metrics import instruments
 
 logger = logging.getLogger(__name__)
@@ -158,29 +159,22 @@ return 1
 """
 
 
+class _Connection(NamedTuple):
+    client: redis.asyncio.Redis
+    enter: AsyncScript
+    position: AsyncScript
+
+
 class RedisQueues:
     """The queues in Redis, shared by every portal: one script call per step."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[
-            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, AsyncScript, AsyncScript]
-        ] = {}
+        self._per_loop = PerLoop(self._connect)
 
-    def _client(self) -> tuple[redis.asyncio.Redis, AsyncScript, AsyncScript]:
-        # A redis.asyncio connection belongs to the loop that opened it: one client per loop.
-        loop = asyncio.get_running_loop()
-        found = self._clients.get(loop)
-        if found is None:
-            for old in [other for other in self._clients if other.is_closed()]:
-                del self._clients[old]
-            client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
-            found = self._clients[loop] = (
-                client,
-                client.register_script(ENTER_LUA),
-                client.register_script(POSITION_LUA),
-            )
-        return found
+    def _connect(self) -> _Connection:
+        client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+        return _Connection(client, client.register_script(ENTER_LUA), client.register_script(POSITION_LUA))
 
     @staticmethod
     def _keys(model_id: int, terms: QueueTerms) -> list[str]:
@@ -192,15 +186,16 @@ class RedisQueues:
     ) -> int | None:
         keys = [*self._keys(model_id, terms), "portal:queue:{q}:arrivals"]
         args = (member, MAX_PRIORITY - terms.priority, cap, PLACE_TTL_MS, "" if order is None else order)
-        answer = await self._client()[1](keys=keys, args=args)
+        answer = await self._per_loop.get().enter(keys=keys, args=args)
         return int(answer) or None
 
     async def position(self, model_id: int, member: str, terms: QueueTerms) -> int:
-        return int(await self._client()[2](keys=self._keys(model_id, terms), args=(member, PLACE_TTL_MS)))
+        script = self._per_loop.get().position
+        return int(await script(keys=self._keys(model_id, terms), args=(member, PLACE_TTL_MS)))
 
     async def leave(self, model_id: int, member: str, terms: QueueTerms) -> None:
         queue, alive, caller = self._keys(model_id, terms)
-        async with self._client()[0].pipeline(transaction=False) as pipe:
+        async with self._per_loop.get().client.pipeline(transaction=False) as pipe:
             for key in (queue, alive, caller):
                 pipe.zrem(key, member)
             await pipe.execute()

@@ -136,23 +136,27 @@ async def pick_worker(
     """
     while True:
         candidates = await aget_candidates(served_model_id=model.id)
-        usable = counters.with_local_counts(candidates, skip | busy)
-        jump = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
-        try:
-            if not jump:
+        others_waiting = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
+        if not others_waiting:
+            usable = counters.with_local_counts(candidates, skip | busy)
+            try:
                 return choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
-            raise NoWorkerAvailable("others are waiting", all_full=True)
-        except NoWorkerAvailable as exc:
-            if not (place.enabled and candidates and (exc.all_full or busy)):
-                if last_error is not None:
-                    raise last_error from None
-                if not candidates:
-                    raise no_worker(
-                        f"No online worker serves the model '{model.name}'; retry later."
-                    ) from None
-                raise no_worker(str(exc)) from None
+            except NoWorkerAvailable as exc:
+                if not (place.enabled and candidates and (exc.all_full or busy)):
+                    raise _none_left(model, candidates, exc, last_error) from None
         await place.wait_turn()
         busy.clear()
+
+
+def _none_left(
+    model: ResolvedModel, candidates: list[Any], exc: NoWorkerAvailable, last_error: GatewayError | None
+) -> GatewayError:
+    """Why no worker can take the request: the last worker's own error, or the fleet's state."""
+    if last_error is not None:
+        return last_error
+    if not candidates:
+        return no_worker(f"No online worker serves the model '{model.name}'; retry later.")
+    return no_worker(str(exc))
 
 
 async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[[Any], Awaitable[T]]) -> T:
