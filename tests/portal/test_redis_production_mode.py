@@ -42,14 +42,25 @@ def two_portals(redis_env: dict[str, str]) -> Iterator[tuple[PortalProcess, Port
     yield from start_two_portals(env=redis_env)
 
 
+def _minute() -> int:
+    """The limits' window as Redis's clock counts it (the limits count fixed minutes on it)."""
+    seconds, _ = cast(tuple[int, int], redis.Redis.from_url(REDIS_URL).time())
+    return seconds // 60
+
+
 def test_rate_limit_is_counted_across_portal_copies(two_portals):
     first, second = two_portals
-    _, secret = create_api_key(name="shared", requests_per_minute=2)
-    headers = {"Authorization": f"Bearer {secret}"}
-    statuses = [
-        httpx2.get(f"{portal.url}/v1/models", headers=headers, timeout=10).status_code
-        for portal in (first, second, first)
-    ]
+    # Three requests that straddle a minute's end are counted in two windows; such a try is redone.
+    for attempt in range(3):
+        _, secret = create_api_key(name=f"shared-{attempt}", requests_per_minute=2)
+        headers = {"Authorization": f"Bearer {secret}"}
+        started = _minute()
+        statuses = [
+            httpx2.get(f"{portal.url}/v1/models", headers=headers, timeout=10).status_code
+            for portal in (first, second, first)
+        ]
+        if _minute() == started:
+            break
     assert statuses == [200, 200, 429]
 
 
