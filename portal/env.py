@@ -41,6 +41,9 @@ HEARTBEAT_INTERVAL: float = env.float("HEARTBEAT_INTERVAL", default=5.0)
 HEARTBEAT_EXPIRY_INTERVALS: int = env.int("HEARTBEAT_EXPIRY_INTERVALS", default=3)
 MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "models")))
 WORKER_DRAIN_TIMEOUT: float = env.float("WORKER_DRAIN_TIMEOUT", default=30.0)
+# Agents: folders whose model folders and .gguf files the admin offers for deployments.
+MODEL_DIRS: list[str] = env.list("MODEL_DIRS", default=[])
+LOG_DIR = Path(env.str("LOG_DIR", default=str(VAR_DIR / "log")))
 # Shared secret workers require (Authorization: Bearer) on all but /health; empty: none.
 WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None
 # Earlier tokens workers still accept during a rotation (the portal sends WORKER_TOKEN only).

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "registry",
+    "fleet",
     # Before channels: our `runworker` must win over Channels' own.
     "inference",
     "channels",
@@ -188,6 +189,8 @@ HEARTBEAT_INTERVAL = env.HEARTBEAT_INTERVAL
 HEARTBEAT_EXPIRY_INTERVALS = env.HEARTBEAT_EXPIRY_INTERVALS
 MODEL_CACHE_DIR = env.MODEL_CACHE_DIR
 WORKER_DRAIN_TIMEOUT = env.WORKER_DRAIN_TIMEOUT
+MODEL_DIRS = env.MODEL_DIRS
+LOG_DIR = env.LOG_DIR
 WORKER_TOKEN = env.WORKER_TOKEN
 WORKER_TOKEN_FALLBACKS = env.WORKER_TOKEN_FALLBACKS
 GATEWAY_MAX_ATTEMPTS = env.GATEWAY_MAX_ATTEMPTS

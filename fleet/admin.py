@@ -1,0 +1,170 @@
+"""Admin for nodes and deployments: what the fleet should run, and what each replica is doing.
+
+Saving a deployment goes through `fleet.services.deployments` (a changed
+worker option starts a rolling restart) and runs the scheduler at once; the
+agents do the rest within a tick. Instances are written by the agents, so
+they are read-only here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from fleet.models import Deployment, Instance, Node
+from fleet.services import deployments, scheduler
+
+
+def size(value: int | None) -> str:
+    return "—" if not value else f"{value / 2**30:.1f} GiB"
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "online",
+        "address",
+        "cpus",
+        "memory",
+        "free_memory",
+        "gpu_list",
+        "labels",
+        "replicas",
+    )
+    search_fields = ("name", "address")
+    readonly_fields = [f.name for f in Node._meta.fields]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
+        return super().get_queryset(request).prefetch_related("instances")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # an agent registers its node
+
+    @admin.display(boolean=True, description="Online")
+    def online(self, obj: Node) -> bool:
+        return obj.is_online
+
+    @admin.display(description="Memory", ordering="memory_bytes")
+    def memory(self, obj: Node) -> str:
+        return size(obj.memory_bytes)
+
+    @admin.display(description="Free", ordering="available_memory_bytes")
+    def free_memory(self, obj: Node) -> str:
+        return size(obj.available_memory_bytes)
+
+    @admin.display(description="GPUs")
+    def gpu_list(self, obj: Node) -> str:
+        return ", ".join(f"{g.get('name')} ({size(g.get('memory_bytes'))})" for g in obj.gpus) or "—"
+
+    @admin.display(description="Replicas")
+    def replicas(self, obj: Node) -> int:
+        return sum(i.wanted for i in obj.instances.all())
+
+
+class InstanceInline(admin.TabularInline):
+    model = Instance
+    extra = 0
+    can_delete = False
+    fields = ("worker_id", "node", "generation", "state", "port", "pid", "restarts", "detail", "last_log")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Instance]:
+        return super().get_queryset(request).select_related("deployment", "node")
+
+    @admin.display(description="Worker id")
+    def worker_id(self, obj: Instance) -> str:
+        return obj.identity
+
+    @admin.display(description="Last log lines (at the last crash)")
+    def last_log(self, obj: Instance) -> str:
+        return (
+            format_html("<pre style='max-height:12em;overflow:auto'>{}</pre>", obj.log_tail)
+            if obj.log_tail
+            else "—"
+        )
+
+
+class DeploymentForm(forms.ModelForm):
+    class Meta:
+        model = Deployment
+        fields = (
+            "name", "model_names", "model_path", "backend", "replicas", "max_concurrency", "dtype", "threads",
+            "max_model_len", "extra_args", "placement", "required_labels", "memory_per_replica",
+        )  # fmt: skip
+        widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.fields["name"].disabled = True  # workers' ids carry it
+        paths = sorted({e["path"] for node in Node.objects.online() for e in node.catalogue})
+        self.fields["model_path"].help_text += format_html(
+            "<datalist id='model-catalogue'>{}</datalist>",
+            format_html("".join(format_html("<option value='{}'>", p) for p in paths)),
+        )
+
+    def clean_extra_args(self) -> str:
+        extra: str = self.cleaned_data["extra_args"]
+        deployments.check_extra_args(extra)  # a ValidationError names the option
+        return extra
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    form = DeploymentForm
+    list_display = (
+        "name",
+        "model_path",
+        "backend",
+        "replicas",
+        "replica_states",
+        "pending_reason",
+        "updated_at",
+    )
+    search_fields = ("name", "model_path", "model_names")
+    readonly_fields = ("generation", "pending_reason")
+    inlines = [InstanceInline]
+    actions = ["restart", "stop"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
+        return super().get_queryset(request).prefetch_related("instances")
+
+    @admin.display(description="Replicas now")
+    def replica_states(self, obj: Deployment) -> str:
+        return str(deployments.summarize(obj, list(obj.instances.all())))
+
+    def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
+        try:
+            deployments.save_deployment(obj)
+        except ValidationError as exc:  # the form checked already; a race is still told
+            self.message_user(request, "; ".join(exc.messages), level="error")
+            return
+        scheduler.reconcile()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Deployment | None = None) -> bool:
+        # Stop first: a deployment goes once its agents have stopped every replica.
+        return super().has_delete_permission(request, obj) and (obj is None or not obj.instances.exists())
+
+    @admin.action(description="Restart: replace every replica, one at a time")
+    def restart(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in queryset:
+            deployments.restart(deployment)
+        scheduler.reconcile()
+        self.message_user(request, f"{len(queryset)} deployment(s) restarting, one replica at a time.")
+
+    @admin.action(description="Stop: scale to 0 (workers drain)")
+    def stop(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in queryset:
+            deployments.scale(deployment, 0)
+        scheduler.reconcile()
+        self.message_user(request, f"{len(queryset)} deployment(s) stopping.")

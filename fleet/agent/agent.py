@@ -1,0 +1,282 @@
+"""The node agent: register the machine, run the scheduler, and make this node's instances real.
+
+Each tick (every `interval` seconds) it heartbeats its node, runs the
+scheduler, and walks this node's instances:
+
+- wanted and not running: start `runworker` (a free port, logs to a file),
+  after the back-off if it crashed before; after MAX_CRASHES crashes in a row
+  the instance is failed and keeps its last log lines for the admin;
+- wanted and running: starting until its worker row is online, then ready;
+- not wanted: ask its worker to drain, exit and delete its row (the admin's
+  remove, so every portal stops dispatching to it first), SIGTERM if it has
+  no row yet or outstays the drain, and forget the instance once it exited.
+
+An agent that starts adopts the processes a previous agent on this node left
+running (their pid and `--worker-id` match), so a restarted agent never
+starts duplicates. Stopped with SIGTERM or SIGINT, it drains its workers and
+leaves their instances pending, to be started again by the next agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from fleet import catalogue
+from fleet.agent.processes import WorkerProcess, free_port, log_tail
+from fleet.models import Instance, InstanceState, Node
+from fleet.services import nodes, scheduler
+from fleet.services.deployments import worker_command
+from registry.models import Worker
+from registry.services import workers
+from registry.services.controls import remove_workers
+
+logger = logging.getLogger(__name__)
+
+MAX_CRASHES = 5
+MAX_BACKOFF_SECONDS = 60.0
+STABLE_AFTER = timedelta(seconds=60)  # ready this long: its crash count starts again from zero
+CATALOGUE_EVERY = 60.0  # seconds between rescans of the model folders
+
+
+def backoff(crashes: int) -> float:
+    """Seconds before the next start after `crashes` crashes in a row: 1, 2, 4, ... 60."""
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** max(0, crashes - 1))
+
+
+@dataclass
+class AgentOptions:
+    name: str
+    address: str = "127.0.0.1"
+    worker_host: str = "127.0.0.1"
+    labels: dict[str, str] = field(default_factory=dict)
+    model_dirs: list[str] = field(default_factory=list)
+    log_dir: Path = Path("var/log/instances")
+    interval: float = 2.0
+    drain_timeout: float = 30.0
+    heartbeat_interval: float = 5.0
+
+
+class Agent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.node: Node | None = None
+        self.processes: dict[int, WorkerProcess] = {}  # instance pk → its process
+        self.stop_deadlines: dict[int, float] = {}
+        self.stopping = threading.Event()
+        self._catalogue_at = 0.0
+
+    # The loop
+
+    def run(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stopping.set())
+        self.register()
+        self.adopt()
+        while not self.stopping.is_set():
+            self.tick()
+            self.stopping.wait(self.options.interval)
+        self.shut_down()
+
+    def tick(self) -> None:
+        """One heartbeat, one scheduler run, one pass over this node's instances; never raises."""
+        try:
+            close_old_connections()
+            self.heartbeat()
+            scheduler.reconcile()
+            self.supervise()
+        except DatabaseError as exc:
+            # Workers keep serving through a database outage; the next tick tries again.
+            logger.warning("Database unavailable: %s", exc)
+
+    # Node
+
+    def facts(self) -> nodes.NodeFacts:
+        total, available = catalogue.memory()
+        return nodes.NodeFacts(
+            name=self.options.name,
+            address=self.options.address,
+            labels=self.options.labels,
+            cpus=catalogue.cpus(),
+            memory_bytes=total,
+            available_memory_bytes=available,
+            gpus=catalogue.gpus(),
+            catalogue=catalogue.catalogue(self.options.model_dirs),
+            agent_pid=os.getpid(),
+        )
+
+    def register(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.node = nodes.register_node(facts=self.facts(), interval=self.options.heartbeat_interval)
+                self._catalogue_at = time.monotonic()
+                logger.info("Node %s registered", self.node.name)
+                return
+            except DatabaseError as exc:
+                logger.warning("Cannot register the node yet: %s", exc)
+                self.stopping.wait(self.options.interval)
+
+    def heartbeat(self) -> None:
+        assert self.node is not None
+        if time.monotonic() - self._catalogue_at > CATALOGUE_EVERY:
+            self.register()  # the catalogue and the machine's figures again
+            return
+        _, available = catalogue.memory()
+        beat = nodes.record_node_heartbeat(
+            node_id=self.node.pk, available_memory_bytes=available, interval=self.options.heartbeat_interval
+        )
+        if not beat:
+            self.register()
+
+    # Instances
+
+    def mine(self) -> list[Instance]:
+        assert self.node is not None
+        return list(Instance.objects.filter(node=self.node).select_related("deployment", "node"))
+
+    def adopt(self) -> None:
+        """Take over the workers a previous agent on this node left running."""
+        for instance in self.mine():
+            if instance.pid and (process := WorkerProcess.adopt(instance.pid, instance.identity)):
+                self.processes[instance.pk] = process
+                logger.info("Adopted %s (pid %d)", instance.identity, instance.pid)
+
+    def supervise(self) -> None:
+        instances = self.mine()
+        # A worker is up when its row is online with the pid of the process we know (after a crash, the
+        # old process's row looks online until it expires).
+        alive = set(
+            Worker.objects.online()
+            .filter(identity__in=[i.identity for i in instances])
+            .values_list("identity", "pid")
+        )
+        known = {i.pk for i in instances}
+        for pk in [pk for pk in self.processes if pk not in known]:
+            # Its row is gone (the node was forgotten during an outage): it must not serve twice.
+            self.processes.pop(pk).signal(signal.SIGTERM)
+        for instance in instances:
+            if instance.wanted:
+                self.keep(instance, (instance.identity, instance.pid) in alive)
+            else:
+                self.retire(instance)
+
+    def keep(self, instance: Instance, worker_online: bool) -> None:
+        process = self.processes.get(instance.pk)
+        now = timezone.now()
+        if process is not None and process.running():
+            if instance.state != InstanceState.READY and worker_online:
+                self.update(instance, state=InstanceState.READY, ready_at=now, detail="")
+            elif instance.state == InstanceState.STARTING:
+                self.update(instance, detail=log_tail(instance.log_path, 1)[:500])
+            elif instance.crashes_in_a_row and instance.ready_at and now - instance.ready_at > STABLE_AFTER:
+                self.update(instance, crashes_in_a_row=0)
+            return
+        if process is not None:
+            self.processes.pop(instance.pk)
+            self.crashed(instance, process.exit_description())
+        elif instance.state in (InstanceState.STARTING, InstanceState.READY):
+            self.crashed(instance, "was not running when this agent started")
+        if instance.state in (InstanceState.PENDING, InstanceState.CRASHED) and (
+            instance.next_start_at is None or instance.next_start_at <= now
+        ):
+            self.start(instance)
+
+    def crashed(self, instance: Instance, how: str) -> None:
+        # Its row would look online until its heartbeat expires: portals stop dispatching to it now.
+        workers.mark_offline(identity=instance.identity, error=how)
+        crashes = instance.crashes_in_a_row + 1
+        failed = crashes >= MAX_CRASHES
+        logger.warning("%s %s (%d in a row)%s", instance.identity, how, crashes, "; failed" if failed else "")
+        self.update(
+            instance,
+            state=InstanceState.FAILED if failed else InstanceState.CRASHED,
+            crashes_in_a_row=crashes,
+            next_start_at=timezone.now() + timedelta(seconds=backoff(crashes)),
+            detail=f"{how}; " + (f"gave up after {crashes} crashes in a row" if failed else "restarting"),
+            log_tail=log_tail(instance.log_path),
+            pid=None,
+        )
+
+    def start(self, instance: Instance) -> None:
+        options = self.options
+        port = free_port(options.worker_host)
+        address = (
+            None if options.address in ("127.0.0.1", "localhost") else f"http://{options.address}:{port}"
+        )
+        command = worker_command(instance, port=port, host=options.worker_host, address=address)
+        log_path = options.log_dir / f"{instance.deployment.name}-{instance.pk}.log"
+        process = WorkerProcess.start(command, instance.identity, log_path)
+        self.processes[instance.pk] = process
+        restarted = instance.state == InstanceState.CRASHED
+        logger.info("Started %s on port %d (pid %d)", instance.identity, port, process.pid)
+        self.update(
+            instance,
+            state=InstanceState.STARTING,
+            port=port,
+            pid=process.pid,
+            started_at=timezone.now(),
+            log_path=str(log_path),
+            detail="starting",
+            restarts=instance.restarts + restarted,
+        )
+
+    def retire(self, instance: Instance) -> None:
+        process = self.processes.get(instance.pk)
+        if process is None or not process.running():
+            self.processes.pop(instance.pk, None)
+            self.stop_deadlines.pop(instance.pk, None)
+            Worker.objects.filter(identity=instance.identity).delete()
+            instance.delete()
+            logger.info("Stopped %s", instance.identity)
+            return
+        deadline = self.stop_deadlines.get(instance.pk)
+        if deadline is None:
+            self.update(instance, state=InstanceState.STOPPING, detail="draining")
+            worker_ids = list(
+                Worker.objects.online().filter(identity=instance.identity).values_list("pk", flat=True)
+            )
+            if worker_ids:
+                remove_workers(worker_ids=worker_ids)  # portals stop dispatching; the worker drains and exits
+            else:
+                process.signal(signal.SIGTERM)
+            grace = self.options.drain_timeout + 3 * self.options.heartbeat_interval + 5
+            self.stop_deadlines[instance.pk] = time.monotonic() + grace
+        elif time.monotonic() > deadline:
+            process.signal(signal.SIGKILL if time.monotonic() > deadline + 10 else signal.SIGTERM)
+
+    def update(self, instance: Instance, **fields: object) -> None:
+        for name, value in fields.items():
+            setattr(instance, name, value)
+        Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=timezone.now())
+
+    # Shutting down
+
+    def shut_down(self) -> None:
+        """Drain every worker this agent runs; their instances wait, pending, for the next agent."""
+        logger.info("Stopping %d worker(s)", len(self.processes))
+        for process in self.processes.values():
+            process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.options.drain_timeout + 5
+        while any(p.running() for p in self.processes.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for process in self.processes.values():
+            if process.running():
+                process.signal(signal.SIGKILL)
+        try:
+            close_old_connections()
+            Instance.objects.filter(pk__in=list(self.processes)).update(
+                state=InstanceState.PENDING, pid=None, detail="its agent stopped", next_start_at=None
+            )
+            if self.node is not None:
+                nodes.mark_node_offline(node_id=self.node.pk)
+        except DatabaseError as exc:
+            logger.warning("Could not record the stop: %s", exc)

@@ -1,0 +1,145 @@
+"""`manage.py deploy`: create, scale, update, restart, stop and list deployments from a shell."""
+
+from __future__ import annotations
+
+import json
+import time
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from fleet.models import Backend, Deployment, Instance, InstanceState, Placement
+from fleet.services import deployments, scheduler
+
+OPTION_FIELDS = (
+    "model_path",
+    "model_names",
+    "backend",
+    "max_concurrency",
+    "dtype",
+    "threads",
+    "max_model_len",
+)
+
+
+class Command(BaseCommand):
+    help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        verbs = parser.add_subparsers(dest="verb", required=True)
+        for verb in ("create", "update"):
+            sub = verbs.add_parser(verb, help=f"{verb.title()} a deployment (update: a rolling restart).")
+            sub.add_argument("name")
+            sub.add_argument("--model-path", required=verb == "create")
+            sub.add_argument("--model-names")
+            sub.add_argument("--backend", choices=Backend.values)
+            sub.add_argument("--replicas", type=int)
+            sub.add_argument("--max-concurrency", type=int)
+            sub.add_argument("--dtype")
+            sub.add_argument("--threads", type=int)
+            sub.add_argument("--max-model-len", type=int)
+            sub.add_argument("--extra-args", help="More runworker options, quoted: '--max-queue 128'.")
+            sub.add_argument("--placement", choices=Placement.values)
+            sub.add_argument("--labels", help="Node labels required, e.g. zone=a,gpu=a100.")
+            sub.add_argument("--memory", type=int, help="Bytes per replica (default: estimated).")
+            if verb == "create":
+                sub.add_argument("--if-absent", action="store_true", help="Do nothing if it exists.")
+        scale = verbs.add_parser("scale", help="Set the number of replicas (0 stops them all).")
+        scale.add_argument("name")
+        scale.add_argument("replicas", type=int)
+        for verb, text in (
+            ("restart", "Replace every replica, one at a time."),
+            ("stop", "Scale to 0 (drains the workers)."),
+            ("delete", "Stop and delete once no replica is left."),
+        ):
+            verbs.add_parser(verb, help=text).add_argument("name")
+        verbs.add_parser("list", help="Every deployment with its replicas, as JSON lines.")
+        wait = verbs.add_parser("wait", help="Wait until every deployment has its replicas ready.")
+        wait.add_argument("--timeout", type=float, default=300.0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verb = options["verb"]
+        if verb in ("create", "update"):
+            self.save(options)
+        elif verb == "list":
+            self.list()
+        elif verb == "wait":
+            self.wait(options["timeout"])
+        else:
+            deployment = self.get(options["name"])
+            if verb == "scale":
+                deployments.scale(deployment, options["replicas"])
+            elif verb == "restart":
+                deployments.restart(deployment)
+            elif verb in ("stop", "delete"):
+                deployments.scale(deployment, 0)
+            scheduler.reconcile()
+            if verb == "delete":
+                self.delete(deployment)
+        if verb not in ("list", "wait", "delete"):
+            self.stdout.write(f"{options['name']}: {self.summary(self.get(options['name']))}")
+
+    def get(self, name: str) -> Deployment:
+        try:
+            return Deployment.objects.get(name=name)
+        except Deployment.DoesNotExist:
+            raise CommandError(f"No deployment named {name!r}.") from None
+
+    def save(self, options: dict[str, Any]) -> None:
+        exists = Deployment.objects.filter(name=options["name"]).first()
+        if options["verb"] == "create" and exists is not None:
+            if options["if_absent"]:
+                return
+            raise CommandError(f"A deployment named {options['name']!r} exists: use `deploy update`.")
+        deployment = exists or Deployment(name=options["name"])
+        for field in (*OPTION_FIELDS, "replicas", "placement", "extra_args"):
+            if options.get(field) is not None:
+                setattr(deployment, field, options[field])
+        if options.get("labels") is not None:
+            from fleet.management.commands.runagent import parse_labels
+
+            deployment.required_labels = parse_labels(options["labels"])
+        if options.get("memory") is not None:
+            deployment.memory_per_replica = options["memory"]
+        try:
+            deployments.save_deployment(deployment)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
+        scheduler.reconcile()
+
+    def summary(self, deployment: Deployment) -> str:
+        summary = deployments.summarize(deployment, list(deployment.instances.all()))
+        return f"{summary}" + (f" ({deployment.pending_reason})" if deployment.pending_reason else "")
+
+    def list(self) -> None:
+        for deployment in Deployment.objects.prefetch_related("instances"):
+            summary = deployments.summarize(deployment, list(deployment.instances.all()))
+            row = {"name": deployment.name, "model_path": deployment.model_path, **summary.__dict__}
+            self.stdout.write(json.dumps(row | {"pending_reason": deployment.pending_reason}))
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [
+                d for d in Deployment.objects.prefetch_related("instances")
+                if deployments.summarize(d, list(d.instances.all())).ready < d.replicas
+            ]  # fmt: skip
+            if not waiting:
+                return
+            failed = Instance.objects.filter(deployment__in=waiting, state=InstanceState.FAILED).first()
+            if failed is not None:
+                raise CommandError(f"{failed.identity} failed: {failed.detail}\n{failed.log_tail}")
+            if time.monotonic() > deadline:
+                raise CommandError("Not ready: " + "; ".join(f"{d.name} {self.summary(d)}" for d in waiting))
+            time.sleep(1)
+
+    def delete(self, deployment: Deployment) -> None:
+        deadline = time.monotonic() + 120
+        while deployment.instances.exists():
+            if time.monotonic() > deadline:
+                raise CommandError(f"{deployment.name} still has replicas stopping; is its node's agent up?")
+            time.sleep(1)
+        deployment.delete()
+        self.stdout.write(f"{deployment.name}: deleted")

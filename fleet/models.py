@@ -1,0 +1,165 @@
+"""Nodes (machines with an agent), deployments (what an operator wants served) and their instances.
+
+The scheduler (`fleet.services.scheduler`) turns a deployment into instances,
+each placed on a node; the node's agent (`runagent`) makes each instance a
+running `runworker` process and writes back what became of it.
+"""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+
+class NodeQuerySet(models.QuerySet["Node"]):
+    def online(self) -> NodeQuerySet:
+        return self.filter(expires_at__gt=timezone.now())
+
+
+class Node(models.Model):
+    """A machine whose agent starts and watches workers; it heartbeats like a worker."""
+
+    name = models.CharField(max_length=255, unique=True, help_text="The agent's --name (default: host name).")
+    address = models.CharField(max_length=255, help_text="Host others reach this node's workers at.")
+    labels = models.JSONField(default=dict, blank=True, help_text='From --labels, e.g. {"zone": "a"}.')
+    cpus = models.PositiveIntegerField(default=0)
+    memory_bytes = models.PositiveBigIntegerField(default=0, help_text="Total memory.")
+    available_memory_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Free at the last heartbeat."
+    )
+    gpus = models.JSONField(default=list, blank=True, help_text="[{name, memory_bytes}] from nvidia-smi.")
+    catalogue = models.JSONField(
+        default=list, blank=True, help_text="Models found on this node: [{path, bytes}]."
+    )
+    agent_pid = models.IntegerField(null=True, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_online(self) -> bool:
+        return self.expires_at is not None and self.expires_at > timezone.now()
+
+
+class Backend(models.TextChoices):
+    AUTO = "auto", "Auto (llama.cpp for GGUF on a CPU, else transformers)"
+    LLAMACPP = "llamacpp", "llama.cpp"
+    TRANSFORMERS = "transformers", "transformers"
+    VLLM = "vllm", "vLLM"
+    CANNED = "canned", "Canned (a test engine)"
+
+
+class Placement(models.TextChoices):
+    SPREAD = "spread", "Spread (replicas on different nodes where possible)"
+    PACK = "pack", "Pack (fill one node before the next)"
+
+
+class Deployment(models.Model):
+    """A model an operator wants served by `replicas` workers; the fleet makes it so."""
+
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9._-]*$", "Lower-case letters, digits, '.', '_', '-'.")],
+        help_text="Also the served model name unless model names are given.",
+    )
+    model_names = models.CharField(
+        max_length=500, blank=True, help_text="Comma-separated served names (default: the deployment's name)."
+    )
+    model_path = models.CharField(
+        max_length=1000, help_text="A packaged model name, a model folder or a .gguf file on the nodes."
+    )
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.AUTO)
+    replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(64)])
+    max_concurrency = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1)])
+    dtype = models.CharField(max_length=16, default="auto", help_text="runworker --dtype.")
+    threads = models.PositiveIntegerField(null=True, blank=True, help_text="runworker --threads.")
+    max_model_len = models.PositiveIntegerField(null=True, blank=True)
+    extra_args = models.CharField(
+        max_length=1000, blank=True, help_text="More runworker options, e.g. --max-queue 128."
+    )
+    placement = models.CharField(max_length=16, choices=Placement.choices, default=Placement.SPREAD)
+    required_labels = models.JSONField(
+        default=dict, blank=True, help_text='Node labels a replica needs, e.g. {"gpu": "a100"}.'
+    )
+    memory_per_replica = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Bytes; blank: estimated from the model's files."
+    )
+    generation = models.PositiveIntegerField(
+        default=1, editable=False, help_text="Raised when the options change: replicas roll to it."
+    )
+    pending_reason = models.CharField(max_length=500, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def served_names(self) -> list[str]:
+        return [n.strip() for n in self.model_names.split(",") if n.strip()] or [self.name]
+
+
+class InstanceState(models.TextChoices):
+    PENDING = "pending", "Pending (placed, not started)"
+    STARTING = "starting", "Starting (loading the model)"
+    READY = "ready", "Ready"
+    CRASHED = "crashed", "Crashed (restarting after a back-off)"
+    FAILED = "failed", "Failed (crashed too often; restart the deployment)"
+    STOPPING = "stopping", "Stopping (draining)"
+
+
+class Instance(models.Model):
+    """One replica of a deployment on one node: the agent's `runworker` process for it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="instances")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="instances")
+    generation = models.PositiveIntegerField()
+    wanted = models.BooleanField(default=True, help_text="False: the agent drains and stops it.")
+    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.PENDING)
+    memory_bytes = models.PositiveBigIntegerField(default=0, help_text="What placement reserved for it.")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    restarts = models.PositiveIntegerField(default=0)
+    crashes_in_a_row = models.PositiveIntegerField(default=0)
+    next_start_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    detail = models.CharField(max_length=500, blank=True, help_text="Loading progress or the last exit.")
+    log_path = models.CharField(max_length=1000, blank=True)
+    log_tail = models.TextField(blank=True, help_text="The log's last lines at the last crash.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment", "id"]
+        indexes = [models.Index(fields=["node", "wanted"])]
+
+    def __str__(self) -> str:
+        return self.identity
+
+    @property
+    def identity(self) -> str:
+        """The worker's --worker-id: its Worker row and its process's command line carry it."""
+        return f"{self.deployment.name}/{self.pk}@{self.node.name}"
+
+
+class SchedulerLock(models.Model):
+    """One row that every scheduler run updates first: runs on any number of agents take turns."""
+
+    last_run_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"scheduler run at {self.last_run_at}"

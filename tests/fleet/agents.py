@@ -1,0 +1,64 @@
+"""A real `manage.py runagent` child for tests, and the worker processes it leaves behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fleet.agent.processes import command_line
+from tests.processes import REPO_ROOT, subprocess_env, wait_for
+
+AGENT_ENV = {"HEARTBEAT_INTERVAL": "1", "WORKER_DRAIN_TIMEOUT": "10"}
+
+
+class AgentProcess:
+    def __init__(self, name: str, log_dir: Path) -> None:
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="agent-", suffix=".log", delete=False)  # noqa: SIM115
+        env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runagent", "--name", name, "--interval", "0.5"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()[-20000:]
+
+    def stop(self, timeout: float = 40) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def workers_of(deployment: str) -> list[int]:
+    """Pids of the runworker processes of `deployment` (their --worker-id starts with its name)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            args = command_line(int(entry.name))
+            if "runworker" in args and any(a.startswith(f"{deployment}/") for a in args):
+                found.append(int(entry.name))
+    return found
+
+
+def kill_workers_of(deployment: str) -> None:
+    for pid in workers_of(deployment):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not workers_of(deployment), timeout=10)
