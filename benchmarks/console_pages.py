@@ -34,6 +34,8 @@ PAGES = [
     "/admin/registry/appcredential/",
     "/admin/registry/usagerecord/",
     "/admin/registry/usagerollupday/",
+    "/admin/fleet/node/",
+    "/admin/fleet/deployment/",
 ]
 
 

@@ -57,8 +57,6 @@ def script_env(tmp_path: Path, marker: str, port: int) -> dict[str, str]:
         START_SCRIPT_MARKER=marker,
         SKIP_INSTALL="1",
         PORT=str(port),
-        SMOLLM2_PORT="0",
-        MINILM_PORT="0",
         DRAIN_SECONDS="10",
         PORTAL_VAR_DIR=str(tmp_path / "var"),
         ENV_FILE=str(tmp_path / ".env"),
@@ -154,7 +152,7 @@ def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: sign
         started = threading.Event()
         streamer = stream_in_background(base, api_key(output), started)
         assert started.wait(60), "the streamed completion did not start"
-        assert len(marked_pids(marker)) >= 5  # the script, two workers, qcluster, daphne
+        assert len(marked_pids(marker)) >= 6  # the script, the agent, two workers, qcluster, daphne
 
         os.killpg(proc.pid, sig)
         deadline = time.monotonic() + STOP_SECONDS

@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from fleet.models import Deployment, Instance, InstanceState
 
@@ -95,7 +96,7 @@ def create_deployment(**fields: Any) -> Deployment:
 
 
 def scale(deployment: Deployment, replicas: int) -> None:
-    Deployment.objects.filter(pk=deployment.pk).update(replicas=replicas)
+    Deployment.objects.filter(pk=deployment.pk).update(replicas=replicas, updated_at=timezone.now())
     deployment.replicas = replicas
 
 

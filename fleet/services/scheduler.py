@@ -82,11 +82,13 @@ def _reconcile_one(
     new = [i for i in wanted if i.generation == deployment.generation]
     old = [i for i in wanted if i.generation != deployment.generation]
     ready_new = sum(i.state == InstanceState.READY for i in new)
-    # Old replicas go as new ones become ready (not ready ones first).
+    # An old replica that is not ready serves nothing: it goes at once. Ready ones go as new ones
+    # become ready.
     keep_old = max(0, deployment.replicas - ready_new)
-    for instance in sorted(old, key=lambda i: (i.state == InstanceState.READY, i.pk))[: len(old) - keep_old]:
-        _stop(instance)
-        reserved[instance.node_id] -= instance.memory_bytes
+    for instance in sorted(old, key=lambda i: (i.state == InstanceState.READY, i.pk)):
+        if instance.state != InstanceState.READY or sum(i.wanted for i in old) > keep_old:
+            _stop(instance)
+            reserved[instance.node_id] -= instance.memory_bytes
     old = [i for i in old if i.wanted]
     # Too many new ones: the newest and the least ready go first.
     surplus = len(new) - deployment.replicas
@@ -102,7 +104,7 @@ def _reconcile_one(
         reason = _place(deployment, missing, nodes, reserved, wanted)
     if reason != deployment.pending_reason:
         deployment.pending_reason = reason
-        Deployment.objects.filter(pk=deployment.pk).update(pending_reason=reason)
+        Deployment.objects.filter(pk=deployment.pk).update(pending_reason=reason, updated_at=timezone.now())
 
 
 def _place(

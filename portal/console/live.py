@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db.models import Count, Max
 
+from fleet.models import Deployment, Instance
 from portal.console.fleet import fleet_snapshot
 from registry.models import UsageRecord, Worker
 
@@ -33,10 +34,13 @@ FORBIDDEN_CLOSE_CODE = 4403
 
 
 def fleet_signature() -> tuple[Any, ...]:
-    """What changes when a heartbeat arrives, a worker comes or goes, or a request finishes."""
+    """What changes when a heartbeat arrives, a worker or a replica comes, goes or changes state, or a
+    request finishes."""
     workers = Worker.objects.aggregate(latest=Max("last_heartbeat"), count=Count("id"))
     last_request = UsageRecord.objects.aggregate(last=Max("id"))["last"]
-    return workers["latest"], workers["count"], last_request
+    instances = Instance.objects.aggregate(latest=Max("updated_at"), count=Count("id"))
+    deployments = Deployment.objects.aggregate(latest=Max("updated_at"), count=Count("id"))
+    return (*workers.values(), last_request, *instances.values(), *deployments.values())
 
 
 class FleetWatch:

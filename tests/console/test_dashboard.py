@@ -14,6 +14,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 from django.utils import timezone
 
+from fleet.models import Deployment, Instance, Node
 from portal.console import live
 from portal.console.fleet import fleet_snapshot, percentile
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
@@ -89,17 +90,23 @@ def test_the_dashboard_is_for_staff_only() -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize("workers", [3, 60])
 def test_the_dashboard_renders_in_a_bounded_number_of_queries(workers, django_assert_max_num_queries) -> None:
+    node = Node.objects.create(name="n", address="127.0.0.1")
+    deployments = [Deployment.objects.create(name=f"d{i}", model_path="canned") for i in range(7)]
     for index in range(workers):
         add_worker(index, model=f"m{index % 7}")
         usage(f"m{index % 7}", 100.0 + index, 1000.0)
+        Instance.objects.create(deployment=deployments[index % 7], node=node, generation=1)
     staff = client_for(staff=True)
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(12):
         page = staff.get(URL)
     assert page.status_code == 200
     assert "fleet-workers" in page.content.decode()
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(8):
         data = staff.get(URL + "fleet.json").json()
     assert len(data["workers"]) == workers
+    assert sum(len(d["instances"]) for d in data["deployments"]) == workers
+    first = Instance.objects.filter(deployment=deployments[0]).earliest("pk")
+    assert data["deployments"][0]["instances"][0]["identity"] == f"d0/{first.pk}@n"
 
 
 @pytest.mark.django_db(transaction=True)

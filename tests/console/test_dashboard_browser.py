@@ -12,7 +12,9 @@ from typing import TypeVar
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
+from fleet.models import Deployment, Instance, InstanceState, Node
 from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT
@@ -48,6 +50,9 @@ def portal() -> Iterator[PortalProcess]:
                 heartbeat_interval=60,
             )
         )
+    node = Node.objects.create(name="node-a", address="127.0.0.1")
+    deployment = Deployment.objects.create(name="smollm2", model_path="smollm2-135m-instruct", replicas=1)
+    Instance.objects.create(deployment=deployment, node=node, generation=1, state=InstanceState.STARTING)
     with start_portal() as process:
         yield process
 
@@ -94,6 +99,17 @@ def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, browser) ->
         timeout=10_000,
     )
     assert "7 / 1" in row.inner_text()
+    replica = page.locator("#fleet-instances tbody tr")
+    assert "starting" in replica.inner_text()
+    assert "0 / 1" in page.locator("tr[data-deployment='smollm2']").inner_text()
+    outside_the_event_loop(
+        lambda: Instance.objects.update(state=InstanceState.READY, port=9100, updated_at=timezone.now())
+    )
+    page.wait_for_function(
+        "document.querySelector(\"tr[data-deployment='smollm2']\").textContent.includes('1 / 1')",
+        timeout=10_000,
+    )
+    assert "ready" in replica.inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
     assert errors == []
 

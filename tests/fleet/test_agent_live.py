@@ -48,6 +48,25 @@ def agent(tmp_path: Path) -> Iterator[list[AgentProcess]]:
         kill_workers_of(deployment)
 
 
+def test_a_worker_that_keeps_crashing_fails_with_its_last_log_lines(agent):
+    deployment = deployments.create_deployment(
+        name="broken", model_path="/no/such/model", backend="transformers", replicas=1
+    )
+    scheduler.reconcile()
+    assert wait_for(
+        lambda: Instance.objects.filter(deployment=deployment, state=InstanceState.FAILED).exists(),
+        timeout=120,
+        interval=0.5,
+    ), agent[0].output()
+    failed = Instance.objects.get(deployment=deployment)
+    assert failed.restarts == 4
+    assert "gave up after 5 crashes in a row" in failed.detail
+    assert "No model at '/no/such/model'" in failed.log_tail
+    time.sleep(2)  # no sixth start
+    assert Instance.objects.get(pk=failed.pk).restarts == 4
+    assert workers_of("broken") == []
+
+
 def pids(instances: list[Instance]) -> set[int]:
     return {int(i.pid or 0) for i in instances}
 
@@ -91,7 +110,7 @@ def test_a_deployment_serves_a_chat_comes_back_from_kill_9_and_stops_at_scale_0(
     (again,) = wait_ready("smol", 1, agent[0], timeout=120)
     assert again.pk == first.pk
     assert again.pid != first.pid
-    assert "smol/1@node-1 killed by SIGKILL (1 in a row)" in agent[0].output()
+    assert f"{first.identity} killed by SIGKILL (1 in a row)" in agent[0].output()
     assert "Paris" in chat(portal, secret, "smol")
     print(f"back within {time.monotonic() - started:.1f} s of the restart")
 

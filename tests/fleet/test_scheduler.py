@@ -96,6 +96,18 @@ def test_a_failed_new_replica_stops_the_roll_and_the_old_ones_keep_serving():
     assert [i.generation for i in wanted(deployment)] == [1, 1, 2]
 
 
+def test_a_restart_replaces_a_failed_replica_at_once():
+    online_node("a")
+    deployment = deploy(replicas=1)
+    reconcile()
+    (failed,) = wanted(deployment)
+    Instance.objects.filter(pk=failed.pk).update(state=InstanceState.FAILED)
+    deployments.restart(deployment)
+    reconcile()
+    (replacement,) = wanted(deployment)
+    assert replacement.generation == 2
+
+
 def test_only_worker_options_raise_the_generation():
     online_node("a")
     deployment = deploy()

@@ -18,6 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from fleet.models import Deployment, Instance, InstanceState, Node
 from registry.models import (
     ApiKey,
     AppCredential,
@@ -68,9 +69,10 @@ class Command(BaseCommand):
             [AppCredential(app_id=f"scale-app-{i}", secret_ciphertext="-") for i in range(CREDENTIALS)]
         )
         self._usage(options["usage"], options["days"], models, workers, keys, credentials, rng)
+        nodes = self._deployments(workers, models)
         self.stdout.write(
-            f"Seeded {len(workers)} workers, {len(keys)} keys, {len(credentials)} app credentials and "
-            f"{options['usage']} usage rows in {time.perf_counter() - started:.0f} s."
+            f"Seeded {len(workers)} workers ({nodes} nodes), {len(keys)} keys, {len(credentials)} app "
+            f"credentials and {options['usage']} usage rows in {time.perf_counter() - started:.0f} s."
         )
 
     def _workers(self, count: int, models: list[ServedModel], rng: random.Random) -> list[Worker]:
@@ -102,6 +104,30 @@ class Command(BaseCommand):
             batch_size=BATCH,
         )
         return workers
+
+    def _deployments(self, workers: list[Worker], models: list[ServedModel]) -> int:
+        """One deployment per model and an instance for each worker, on nodes of 8 workers each."""
+        now = timezone.now()
+        nodes = Node.objects.bulk_create(
+            [
+                Node(name=f"scale-node-{i}", address=f"10.0.0.{i}", cpus=64, memory_bytes=2**40,
+                     last_heartbeat=now, expires_at=now + timedelta(minutes=10))
+                for i in range((len(workers) + 7) // 8)
+            ]
+        )  # fmt: skip
+        deployments = Deployment.objects.bulk_create(
+            [Deployment(name=m.name, model_path="smollm2-135m-instruct", replicas=0) for m in models]
+        )
+        Instance.objects.bulk_create(
+            [
+                Instance(deployment=deployments[i % len(deployments)], node=nodes[i // 8], generation=1,
+                         state=InstanceState.READY, memory_bytes=2**30, pid=1000 + i)
+                for i in range(len(workers))
+            ],
+            batch_size=BATCH,
+        )  # fmt: skip
+        Deployment.objects.update(replicas=len(workers) // len(deployments))
+        return len(nodes)
 
     def _usage(
         self, count: int, days: int, models: list, workers: list, keys: list, creds: list, rng: Any

@@ -42,6 +42,34 @@
     }
   }
 
+  function renderDeployments(deployments) {
+    const body = document.querySelector("#fleet-deployments tbody");
+    const replicas = document.querySelector("#fleet-instances tbody");
+    body.replaceChildren();
+    replicas.replaceChildren();
+    for (const d of deployments) {
+      const row = body.insertRow();
+      row.dataset.deployment = d.name;
+      cell(row, link(d.name, config.deploymentAdmin + d.id + "/change/"));
+      cell(row, d.model_path);
+      cell(row, d.ready + " / " + d.desired, "number");
+      cell(row, d.starting, "number");
+      cell(row, d.failed, "number");
+      cell(row, d.stopping, "number");
+      cell(row, d.pending_reason || "—");
+      for (const i of d.instances) {
+        const line = replicas.insertRow();
+        line.dataset.instance = i.identity;
+        cell(line, i.identity);
+        cell(line, i.node);
+        cell(line, i.state, "fleet-state-" + i.state);
+        cell(line, dash(i.port), "number");
+        cell(line, i.restarts, "number");
+        cell(line, i.detail || "—");
+      }
+    }
+  }
+
   function renderWorkers(workers) {
     const body = document.querySelector("#fleet-workers tbody");
     body.replaceChildren();
@@ -65,6 +93,7 @@
   }
 
   function render(snapshot) {
+    renderDeployments(snapshot.deployments);
     renderModels(snapshot.models);
     renderWorkers(snapshot.workers);
     document.body.dataset.fleetAt = snapshot.at;
