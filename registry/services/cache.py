@@ -37,6 +37,7 @@ class RefreshingCache(Generic[T]):
 
     `ttl` and `max_stale` are callables so that settings are read at call time;
     at most `max_entries` values are kept, the least recently used going first.
+    An expired value for which `reload_first(value)` is true is reloaded before it is served.
     """
 
     def __init__(
@@ -46,8 +47,10 @@ class RefreshingCache(Generic[T]):
         ttl: Callable[[], float],
         max_stale: Callable[[], float],
         max_entries: int = 10_000,
+        reload_first: Callable[[T], bool] = lambda value: False,
     ) -> None:
         self._load = load
+        self._reload_first = reload_first  # an expired value the caller waits for a reload of
         self._ttl = ttl
         self._max_stale = max_stale
         self._max_entries = max_entries
@@ -61,7 +64,7 @@ class RefreshingCache(Generic[T]):
             age = time.monotonic() - entry.loaded_at
             if age < self._ttl():
                 return entry.value
-            if age < self._max_stale():
+            if age < self._max_stale() and not self._reload_first(entry.value):
                 self._start_load(key)  # refresh behind the caller's back
                 return entry.value
         try:

@@ -198,8 +198,14 @@ def _worker_max_stale() -> float:
     return 10 * float(settings.WORKER_CACHE_SECONDS)
 
 
+# An expired empty list is read again first: it would refuse a request (no worker) that a worker
+# registered since could serve, e.g. the first request after a database outage.
 _candidate_cache: RefreshingCache[list[WorkerSnapshot]] = RefreshingCache(
-    _load_candidates, ttl=_worker_ttl, max_stale=_worker_max_stale, max_entries=CANDIDATE_CACHE_ENTRIES
+    _load_candidates,
+    ttl=_worker_ttl,
+    max_stale=_worker_max_stale,
+    max_entries=CANDIDATE_CACHE_ENTRIES,
+    reload_first=lambda workers: not workers,
 )
 _model_cache: RefreshingCache[ResolvedModel | None] = RefreshingCache(
     _load_model, ttl=_worker_ttl, max_stale=_worker_max_stale, max_entries=MODEL_CACHE_ENTRIES

@@ -61,6 +61,19 @@ async def test_stale_value_is_served_while_one_reload_runs():
     assert await cache.get("k") in {"k:v2"}
 
 
+async def test_an_expired_value_marked_reload_first_waits_for_the_reload():
+    # The worker lists' rule: an expired empty list is never served; a full one is, reloading behind.
+    source = Source()
+    cache = RefreshingCache(
+        source.load, ttl=lambda: 0.0, max_stale=lambda: 60, reload_first=lambda v: v == "k:v1"
+    )
+    await cache.get("k")
+    source.value = "v2"
+    assert await cache.get("k") == "k:v2"
+    source.value = "v3"
+    assert await cache.get("k") == "k:v2"
+
+
 async def test_value_older_than_max_stale_waits_for_the_load():
     source = Source()
     cache = make(source, ttl=0.0, max_stale=0.0)
