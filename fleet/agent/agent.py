@@ -164,10 +164,15 @@ class Agent:
             # Its row is gone (the node was forgotten during an outage): it must not serve twice.
             self.processes.pop(pk).signal(signal.SIGTERM)
         for instance in instances:
-            if instance.wanted:
-                self.keep(instance, (instance.identity, instance.pid) in alive)
-            else:
-                self.retire(instance)
+            try:
+                if instance.wanted:
+                    self.keep(instance, (instance.identity, instance.pid) in alive)
+                else:
+                    self.retire(instance)
+            except DatabaseError:
+                raise
+            except Exception:  # one replica that cannot start (a full disk, a bad path) stops no other
+                logger.exception("Supervising %s failed", instance.identity)
 
     def keep(self, instance: Instance, worker_online: bool) -> None:
         process = self.processes.get(instance.pk)
