@@ -35,6 +35,7 @@ WORKER_OPTIONS = (
 MANAGED_FLAGS = {
     "--model-path", "--model-names", "--backend", "--max-concurrency", "--dtype", "--threads",
     "--max-model-len", "--host", "--port", "--worker-id", "--worker-address", "--no-register",
+    "--served-model-name", "--max-num-seqs",
 }  # fmt: skip
 
 

@@ -1,13 +1,16 @@
-"""The vLLM engine: vLLM's `AsyncLLMEngine` behind our Engine contract (optional extra).
+"""The vLLM engine: vLLM's `AsyncLLM` behind our Engine contract (optional extra).
 
 vLLM batches, pages the KV cache and schedules on its own; this module only
 maps our knobs onto `AsyncEngineArgs`, our `SamplingParams` onto
 `vllm.SamplingParams` (a guide onto its structured-output parameters:
 `StructuredOutputsParams` since vLLM 0.10.2, `GuidedDecodingParams` before),
-and vLLM's cumulative `RequestOutput`s onto `Delta`s.
-Install with `pip install .[vllm]` on a CUDA machine. Serving knobs that have
-no `EngineConfig` field (quantization, gpu_memory_utilization,
-max_num_batched_tokens, enforce_eager, ...) pass through `EngineConfig.extra`.
+and vLLM's `RequestOutput`s onto `Delta`s. `AsyncLLM` (vLLM's V1 engine) is
+asked for DELTA outputs, each carrying only what is new; a release without it
+falls back to `AsyncLLMEngine`, whose outputs are cumulative.
+Install with `pip install .[vllm]` on a CUDA machine. The serving knobs that
+have no `EngineConfig` field (`runworker --tensor-parallel-size`,
+`--quantization`, `--gpu-memory-utilization`, `--max-num-batched-tokens`,
+`--enable-prefix-caching`, `--kv-transfer-config`) come through `EngineConfig.extra`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ ENGINE_ARG_KEYS = (
     "enforce_eager",
     "kv_cache_dtype",
     "enable_prefix_caching",
+    "kv_transfer_config",
 )
 
 
@@ -133,19 +137,71 @@ def vllm_beam_kwargs(params: SamplingParams, beam: BeamSearch) -> dict[str, Any]
     }
 
 
+class OutputReader:
+    """Turns one request's `RequestOutput`s into Deltas: DELTA outputs as they are, cumulative ones sliced.
+
+    Tokens whose output added no text yet (part of a multi-byte character) are held and sent with the
+    next text, so that a Delta's tokens always match its text.
+    """
+
+    def __init__(self, *, prompt_tokens: int, logprobs: int | None, cumulative: bool) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.logprobs = logprobs
+        self.cumulative = cumulative
+        self.sent_text = self.sent_tokens = 0  # cumulative outputs: how much was read already
+        self.generated = 0
+        self.finished = False
+        self._held_ids: list[int] = []
+        self._held_logprobs: list[TokenLogprob] = []
+
+    def read(self, output: Any) -> Delta | None:
+        completion = output.outputs[0]
+        ids, text, entries = list(completion.token_ids), completion.text, completion.logprobs or []
+        if self.cumulative:
+            ids, text, entries = ids[self.sent_tokens :], text[self.sent_text :], entries[self.sent_tokens :]
+            self.sent_text, self.sent_tokens = len(completion.text), len(completion.token_ids)
+        self.generated += len(ids)
+        self._held_ids.extend(ids)
+        self._held_logprobs.extend(delta_logprobs(entries, ids, self.logprobs))
+        reason = completion.finish_reason if output.finished else None
+        self.finished = reason is not None
+        if not (text or self.finished):
+            return None
+        usage = Usage(self.prompt_tokens, self.generated) if self.finished else None
+        delta = Delta(text, tuple(self._held_ids), reason, usage, tuple(self._held_logprobs))
+        self._held_ids, self._held_logprobs = [], []
+        return delta
+
+
+def load_async_engine(args: Any) -> tuple[Any, bool]:
+    """vLLM's async engine for `args` and whether its outputs are cumulative (the old engine's are)."""
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError:
+        from vllm import AsyncLLMEngine
+
+        return AsyncLLMEngine.from_engine_args(args), True
+    return AsyncLLM.from_engine_args(args), False
+
+
 class VllmEngine(Engine):
     """Serve a causal LM through vLLM (CUDA)."""
 
     def __init__(self, config: EngineConfig, *, folder: Path, default_name: str) -> None:
         try:
             from transformers import AutoTokenizer
-            from vllm import AsyncEngineArgs, AsyncLLMEngine
+            from vllm import AsyncEngineArgs
         except ImportError as exc:
             raise ModelLoadError("The vllm backend needs vLLM: pip install '.[vllm]'") from exc
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        args = AsyncEngineArgs(**engine_args_kwargs(config, folder))
-        self.engine = AsyncLLMEngine.from_engine_args(args)
+        kwargs = engine_args_kwargs(config, folder)
+        if "kv_transfer_config" in kwargs:
+            from vllm.config import KVTransferConfig
+
+            kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
+        args = AsyncEngineArgs(**kwargs)
+        self.engine, self.cumulative = load_async_engine(args)
         self.info = ModelInfo(
             task="generate",
             backend="vllm",
@@ -182,36 +238,26 @@ class VllmEngine(Engine):
                 kwargs.update(structured_output_kwargs(params.guide, vllm_sampling))
             except ValueError as exc:  # vLLM's own validation of the spec
                 raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
+        if not self.cumulative:
+            kwargs["output_kind"] = vllm_sampling.RequestOutputKind.DELTA
         sampling = VllmSamplingParams(**kwargs)
         inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
+        reader = OutputReader(prompt_tokens=prompt, logprobs=params.logprobs, cumulative=self.cumulative)
         async with self.admission.slot():
-            sent_text, sent_tokens, finished = 0, 0, False
-            held_ids: list[int] = []  # tokens of outputs that added no text yet: sent with the next text
-            held_logprobs: list[TokenLogprob] = []
             try:
                 async for output in self.engine.generate(inputs, sampling, request.request_id):
-                    completion = output.outputs[0]
-                    ids = completion.token_ids[sent_tokens:]
-                    held_ids.extend(ids)
-                    held_logprobs.extend(
-                        delta_logprobs((completion.logprobs or [])[sent_tokens:], ids, params.logprobs)
-                    )
-                    text = completion.text[sent_text:]
-                    sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
-                    self.rate.add(len(ids))
-                    reason = completion.finish_reason if output.finished else None
-                    finished = reason is not None
-                    usage = Usage(prompt, sent_tokens) if finished else None
-                    if text or finished:
-                        yield Delta(text, tuple(held_ids), reason, usage, tuple(held_logprobs))
-                        held_ids, held_logprobs = [], []
+                    before = reader.generated
+                    delta = reader.read(output)
+                    self.rate.add(reader.generated - before)
+                    if delta is not None:
+                        yield delta
             except ValueError as exc:
                 # vLLM checks a grammar when the request is added, before any output.
-                if params.guide is None or sent_tokens:
+                if params.guide is None or reader.generated:
                     raise
                 raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
             finally:
-                if not finished:
+                if not reader.finished:
                     await self.engine.abort(request.request_id)
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from inference.engines.base import BeamSearch, EngineConfig, TokenLogprob
+from inference.engines.base import BeamSearch, Delta, EngineConfig, TokenLogprob, Usage
 from inference.engines.vllm_engine import (
+    OutputReader,
     delta_logprobs,
     engine_args_kwargs,
     structured_output_fields,
@@ -19,6 +21,8 @@ from inference.engines.vllm_engine import (
     vllm_sampling_kwargs,
 )
 from inference.errors import InvalidRequest
+from inference.management.commands.runworker import Command as RunWorker
+from inference.management.commands.runworker import engine_config
 from inference.sampling import Guide, SamplingParams
 
 
@@ -31,6 +35,75 @@ def test_engine_config_maps_onto_vllm_engine_args():
     assert (kwargs["max_num_seqs"], kwargs["max_model_len"], kwargs["dtype"]) == (32, 4096, "float16")
     assert kwargs["quantization"] == "awq"
     assert "x" not in kwargs
+
+
+def runworker_options(*args: str) -> dict:
+    parsed = RunWorker().create_parser("manage.py", "runworker").parse_args(["--model-path", "m", *args])
+    return vars(parsed)
+
+
+def test_runworker_passes_vllms_serving_knobs_through_to_its_engine_args():
+    options = runworker_options(
+        "--backend", "vllm", "--served-model-name", "small", "--max-num-seqs", "8",
+        "--tensor-parallel-size", "2", "--max-num-batched-tokens", "4096", "--gpu-memory-utilization", "0.8",
+        "--quantization", "fp8", "--no-enable-prefix-caching",
+        "--kv-transfer-config", '{"kv_connector": "NixlConnector", "kv_role": "kv_both"}',
+    )  # fmt: skip
+    assert options["model_names"] == "small"
+    kwargs = engine_args_kwargs(engine_config(options), Path("/models/m"))
+    assert kwargs["max_num_seqs"] == 8
+    assert kwargs["tensor_parallel_size"] == 2
+    assert kwargs["max_num_batched_tokens"] == 4096
+    assert kwargs["gpu_memory_utilization"] == 0.8
+    assert kwargs["quantization"] == "fp8"
+    assert kwargs["enable_prefix_caching"] is False
+    assert kwargs["kv_transfer_config"] == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--tensor-parallel-size", "2"), "--tensor-parallel-size: vLLM options; add --backend vllm."),
+        (
+            ("--backend", "llamacpp", "--quantization", "awq"),
+            "--quantization: vLLM options; add --backend vllm.",
+        ),
+        (("--backend", "vllm", "--kv-transfer-config", "{nope"), "--kv-transfer-config is not JSON"),
+        (
+            ("--backend", "vllm", "--kv-transfer-config", '{"kv_role": "kv_both"}'),
+            'needs an object with "kv_connector"',
+        ),
+    ],
+)
+def test_runworker_refuses_vllm_options_it_cannot_honour_in_one_line(args, message):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match=re.escape(message)):
+        engine_config(runworker_options(*args))
+
+
+def output(text: str, ids: list[int], finished: bool = False, reason: str | None = None):
+    completion = SimpleNamespace(text=text, token_ids=ids, logprobs=None, finish_reason=reason)
+    return SimpleNamespace(outputs=[completion], finished=finished)
+
+
+def test_delta_outputs_are_read_as_they_are_holding_tokens_without_text():
+    reader = OutputReader(prompt_tokens=5, logprobs=None, cumulative=False)
+    assert reader.read(output("Pa", [10])) == Delta("Pa", (10,))
+    assert reader.read(output("", [11])) is None  # half a character: held
+    assert reader.read(output("ris", [12])) == Delta("ris", (11, 12))
+    last = reader.read(output(".", [13], finished=True, reason="stop"))
+    assert last == Delta(".", (13,), "stop", Usage(5, 4))
+    assert reader.finished
+
+
+def test_cumulative_outputs_are_sliced_into_the_same_deltas():
+    reader = OutputReader(prompt_tokens=5, logprobs=None, cumulative=True)
+    assert reader.read(output("Pa", [10])) == Delta("Pa", (10,))
+    assert reader.read(output("Pa", [10, 11])) is None
+    assert reader.read(output("Paris", [10, 11, 12])) == Delta("ris", (11, 12))
+    last = reader.read(output("Paris.", [10, 11, 12, 13], finished=True, reason="length"))
+    assert last == Delta(".", (13,), "length", Usage(5, 4))
 
 
 def test_sampling_params_map_onto_vllm_names():

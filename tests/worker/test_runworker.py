@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -51,6 +52,19 @@ def test_a_global_seed_is_refused_by_an_engine_that_seeds_each_request() -> None
     result = run_command("runworker", *CANNED, "--no-register", "--seed", "3")
     assert result.returncode != 0
     assert "--seed is used by the vLLM engine only, not by canned" in result.stderr
+
+
+def test_the_vllm_backend_without_vllm_fails_at_start_in_one_line() -> None:
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    result = run_command(
+        "runworker", "--model-path", "smollm2-135m-instruct", "--backend", "vllm", "--no-register"
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "CommandError: The vllm backend needs vLLM: pip install '.[vllm]'"
+    )
 
 
 @pytest.mark.django_db(transaction=True)

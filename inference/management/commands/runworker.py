@@ -5,9 +5,10 @@ Overrides Channels' `runworker` (INSTALLED_APPS lists `inference` first).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from argparse import ArgumentParser
+from argparse import ArgumentParser, BooleanOptionalAction
 from typing import Any
 
 from django.conf import settings
@@ -39,10 +40,42 @@ def check_exposure(host: str, token: str | None) -> None:
         )
 
 
+# vLLM's serving knobs, under vLLM's own option names; only `--backend vllm` takes them.
+VLLM_OPTIONS = (
+    "tensor_parallel_size",
+    "max_num_batched_tokens",
+    "gpu_memory_utilization",
+    "quantization",
+    "enable_prefix_caching",
+    "kv_transfer_config",
+)
+
+
+def vllm_knobs(options: dict[str, Any]) -> dict[str, Any]:
+    """The vLLM options given; CommandError when another backend is asked for or one is malformed."""
+    given = {key: options[key] for key in VLLM_OPTIONS if options.get(key) is not None}
+    if given and options["backend"] != "vllm":
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise CommandError(f"{flags}: vLLM options; add --backend vllm.")
+    if "kv_transfer_config" in given:
+        try:
+            config = json.loads(given["kv_transfer_config"])
+        except ValueError as exc:
+            raise CommandError(f"--kv-transfer-config is not JSON: {exc}.") from None
+        if not isinstance(config, dict) or not {"kv_connector", "kv_role"} <= config.keys():
+            raise CommandError('--kv-transfer-config needs an object with "kv_connector" and "kv_role".')
+        given["kv_transfer_config"] = config
+    return given
+
+
 def engine_config(options: dict[str, Any]) -> EngineConfig:
     extra: dict[str, Any] = {"threads": options["threads"]}
     if options["backend"] == "canned":
         extra = {"token_delay": options["canned_token_delay"], "task": options["canned_task"]}
+    elif options["backend"] == "vllm":
+        extra = vllm_knobs(options)
+    else:
+        vllm_knobs(options)  # refuses a vLLM option given to another backend
     values: dict[str, Any] = {
         "model_path": options["model_path"],
         "device": options["device"],
@@ -64,7 +97,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: ArgumentParser) -> None:
         add = parser.add_argument
         add("--model-path", required=True, help="HF folder, GGUF file, packaged model name or hub id.")
-        add("--model-names", default="", help="Comma-separated served names (default: from the path).")
+        add(
+            "--model-names",
+            "--served-model-name",
+            default="",
+            help="Comma-separated served names (default: from the path).",
+        )
         add("--host", default="127.0.0.1")
         add("--port", type=int, default=0, help="0 picks a free port.")
         add("--worker-address", default=None, help="URL others reach this worker at (checked at start).")
@@ -83,7 +121,7 @@ class Command(BaseCommand):
         )
         add("--backend", choices=["auto", "llamacpp", "transformers", "vllm", "canned"], default="auto")
         add("--threads", type=int, default=None, help="CPU threads for the model (default: per engine).")
-        add("--max-concurrency", type=int, default=16, help="Sequences generating at once.")
+        add("--max-concurrency", "--max-num-seqs", type=int, default=16, help="Sequences generating at once.")
         add("--max-queue", type=int, default=64, help="Requests waiting for a slot; more get 503.")
         add("--queue-timeout", type=float, default=60.0, help="Seconds a request may wait for a slot.")
         add("--stream-interval", type=int, default=1, help="Tokens per streamed chunk.")
@@ -94,6 +132,25 @@ class Command(BaseCommand):
         add("--drain-timeout", type=float, default=None, help="Seconds (default WORKER_DRAIN_TIMEOUT).")
         add("--canned-token-delay", type=float, default=0.0, help="Canned engine: seconds per token.")
         add("--canned-task", choices=["generate", "embed"], default="generate", help="Canned engine task.")
+        vllm = parser.add_argument_group("vLLM (with --backend vllm; vLLM's own names and meanings)")
+        vllm.add_argument(
+            "--tensor-parallel-size", type=int, default=None, help="GPUs the model is split over."
+        )
+        vllm.add_argument(
+            "--max-num-batched-tokens", type=int, default=None, help="Tokens per scheduler step."
+        )
+        vllm.add_argument(
+            "--gpu-memory-utilization", type=float, default=None, help="Share of GPU memory, 0-1."
+        )
+        vllm.add_argument("--quantization", default=None, help="e.g. awq, gptq, fp8.")
+        vllm.add_argument(
+            "--enable-prefix-caching", action=BooleanOptionalAction, default=None, help="vLLM's default: on."
+        )
+        vllm.add_argument(
+            "--kv-transfer-config",
+            default=None,
+            help='JSON, e.g. \'{"kv_connector": "NixlConnector", "kv_role": "kv_both"}\'.',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from inference.worker.server import ServeOptions, StartupError, WorkerServer
