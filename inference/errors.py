@@ -57,3 +57,11 @@ class WrongTask(InvalidRequest):
 
 class ModelLoadError(EngineError):
     """The model could not be found or loaded; the message is one line for the operator."""
+
+
+class HandoffRefused(EngineError):
+    """A prefill/decode hand-off this engine cannot make or use; the decode worker then prefills itself."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "handoff_refused"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference.errors import HandoffRefused
 from inference.sampling import SamplingParams
 
 
@@ -44,6 +45,7 @@ class ModelInfo:
     has_chat_template: bool = True
     vocab_size: int | None = None  # token ids must be below it; None: not checked (canned)
     detail: str = ""  # how it runs, for the start-up line: precision, threads
+    disaggregates: bool = False  # `prefill` and `generate` from a hand-off: prefill/decode roles
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    # A prefill worker's `Engine.prefill` result for this prompt: decode continues from it.
+    handoff: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,10 @@ class Engine(abc.ABC):
         from inference.errors import InvalidRequest
 
         raise InvalidRequest(f"{type(self).__name__} does not compute prompt logprobs.", field="echo")
+
+    async def prefill(self, request: GenerationRequest) -> bytes:
+        """Prefill the prompt and hand it off: opaque bytes a `generate` of the same model continues from."""
+        raise HandoffRefused(f"{type(self).__name__} does not split prefill from decode.")
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         from inference.errors import WrongTask

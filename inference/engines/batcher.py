@@ -20,6 +20,13 @@ the token chosen; the row ends with "stop" once the grammar is complete
 (EOS is in the mask only while the grammar accepts). A grammar that errs
 fails its own row. Logprobs come from the raw logits, for the rows that ask.
 
+Prefill and decode can run on different workers. A `prefill_only` sequence
+is prefilled with the others, its first token drawn, and its cache rows leave
+through its sink as a `Handoff` instead of joining the batch. A sequence that
+arrives with a `handoff` skips the prefill: its rows are merged into the batch
+as they are and its first token is accepted as if drawn here, so it decodes
+the same tokens as it would have on one worker.
+
 Results leave the thread through each request's `sink`, which the engine
 wires to `loop.call_soon_threadsafe(queue.put_nowait, ...)`.
 """
@@ -37,6 +44,7 @@ import torch
 
 from inference.engines import kvcache
 from inference.engines.base import Delta, TokenLogprob, Usage
+from inference.engines.handoff import Handoff
 from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
 from inference.engines.rate import TokenRate
 from inference.engines.stops import TextStream
@@ -44,7 +52,7 @@ from inference.errors import EngineError, RequestFailed
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[Delta | BaseException], None]
+Sink = Callable[[Delta | Handoff | BaseException], None]
 
 
 @dataclass(eq=False)
@@ -62,6 +70,8 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
+    prefill_only: bool = False  # hand the prefilled rows off instead of decoding
+    handoff: Handoff | None = None  # prefilled elsewhere: decode from these rows
 
 
 @dataclass
@@ -172,6 +182,9 @@ class Batcher:
             if seq.request_id in aborts:
                 self._finish(seq, "abort")
         newcomers = [s for s in newcomers if s.finish is None]
+        for seq in [s for s in newcomers if s.handoff is not None]:
+            self._admit_handed(seq)
+        newcomers = [s for s in newcomers if s.handoff is None]
         if self.batch is not None:
             for seq in self.batch.seqs:
                 if seq.request_id in aborts:
@@ -229,9 +242,68 @@ class Batcher:
         return Batch(seqs, cache, mask), logits
 
     def _join(self, fresh: Batch, logits: torch.Tensor) -> None:
-        """Merge prefilled rows into the running batch and emit their first tokens."""
+        """Merge prefilled rows into the running batch and emit their first tokens (or hand them off)."""
+        handed = [row for row, seq in enumerate(fresh.seqs) if seq.prefill_only]
+        if handed:
+            self._hand_off(fresh, logits, handed)
+            keep = [row for row, seq in enumerate(fresh.seqs) if not seq.prefill_only]
+            if not keep:
+                return
+            index = torch.tensor(keep, dtype=torch.long)
+            fresh.cache.batch_select_indices(index.to(self.model.device))
+            fresh = Batch([fresh.seqs[row] for row in keep], fresh.cache, fresh.mask.index_select(0, index))
+            logits = logits.index_select(0, index)
         self.batch = fresh if self.batch is None else _merge(self.batch, fresh)
         self._emit_tokens(fresh.seqs, logits)
+
+    def _hand_off(self, fresh: Batch, logits: torch.Tensor, rows: list[int]) -> None:
+        """Draw the first token of each prefill-only row and send its rows and sampler state away."""
+        seqs = [fresh.seqs[row] for row in rows]
+        own = logits.index_select(0, torch.tensor(rows, dtype=torch.long))
+        tokens = self._pick(seqs, apply_masks(own, self._masks(seqs)))
+        for at, (row, seq, token) in enumerate(zip(rows, seqs, tokens, strict=True)):
+            if token is None or seq.finish is not None:
+                continue
+            length = len(seq.prompt_ids)  # the rows are left-padded to the widest prompt
+            layers = [
+                (
+                    layer.keys[row : row + 1, :, -length:].clone(),
+                    layer.values[row : row + 1, :, -length:].clone(),
+                )
+                for layer in fresh.cache.layers
+            ]
+            logprob = seq.picker.logprob(own[at], token)
+            handoff = Handoff(seq.prompt_ids, token, logprob, layers, seq.picker.generator.get_state())
+            seq.finish = "prefilled"
+            seq.sink(handoff)
+            with self._lock:
+                self._known.pop(seq.request_id, None)
+
+    def _admit_handed(self, seq: Sequence) -> None:
+        """Join a sequence prefilled elsewhere: its rows as they came, its first token as if drawn here."""
+        handoff = seq.handoff
+        assert handoff is not None
+        try:
+            from transformers import DynamicCache
+
+            device = self.model.device
+            rows = [(keys.to(device), values.to(device)) for keys, values in handoff.layers]
+            fresh = Batch(
+                [seq], DynamicCache(ddp_cache_data=rows), torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
+            )
+            seq.picker.generator.set_state(handoff.generator_state)
+        except Exception as exc:  # the engine checked the shapes; anything left is this request's
+            self._fail(seq, exc, isolated=True)
+            return
+        self.batch = fresh if self.batch is None else _merge(self.batch, fresh)
+        try:
+            self._accept(
+                seq,
+                handoff.first_token,
+                handoff.first_logprob if seq.picker.params.logprobs is not None else None,
+            )
+        except Exception as exc:
+            self._fail(seq, exc, isolated=True)
 
     # -- decoding -------------------------------------------------------------
     def _decode_step(self) -> None:

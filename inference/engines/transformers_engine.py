@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from inference.engines import handoff
 from inference.engines.admission import Admission
 from inference.engines.base import (
     Beam,
@@ -37,9 +38,10 @@ from inference.engines.base import (
 from inference.engines.batcher import Batcher, Sequence
 from inference.engines.checks import check_generation, check_token_ids
 from inference.engines.guided import Grammar, GrammarCompiler
+from inference.engines.handoff import Handoff
 from inference.engines.logits import TokenPicker
 from inference.engines.stops import TextStream
-from inference.errors import ModelLoadError
+from inference.errors import HandoffRefused, ModelLoadError
 from inference.templates import render_chat
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class TransformersEngine(Engine):
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             vocab_size=accepted,
             detail=f"{str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads",
+            disaggregates=True,
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
@@ -173,12 +176,14 @@ class TransformersEngine(Engine):
             self._waiting.discard(request.request_id)
             self._aborted_waiting.discard(request.request_id)
 
-    async def _run(self, request: GenerationRequest, grammar: Grammar | None) -> AsyncIterator[Delta]:
-        """Submit to the batch loop and relay its deltas; abort the row if the consumer leaves."""
+    def _submit(
+        self, request: GenerationRequest, grammar: Grammar | None, **role: Any
+    ) -> asyncio.Queue[Delta | Handoff | BaseException]:
+        """Put the request into the batch loop; what the loop sends back arrives on the returned queue."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[Delta | Handoff | BaseException] = asyncio.Queue()
 
-        def sink(item: Delta | BaseException) -> None:
+        def sink(item: Delta | Handoff | BaseException) -> None:
             # The loop may be gone (process shutting down); the batch thread must carry on.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -192,8 +197,15 @@ class TransformersEngine(Engine):
                 stream=TextStream(self._decode, params.stop),
                 sink=sink,
                 max_new_tokens=params.max_tokens,
+                **role,
             )
         )
+        return queue
+
+    async def _run(self, request: GenerationRequest, grammar: Grammar | None) -> AsyncIterator[Delta]:
+        """Submit to the batch loop and relay its deltas; abort the row if the consumer leaves."""
+        handoff = self._check_handoff(request) if request.handoff is not None else None
+        queue = self._submit(request, grammar, handoff=handoff)
         finished = False
         try:
             while not finished:
@@ -201,11 +213,49 @@ class TransformersEngine(Engine):
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                assert isinstance(item, Delta)
                 finished = item.finish_reason is not None
                 yield item
         finally:
             if not finished:  # the consumer went away: free the batch row
                 self.batcher.abort(request.request_id)
+
+    async def prefill(self, request: GenerationRequest) -> bytes:
+        """Prefill the prompt beside the batch, draw its first token, and return the rows to decode from."""
+        check_generation(request, self.info)
+        guide = request.params.guide
+        grammar = await asyncio.to_thread(self.grammars.compile, guide) if guide else None
+        async with self.admission.slot():
+            queue = self._submit(request, grammar, prefill_only=True)
+            try:
+                item = await queue.get()
+            except BaseException:
+                self.batcher.abort(request.request_id)
+                raise
+        if isinstance(item, BaseException):
+            raise item
+        if not isinstance(item, Handoff):
+            raise HandoffRefused(f"The prefill ended without a hand-off ({item.finish_reason}).")
+        return await asyncio.to_thread(handoff.dumps, item)
+
+    def _check_handoff(self, request: GenerationRequest) -> Handoff:
+        """The request's hand-off if it fits this model and this prompt; HandoffRefused otherwise."""
+        assert request.handoff is not None
+        received = handoff.loads(request.handoff)
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        width = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        expected = (1, heads, len(request.prompt_token_ids), width)
+        dtype = next(self.model.parameters()).dtype
+        if received.prompt_ids != list(request.prompt_token_ids):
+            raise HandoffRefused("The hand-off is for another prompt.")
+        if len(received.layers) != config.num_hidden_layers or any(
+            tuple(t.shape) != expected or t.dtype != dtype for pair in received.layers for t in pair
+        ):
+            raise HandoffRefused(
+                f"The hand-off does not fit: {config.num_hidden_layers} layers of {expected} {dtype} wanted."
+            )
+        return received
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
         """transformers' own beam search, run alone in the batch thread (the batch waits for it).

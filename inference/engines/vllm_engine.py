@@ -35,7 +35,7 @@ from inference.engines.base import (
 )
 from inference.engines.checks import check_generation
 from inference.engines.rate import TokenRate
-from inference.errors import InvalidRequest, ModelLoadError
+from inference.errors import HandoffRefused, InvalidRequest, ModelLoadError
 from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
 
@@ -126,6 +126,41 @@ def delta_logprobs(
     return tuple(result)
 
 
+# What vLLM's disaggregation proxy asks of a prefill instance: compute the KV cache, keep it for a
+# remote decode, and answer one token with the parameters the decode instance needs to fetch it.
+PREFILL_TRANSFER = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+
+
+def prefill_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`vllm.SamplingParams` keyword arguments of a request's prefill on a prefill instance."""
+    return {**kwargs, "max_tokens": 1, "extra_args": {"kv_transfer_params": dict(PREFILL_TRANSFER)}}
+
+
+def handoff_bytes(kv_transfer_params: dict[str, Any] | None) -> bytes:
+    """A prefill instance's answer as the hand-off a decode worker receives (vLLM moves the KV itself)."""
+    if not kv_transfer_params:
+        raise HandoffRefused("vLLM returned no kv_transfer_params: is --kv-transfer-config set?")
+    return json.dumps(kv_transfer_params).encode()
+
+
+def decode_kwargs(kwargs: dict[str, Any], handoff: bytes) -> dict[str, Any]:
+    """`vllm.SamplingParams` keyword arguments that decode from a prefill instance's KV cache."""
+    try:
+        params = json.loads(handoff)
+    except ValueError:
+        raise HandoffRefused("Not a vLLM hand-off.") from None
+    if not isinstance(params, dict):
+        raise HandoffRefused("Not a vLLM hand-off.")
+    return {**kwargs, "extra_args": {"kv_transfer_params": params}}
+
+
 def vllm_beam_kwargs(params: SamplingParams, beam: BeamSearch) -> dict[str, Any]:
     """BeamSearchParams fields: vLLM beams of `beam.width`, scored with its length penalty."""
     return {
@@ -210,6 +245,7 @@ class VllmEngine(Engine):
             default_name=default_name,
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             vocab_size=len(self.tokenizer),  # vLLM refuses ids past the tokenizer's, mid-request
+            disaggregates="kv_transfer_config" in config.extra,  # its connector moves the KV cache
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.rate = TokenRate()
@@ -225,6 +261,30 @@ class VllmEngine(Engine):
             self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         )
 
+    def _sampling_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        from vllm import sampling_params as vllm_sampling
+
+        kwargs = vllm_sampling_kwargs(params)
+        if params.guide is not None:
+            try:
+                kwargs.update(structured_output_kwargs(params.guide, vllm_sampling))
+            except ValueError as exc:  # vLLM's own validation of the spec
+                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
+        return kwargs
+
+    async def prefill(self, request: GenerationRequest) -> bytes:
+        """One token, its KV cache kept for a decode instance; the hand-off is vLLM's transfer parameters."""
+        from vllm import SamplingParams as VllmSamplingParams
+
+        check_generation(request, self.info)
+        sampling = VllmSamplingParams(**prefill_kwargs(self._sampling_kwargs(request.params)))
+        inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
+        final = None
+        async with self.admission.slot():
+            async for output in self.engine.generate(inputs, sampling, request.request_id):
+                final = output
+        return handoff_bytes(getattr(final, "kv_transfer_params", None))
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         from vllm import SamplingParams as VllmSamplingParams
         from vllm import sampling_params as vllm_sampling
@@ -232,12 +292,9 @@ class VllmEngine(Engine):
         check_generation(request, self.info)
         params = request.params
         prompt = len(request.prompt_token_ids)
-        kwargs = vllm_sampling_kwargs(params)
-        if params.guide is not None:
-            try:
-                kwargs.update(structured_output_kwargs(params.guide, vllm_sampling))
-            except ValueError as exc:  # vLLM's own validation of the spec
-                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
+        kwargs = self._sampling_kwargs(params)
+        if request.handoff is not None:
+            kwargs = decode_kwargs(kwargs, request.handoff)
         if not self.cumulative:
             kwargs["output_kind"] = vllm_sampling.RequestOutputKind.DELTA
         sampling = VllmSamplingParams(**kwargs)

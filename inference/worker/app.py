@@ -23,11 +23,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from inference.engines.base import BeamSearch, GenerationRequest, TokenLogprob, Usage
-from inference.errors import InvalidRequest, WrongTask
+from inference.errors import HandoffRefused, InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
 from inference.sampling import SamplingParams
 from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
 from inference.worker.auth import RequireToken
+from inference.worker.disaggregation import PREFILL_ONLY, fetch_handoff, prefill_workers, splittable
 from inference.worker.metrics import metrics
 from inference.worker.protocol import (
     Describe,
@@ -109,7 +110,8 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
     ctx = _context(request)
     _refuse_when_draining(ctx)
     request_id = request_id_of(request)
-    call = parse(await read_json(request), _served(ctx))
+    payload = await read_json(request)
+    call = parse(payload, _served(ctx))
     if ctx.engine.info.task != "generate":
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
     if request_id in ctx.active:
@@ -122,11 +124,13 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
             return JSONResponse(body, headers={"X-Request-Id": request_id})
         if call.candidates > call.n and params.logprobs is None:
             params = replace(params, logprobs=0)  # best_of ranks candidates by their logprobs
+        if request.headers.get(PREFILL_ONLY):
+            return await _prefill_only(request, ctx, call, GenerationRequest(request_id, prompt, params))
         echoed: list[TokenLogprob] = []
         if call.echo and params.logprobs is not None:  # the prompt's own logprobs come first
             echoed = await until_disconnect(request, ctx.engine.prompt_logprobs(prompt, params.logprobs))
-        generation = Generation(ctx, request_id, prompt, params, call.candidates)
-        await until_disconnect(request, generation.start())
+        job = GenerationRequest(request_id, prompt, params)
+        generation = await _start_generation(request, ctx, call, job, payload)
         shape = Shape.for_call(call)
         headers = {"X-Request-Id": request_id}
         if call.stream:
@@ -138,6 +142,36 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
+
+
+async def _prefill_only(
+    request: Request, ctx: WorkerContext, call: GenerateCall, job: GenerationRequest
+) -> Response:
+    """A decode worker's prefill: the engine's hand-off, not an answer."""
+    if not splittable(ctx, call):
+        raise HandoffRefused("This request is not prefilled apart (n > 1, beams, echo, or this engine).")
+    blob = await until_disconnect(request, ctx.engine.prefill(job))
+    ctx.prefills_served += 1
+    return Response(blob, media_type="application/octet-stream", headers={"X-Request-Id": job.request_id})
+
+
+async def _start_generation(
+    request: Request, ctx: WorkerContext, call: GenerateCall, job: GenerationRequest, payload: dict[str, Any]
+) -> Generation:
+    """Start the engine's requests, decoding from a prefill worker's hand-off when the portal paired one."""
+    request_id, prompt, params = job.request_id, job.prompt_token_ids, job.params
+    if prefill_workers(request) and splittable(ctx, call):
+        handoff = await until_disconnect(request, fetch_handoff(ctx, request, request_id, payload))
+        if handoff is not None:
+            generation = Generation(ctx, request_id, prompt, params, call.candidates, handoff)
+            try:
+                await until_disconnect(request, generation.start())
+                return generation
+            except HandoffRefused as exc:  # the prefill worker runs another model build: prefill here
+                logger.warning("Hand-off for %s refused (%s); prefilling here", request_id, exc)
+    generation = Generation(ctx, request_id, prompt, params, call.candidates)
+    await until_disconnect(request, generation.start())
+    return generation
 
 
 def refuse_unserved(call: GenerateCall) -> None:
@@ -332,6 +366,9 @@ async def status(request: Request) -> Response:
             "queued": stats.queued,
             "tokens_per_second": stats.tokens_per_second,
             "requests_in_progress": ctx.requests_in_progress,
+            "role": ctx.role,
+            "prefills_served": ctx.prefills_served,
+            "handoffs_received": ctx.handoffs_received,
         }
     )
 

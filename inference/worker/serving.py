@@ -42,6 +42,9 @@ class WorkerContext:
     token: str | None = field(default=None, repr=False)  # WORKER_TOKEN callers must present
     token_fallbacks: tuple[str, ...] = field(default=(), repr=False)  # still accepted while rotating
     requests_in_progress: int = 0
+    role: str = "both"  # prefill, decode or both: how the portal pairs this worker
+    prefills_served: int = 0  # hand-offs made for decode workers
+    handoffs_received: int = 0  # requests decoded from another worker's prefill
     # One thread: chat templates and tokenizers stay off the event loop, and a
     # fast tokenizer is never used from two threads at once ("Already borrowed").
     executor: ThreadPoolExecutor = field(
@@ -108,13 +111,19 @@ class Generation:
     """
 
     def __init__(
-        self, ctx: WorkerContext, request_id: str, prompt: list[int], params: SamplingParams, n: int
+        self,
+        ctx: WorkerContext,
+        request_id: str,
+        prompt: list[int],
+        params: SamplingParams,
+        n: int,
+        handoff: bytes | None = None,
     ):
         self.ctx = ctx
         self.request_id = request_id
         self.engine_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
         self._gens = [
-            ctx.engine.generate(GenerationRequest(eid, prompt, choice_params(params, i)))
+            ctx.engine.generate(GenerationRequest(eid, prompt, choice_params(params, i), handoff))
             for i, eid in enumerate(self.engine_ids)
         ]
         self._prompt_tokens = len(prompt)

@@ -54,46 +54,68 @@ def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
     }
 
 
+def _token_gap(first: float | None, total: float | None, tokens: int) -> float | None:
+    """The mean gap between a streamed answer's tokens (None when the answer came in one piece)."""
+    if first is None or total is None or tokens < 2 or total <= first:
+        return None
+    return (total - first) / (tokens - 1)
+
+
+def _timings(ttft: list[float], gaps: list[float]) -> dict[str, float | None]:
+    return {
+        "ttft_p50_ms": percentile(ttft, 0.5),
+        "ttft_p95_ms": percentile(ttft, 0.95),
+        "itl_p50_ms": percentile(gaps, 0.5),
+        "itl_p95_ms": percentile(gaps, 0.95),
+    }
+
+
 def _model_rows(now: Any) -> list[dict[str, Any]]:
+    """Each model's last five minutes; TTFT and inter-token latency also per serving role (both, decode)."""
     live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
     recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
-        "model_name", "status", "time_to_first_token_ms", "total_time_ms"
+        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens", "worker__role"
     )
     requests: dict[str, int] = defaultdict(int)
     errors: dict[str, int] = defaultdict(int)
-    ttft: dict[str, list[float]] = defaultdict(list)
     latency: dict[str, list[float]] = defaultdict(list)
-    for name, status, first, total in recent.iterator(chunk_size=5000):
+    ttft: dict[tuple[str, str], list[float]] = defaultdict(list)
+    gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for name, status, first, total, tokens, role in recent.iterator(chunk_size=5000):
         requests[name] += 1
         errors[name] += status != UsageStatus.OK
+        key = (name, "decode" if role == "decode" else "both")
         if first is not None:
-            ttft[name].append(first)
+            ttft[key].append(first)
         if total is not None:
             latency[name].append(total)
+        if (gap := _token_gap(first, total, tokens)) is not None:
+            gaps[key].append(gap)
     minutes = WINDOW.total_seconds() / 60
-
-    def error_rate(name: str) -> float | None:
-        return round(errors[name] / requests[name], 3) if requests[name] else None
-
-    return [
-        {
-            "name": model.name,
-            "task": model.task,
-            "enabled": model.enabled,
-            "dispatch_policy": model.dispatch_policy,
-            "online_replicas": model.online,
-            "requests_per_minute": round(requests[model.name] / minutes, 1),
-            "ttft_p50_ms": percentile(ttft[model.name], 0.5),
-            "ttft_p95_ms": percentile(ttft[model.name], 0.95),
-            "latency_p50_ms": percentile(latency[model.name], 0.5),
-            "latency_p95_ms": percentile(latency[model.name], 0.95),
-            "error_rate": round(errors[model.name] / requests[model.name], 3)
-            if requests[model.name]
-            else None,
-        }
-        for model in models
-    ]
+    rows = []
+    for model in models:
+        name = model.name
+        roles = {role: _timings(ttft[(name, role)], gaps[(name, role)]) for role in ("both", "decode")}
+        every = _timings(
+            ttft[(name, "both")] + ttft[(name, "decode")], gaps[(name, "both")] + gaps[(name, "decode")]
+        )
+        rows.append(
+            {
+                "name": name,
+                "task": model.task,
+                "enabled": model.enabled,
+                "dispatch_policy": model.dispatch_policy,
+                "online_replicas": model.online,
+                "requests_per_minute": round(requests[name] / minutes, 1),
+                **every,
+                "latency_p50_ms": percentile(latency[name], 0.5),
+                "latency_p95_ms": percentile(latency[name], 0.95),
+                "error_rate": round(errors[name] / requests[name], 3) if requests[name] else None,
+                "by_role": {role: figures for role, figures in roles.items() if ttft[(name, role)]},
+            }
+        )
+    return rows
 
 
 def _deployment_rows() -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ class Ticket:
     streamed: bool = False  # its first token came as the first event of a stream
     choices: int = 1  # completions generated side by side (n), for the time between tokens
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
+    role_label: str = "both"  # its role: "decode" when it continues from a prefill worker
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
     # The task adding its record to the shared buffer (Redis); None when it stays in memory.
     _recording: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -59,6 +60,7 @@ class Ticket:
         self.worker = worker
         self.entry.worker_id = worker.id
         self.worker_label = worker.identity
+        self.role_label = "decode" if getattr(worker, "prefill_from", ()) else "both"
         counters.acquire(worker.id)
         self._in_flight = instruments.start_in_flight(self.model_label, worker.identity)
 
@@ -143,6 +145,7 @@ class Ticket:
             ttft=ttft,
             latency=latency if ok else None,
             token_gap=self._token_gap(ttft, latency) if ok else None,
+            role=self.role_label,
         )
 
     def _token_gap(self, ttft: float | None, latency: float) -> float | None:

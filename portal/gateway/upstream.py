@@ -17,7 +17,13 @@ from portal.gateway.figures import clean_usage
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
 from registry.models import WorkerKind
-from registry.services.dispatch import NoWorkerAvailable, ResolvedModel, aget_candidates, choose_worker
+from registry.services.dispatch import (
+    NoWorkerAvailable,
+    ResolvedModel,
+    aget_candidates,
+    choose_worker,
+    with_prefill_workers,
+)
 
 if TYPE_CHECKING:
     from portal.gateway.ticket import Ticket
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 ABORT_TIMEOUT_SECONDS = 2.0
+PREFILL_WORKERS = "X-Prefill-Workers"  # inference.worker.disaggregation reads it
 T = TypeVar("T")
 
 
@@ -50,7 +57,10 @@ def _authorization(worker: Any) -> dict[str, str]:
 
 def worker_headers(worker: Any, request_id: str) -> dict[str, str]:
     """Headers of every call to `worker`; `request_id` is always one the portal made."""
-    return {"X-Request-Id": request_id, **_authorization(worker)}
+    headers = {"X-Request-Id": request_id, **_authorization(worker)}
+    if getattr(worker, "prefill_from", ()):
+        headers[PREFILL_WORKERS] = ",".join(worker.prefill_from)  # a decode worker: where to prefill
+    return headers
 
 
 def _error_fields(content: bytes) -> tuple[str, str, Any, Any]:
@@ -140,7 +150,8 @@ async def pick_worker(
         if not others_waiting:
             usable = counters.with_local_counts(candidates, skip | busy)
             try:
-                return choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
+                chosen = choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
+                return with_prefill_workers(chosen, usable)
             except NoWorkerAvailable as exc:
                 if not (place.enabled and candidates and (exc.all_full or busy)):
                     raise _none_left(model, candidates, exc, last_error) from None

@@ -63,16 +63,18 @@ PROMPT_TOKENS = Counter("portal_prompt_tokens", "Prompt tokens of finished reque
 COMPLETION_TOKENS = Counter(
     "portal_completion_tokens", "Completion tokens of finished requests.", ["model", "worker"]
 )
+# `role` is the serving worker's: "both" prefills and decodes itself, "decode" continued from a
+# prefill worker's hand-off, so the two show what the split does to the first token and the rest.
 TIME_TO_FIRST_TOKEN = Histogram(
     "portal_time_to_first_token_seconds",
     "Time from dispatch to the first streamed event (to the whole answer when not streamed).",
-    ["model", "worker"],
+    ["model", "worker", "role"],
     buckets=TTFT_BUCKETS,
 )
 INTER_TOKEN_LATENCY = Histogram(
     "portal_inter_token_latency_seconds",
     "Mean gap between a streamed request's completion tokens, one observation per request.",
-    ["model", "worker"],
+    ["model", "worker", "role"],
     buckets=ITL_BUCKETS,
 )
 REQUEST_LATENCY = Histogram(
@@ -128,9 +130,7 @@ class _Series(NamedTuple):
     in_flight: Gauge
     prompt_tokens: Counter
     completion_tokens: Counter
-    ttft: Histogram
     latency: Histogram
-    token_gap: Histogram
 
 
 @functools.lru_cache(maxsize=4096)  # labels are bounded: served models x workers
@@ -139,10 +139,13 @@ def _series(model: str, worker: str) -> _Series:
         IN_FLIGHT.labels(model, worker),
         PROMPT_TOKENS.labels(model, worker),
         COMPLETION_TOKENS.labels(model, worker),
-        TIME_TO_FIRST_TOKEN.labels(model, worker),
         REQUEST_LATENCY.labels(model, worker),
-        INTER_TOKEN_LATENCY.labels(model, worker),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _timings(model: str, worker: str, role: str) -> tuple[Histogram, Histogram]:
+    return TIME_TO_FIRST_TOKEN.labels(model, worker, role), INTER_TOKEN_LATENCY.labels(model, worker, role)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -167,6 +170,7 @@ def record_request(
     ttft: float | None,
     latency: float | None,
     token_gap: float | None,
+    role: str = "both",
 ) -> None:
     """Observe one finished request (times in seconds; None: not measured)."""
     _requests(model, worker, status).inc()
@@ -175,12 +179,13 @@ def record_request(
         series.prompt_tokens.inc(prompt_tokens)
     if completion_tokens:
         series.completion_tokens.inc(completion_tokens)
+    first_token, gaps = _timings(model, worker, role)
     if ttft is not None:
-        series.ttft.observe(ttft)
+        first_token.observe(ttft)
     if latency is not None:
         series.latency.observe(latency)
     if token_gap is not None:
-        series.token_gap.observe(token_gap)
+        gaps.observe(token_gap)
 
 
 def record_failover(*, model: str, worker: str, reason: str) -> None:

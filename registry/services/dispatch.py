@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -54,6 +54,8 @@ class WorkerSnapshot:
     tokens_per_second: float = 0.0
     speed: float = 1.0
     local_in_flight: int = 0
+    role: str = "both"  # prefill workers only make hand-offs for decode workers
+    prefill_from: tuple[str, ...] = ()  # set on a decode worker: the prefill workers it asks, best first
 
     @property
     def load(self) -> int:
@@ -109,6 +111,7 @@ def choose_worker(
     head of the request queue asks the least loaded one even so: the figures may be a heartbeat old).
     """
     rng = rng or _RNG
+    candidates = [c for c in candidates if c.role != "prefill"]
     if not candidates:
         raise NoWorkerAvailable("No online worker serves this model.")
     open_ = [c for c in candidates if not c.is_full]
@@ -127,13 +130,27 @@ def choose_worker(
     return open_[_lowest(open_, lambda i: open_[i].load, rng)]
 
 
+MAX_PREFILL_CHOICES = 3
+
+
+def with_prefill_workers(worker: WorkerSnapshot, candidates: list[WorkerSnapshot]) -> WorkerSnapshot:
+    """A decode worker paired with the prefill workers it may ask, least loaded first; others as they are.
+
+    Only for the prefill, the decode worker does not need any: without one it prefills itself.
+    """
+    if worker.role != "decode":
+        return worker
+    prefills = sorted((c for c in candidates if c.role == "prefill" and not c.is_full), key=lambda c: c.load)
+    return replace(worker, prefill_from=tuple(c.address for c in prefills[:MAX_PREFILL_CHOICES]))
+
+
 def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
     """Online, unexpired workers serving the model, as snapshots (one query)."""
     rows = Worker.objects.filter(
         served_models__id=served_model_id, status=WorkerStatus.ONLINE, expires_at__gt=timezone.now()
     ).values(
         "id", "identity", "address", "kind", "remote_api_key", "max_concurrency", "max_queue",
-        "in_flight", "queued", "tokens_per_second", "speed",
+        "in_flight", "queued", "tokens_per_second", "speed", "role",
     )  # fmt: skip
     return [WorkerSnapshot(**row) for row in rows]
 

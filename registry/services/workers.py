@@ -39,6 +39,7 @@ class WorkerRegistration:
     max_queue: int = 0
     max_model_len: int | None = None
     heartbeat_interval: float | None = None
+    role: str = "both"
 
 
 def _expiry(interval: float) -> timedelta:
@@ -74,6 +75,7 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
             "max_queue": reg.max_queue,
             "max_model_len": reg.max_model_len,
             "heartbeat_interval": interval,
+            "role": reg.role,
             "in_flight": 0,
             "queued": 0,
             "tokens_per_second": 0.0,

@@ -81,6 +81,35 @@ def test_the_snapshot_has_each_models_last_five_minutes() -> None:
 
 
 @pytest.mark.django_db
+def test_first_token_and_inter_token_latency_are_shown_per_serving_role() -> None:
+    both, decode = add_worker(1), add_worker(2)
+    Worker.objects.filter(pk=decode.pk).update(role="decode")
+    rows = [
+        (both, 100.0, 1100.0, 11),
+        (decode, 300.0, 800.0, 11),
+        (both, 500.0, 500.0, 5),
+    ]  # the last not streamed
+    for index, (worker, first, total, tokens) in enumerate(rows):
+        UsageRecord.objects.create(
+            request_id=f"role-{index}",
+            model_name="smol",
+            endpoint="chat",
+            worker=worker,
+            time_to_first_token_ms=first,
+            total_time_ms=total,
+            completion_tokens=tokens,
+        )
+    smol = next(m for m in fleet_snapshot()["models"] if m["name"] == "smol")
+    assert smol["by_role"]["both"]["ttft_p95_ms"] == 500.0
+    assert smol["by_role"]["both"]["itl_p50_ms"] == 100.0
+    assert (smol["by_role"]["decode"]["ttft_p50_ms"], smol["by_role"]["decode"]["itl_p50_ms"]) == (
+        300.0,
+        50.0,
+    )
+    assert (smol["itl_p50_ms"], smol["itl_p95_ms"]) == (50.0, 100.0)
+
+
+@pytest.mark.django_db
 def test_the_dashboard_is_for_staff_only() -> None:
     assert Client().get(URL).status_code == 302
     assert Client().get(URL + "fleet.json").status_code == 302

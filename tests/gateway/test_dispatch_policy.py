@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from registry.services.dispatch import NoWorkerAvailable, WorkerSnapshot, choose_worker
+from registry.services.dispatch import NoWorkerAvailable, WorkerSnapshot, choose_worker, with_prefill_workers
 
 
 def snap(worker_id: int, **kwargs: object) -> WorkerSnapshot:
@@ -67,3 +67,26 @@ def test_lottery_falls_back_to_admin_speed_when_a_worker_has_no_measure():
 def test_remote_endpoint_is_never_considered_full():
     remote = snap(1, kind="remote", max_concurrency=1, max_queue=0, local_in_flight=5)
     assert choose_worker([remote], "least_inflight").id == 1
+
+
+def test_prefill_workers_take_no_request_of_their_own():
+    only_prefill = [snap(1, role="prefill")]
+    with pytest.raises(NoWorkerAvailable, match="No online worker"):
+        choose_worker(only_prefill, "least_inflight")
+    assert (
+        choose_worker([snap(1, role="prefill"), snap(2, role="decode", in_flight=3)], "least_inflight").id
+        == 2
+    )
+
+
+def test_a_decode_worker_is_paired_with_the_least_loaded_prefill_workers_that_have_room():
+    candidates = [
+        snap(1, role="decode"),
+        snap(2, role="prefill", in_flight=3),
+        snap(3, role="prefill", in_flight=1),
+        snap(4, role="prefill", in_flight=4, queued=4),  # full
+        snap(5, role="both"),
+    ]
+    paired = with_prefill_workers(candidates[0], candidates)
+    assert paired.prefill_from == ("http://w3", "http://w2")
+    assert with_prefill_workers(candidates[4], candidates).prefill_from == ()  # a both worker prefills itself

@@ -13,14 +13,17 @@ import pytest
 from inference.engines.base import BeamSearch, Delta, EngineConfig, TokenLogprob, Usage
 from inference.engines.vllm_engine import (
     OutputReader,
+    decode_kwargs,
     delta_logprobs,
     engine_args_kwargs,
+    handoff_bytes,
+    prefill_kwargs,
     structured_output_fields,
     structured_output_kwargs,
     vllm_beam_kwargs,
     vllm_sampling_kwargs,
 )
-from inference.errors import InvalidRequest
+from inference.errors import HandoffRefused, InvalidRequest
 from inference.management.commands.runworker import Command as RunWorker
 from inference.management.commands.runworker import engine_config
 from inference.sampling import Guide, SamplingParams
@@ -200,3 +203,35 @@ async def test_vllm_generates_paris(model_cache_dir):
     request = GenerationRequest("v1", engine.tokenize(prompt), SamplingParams(temperature=0, max_tokens=16))
     text = "".join([d.text async for d in engine.generate(request)])
     assert "Paris" in text
+
+
+def test_a_prefill_asks_vllm_for_one_token_and_a_cache_kept_for_a_remote_decode():
+    kwargs = prefill_kwargs(vllm_sampling_kwargs(SamplingParams(max_tokens=200, temperature=0)))
+    assert kwargs["max_tokens"] == 1
+    assert kwargs["extra_args"] == {
+        "kv_transfer_params": {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        }
+    }
+
+
+def test_the_decode_continues_from_the_prefill_instances_transfer_parameters():
+    returned = {
+        "do_remote_prefill": True,
+        "remote_engine_id": "e1",
+        "remote_block_ids": [3, 4],
+        "remote_port": 5600,
+    }
+    blob = handoff_bytes(returned)
+    kwargs = decode_kwargs(vllm_sampling_kwargs(SamplingParams(max_tokens=200)), blob)
+    assert kwargs["max_tokens"] == 200
+    assert kwargs["extra_args"] == {"kv_transfer_params": returned}
+    with pytest.raises(HandoffRefused, match="kv-transfer-config"):
+        handoff_bytes(None)
+    with pytest.raises(HandoffRefused):
+        decode_kwargs({}, b"[1, 2]")

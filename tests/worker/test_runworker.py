@@ -54,6 +54,12 @@ def test_a_global_seed_is_refused_by_an_engine_that_seeds_each_request() -> None
     assert "--seed is used by the vLLM engine only, not by canned" in result.stderr
 
 
+def test_a_prefill_role_is_refused_by_an_engine_that_cannot_hand_off() -> None:
+    result = run_command("runworker", *CANNED, "--no-register", "--role", "prefill")
+    assert result.returncode != 0
+    assert "--role prefill: the canned engine does not split prefill from decode." in result.stderr
+
+
 def test_the_vllm_backend_without_vllm_fails_at_start_in_one_line() -> None:
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")

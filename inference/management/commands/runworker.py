@@ -120,6 +120,12 @@ class Command(BaseCommand):
             help="auto, float32, float16 or bfloat16 (llama.cpp: also keep, the GGUF as it is).",
         )
         add("--backend", choices=["auto", "llamacpp", "transformers", "vllm", "canned"], default="auto")
+        add(
+            "--role",
+            choices=["both", "prefill", "decode"],
+            default="both",
+            help="prefill: make hand-offs for decode workers; decode: continue from them (default both).",
+        )
         add("--threads", type=int, default=None, help="CPU threads for the model (default: per engine).")
         add("--max-concurrency", "--max-num-seqs", type=int, default=16, help="Sequences generating at once.")
         add("--max-queue", type=int, default=64, help="Requests waiting for a slot; more get 503.")
@@ -164,6 +170,10 @@ class Command(BaseCommand):
         if options["seed"] is not None and info.backend != "vllm":
             # Our own engines seed each request from its `seed` field; a global seed would be ignored.
             raise CommandError(f"--seed is used by the vLLM engine only, not by {info.backend}.")
+        if options["role"] != "both" and not info.disaggregates:
+            raise CommandError(
+                f"--role {options['role']}: the {info.backend} engine does not split prefill from decode."
+            )
         self.stdout.write(
             f"Engine: {info.backend} on {info.device}" + (f" ({info.detail})" if info.detail else "")
         )
@@ -174,6 +184,7 @@ class Command(BaseCommand):
             token=token,
             token_fallbacks=tuple(settings.WORKER_TOKEN_FALLBACKS),
             stream_interval=options["stream_interval"],
+            role=options["role"],
             limits={
                 "max_concurrency": options["max_concurrency"],
                 "max_queue": options["max_queue"],
@@ -203,6 +214,7 @@ class Command(BaseCommand):
             "max_queue": options["max_queue"],
             "max_model_len": engine.info.max_model_len,
             "heartbeat_interval": interval,
+            "role": options["role"],
         }
         try:
             WorkerServer(ctx, serve, registration).run()

@@ -23,6 +23,13 @@
   const mebibytes = (value) => (value === null || value === undefined ? "—" : Math.round(value / 1048576) + " MiB");
   const percent = (value) => (value === null || value === undefined ? "—" : Math.round(value * 100) + "%");
 
+  function timings(row, figures) {
+    cell(row, dash(figures.ttft_p50_ms, " ms"), "number");
+    cell(row, dash(figures.ttft_p95_ms, " ms"), "number");
+    cell(row, dash(figures.itl_p50_ms, " ms"), "number");
+    cell(row, dash(figures.itl_p95_ms, " ms"), "number");
+  }
+
   function renderModels(models) {
     const body = document.querySelector("#fleet-models tbody");
     body.replaceChildren();
@@ -34,11 +41,22 @@
       cell(row, m.dispatch_policy);
       cell(row, m.online_replicas, "number");
       cell(row, m.requests_per_minute, "number");
-      cell(row, dash(m.ttft_p50_ms, " ms"), "number");
-      cell(row, dash(m.ttft_p95_ms, " ms"), "number");
+      timings(row, m);
       cell(row, dash(m.latency_p50_ms, " ms"), "number");
       cell(row, dash(m.latency_p95_ms, " ms"), "number");
       cell(row, percent(m.error_rate), "number");
+      const roles = Object.keys(m.by_role);
+      if (roles.includes("decode")) {
+        for (const role of roles) {
+          const line = body.insertRow();
+          line.dataset.model = m.name;
+          line.dataset.role = role;
+          cell(line, "  " + m.name + " · " + role, "fleet-role");
+          for (let i = 0; i < 5; i++) cell(line, "");
+          timings(line, m.by_role[role]);
+          for (let i = 0; i < 3; i++) cell(line, "");
+        }
+      }
     }
   }
 

@@ -1,0 +1,63 @@
+"""Prefill/decode disaggregation between workers: the two requests a hand-off takes.
+
+The portal sends a request to a decode worker with `X-Prefill-Workers` (the
+prefill workers it chose, best first). The decode worker parses the request as
+always, then posts the same body to the first prefill worker that answers,
+with `X-Prefill-Only`; that worker prefills the prompt beside its own batch
+and answers the hand-off (the engine's bytes: the KV cache rows and the first
+token). The KV cache thus goes from worker to worker, never through the
+portal, and the decode worker streams the rest to the client. When no prefill
+worker answers, or a hand-off does not fit, the decode worker prefills
+itself: a request never fails for want of its prefill worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx2
+from starlette.requests import Request
+
+from inference.protocol import GenerateCall
+from inference.worker.serving import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+PREFILL_ONLY = "X-Prefill-Only"
+PREFILL_WORKERS = "X-Prefill-Workers"
+CONNECT_SECONDS = 3.0
+PREFILL_SECONDS = 120.0
+
+
+def splittable(ctx: WorkerContext, call: GenerateCall) -> bool:
+    """Whether this request can be prefilled apart: one choice, sampled (not beams), no echoed prompt."""
+    return ctx.engine.info.disaggregates and call.candidates == 1 and not call.beam_search and not call.echo
+
+
+def prefill_workers(request: Request) -> list[str]:
+    return [a.strip().rstrip("/") for a in request.headers.get(PREFILL_WORKERS, "").split(",") if a.strip()]
+
+
+async def fetch_handoff(
+    ctx: WorkerContext, request: Request, request_id: str, payload: dict[str, Any]
+) -> bytes | None:
+    """The hand-off of this request from the first prefill worker that makes one; None: prefill here."""
+    body = json.dumps(payload)
+    headers = {"Content-Type": "application/json", PREFILL_ONLY: "1", "X-Request-Id": f"{request_id}-prefill"}
+    if ctx.token:
+        headers["Authorization"] = f"Bearer {ctx.token}"
+    timeout = httpx2.Timeout(PREFILL_SECONDS, connect=CONNECT_SECONDS)
+    async with httpx2.AsyncClient(timeout=timeout, trust_env=False) as client:
+        for address in prefill_workers(request):
+            try:
+                response = await client.post(f"{address}{request.url.path}", content=body, headers=headers)
+            except httpx2.HTTPError as exc:
+                logger.warning("Prefill of %s on %s failed: %s", request_id, address, type(exc).__name__)
+                continue
+            if response.status_code == 200:
+                ctx.handoffs_received += 1
+                return response.content
+            logger.warning("Prefill of %s on %s answered %d", request_id, address, response.status_code)
+    return None
