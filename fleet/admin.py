@@ -98,8 +98,8 @@ class DeploymentForm(forms.ModelForm):
     class Meta:
         model = Deployment
         fields = (
-            "name", "model_names", "model_path", "backend", "replicas", "max_concurrency", "dtype", "threads",
-            "max_model_len", "extra_args", "placement", "required_labels", "memory_per_replica",
+            "name", "model_names", "model_path", "backend", "role", "replicas", "max_concurrency", "dtype",
+            "threads", "max_model_len", "extra_args", "placement", "required_labels", "memory_per_replica",
         )  # fmt: skip
         widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
 

@@ -80,6 +80,15 @@ class Deployment(models.Model):
     )
     backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.AUTO)
     replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(64)])
+    role = models.CharField(
+        max_length=16,
+        choices=[
+            ("both", "Both"),
+            ("prefill", "Prefill (hands off to decode workers)"),
+            ("decode", "Decode"),
+        ],
+        default="both",
+    )
     max_concurrency = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1)])
     dtype = models.CharField(max_length=16, default="auto", help_text="runworker --dtype.")
     threads = models.PositiveIntegerField(null=True, blank=True, help_text="runworker --threads.")

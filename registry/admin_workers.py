@@ -101,10 +101,11 @@ class WorkerAdmin(admin.ModelAdmin):
         "queued",
         "tokens_per_second_display",
         "kv_cache_display",
+        "role",
         "backend",
         "device",
     )
-    list_filter = ("status", "intent", "kind", "backend", "device", "served_models")
+    list_filter = ("status", "intent", "kind", "role", "backend", "device", "served_models")
     search_fields = ("identity", "address", "hostname", "served_models__name")
     readonly_fields = LIVE_FIGURES
     filter_horizontal = ("served_models",)

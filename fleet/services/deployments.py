@@ -22,6 +22,7 @@ from fleet.models import Deployment, Instance, InstanceState
 
 # The fields a running worker was started with: a change to one of them is a rolling restart.
 WORKER_OPTIONS = (
+    "role",
     "model_names",
     "model_path",
     "backend",
@@ -35,7 +36,7 @@ WORKER_OPTIONS = (
 MANAGED_FLAGS = {
     "--model-path", "--model-names", "--backend", "--max-concurrency", "--dtype", "--threads",
     "--max-model-len", "--host", "--port", "--worker-id", "--worker-address", "--no-register",
-    "--served-model-name", "--max-num-seqs",
+    "--served-model-name", "--max-num-seqs", "--role",
 }  # fmt: skip
 
 
@@ -65,6 +66,7 @@ def worker_command(instance: Instance, *, port: int, host: str, address: str | N
         "--model-path", deployment.model_path,
         "--model-names", ",".join(deployment.served_names),
         "--backend", deployment.backend,
+        "--role", deployment.role,
         "--max-concurrency", str(deployment.max_concurrency),
         "--dtype", deployment.dtype,
         "--host", host,

@@ -16,6 +16,7 @@ ADD = "/admin/fleet/deployment/add/"
 FORM = {
     "model_names": "",
     "backend": "canned",
+    "role": "both",
     "replicas": "2",
     "max_concurrency": "16",
     "dtype": "auto",

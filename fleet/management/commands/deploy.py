@@ -14,6 +14,7 @@ from fleet.models import Backend, Deployment, Instance, InstanceState, Placement
 from fleet.services import deployments, scheduler
 
 OPTION_FIELDS = (
+    "role",
     "model_path",
     "model_names",
     "backend",
@@ -35,6 +36,7 @@ class Command(BaseCommand):
             sub.add_argument("--model-path", required=verb == "create")
             sub.add_argument("--model-names")
             sub.add_argument("--backend", choices=Backend.values)
+            sub.add_argument("--role", choices=["both", "prefill", "decode"])
             sub.add_argument("--replicas", type=int)
             sub.add_argument("--max-concurrency", type=int)
             sub.add_argument("--dtype")
