@@ -34,6 +34,12 @@ def log_tail(path: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def is_worker(pid: int, identity: str) -> bool:
+    """Whether `pid` runs the worker `identity` (pids are reused: its command line says)."""
+    args = command_line(pid)
+    return "runworker" in args and f"--worker-id\0{identity}" in "\0".join(args)
+
+
 class WorkerProcess:
     """One `runworker` process, known by pid; `popen` only when this agent started it."""
 
@@ -59,16 +65,13 @@ class WorkerProcess:
 
     @classmethod
     def adopt(cls, pid: int, identity: str) -> WorkerProcess | None:
-        """The process `pid` if it is still the worker `identity` (pids are reused)."""
-        args = command_line(pid)
-        if "runworker" in args and f"--worker-id\0{identity}" in "\0".join(args):
-            return cls(pid, identity)
-        return None
+        """The process `pid` if it is still the worker `identity`."""
+        return cls(pid, identity) if is_worker(pid, identity) else None
 
     def running(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return bool(WorkerProcess.adopt(self.pid, self.identity))
+        return is_worker(self.pid, self.identity)
 
     def exit_description(self) -> str:
         if self.popen is None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from fleet.models import Node
+from registry.services.workers import heartbeat_expiry
 
 
 @dataclass(frozen=True)
@@ -23,10 +22,6 @@ class NodeFacts:
     gpus: list[dict[str, Any]] = field(default_factory=list)
     catalogue: list[dict[str, Any]] = field(default_factory=list)
     agent_pid: int | None = None
-
-
-def expiry(interval: float) -> timedelta:
-    return timedelta(seconds=interval * settings.HEARTBEAT_EXPIRY_INTERVALS)
 
 
 def register_node(*, facts: NodeFacts, interval: float) -> Node:
@@ -45,7 +40,7 @@ def register_node(*, facts: NodeFacts, interval: float) -> Node:
             "agent_pid": facts.agent_pid,
             "registered_at": now,
             "last_heartbeat": now,
-            "expires_at": now + expiry(interval),
+            "expires_at": now + heartbeat_expiry(interval),
         },
     )
     return node
@@ -57,7 +52,7 @@ def record_node_heartbeat(*, node_id: int, available_memory_bytes: int, interval
     return bool(
         Node.objects.filter(pk=node_id).update(
             last_heartbeat=now,
-            expires_at=now + expiry(interval),
+            expires_at=now + heartbeat_expiry(interval),
             available_memory_bytes=available_memory_bytes,
         )
     )

@@ -204,7 +204,10 @@ class TransformersEngine(Engine):
 
     async def _run(self, request: GenerationRequest, grammar: Grammar | None) -> AsyncIterator[Delta]:
         """Submit to the batch loop and relay its deltas; abort the row if the consumer leaves."""
-        handoff = self._check_handoff(request) if request.handoff is not None else None
+        # Parsing a hand-off copies megabytes: off the event loop.
+        handoff = (
+            await asyncio.to_thread(self._check_handoff, request) if request.handoff is not None else None
+        )
         queue = self._submit(request, grammar, handoff=handoff)
         finished = False
         try:

@@ -25,10 +25,11 @@ from starlette.routing import Route
 from inference.engines.base import BeamSearch, GenerationRequest, TokenLogprob, Usage
 from inference.errors import HandoffRefused, InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
+from inference.protocol.headers import PREFILL_ONLY
 from inference.sampling import SamplingParams
 from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
 from inference.worker.auth import RequireToken
-from inference.worker.disaggregation import PREFILL_ONLY, fetch_handoff, prefill_workers, splittable
+from inference.worker.disaggregation import fetch_handoff, prefill_workers, splittable
 from inference.worker.metrics import metrics
 from inference.worker.protocol import (
     Describe,

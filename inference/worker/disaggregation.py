@@ -21,12 +21,11 @@ import httpx2
 from starlette.requests import Request
 
 from inference.protocol import GenerateCall
+from inference.protocol.headers import PREFILL_ONLY, PREFILL_WORKERS
 from inference.worker.serving import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-PREFILL_ONLY = "X-Prefill-Only"
-PREFILL_WORKERS = "X-Prefill-Workers"
 CONNECT_SECONDS = 3.0
 PREFILL_SECONDS = 120.0
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 from django.conf import settings
 
+from inference.protocol.headers import PREFILL_WORKERS
 from portal.gateway import counters, queue
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 ABORT_TIMEOUT_SECONDS = 2.0
-PREFILL_WORKERS = "X-Prefill-Workers"  # inference.worker.disaggregation reads it
 T = TypeVar("T")
 
 

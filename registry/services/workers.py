@@ -42,7 +42,8 @@ class WorkerRegistration:
     role: str = "both"
 
 
-def _expiry(interval: float) -> timedelta:
+def heartbeat_expiry(interval: float) -> timedelta:
+    """How long a row stays live after a heartbeat (workers' and nodes' alike)."""
     return timedelta(seconds=interval * settings.HEARTBEAT_EXPIRY_INTERVALS)
 
 
@@ -81,7 +82,7 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
             "tokens_per_second": 0.0,
             "registered_at": now,
             "last_heartbeat": now,
-            "expires_at": now + _expiry(interval),
+            "expires_at": now + heartbeat_expiry(interval),
             "last_error": "",
         },
     )
@@ -123,7 +124,7 @@ def record_heartbeat(
         "kv_cache_usage": kv_cache_usage,
         "memory_bytes": memory_bytes,
         "last_heartbeat": now,
-        "expires_at": now + _expiry(interval),
+        "expires_at": now + heartbeat_expiry(interval),
     }
     if tokens_per_second > 0:
         # Lottery weight follows measured speed; an idle worker keeps its last weight.
