@@ -58,6 +58,16 @@ class WorkerSnapshot:
     prefill_from: tuple[str, ...] = ()  # set on a decode worker: the prefill workers it asks, best first
 
     @property
+    def serving_role(self) -> str:
+        """The role dispatch goes by: only our own workers split a request; a remote endpoint is "both".
+
+        A decode worker posts the prompt with the worker token to its prefill
+        workers, so a prefill worker must be one of ours (its address written
+        by its own registration), never an endpoint staff typed in.
+        """
+        return self.role if self.kind == WorkerKind.LOCAL else "both"
+
+    @property
     def load(self) -> int:
         """Requests on the worker: the heartbeat's figure, or ours when it is fresher and higher."""
         return max(self.in_flight + self.queued, self.local_in_flight)
@@ -111,7 +121,7 @@ def choose_worker(
     head of the request queue asks the least loaded one even so: the figures may be a heartbeat old).
     """
     rng = rng or _RNG
-    candidates = [c for c in candidates if c.role != "prefill"]
+    candidates = [c for c in candidates if c.serving_role != "prefill"]
     if not candidates:
         raise NoWorkerAvailable("No online worker serves this model.")
     open_ = [c for c in candidates if not c.is_full]
@@ -137,10 +147,13 @@ def with_prefill_workers(worker: WorkerSnapshot, candidates: list[WorkerSnapshot
     """A decode worker paired with the prefill workers it may ask, least loaded first; others as they are.
 
     Only for the prefill, the decode worker does not need any: without one it prefills itself.
+    Both ends are our own workers (`serving_role`): the worker token goes to no remote endpoint.
     """
-    if worker.role != "decode":
+    if worker.serving_role != "decode":
         return worker
-    prefills = sorted((c for c in candidates if c.role == "prefill" and not c.is_full), key=lambda c: c.load)
+    prefills = sorted(
+        (c for c in candidates if c.serving_role == "prefill" and not c.is_full), key=lambda c: c.load
+    )
     return replace(worker, prefill_from=tuple(c.address for c in prefills[:MAX_PREFILL_CHOICES]))
 
 

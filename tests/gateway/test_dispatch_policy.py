@@ -90,3 +90,18 @@ def test_a_decode_worker_is_paired_with_the_least_loaded_prefill_workers_that_ha
     paired = with_prefill_workers(candidates[0], candidates)
     assert paired.prefill_from == ("http://w3", "http://w2")
     assert with_prefill_workers(candidates[4], candidates).prefill_from == ()  # a both worker prefills itself
+
+
+def test_a_remote_endpoint_marked_prefill_is_never_paired_and_serves_requests_itself():
+    remote = snap(2, kind="remote", role="prefill")
+    decode = snap(1, role="decode")
+    candidates = [decode, remote, snap(3, role="prefill", in_flight=2)]
+    assert with_prefill_workers(decode, candidates).prefill_from == ("http://w3",)
+    assert with_prefill_workers(decode, [decode, remote]).prefill_from == ()
+    # Its role is ignored: it takes requests like any remote endpoint.
+    assert choose_worker([remote], "least_inflight").id == 2
+
+
+def test_a_remote_endpoint_marked_decode_is_sent_no_prefill_workers():
+    remote = snap(1, kind="remote", role="decode")
+    assert with_prefill_workers(remote, [remote, snap(2, role="prefill")]).prefill_from == ()
