@@ -1,10 +1,13 @@
 """Admin for workers and served models: what runs where, how busy it is, and the operator's controls.
 
 Figures (status, heartbeat, load) are written by the workers themselves, so
-they are read-only here; an operator edits names, policies and remote
-endpoints, drains, resumes and removes workers, and enables or disables
-models. Each control goes through `registry.services.controls`, which bumps
-the registry version so that every portal follows within a second.
+they are read-only here; so is what our own worker registers about itself
+(address, kind, role...): the portal sends prompts and the worker token to
+that address, so only the worker's registration writes it. An operator adds
+and edits remote endpoints (never prefill or decode workers), drains, resumes
+and removes workers, and enables or disables models. Each control goes
+through `registry.services.controls`, which bumps the registry version so
+that every portal follows within a second.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from registry.models import ModelAlias, ServedModel, Worker, WorkerIntent, WorkerStatus
+from registry.models import ModelAlias, ServedModel, Worker, WorkerIntent, WorkerKind, WorkerStatus
 from registry.services import controls
 
 LIVE_FIGURES = (
@@ -36,6 +40,22 @@ LIVE_FIGURES = (
     "expires_at",
     "last_error",
 )
+# What our worker's registration writes on every start (registry.services.workers.register_worker).
+REGISTERED = (
+    "identity",
+    "kind",
+    "address",
+    "role",
+    "served_models",
+    "backend",
+    "device",
+    "model_path",
+    "max_concurrency",
+    "max_queue",
+    "max_model_len",
+    "heartbeat_interval",
+)
+ROLES = (("both", "both"), ("prefill", "prefill"), ("decode", "decode"))
 
 
 class ModelAliasInline(admin.TabularInline):
@@ -72,7 +92,11 @@ class ServedModelAdmin(admin.ModelAdmin):
 
 
 class WorkerForm(forms.ModelForm):
-    """The remote endpoint's key is write-only: never rendered back, kept when left blank."""
+    """A remote endpoint's form: its key is write-only (never rendered back, kept when left blank).
+
+    A row added here is a remote endpoint; its role stays "both", since a
+    decode worker would send its prefill workers the prompt and the worker token.
+    """
 
     remote_api_key = forms.CharField(
         required=False,
@@ -80,12 +104,30 @@ class WorkerForm(forms.ModelForm):
         help_text="Remote endpoints only. Leave blank to keep the stored key.",
     )
 
+    role = forms.ChoiceField(choices=ROLES, initial="both", help_text="Remote endpoints: both.")
+
     class Meta:
         model = Worker
-        fields = ("remote_api_key",)  # the admin adds the rest from its own field list
+        fields = ("remote_api_key",)  # the admin passes its own field list, less the read-only ones
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.instance.kind = WorkerKind.REMOTE
+        elif self.instance.kind == WorkerKind.LOCAL:
+            self.fields.pop("remote_api_key", None)  # our workers get the worker token, never a key
 
     def clean_remote_api_key(self) -> str:
         return self.cleaned_data["remote_api_key"] or self.instance.remote_api_key
+
+    def clean_role(self) -> str:
+        role = self.cleaned_data["role"]
+        if self.instance.kind == WorkerKind.REMOTE and role != "both":
+            raise ValidationError(
+                "A remote endpoint serves whole requests: its role is 'both'. Prefill and decode "
+                "workers are our own workers (runworker --role), which register themselves."
+            )
+        return str(role)
 
 
 @admin.register(Worker)
@@ -107,12 +149,23 @@ class WorkerAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "intent", "kind", "role", "backend", "device", "served_models")
     search_fields = ("identity", "address", "hostname", "served_models__name")
-    readonly_fields = LIVE_FIGURES
+    fields = (*REGISTERED, "remote_api_key", *LIVE_FIGURES)
     filter_horizontal = ("served_models",)
     actions = ["drain", "resume", "remove"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return super().get_queryset(request).prefetch_related("served_models")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Worker | None = None) -> tuple[str, ...]:
+        """Our worker's own registration owns what it says of itself; a remote endpoint stays remote."""
+        if obj is not None and obj.kind == WorkerKind.LOCAL:
+            return LIVE_FIGURES + REGISTERED
+        return (*LIVE_FIGURES, "kind")
+
+    def get_fields(self, request: HttpRequest, obj: Worker | None = None) -> Any:
+        if obj is not None and obj.kind == WorkerKind.LOCAL:
+            return [f for f in self.fields if f != "remote_api_key"]
+        return self.fields
 
     @admin.display(description="Status", ordering="status")
     def live_status(self, obj: Worker) -> str:

@@ -54,7 +54,9 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
     The same identity after a restart keeps the same row (and its usage
     history); its figures start again from zero. An operator's drain or
     remove outlives the restart: such a worker comes back draining, and
-    reads its intent from the returned row.
+    reads its intent from the returned row. Address, kind, role and models
+    are the registration's alone (the admin shows them read-only, heartbeats
+    leave them): the portal sends prompts and the worker token to that address.
     """
     reg = registration
     interval = reg.heartbeat_interval or settings.HEARTBEAT_INTERVAL
@@ -66,6 +68,7 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
         defaults={
             "kind": WorkerKind.LOCAL,
             "address": reg.address,
+            "remote_api_key": "",  # a row that was a remote endpoint keeps no key it no longer uses
             "status": WorkerStatus.ONLINE if serving else WorkerStatus.DRAINING,
             "backend": reg.backend,
             "device": reg.device,
