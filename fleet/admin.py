@@ -115,8 +115,21 @@ class DeploymentForm(forms.ModelForm):
 
     def clean_extra_args(self) -> str:
         extra: str = self.cleaned_data["extra_args"]
-        deployments.check_extra_args(extra)  # a ValidationError names the option
+        try:
+            deployments.check_extra_args(extra)
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from None  # shown on the field, naming the option
         return extra
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if "model_path" in cleaned and "backend" in cleaned:
+            candidate = Deployment(model_path=cleaned["model_path"], backend=cleaned["backend"])
+            try:
+                deployments.check_model_path(candidate)
+            except ValidationError as exc:
+                self.add_error(None, exc)  # its errors name the model path field
+        return cleaned
 
 
 @admin.register(Deployment)

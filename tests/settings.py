@@ -14,3 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from portal.settings import *  # noqa: F403
+
+# Two test runs at once on one checkout (a developer's beside another's) each get a database file of
+# their own; the processes a run starts are given its file's name (tests.processes.database_url).
+_default = DATABASES["default"]  # noqa: F405
+if _default["ENGINE"].endswith("sqlite3"):
+    _default["TEST"]["NAME"] = _default["TEST"]["NAME"].replace(".sqlite3", f"-{os.getpid()}.sqlite3")

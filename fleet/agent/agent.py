@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -28,14 +29,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from fleet import catalogue
 from fleet.agent.processes import WorkerProcess, free_port, log_tail
 from fleet.models import Instance, InstanceState, Node
+from fleet.options import OptionError, check_model_path, check_worker_argv
 from fleet.services import nodes, scheduler
-from fleet.services.deployments import worker_command
+from fleet.services.deployments import worker_command, worker_prefix
+from portal.env import worker_environment
 from registry.models import Worker
 from registry.services import workers
 from registry.services.controls import remove_workers
@@ -146,7 +150,9 @@ class Agent:
     def adopt(self) -> None:
         """Take over the workers a previous agent on this node left running."""
         for instance in self.mine():
-            if instance.pid and (process := WorkerProcess.adopt(instance.pid, instance.identity)):
+            if instance.pid and (
+                process := WorkerProcess.adopt(instance.pid, instance.command, instance.process_start)
+            ):
                 self.processes[instance.pk] = process
                 logger.info("Adopted %s (pid %d)", instance.identity, instance.pid)
 
@@ -217,9 +223,15 @@ class Agent:
         address = (
             None if options.address in ("127.0.0.1", "localhost") else f"http://{options.address}:{port}"
         )
-        command = worker_command(instance, port=port, host=options.worker_host, address=address)
+        try:
+            command = worker_command(instance, port=port, host=options.worker_host, address=address)
+            self.check_start(instance, command)
+        except OptionError as exc:
+            logger.error("Refusing to start %s: %s", instance.identity, exc)
+            self.update(instance, state=InstanceState.FAILED, detail=f"Refused: {exc}"[:500], pid=None)
+            return
         log_path = options.log_dir / f"{instance.deployment.name}-{instance.pk}.log"
-        process = WorkerProcess.start(command, instance.identity, log_path)
+        process = WorkerProcess.start(command, worker_environment(secrets.token_urlsafe(50)), log_path)
         self.processes[instance.pk] = process
         restarted = instance.state == InstanceState.CRASHED
         logger.info("Started %s on port %d (pid %d)", instance.identity, port, process.pid)
@@ -228,10 +240,27 @@ class Agent:
             state=InstanceState.STARTING,
             port=port,
             pid=process.pid,
+            process_start=process.started,
+            command=command,
             started_at=timezone.now(),
             log_path=str(log_path),
             detail="starting",
             restarts=instance.restarts + restarted,
+        )
+
+    def check_start(self, instance: Instance, command: list[str]) -> None:
+        """Refuse (OptionError) to run an option outside the allow-list or a model this node may not serve.
+
+        The deployment was checked when it was saved; this is the last word, on the node that runs it.
+        """
+        assert self.node is not None
+        check_worker_argv(command, prefix=worker_prefix())
+        deployment = instance.deployment
+        check_model_path(
+            deployment.model_path,
+            backend=deployment.backend,
+            catalogue=[entry["path"] for entry in self.node.catalogue],
+            hub_orgs=settings.FLEET_HUB_ORGS,
         )
 
     def retire(self, instance: Instance) -> None:

@@ -18,7 +18,7 @@ def free_port(host: str) -> int:
 
 def command_line(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
     except OSError:
         return []
 
@@ -34,22 +34,34 @@ def log_tail(path: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def is_worker(pid: int, identity: str) -> bool:
-    """Whether `pid` runs the worker `identity` (pids are reused: its command line says)."""
-    args = command_line(pid)
-    return "runworker" in args and f"--worker-id\0{identity}" in "\0".join(args)
+def start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (/proc/PID/stat's 22nd field); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # The command name (field 2) may hold spaces and parentheses: count from its closing one.
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_worker(pid: int, command: list[str], started: int | None) -> bool:
+    """Whether `pid` is still the process started as `command` at `started` (pids are reused)."""
+    return started is not None and command_line(pid) == command and start_time(pid) == started
 
 
 class WorkerProcess:
-    """One `runworker` process, known by pid; `popen` only when this agent started it."""
+    """One `runworker` process, known by pid, argv and start time; `popen` only when this agent started it."""
 
-    def __init__(self, pid: int, identity: str, popen: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self, pid: int, command: list[str], started: int | None, popen: subprocess.Popen[bytes] | None = None
+    ) -> None:
         self.pid = pid
-        self.identity = identity
+        self.command = command
+        self.started = started
         self.popen = popen
 
     @classmethod
-    def start(cls, command: list[str], identity: str, log_path: Path) -> WorkerProcess:
+    def start(cls, command: list[str], environment: dict[str, str], log_path: Path) -> WorkerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             # Its own session: a signal to the agent's process group does not reach it, and an agent
@@ -60,18 +72,19 @@ class WorkerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=environment,
             )
-        return cls(popen.pid, identity, popen)
+        return cls(popen.pid, command, start_time(popen.pid), popen)
 
     @classmethod
-    def adopt(cls, pid: int, identity: str) -> WorkerProcess | None:
-        """The process `pid` if it is still the worker `identity`."""
-        return cls(pid, identity) if is_worker(pid, identity) else None
+    def adopt(cls, pid: int, command: list[str], started: int | None) -> WorkerProcess | None:
+        """The process `pid` if it is still the one started as `command` at `started`."""
+        return cls(pid, command, started) if command and is_worker(pid, command, started) else None
 
     def running(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return is_worker(self.pid, self.identity)
+        return is_worker(self.pid, self.command, self.started)
 
     def exit_description(self) -> str:
         if self.popen is None:

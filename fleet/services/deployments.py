@@ -7,7 +7,6 @@ time. Changing only `replicas` or the placement scales without a restart.
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -15,10 +14,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from fleet.models import Deployment, Instance, InstanceState
+from fleet import options
+from fleet.models import Deployment, Instance, InstanceState, Node
+from fleet.options import OptionError, parse_extra_options
 
 # The fields a running worker was started with: a change to one of them is a rolling restart.
 WORKER_OPTIONS = (
@@ -32,64 +34,83 @@ WORKER_OPTIONS = (
     "max_model_len",
     "extra_args",
 )
-# runworker options the agent sets itself.
-MANAGED_FLAGS = {
-    "--model-path", "--model-names", "--backend", "--max-concurrency", "--dtype", "--threads",
-    "--max-model-len", "--host", "--port", "--worker-id", "--worker-address", "--no-register",
-    "--served-model-name", "--max-num-seqs", "--role",
-}  # fmt: skip
 
 
 def check_extra_args(extra_args: str) -> list[str]:
-    """The extra runworker options as a list; ValidationError names what runworker would refuse."""
+    """The extra runworker options as `--flag=value` elements; ValidationError names what is refused."""
     from inference.management.commands.runworker import Command as RunWorker
 
     try:
-        args = shlex.split(extra_args)
-    except ValueError as exc:
-        raise ValidationError(f"Extra options: {exc}.") from None
-    managed = sorted({a.split("=", 1)[0] for a in args} & MANAGED_FLAGS)
-    if managed:
-        raise ValidationError(f"Extra options: {', '.join(managed)} is set by the deployment's own fields.")
+        options = parse_extra_options(extra_args)
+    except OptionError as exc:
+        raise ValidationError({"extra_args": f"Extra options: {exc}"}) from None
+    # runworker's own parser (no abbreviations) checks the values: a type, a choice.
     parser = RunWorker().create_parser("manage.py", "runworker")
-    _, unknown = parser.parse_known_args(["--model-path", "x", *args])
-    if unknown:
-        raise ValidationError(f"Extra options: runworker does not take {' '.join(unknown)}.")
-    return args
+    try:
+        parser.parse_args(["--model-path=x", *options])
+    except CommandError as exc:
+        raise ValidationError({"extra_args": f"Extra options: {str(exc).removeprefix('Error: ')}."}) from None
+    return options
+
+
+def check_model_path(deployment: Deployment) -> None:
+    """Refuse a model path that no node catalogues and no allowed hub organisation publishes."""
+    catalogues = Node.objects.values_list("catalogue", flat=True)
+    known = {
+        str(entry.get("path")) for catalogue in catalogues for entry in catalogue if isinstance(entry, dict)
+    }
+    try:
+        options.check_model_path(
+            deployment.model_path,
+            backend=deployment.backend,
+            catalogue=known,
+            hub_orgs=settings.FLEET_HUB_ORGS,
+        )
+    except OptionError as exc:
+        raise ValidationError({"model_path": str(exc)}) from None
 
 
 def worker_command(instance: Instance, *, port: int, host: str, address: str | None) -> list[str]:
-    """The `runworker` command line of one instance (its --worker-id ties the process to the row)."""
+    """The `runworker` command line of one instance (its --worker-id ties the process to the row).
+
+    Every option is one `--flag=value` element, from the allow-list (`fleet.options`).
+    """
     deployment = instance.deployment
-    command = [
-        sys.executable, str(settings.BASE_DIR / "manage.py"), "runworker",
-        "--model-path", deployment.model_path,
-        "--model-names", ",".join(deployment.served_names),
-        "--backend", deployment.backend,
-        "--role", deployment.role,
-        "--max-concurrency", str(deployment.max_concurrency),
-        "--dtype", deployment.dtype,
-        "--host", host,
-        "--port", str(port),
-        "--worker-id", instance.identity,
-    ]  # fmt: skip
+    fields: list[tuple[str, object]] = [
+        ("--model-path", deployment.model_path),
+        ("--model-names", ",".join(deployment.served_names)),
+        ("--backend", deployment.backend),
+        ("--role", deployment.role),
+        ("--max-concurrency", deployment.max_concurrency),
+        ("--dtype", deployment.dtype),
+        ("--host", host),
+        ("--port", port),
+        ("--worker-id", instance.identity),
+    ]
     if deployment.threads:
-        command += ["--threads", str(deployment.threads)]
+        fields.append(("--threads", deployment.threads))
     if deployment.max_model_len:
-        command += ["--max-model-len", str(deployment.max_model_len)]
+        fields.append(("--max-model-len", deployment.max_model_len))
     if address:
-        command += ["--worker-address", address]
-    return command + shlex.split(deployment.extra_args)
+        fields.append(("--worker-address", address))
+    extra = parse_extra_options(deployment.extra_args)
+    return [*worker_prefix(), *(options.option(flag, value) for flag, value in fields), *extra]
+
+
+def worker_prefix() -> list[str]:
+    """What every worker's argv starts with: this Python, this project's manage.py, runworker."""
+    return [sys.executable, str(settings.BASE_DIR / "manage.py"), "runworker"]
 
 
 def save_deployment(deployment: Deployment) -> Deployment:
     """Create or update; a change to a worker option raises the generation (a rolling restart)."""
+    deployment.full_clean()
     check_extra_args(deployment.extra_args)
+    check_model_path(deployment)
     if deployment.pk is not None:
         before = Deployment.objects.filter(pk=deployment.pk).values(*WORKER_OPTIONS, "generation").first()
         if before and any(before[f] != getattr(deployment, f) for f in WORKER_OPTIONS):
             deployment.generation = before["generation"] + 1
-    deployment.full_clean()
     deployment.save()
     return deployment
 

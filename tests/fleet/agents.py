@@ -13,13 +13,15 @@ from pathlib import Path
 from fleet.agent.processes import command_line
 from tests.processes import REPO_ROOT, subprocess_env, wait_for
 
-AGENT_ENV = {"HEARTBEAT_INTERVAL": "1", "WORKER_DRAIN_TIMEOUT": "10"}
+# AGENT_ONLY_SECRET stands for the agent's own secrets, which its workers must not inherit.
+AGENT_ENV = {"HEARTBEAT_INTERVAL": "1", "WORKER_DRAIN_TIMEOUT": "10", "AGENT_ONLY_SECRET": "agent-only"}
 
 
 class AgentProcess:
-    def __init__(self, name: str, log_dir: Path) -> None:
+    def __init__(self, name: str, log_dir: Path, model_dirs: list[Path] | None = None) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="agent-", suffix=".log", delete=False)  # noqa: SIM115
-        env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir)})
+        dirs = ",".join(str(d) for d in model_dirs or [])
+        env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir), "MODEL_DIRS": dirs})
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "runagent", "--name", name, "--interval", "0.5"],
             cwd=REPO_ROOT,

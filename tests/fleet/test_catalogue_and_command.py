@@ -55,7 +55,7 @@ def test_deploy_creates_scales_updates_and_lists():
     call_command("deploy", "list", stdout=listing)
     row = json.loads(listing.getvalue())
     assert (row["name"], row["desired"], row["starting"]) == ("echo", 3, 3)
-    with pytest.raises(CommandError, match="runworker does not take --bogus"):
+    with pytest.raises(CommandError, match="'--bogus' is not an option a deployment may set"):
         call_command("deploy", "update", "echo", "--extra-args", "--bogus 1")
     with pytest.raises(CommandError, match="No deployment named 'nope'"):
         call_command("deploy", "scale", "nope", "1")

@@ -28,6 +28,7 @@ def online_node(name: str, memory_gib: int = 16, **labels: str) -> Node:
 
 def deploy(name: str = "smol", replicas: int = 2, **fields: object) -> Deployment:
     fields.setdefault("memory_per_replica", GIB)
+    fields.setdefault("backend", "canned")
     return deployments.create_deployment(name=name, model_path="canned", replicas=replicas, **fields)
 
 
@@ -168,7 +169,8 @@ def test_memory_is_estimated_from_the_catalogue_when_not_given():
     ("extra", "message"),
     [
         ("--port 9", "--port is set by the deployment's own fields"),
-        ("--no-such-flag", "runworker does not take --no-such-flag"),
+        ("--no-such-flag", "'--no-such-flag' is not an option a deployment may set"),
+        ("--seed x", "argument --seed: invalid int value: 'x'"),
         ("--max-queue 'x", "No closing quotation"),
     ],
 )

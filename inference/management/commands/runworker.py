@@ -12,7 +12,7 @@ from argparse import ArgumentParser, BooleanOptionalAction
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.engines.base import Engine, EngineConfig
 from inference.errors import EngineError
@@ -93,6 +93,10 @@ def engine_config(options: dict[str, Any]) -> EngineConfig:
 
 class Command(BaseCommand):
     help = "Load one model and serve it over HTTP in the OpenAI wire format, registered in the portal."
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # No abbreviations: `--hos` must never mean `--host` (agents build argvs from an allow-list).
+        return super().create_parser(prog_name, subcommand, allow_abbrev=False, **kwargs)
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         add = parser.add_argument
