@@ -10,7 +10,8 @@ class GatewayError(Exception):
 
     `fault` is set on errors made from a worker's answer, for failover to read:
     "client" (the request is at fault), "busy" (the worker is full), "worker"
-    (its own failure) or "misrouted" (it does not serve the model).
+    (its own failure), "misrouted" (it does not serve the model) or
+    "credentials" (it refused the portal's token: another worker may not).
     """
 
     fault: str = ""
@@ -70,6 +71,13 @@ def no_worker(message: str, *, retry_after: int = 2) -> GatewayError:
         code="no_worker_available",
         retry_after=retry_after,
     )
+
+
+def credentials_refused() -> GatewayError:
+    """A worker answered 401 or 403 to the portal: the portal's token, never the client's key."""
+    error = no_worker("No worker could serve this request: a worker refused the portal's credentials.")
+    error.fault = "credentials"
+    return error
 
 
 def worker_timeout(seconds: float) -> GatewayError:

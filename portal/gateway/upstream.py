@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -13,7 +15,13 @@ from django.conf import settings
 from inference.protocol.headers import PREFILL_WORKERS
 from portal.gateway import counters, queue
 from portal.gateway.client import get_client
-from portal.gateway.errors import GatewayError, no_worker, worker_failed, worker_timeout
+from portal.gateway.errors import (
+    GatewayError,
+    credentials_refused,
+    no_worker,
+    worker_failed,
+    worker_timeout,
+)
 from portal.gateway.figures import clean_usage
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
@@ -35,7 +43,12 @@ logger = logging.getLogger(__name__)
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 ABORT_TIMEOUT_SECONDS = 2.0
+CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most this often
+LOGGED_WORKERS_CAP = 10_000
+FAILOVER_FAULTS = ("busy", "misrouted", "worker", "credentials")  # another worker may serve the request
 T = TypeVar("T")
+# Worker identity → when this process last logged its refusal of the portal's credentials.
+_credentials_logged: dict[str, float] = {}
 
 
 class WorkerDied(Exception):
@@ -58,7 +71,7 @@ def _authorization(worker: Any) -> dict[str, str]:
 def worker_headers(worker: Any, request_id: str) -> dict[str, str]:
     """Headers of every call to `worker`; `request_id` is always one the portal made."""
     headers = {"X-Request-Id": request_id, **_authorization(worker)}
-    if getattr(worker, "prefill_from", ()):
+    if worker.kind == WorkerKind.LOCAL and getattr(worker, "prefill_from", ()):
         headers[PREFILL_WORKERS] = ",".join(worker.prefill_from)  # a decode worker: where to prefill
     return headers
 
@@ -77,10 +90,13 @@ def error_from_response(status: int, content: bytes) -> GatewayError:
     """The worker's answer as the client's error, with the `fault` failover goes by.
 
     4xx: the request is at fault, passed through (a 404 excepted: the worker
-    does not serve the model, registry and worker disagree). 503: busy. Other
+    does not serve the model, registry and worker disagree; a 401 or 403 too:
+    the worker refused the portal's token, not the client's key). 503: busy. Other
     5xx: the worker's own failure (502), unless its body blames the request
     (type invalid_request_error), which makes it a 400.
     """
+    if status in (401, 403):
+        return credentials_refused()
     message, error_type, param, code = _error_fields(content)
     if status == 404:
         error = worker_failed(f"the worker does not serve this model ({message})")
@@ -170,20 +186,92 @@ def _none_left(
     return no_worker(str(exc))
 
 
+@dataclass
+class _Tries:
+    """What one request's failover has learnt so far: whom to skip, and the last worker's error."""
+
+    failed: set[int] = field(default_factory=set)  # failed this request: not asked again
+    busy: set[int] = field(default_factory=set)  # refused it as busy since it last waited
+    suspects: list[int] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
+    last_error: GatewayError | None = None
+    left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
+    failures: int = 0  # attempts that count against GATEWAY_MAX_ATTEMPTS
+
+    def refused(self, worker: Any, error: GatewayError) -> None:
+        """Take note of a worker's error answer; raise it when it ends the request."""
+        fault = error.fault
+        if fault not in FAILOVER_FAULTS or (fault == "worker" and self.suspects):
+            raise error
+        if fault == "busy":
+            self.busy.add(worker.id)
+        else:
+            self.failed.add(worker.id)
+            # A worker refusing the token says nothing of the request: it costs no attempt.
+            self.failures += fault != "credentials"
+        if fault in ("misrouted", "credentials"):
+            counters.exclude(worker.id)
+        elif fault == "worker":
+            self.suspects.append(worker.id)
+        if fault == "credentials":
+            _count_credentials_refused(worker)
+        self.last_error, self.left = error, (worker.identity, fault)
+
+    def broke(self, worker: Any, exc: Exception) -> None:
+        """Take note of a worker gone, or whose connection broke: exclude it for a while.
+
+        A stale keep-alive socket to a killed worker reads as ReadError.
+        """
+        counters.exclude(worker.id)
+        self.failed.add(worker.id)
+        self.failures += 1
+        self.last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
+        self.left = (worker.identity, "connection")
+
+    def served(self) -> None:
+        for suspect in self.suspects:
+            counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+
+
+def _count_credentials_refused(worker: Any) -> None:
+    """Count a worker's 401/403 in /metrics; warn about it at most once a minute per worker.
+
+    What a half-done token rotation looks like: the worker holds another
+    WORKER_TOKEN (or the remote endpoint another key). The token is never logged.
+    """
+    instruments.record_worker_auth_failure(worker=worker.identity)
+    now = time.monotonic()
+    last = _credentials_logged.get(worker.identity)
+    if last is not None and now - last < CREDENTIALS_LOG_SECONDS:
+        return
+    if len(_credentials_logged) >= LOGGED_WORKERS_CAP:
+        _credentials_logged.clear()
+    _credentials_logged[worker.identity] = now
+    secret = "its remote_api_key" if worker.kind == WorkerKind.REMOTE else "the portal's WORKER_TOKEN"
+    logger.warning(
+        "Worker %s at %s refused %s (401/403); it is left out of dispatch for a while. "
+        "Give it the portal's token (or keep the old one in WORKER_TOKEN_FALLBACKS while rotating).",
+        worker.identity,
+        worker.address,
+        secret,
+    )
+
+
 async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[[Any], Awaitable[T]]) -> T:
     """Run `attempt(worker)` on one worker after another until one answers.
 
     Failover happens on worker faults only: a refused or broken connection
     (that worker is excluded for a while), a busy worker (503, not excluded),
-    one that does not serve the model (excluded), or a worker's own 5xx. A 4xx
-    is the request's fault and ends it, on the first worker. A worker's 5xx
-    counts against it only once another worker served the same request; when
-    a second worker fails it as well, the request is taken to be the cause:
-    it ends there and no worker is excluded. A timeout once the request was
-    sent ends it too (the worker may still be generating: the Ticket aborts it).
-    When every worker is busy the request waits in the model's queue (`queue`)
-    up to its `queue_timeout`; busy answers do not count against its attempts.
-    A move to another worker is counted (portal_dispatch_failovers) against the one left.
+    one that does not serve the model (excluded), one that refuses the
+    portal's token (401/403: excluded, counted and logged; it costs no
+    attempt), or a worker's own 5xx. A 4xx is the request's fault and ends it,
+    on the first worker. A worker's 5xx counts against it only once another
+    worker served the same request; when a second worker fails it as well, the
+    request is taken to be the cause: it ends there and no worker is excluded.
+    A timeout once the request was sent ends it too (the worker may still be
+    generating: the Ticket aborts it). When every worker is busy the request
+    waits in the model's queue (`queue`) up to its `queue_timeout`; busy
+    answers do not count against its attempts. A move to another worker is
+    counted (portal_dispatch_failovers) against the one left.
     """
     place = queue.Place(
         model_id=model.id,
@@ -192,53 +280,28 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
         member=ticket.entry.request_id,
         terms=ticket.queue,
     )
-    failed: set[int] = set()
-    busy: set[int] = set()
-    suspects: list[int] = []
-    last_error: GatewayError | None = None
-    left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
-    failures = 0
+    tries = _Tries()
     try:
         while True:
-            worker = await pick_worker(model, place, failed, busy, last_error)
+            worker = await pick_worker(model, place, tries.failed, tries.busy, tries.last_error)
             await place.leave()  # the next in line may go while this one tries its worker
-            if left is not None and left[0] != worker.identity:
-                instruments.record_failover(model=model.name, worker=left[0], reason=left[1])
+            if tries.left is not None and tries.left[0] != worker.identity:
+                instruments.record_failover(model=model.name, worker=tries.left[0], reason=tries.left[1])
             ticket.assign(worker)
             try:
                 result = await attempt(worker)
             except GatewayError as exc:
-                if exc.fault not in ("busy", "misrouted", "worker") or (exc.fault == "worker" and suspects):
-                    raise
-                if exc.fault == "busy":
-                    busy.add(worker.id)
-                else:
-                    failed.add(worker.id)
-                    failures += 1
-                if exc.fault == "misrouted":
-                    counters.exclude(worker.id)
-                elif exc.fault == "worker":
-                    suspects.append(worker.id)
-                last_error, left = exc, (worker.identity, exc.fault)
+                tries.refused(worker, exc)
             except (httpx2.HTTPError, WorkerDied) as exc:
                 if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
                     ticket.abort_on_finish = True
                     raise worker_timeout(timeout_seconds()) from None
-                # Gone, or its connection broke (a stale keep-alive socket to a killed worker reads
-                # as ReadError): exclude it for a while and try another.
-                counters.exclude(worker.id)
-                failed.add(worker.id)
-                failures += 1
-                last_error = worker_failed(
-                    f"{worker.identity} failed before answering ({type(exc).__name__})."
-                )
-                left = (worker.identity, "connection")
+                tries.broke(worker, exc)
             else:
-                for suspect in suspects:
-                    counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+                tries.served()
                 return result
-            if failures >= max(1, settings.GATEWAY_MAX_ATTEMPTS):
-                raise last_error
+            if tries.last_error is not None and tries.failures >= max(1, settings.GATEWAY_MAX_ATTEMPTS):
+                raise tries.last_error
     finally:
         await place.close()
 

@@ -94,6 +94,11 @@ FAILOVERS = Counter(
     "Requests moved to another worker after `worker` failed or refused them, by `reason`.",
     ["model", "worker", "reason"],
 )
+WORKER_AUTH_FAILURES = Counter(
+    "portal_worker_auth_failures",
+    "Answers 401 or 403 from `worker` to the portal: it holds another WORKER_TOKEN (or key).",
+    ["worker"],
+)
 QUEUED = Gauge(
     "portal_queued_requests",
     "Requests of this portal waiting in the shared queue because every worker of the model was busy.",
@@ -190,6 +195,10 @@ def record_request(
 
 def record_failover(*, model: str, worker: str, reason: str) -> None:
     FAILOVERS.labels(model, worker, reason).inc()
+
+
+def record_worker_auth_failure(*, worker: str) -> None:
+    WORKER_AUTH_FAILURES.labels(worker).inc()
 
 
 def queued(model: str) -> Gauge:
