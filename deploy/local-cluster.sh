@@ -128,6 +128,9 @@ http {
     fastcgi_temp_path $CLUSTER_DIR/nginx/fastcgi;
     uwsgi_temp_path $CLUSTER_DIR/nginx/uwsgi;
     scgi_temp_path $CLUSTER_DIR/nginx/scgi;
+CONF
+    sed -n '/# BEGIN http-level limits/,/# END http-level limits/p' deploy/nginx/portal.conf
+    cat <<CONF
     upstream portal {
         least_conn;
 $upstreams        keepalive 64;

@@ -110,8 +110,8 @@ def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
     return value
 
 
-def parse_request(body: bytes) -> SignedRequest:
-    """Parse and type-check the envelope; raise 9801 naming the first bad field."""
+def decode_fields(body: bytes) -> dict[str, Any]:
+    """Parse the body into its top-level fields; 9801 when it is not a JSON object."""
     try:
         # NaN and Infinity are not JSON, and could not be signed.
         fields = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
@@ -119,9 +119,24 @@ def parse_request(body: bytes) -> SignedRequest:
         raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object") from exc
     if not isinstance(fields, dict):
         raise SignedApiError(Code.BAD_FIELD, "the body is not a valid JSON object")
+    return fields
+
+
+def app_id_of(fields: dict[str, Any]) -> str:
+    """Return the well-formed appId of parsed fields, or refuse it (9801)."""
     app_id = _require(fields, "appId", str)
     if not valid_app_id(app_id):
         raise SignedApiError(Code.BAD_FIELD, f"malformed field: appId ({APP_ID_RULE})")
+    return str(app_id)
+
+
+def check_fields(fields: dict[str, Any], *, size: int) -> SignedRequest:
+    """Type-check parsed fields and make sure they can be signed; raise 9801 naming the first bad one.
+
+    Canonicalising is the costly part of reading a body (several times the
+    parse), which is why the caller looks the app up first.
+    """
+    app_id = app_id_of(fields)
     try:
         # What cannot be signed (too deep, lone surrogates) is refused here, not in a policy.
         canonical_string(fields, "").encode("utf-8")
@@ -146,7 +161,7 @@ def parse_request(body: bytes) -> SignedRequest:
         timestamp=int(timestamp),
         data=data,
         fields=fields,
-        size=len(body),
+        size=size,
     )
 
 

@@ -1,7 +1,9 @@
-"""One signed request from body to envelope: parse, authenticate, guard, run the pipeline.
+"""One signed request from body to envelope: find the app, parse, authenticate, guard, run the pipeline.
 
 The order of the checks follows go-infer (fields, timestamp, app, version,
-signature), then our additions (replay, rate limit, pipeline allow list).
+signature) but for the app, which is looked up first: an unknown one is
+refused before its body is parsed (`portal.signed.intake`). Then our
+additions (replay, rate limit, pipeline allow list).
 """
 
 from __future__ import annotations
@@ -65,18 +67,23 @@ def _inference_slots() -> asyncio.Semaphore:
     return semaphore
 
 
-async def authenticate(
-    request: SignedRequest, policies: Sequence[SignaturePolicy]
-) -> tuple[CredentialSnapshot, SignaturePolicy]:
-    """Return the app behind a request whose timestamp, version and signature check out.
-
-    `policies` are the view's authentication classes: a signType none of them
-    names is refused (9803), after the app lookup as go-infer orders it.
-    """
-    check_timestamp(request.timestamp)
-    credential = await aget_credential(request.app_id)
+async def find_app(app_id: str) -> CredentialSnapshot:
+    """Return the enabled app with this appId, or refuse it (9805)."""
+    credential = await aget_credential(app_id)
     if credential is None or not credential.enabled:
         raise SignedApiError(Code.UNKNOWN_APP, "unknown or disabled appId")
+    return credential
+
+
+async def authenticate(
+    request: SignedRequest, credential: CredentialSnapshot, policies: Sequence[SignaturePolicy]
+) -> SignaturePolicy:
+    """Return the policy that verified a request whose timestamp, version and signature check out.
+
+    `policies` are the view's authentication classes: a signType none of them
+    names is refused (9803).
+    """
+    check_timestamp(request.timestamp)
     request.check_version()
     policy = next((p for p in policies if p.sign_type == request.sign_type), None)
     if policy is None:
@@ -88,7 +95,7 @@ async def authenticate(
     if _last_used.due(credential.id):
         # Bookkeeping in the background, at most once a minute per app.
         spawn(database_sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
-    return credential, policy
+    return policy
 
 
 async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: PipelineContext) -> dict:
@@ -154,8 +161,9 @@ async def handle_signed_request(
     request_id = new_request_id()
     app_id = ""
     try:
-        request = await read_request(body, max_bytes=int(settings.SIGNED_MAX_BODY_BYTES))
-        credential, policy = await authenticate(request, policies)
+        max_bytes = int(settings.SIGNED_MAX_BODY_BYTES)
+        credential, request = await read_request(body, max_bytes=max_bytes, find_app=find_app)
+        policy = await authenticate(request, credential, policies)
         # Like go-infer, the appId is echoed only once the signature proved it.
         app_id = credential.app_id
         result = await _serve(request, credential, policy, path, request_id)

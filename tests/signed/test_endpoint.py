@@ -142,8 +142,9 @@ async def test_wrong_secret_is_a_bad_signature_and_app_id_is_not_echoed(app: App
         (b'{"appId": "a", "signType": "SHA256", "signData": "x", "timestamp": true}', "timestamp"),
     ],
 )
-async def test_malformed_or_missing_field_is_9801_naming_it(raw: bytes, field: str) -> None:
-    reply = await post("echo", raw)
+async def test_malformed_or_missing_field_is_9801_naming_it(app: App, raw: bytes, field: str) -> None:
+    # The bodies name the test's app: an unknown one is refused (9805) before its body is read.
+    reply = await post("echo", raw.replace(b'"appId": "a"', b'"appId": "%s"' % app.app_id.encode()))
 
     assert reply["code"] == 9801
     assert field in reply["data"]["msg"]
@@ -185,6 +186,8 @@ async def test_unknown_sign_type_is_9803(app: App) -> None:
 async def test_unknown_or_disabled_app_is_9805(app: App) -> None:
     unknown = sign_body({"appId": "nobody", "timestamp": int(time.time()), "data": {}}, secret="x")
     assert (await post("echo", unknown))["code"] == 9805
+    # The app is looked up first: its other fields are not even read.
+    assert (await post("echo", b'{"appId": "nobody", "timestamp": "soon"}'))["code"] == 9805
 
     await AppCredential.objects.filter(pk=app.credential_id).aupdate(enabled=False)
     forget_cached_credential()

@@ -1,4 +1,4 @@
-"""The body's way in: size cap, appId form before any lookup, big parses off the loop, no 500."""
+"""The body's way in: size cap, appId form before any lookup, the app before the body, no 500."""
 
 from __future__ import annotations
 
@@ -97,15 +97,18 @@ async def test_well_formed_app_ids_reach_the_lookup(lookups: list[str]) -> None:
         (b'{"appId": "abc", "data": {}}', "abc"),
         (b' \n{ "version" : "1", "timestamp": 12, "appId":"abc"}', "abc"),
         (b'{"app\\u0049d": "abc"}', "abc"),
-        (b'{"data": {"appId": "inner"}, "appId": "outer"}', None),
+        (b'{"data": {"appId": "inner"}, "appId": "outer"}', "outer"),
         (b'{"appId": 5}', None),
         (b"[1]", None),
-        (b'{"x": "' + b"y" * 5000 + b'", "appId": "late"}', None),
+        (b'{"x": "' + b"y" * 5000 + b'", "appId": "late"}\n', "late"),
+        (b'{"data": {}, "appId": "middle", "signType": "SHA256"}', None),
+        (b'{"data": {"x": 1, "appId": "inner"}}', None),
+        (b'{"data": "\\", "appId": "x\\"}', None),
         (b'{"appId": "unterminated', None),
         (b"", None),
     ],
 )
-def test_glance_reads_only_the_leading_scalar_members(body: bytes, expected: str | None) -> None:
+def test_glance_reads_the_leading_scalar_members_and_the_last_one(body: bytes, expected: str | None) -> None:
     assert glance_app_id(body) == expected
 
 
@@ -124,7 +127,7 @@ def _record_threads(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> 
 async def test_a_large_body_is_parsed_and_verified_off_the_event_loop(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parses = _record_threads(monkeypatch, intake, "parse_request")
+    parses = _record_threads(monkeypatch, intake, "_read_fields")
     verifications = _record_threads(monkeypatch, policies, "_sha256_matches")
     loop_thread = threading.get_ident()
 
@@ -139,23 +142,27 @@ async def test_a_large_body_is_parsed_and_verified_off_the_event_loop(
     assert verifications[1] != loop_thread
 
 
+# Bodies of the test's app (tests.signed.conftest): an unknown app is refused before its body is read.
+APP = b'"appId": "app-under-test"'
+
+
 def _nested(depth: int) -> bytes:
-    return b'{"appId": "a", "data": {"x": ' + b"[" * depth + b"]" * depth + b"}, " + ENVELOPE + b"}"
+    return b"{" + APP + b', "data": {"x": ' + b"[" * depth + b"]" * depth + b"}, " + ENVELOPE + b"}"
 
 
-@pytest.mark.parametrize(
+HOSTILE = pytest.mark.parametrize(
     "raw",
     [
         _nested(900),
         _nested(100_000),
-        b'{"appId": "a", "data": {"x": 1e999}, ' + ENVELOPE + b"}",
-        b'{"appId": "a", "data": {"x": -Infinity}, ' + ENVELOPE + b"}",
-        b'{"appId": "a", "data": {"x": ' + b"9" * 5000 + b"}, " + ENVELOPE + b"}",
-        b'{"appId": "a", "data": {"\\udc00": 1}, ' + ENVELOPE + b"}",
-        b'{"appId": "a", "data": {"x": "\\ud800", "pad": "' + PADDING.encode() + b'"}, ' + ENVELOPE + b"}",
-        b'{"appId": "a", "data": {"x": "\xc3\x28", "pad": "' + PADDING.encode() + b'"}, ' + ENVELOPE + b"}",
-        b'{"appId": "a", "timestamp": 1e300, "signType": "SHA256", "signData": "x", "data": {}}',
-        b'{"appId": "a", "data": {"x": [1, 2',
+        b"{" + APP + b', "data": {"x": 1e999}, ' + ENVELOPE + b"}",
+        b"{" + APP + b', "data": {"x": -Infinity}, ' + ENVELOPE + b"}",
+        b"{" + APP + b', "data": {"x": ' + b"9" * 5000 + b"}, " + ENVELOPE + b"}",
+        b"{" + APP + b', "data": {"\\udc00": 1}, ' + ENVELOPE + b"}",
+        b"{" + APP + b', "data": {"x": "\\ud800", "pad": "' + PADDING.encode() + b'"}, ' + ENVELOPE + b"}",
+        b"{" + APP + b', "data": {"x": "\xc3\x28", "pad": "' + PADDING.encode() + b'"}, ' + ENVELOPE + b"}",
+        b"{" + APP + b', "timestamp": 1e300, "signType": "SHA256", "signData": "x", "data": {}}',
+        b"{" + APP + b', "data": {"x": [1, 2',
         bytes(range(256)) * 100,
         b"",
         b"null",
@@ -176,8 +183,99 @@ def _nested(depth: int) -> bytes:
         "null",
     ],
 )
-async def test_hostile_body_is_9801_never_a_500(raw: bytes) -> None:
+
+
+@HOSTILE
+async def test_hostile_body_is_9801_never_a_500(app: App, raw: bytes) -> None:
     reply = await post("echo", raw)
 
     assert reply["code"] == 9801
     assert reply["success"] is False
+
+
+@HOSTILE
+async def test_hostile_body_of_an_unknown_app_is_9805_or_9801_never_a_500(raw: bytes) -> None:
+    reply = await post("echo", raw)
+
+    assert reply["code"] == (9805 if APP in raw else 9801)
+
+
+MIB = 1024 * 1024
+# A `data` of about 1 MiB of small numbers: ~0.3 s to parse and canonicalise before the app came first.
+BIG_DATA = json.dumps({"x": [1.5] * ((MIB - 1024) // 5)})
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the body parses (JSON decoding) and field checks (canonicalising) the intake makes."""
+    counts = {"decode_fields": 0, "check_fields": 0}
+    for name in counts:
+        real = getattr(intake, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(intake, name, counting)
+    return counts
+
+
+def _big_body(app_id: str, *, at: str, data: str = BIG_DATA) -> bytes:
+    members = {
+        "first": [f'"appId": "{app_id}"', f'"data": {data}', ENVELOPE.decode()],
+        "last": [ENVELOPE.decode(), f'"data": {data}', f'"appId": "{app_id}"'],
+        "middle": [f'"data": {data}', f'"appId": "{app_id}"', ENVELOPE.decode()],
+    }[at]
+    body = ("{" + ", ".join(members) + "}").encode()
+    assert MIB - 2048 < len(body) <= MIB
+    return body
+
+
+@pytest.mark.parametrize("at", ["first", "last"])
+async def test_unknown_app_with_a_1_mib_body_is_refused_before_the_body_is_parsed(
+    at: str, parses: dict[str, int], lookups: list[str]
+) -> None:
+    reply = await post("echo", _big_body("nobody", at=at))
+
+    assert reply["code"] == 9805
+    assert lookups == ["nobody"]
+    assert parses == {"decode_fields": 0, "check_fields": 0}
+
+
+@pytest.mark.parametrize("at", ["first", "last"])
+async def test_unknown_app_is_9805_even_when_the_rest_of_its_1_mib_body_is_not_json(
+    app: App, at: str
+) -> None:
+    # Had the body been parsed, the answer would be 9801: the code shows what was read, whatever the clock.
+    garbage = '{"x": [' + "1.5, " * ((MIB - 1024) // 5) + "oops"
+
+    unknown = await post("echo", _big_body("nobody", at=at, data=garbage))
+    known = await post("echo", _big_body(app.app_id, at=at, data=garbage))
+
+    assert (unknown["code"], known["code"]) == (9805, 9801)
+
+
+async def test_app_id_between_members_is_parsed_once_and_not_canonicalised_for_an_unknown_app(
+    app: App, parses: dict[str, int]
+) -> None:
+    refused = await post("echo", _big_body("nobody", at="middle"))
+    assert refused["code"] == 9805
+    assert parses == {"decode_fields": 1, "check_fields": 0}
+
+    signed = app.body({"text": "hi"})
+    accepted = await post("echo", {"data": signed.pop("data"), "appId": signed.pop("appId"), **signed})
+
+    assert accepted["code"] == 0
+    assert parses == {"decode_fields": 2, "check_fields": 1}  # the one parse reused
+
+
+async def test_two_different_app_ids_are_9801_after_the_lookup(app: App, lookups: list[str]) -> None:
+    body = json.dumps(app.body({"text": "hi"}))
+    # The glance sees the first appId; JSON keeps the last: one request must not name two apps.
+    raw = body[:-1] + ', "signType": "SHA256", "appId": "other"}'
+
+    reply = await post("echo", raw.encode())
+
+    assert reply["code"] == 9801
+    assert "given twice" in reply["data"]["msg"]
+    assert lookups == [app.app_id]
