@@ -135,10 +135,16 @@ def gguf_limits(gguf: Path) -> dict[str, int]:
     }
 
 
+# Part of the cache key: bumped when the conversion writes something else, so that folders converted
+# before are converted again (2: config.json without the GGUF `quantization_config`).
+CONVERSION_VERSION = 2
+
+
 def gguf_cache_folder(gguf: Path, *, cache_dir: Path) -> Path:
-    """Where the converted copy of `gguf` lives; the key changes when the file does."""
+    """Where the converted copy of `gguf` lives; the key changes when the file or the conversion does."""
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    stamp = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION_VERSION}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
     return cache_dir / f"{gguf.stem}-{key}"
 
 
@@ -193,7 +199,12 @@ def _convert_into(gguf: Path, out: Path) -> None:
         bar.update()
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         bar.update()
-        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        config = loaded.config
+        # The weights are dequantised: a GGUF `quantization_config` left in config.json makes vLLM refuse
+        # the folder ("Unknown quantization method: gguf") and transformers attach a GGUF quantizer.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         fresh.load_state_dict(loaded.state_dict())
         fresh.generation_config = loaded.generation_config
         bar.update()
