@@ -277,7 +277,7 @@ class UsageRecord(models.Model):
     """One request through the portal: who, which model and worker, tokens and timings."""
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    request_id = models.CharField(max_length=64, db_index=True)
+    request_id = models.CharField(max_length=64)
     source = models.CharField(max_length=16, default="api", help_text="api, signed or chat.")
     endpoint = models.CharField(max_length=64, blank=True)
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
@@ -296,6 +296,13 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # One record per request: a batch retried after a partial write, or a stream entry
+            # delivered twice, is skipped by the database itself (inserts ignore the conflict).
+            models.UniqueConstraint(
+                fields=["request_id"], condition=~Q(request_id=""), name="usage_record_request_id_unique"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_name} {self.status}"

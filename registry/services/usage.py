@@ -64,21 +64,18 @@ class UsageEntry:
     created_at: datetime | None = None  # when the request finished; set when it is scheduled
 
 
-def record_usage(*, entry: UsageEntry) -> UsageRecord:
-    """Write one usage record."""
-    return UsageRecord.objects.create(**_fields(entry))
-
-
 def record_usage_batch(*, entries: list[UsageEntry]) -> None:
-    """Write many usage records in one statement, skipping request ids already stored.
+    """Write many usage records in one statement; the database skips request ids it already holds.
 
-    A batch retried after a partial write, or a stream entry delivered twice,
-    must not count a request twice (request ids are made by the portal, unique).
+    A batch retried after a partial write, or a stream entry written by two
+    portals, must not count a request twice (request ids are made by the
+    portal, unique). The unique index on `request_id` decides, inside the
+    INSERT (ON CONFLICT DO NOTHING, SQLite's INSERT OR IGNORE): a read first
+    would let two writers both find the id missing.
     """
-    ids = [entry.request_id for entry in entries]
-    stored = set(UsageRecord.objects.filter(request_id__in=ids).values_list("request_id", flat=True))
-    fresh = [UsageRecord(**_fields(entry)) for entry in entries if entry.request_id not in stored]
-    UsageRecord.objects.bulk_create(fresh)
+    UsageRecord.objects.bulk_create(
+        [UsageRecord(**_fields(entry)) for entry in entries], ignore_conflicts=True
+    )
 
 
 def _fields(entry: UsageEntry) -> dict:

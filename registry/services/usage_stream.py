@@ -5,8 +5,9 @@ portal that served it. Each portal process reads the stream as one consumer
 of one group and acknowledges entries once they are in the database, so an
 entry is written by one portal. What a portal read and did not acknowledge
 before it died is claimed by another after USAGE_CLAIM_SECONDS; the database skips
-request ids it already holds, so a claim after a write that was not yet
-acknowledged does not count a request twice.
+request ids it already holds (a unique index, checked inside the INSERT), so a
+claim after a write that was not yet acknowledged, or while it is still under
+way, does not count a request twice.
 """
 
 from __future__ import annotations

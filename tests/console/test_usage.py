@@ -49,18 +49,18 @@ def add_usage(keys: int = 2, days: int = 3, per_day: int = 2, tag: str = "") -> 
                 tokens = {"prompt_tokens": 10, "completion_tokens": n + 1}
                 rows.append(
                     UsageRecord(
-                        created_at=at(day), request_id=f"r{day}-{n}-{i}", source="api",
+                        created_at=at(day), request_id=f"r{tag}{day}-{n}-{i}", source="api",
                         model_name=f"model-{n % 2}", api_key=key, **tokens, **timings,
                     )
                 )  # fmt: skip
         signed = {"source": "signed", "model_name": "model-0", "app_credential": made["app"]}
         rows.append(
             UsageRecord(
-                created_at=at(day), request_id=f"s{day}", prompt_tokens=1, completion_tokens=1, **signed
+                created_at=at(day), request_id=f"s{tag}{day}", prompt_tokens=1, completion_tokens=1, **signed
             )
         )
         chat = {"source": "chat", "model_name": "model-1", "user": made["user"], "status": UsageStatus.ERROR}
-        rows.append(UsageRecord(created_at=at(day), request_id=f"c{day}", **chat))
+        rows.append(UsageRecord(created_at=at(day), request_id=f"c{tag}{day}", **chat))
     UsageRecord.objects.bulk_create(rows)
     return made
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,12 @@ def days_ago(n: int, *, hour: int = 12) -> datetime:
 
 
 def record(when: datetime, **fields: Any) -> UsageRecord:
-    values: dict[str, Any] = {"request_id": "r", "source": "api", "model_name": "m", "prompt_tokens": 3}
+    values: dict[str, Any] = {
+        "request_id": uuid.uuid4().hex,
+        "source": "api",
+        "model_name": "m",
+        "prompt_tokens": 3,
+    }
     values.update(fields)
     return UsageRecord.objects.create(created_at=when, completion_tokens=5, **values)
 
