@@ -6,6 +6,11 @@ json_schema; "text" asks for nothing), vLLM's `guided_json`, `guided_regex`,
 vLLM releases (json, regex, choice, grammar, json_object). Asking twice is a
 400: which one should win is not ours to guess. Whether a schema or grammar
 compiles is the engine's check (a 400 naming the same field).
+
+A JSON schema's objects are closed where the schema leaves them open by
+omission (`closed_objects`), as vLLM's default backend does: Pydantic's
+schemas, which instructor and langchain send, omit `additionalProperties`,
+and a small model that may add keys wanders into them until max_tokens.
 """
 
 from __future__ import annotations
@@ -154,6 +159,52 @@ def _vllm(name: str, kind: str, value: Any) -> Guide:
     return Guide(kind, value, name)
 
 
+# Keywords whose values are schemas: one schema, a list of them, or a map of names to them.
+ONE_SCHEMA = (
+    "items", "additionalProperties", "additionalItems", "contains", "not", "if", "then", "else",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+)  # fmt: skip
+SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems", "items")
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def closed_objects(schema: Any, *, close: bool = True) -> Any:
+    """`schema` with `additionalProperties: false` on each object that lists properties and says nothing.
+
+    An explicit `additionalProperties` (true or a schema) stays. Left open:
+    an object listing no properties (closing it would allow only `{}`), and
+    objects combined with others (`allOf` branches, a schema beside its own
+    `allOf` or `$ref`), where closing one part would refuse the other's keys.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ONE_SCHEMA:
+        if isinstance(out.get(key), dict):
+            out[key] = closed_objects(out[key])
+    for key in SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(item) for item in out[key]]
+    for key in SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(item) for name, item in out[key].items()}
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [closed_objects(item, close=False) for item in out["allOf"]]
+    lists_properties = "properties" in out or "patternProperties" in out
+    combined = "allOf" in out or "$ref" in out or "unevaluatedProperties" in out
+    if close and lists_properties and not combined and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def closed_schema(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """`closed_objects(schema)`, or a 400 naming `name` when it is nested too deeply to walk."""
+    try:
+        return closed_objects(schema)
+    except RecursionError:
+        raise InvalidRequest(f"'{name}' is nested too deeply.", field=name) from None
+
+
 def _schema_text(name: str, schema: Any) -> str:
     if isinstance(schema, str):  # vLLM accepts the schema as JSON text too
         try:
@@ -168,4 +219,4 @@ def _schema_text(name: str, schema: Any) -> str:
         raise InvalidRequest(f"'{name}' is nested too deeply.", field=name) from None
     if len(text) > MAX_SPEC_CHARS:
         raise InvalidRequest(f"'{name}' must be at most {MAX_SPEC_CHARS} characters of JSON.", field=name)
-    return text
+    return json.dumps(closed_schema(name, schema), separators=(",", ":"))

@@ -3,7 +3,8 @@
 `tool_choice` "none" hides nothing but forbids calls, "auto" lets the model
 choose, "required" and a named function force a call. A forced call is a
 structured output: the answer is constrained to `{"name": ..., "arguments":
-...}` with the function's parameters schema, so its arguments always parse.
+...}` with the function's parameters schema (its objects closed, as for
+`response_format`), so its arguments always parse.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.errors import InvalidRequest
+from inference.protocol.structured import closed_schema
 from inference.sampling import Guide
 
 MAX_TOOLS = 128
@@ -73,24 +75,26 @@ class Tools:
     def forced(self) -> bool:
         return self.choice in ("required", "function")
 
+    @property
+    def callable(self) -> list[dict[str, Any]]:
+        """The functions a forced call may name: the one named, or every one for "required"."""
+        return [f for f in self.functions if self.choice != "function" or f["function"]["name"] == self.name]
+
     def guide(self) -> Guide | None:
         """The constraint of a forced call: one JSON object naming a function and its arguments."""
         if not self.forced:
             return None
-        wanted = [
-            f for f in self.functions if self.choice == "required" or f["function"]["name"] == self.name
-        ]
         options = [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": f["function"]["name"]},
-                    "arguments": f["function"].get("parameters") or {"type": "object"},
+                    "arguments": closed_schema("tools", f["function"]["parameters"]),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for f in wanted
+            for f in self.callable
         ]
         schema = options[0] if len(options) == 1 else {"anyOf": options}
         return Guide("json_schema", json.dumps(schema, separators=(",", ":")), "tool_choice")
