@@ -9,6 +9,11 @@ token). The KV cache thus goes from worker to worker, never through the
 portal, and the decode worker streams the rest to the client. When no prefill
 worker answers, or a hand-off does not fit, the decode worker prefills
 itself: a request never fails for want of its prefill worker.
+
+The prompt and the worker token go only to peers the portal named: with a
+token only the portal reaches this worker, and it names only our own
+registered workers, never a remote endpoint. Without a token the worker
+serves loopback only, and so asks only loopback peers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from starlette.requests import Request
 
 from inference.protocol import GenerateCall
 from inference.protocol.headers import PREFILL_ONLY, PREFILL_WORKERS
+from inference.worker.auth import is_loopback
 from inference.worker.serving import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -39,6 +45,15 @@ def prefill_workers(request: Request) -> list[str]:
     return [a.strip().rstrip("/") for a in request.headers.get(PREFILL_WORKERS, "").split(",") if a.strip()]
 
 
+def may_ask(address: str, *, token: str | None) -> bool:
+    """Whether this worker may send a prompt to `address`: named by the portal, or on loopback."""
+    try:
+        url = httpx2.URL(address)
+    except httpx2.InvalidURL:
+        return False
+    return url.scheme in ("http", "https") and (bool(token) or is_loopback(url.host))
+
+
 async def fetch_handoff(
     ctx: WorkerContext, request: Request, request_id: str, payload: dict[str, Any]
 ) -> bytes | None:
@@ -50,6 +65,9 @@ async def fetch_handoff(
     timeout = httpx2.Timeout(PREFILL_SECONDS, connect=CONNECT_SECONDS)
     async with httpx2.AsyncClient(timeout=timeout, trust_env=False) as client:
         for address in prefill_workers(request):
+            if not may_ask(address, token=ctx.token):
+                logger.warning("Prefill of %s: %r is not a peer this worker asks", request_id, address[:200])
+                continue
             try:
                 response = await client.post(f"{address}{request.url.path}", content=body, headers=headers)
             except httpx2.HTTPError as exc:
