@@ -4,7 +4,8 @@
 choose, "required" and a named function force a call. A forced call is a
 structured output: the answer is constrained to `{"name": ..., "arguments":
 ...}` with the function's parameters schema (its objects closed, as for
-`response_format`), so its arguments always parse.
+`response_format`), so its arguments always parse, and a call cut off by
+max_tokens is still a call: its name and the arguments written so far.
 """
 
 from __future__ import annotations
@@ -195,6 +196,38 @@ def extract_calls(text: str, tools: Tools) -> tuple[str | None, list[dict[str, A
     return content or None, calls
 
 
+# A forced call's answer up to where it stopped: the name (whole or begun), then the arguments' text.
+FORCED_PREFIX = re.compile(
+    r'\s*\{\s*"name"\s*:\s*"(?P<name>[^"]*)(?P<named>")?(?:\s*,\s*"arguments"\s*:\s*(?P<arguments>.*))?',
+    re.DOTALL,
+)
+
+
+def cut_call(text: str, tools: Tools) -> list[dict[str, Any]]:
+    """The call in a forced answer that stopped early (max_tokens, a stop string), as vLLM returns it.
+
+    The arguments are the text written so far, which may not parse; the name
+    is the function the answer names or has begun to name, when only one
+    fits. An answer too short to tell which function gets no call.
+    """
+    match = FORCED_PREFIX.match(text)
+    begun = match["name"] if match else ""
+    names = [f["function"]["name"] for f in tools.callable]
+    fits = [n for n in names if (n == begun if match and match["named"] else n.startswith(begun))]
+    if len(fits) != 1:
+        return []
+    arguments = (match["arguments"] if match else None) or ""
+    return [_tool_call(fits[0], arguments)]
+
+
+def _tool_call(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
 def _call(raw: str, names: set[str]) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
@@ -205,8 +238,4 @@ def _call(raw: str, names: set[str]) -> dict[str, Any] | None:
     arguments = value.get("arguments", value.get("parameters", {}))
     if not isinstance(arguments, dict):
         return None
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
-    }
+    return _tool_call(value["name"], json.dumps(arguments, ensure_ascii=False))

@@ -13,7 +13,7 @@ from typing import Any
 
 from inference.engines.base import Delta, TokenLogprob
 from inference.protocol import GenerateCall
-from inference.protocol.tools import extract_calls
+from inference.protocol.tools import cut_call, extract_calls
 from inference.worker.protocol import Describe, Shape
 
 
@@ -74,6 +74,8 @@ def finished_choice(
         text, calls = extract_calls(text, call.tools)
         if calls and finish == "stop":
             finish = "tool_calls"
+        elif not calls and call.tools.forced:  # stopped before the call was whole: never the wrapper as text
+            text, calls = None, cut_call(text or "", call.tools)
     logprobs = None
     if call.params.logprobs is not None:
         if echoed:

@@ -13,9 +13,13 @@ from typing import Any
 
 import pytest
 
+from inference.engines.base import Delta
 from inference.errors import InvalidRequest
 from inference.protocol import parse_chat
 from inference.protocol.structured import closed_objects
+from inference.protocol.tools import Tools, cut_call
+from inference.worker.answers import ChoiceText, finished_choice
+from inference.worker.protocol import Shape
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 ORDER: Any = {
@@ -125,3 +129,57 @@ def test_a_schema_too_deep_to_walk_is_a_400_naming_its_field():
     with pytest.raises(InvalidRequest) as caught:
         parse_chat({**CHAT, "guided_json": deep}, strict=True)
     assert caught.value.field == "guided_json"
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "arguments"),
+    [
+        ('{"name": "Order", "arguments": {"item": "app', "Order", '{"item": "app'),
+        (
+            '{"name": "Order", "arguments": {"item": "apple", "count": 2}',
+            "Order",
+            '{"item": "apple", "count": 2}',
+        ),
+        ('{"name": "Order", "argu', "Order", ""),
+        ('{"name": "Ref', "Refund", ""),  # only one function begins so
+    ],
+)
+def test_a_cut_required_call_keeps_its_name_and_the_arguments_written_so_far(text, name, arguments):
+    tools = Tools(functions=(ORDER, REFUND), choice="required")
+    (call,) = cut_call(text, tools)
+    assert call["type"] == "function"
+    assert call["id"].startswith("call_")
+    assert call["function"] == {"name": name, "arguments": arguments}
+
+
+def test_a_cut_call_that_cannot_tell_its_function_is_no_call():
+    tools = Tools(functions=(ORDER, ORDINAL, REFUND), choice="required")
+    assert cut_call('{"name": "Ord', tools) == []
+    assert cut_call("{", tools) == []
+    named = Tools(functions=(ORDER, ORDINAL, REFUND), choice="function", name="Ordinal")
+    assert cut_call("{", named)[0]["function"] == {"name": "Ordinal", "arguments": ""}
+
+
+def test_a_forced_answer_cut_by_max_tokens_is_a_tool_call_with_finish_reason_length():
+    body = {**CHAT, "tools": [ORDER], "tool_choice": {"type": "function", "function": {"name": "Order"}}}
+    call = parse_chat(body, strict=True)
+    shape = Shape(chat=True, response_id="chatcmpl-1", model="m", created=0)
+    choice = ChoiceText()
+    choice.add(
+        Delta(text='{"name": "Order", "arguments": {"item": "ap', token_ids=(1, 2), finish_reason="length")
+    )
+    answer = finished_choice(shape, call, 0, choice, lambda token_id: ("", b""))
+    assert answer["finish_reason"] == "length"
+    assert answer["message"]["content"] is None
+    (tool_call,) = answer["message"]["tool_calls"]
+    assert tool_call["function"] == {"name": "Order", "arguments": '{"item": "ap'}
+    whole = ChoiceText()
+    whole.add(
+        Delta(text='{"name": "Order", "arguments": {"item": "apple", "count": 1}}', finish_reason="stop")
+    )
+    answer = finished_choice(shape, call, 0, whole, lambda token_id: ("", b""))
+    assert answer["finish_reason"] == "tool_calls"
+    assert json.loads(answer["message"]["tool_calls"][0]["function"]["arguments"]) == {
+        "item": "apple",
+        "count": 1,
+    }
