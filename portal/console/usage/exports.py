@@ -4,11 +4,17 @@ Rows are read in pages by keyset (a filter on the last row's sort key, not an
 OFFSET), each page one query, and written as they come. Under ASGI each page
 is one hop to the sync thread; an async view would have to do the same, and
 Django would otherwise buffer a sync iterator whole before sending a byte.
+
+A stream always ends: the range is at most MAX_DAYS (the form), the keyset
+only moves forward, and an error once the headers are out (too late for a
+status code) ends the file with an INCOMPLETE line instead of leaving the
+download open for ever, as daphne does when a streamed body raises.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC
 from typing import Any
@@ -24,7 +30,11 @@ from portal.console.usage.selectors import raw_rows, rollup_rows, unrolled_days
 from registry.models import UsageRollupDay
 from registry.services.rollups import usage_aggregates
 
+logger = logging.getLogger(__name__)
+
 PAGE = 2000
+# The last line of an export an error cut short.
+INCOMPLETE = "# INCOMPLETE: an error stopped this export here; the portal's log says why"
 NAMES = ("api_key__prefix", "api_key__name", "app_credential__app_id", "user__username")
 RECORD_FIELDS = (
     "id", "created_at", "request_id", "source", "endpoint", "model_name", "api_key_id", *NAMES[:2],
@@ -73,21 +83,29 @@ def _lines(rows: list[list[Any]]) -> str:
 def _sync(header: tuple[str, ...], page: Page) -> Iterator[str]:
     yield _lines([list(header)])
     after: Any = None
-    while True:
-        rows, after = page(after)
-        if not rows:
-            return
-        yield _lines(rows)
+    try:
+        while True:
+            rows, after = page(after)
+            if not rows:
+                return
+            yield _lines(rows)
+    except Exception:
+        logger.exception("usage export: stopped after %r", after)
+        yield _lines([[INCOMPLETE]])
 
 
 async def _async(header: tuple[str, ...], page: Page) -> AsyncIterator[str]:
     yield _lines([list(header)])
     after: Any = None
-    while True:
-        rows, after = await sync_to_async(page)(after)
-        if not rows:
-            return
-        yield _lines(rows)
+    try:
+        while True:
+            rows, after = await sync_to_async(page)(after)
+            if not rows:
+                return
+            yield _lines(rows)
+    except Exception:
+        logger.exception("usage export: stopped after %r", after)
+        yield _lines([[INCOMPLETE]])
 
 
 def csv_response(
@@ -111,10 +129,13 @@ def record_pages(filters: UsageFilters) -> Page:
         found = list(chunk.values_list(*RECORD_FIELDS)[:PAGE])
         if not found:
             return [], after
-        lines = [[value.isoformat() if n == 1 else value for n, value in enumerate(row)] for row in found]
-        return lines, found[-1][0]
+        return [_record_line(row) for row in found], found[-1][0]
 
     return page
+
+
+def _record_line(row: tuple[Any, ...]) -> list[Any]:
+    return [value.isoformat() if n == 1 else value for n, value in enumerate(row)]
 
 
 def daily_pages(filters: UsageFilters) -> Page:

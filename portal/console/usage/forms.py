@@ -14,8 +14,13 @@ from registry.models import ApiKey, AppCredential
 from registry.services.rollups import utc_today
 
 DEFAULT_DAYS = 30
-# The daily series has one point per day: a bound keeps the page and its queries small.
+# The daily series has one point per day, and an export reads every record of the range: a bound
+# keeps the page, its queries and each export finite.
 MAX_DAYS = 366
+# No usage predates it. With ends clamped to today, every day the page and the exports compute
+# (a range's first and last instants, a default start) stays inside the calendar: year 1 and
+# 9999-12-31 + 1 day overflowed (a 500, and an export that sent its headers and then hung).
+EARLIEST_DAY = date(2000, 1, 1)
 SOURCES = [("", "any"), ("api", "api"), ("signed", "signed"), ("chat", "chat")]
 RANKS = [("requests", "requests"), ("tokens", "tokens")]
 
@@ -61,10 +66,23 @@ class UsageFilterForm(forms.Form):
     user = forms.CharField(required=False, max_length=150, help_text="Username, or #id.")
     rank = forms.ChoiceField(required=False, choices=RANKS, label="Rank by")
 
+    def clean_start(self) -> date | None:
+        start: date | None = self.cleaned_data["start"]
+        if start is not None and start > utc_today():
+            raise forms.ValidationError(f"The start is after today ({utc_today().isoformat()}, UTC).")
+        return _not_before_earliest(start)
+
+    def clean_end(self) -> date | None:
+        """A day after today holds no usage yet: clamp it, so that "until the month's end" works."""
+        end = _not_before_earliest(self.cleaned_data["end"])
+        return None if end is None else min(end, utc_today())
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        end = data.get("end") or utc_today()
-        start = data.get("start") or end - timedelta(days=DEFAULT_DAYS - 1)
+        if "start" not in data or "end" not in data:  # a date was refused: nothing to default from
+            return data
+        end = data["end"] or utc_today()
+        start = data["start"] or max(end - timedelta(days=DEFAULT_DAYS - 1), EARLIEST_DAY)
         if start > end:
             raise forms.ValidationError("The start is after the end.")
         if (end - start).days >= MAX_DAYS:
@@ -94,6 +112,12 @@ class UsageFilterForm(forms.Form):
             user_id=data["user"],
             rank=data["rank"] or "requests",
         )
+
+
+def _not_before_earliest(day: date | None) -> date | None:
+    if day is not None and day < EARLIEST_DAY:
+        raise forms.ValidationError(f"Choose a day from {EARLIEST_DAY.isoformat()} on.")
+    return day
 
 
 def _resolve(value: str, model: type[Model], field: str, noun: str) -> int | None:

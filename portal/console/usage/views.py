@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
@@ -88,7 +88,7 @@ def _sections(request: HttpRequest, top: dict[str, list[dict[str, Any]]]) -> lis
 def _export(request: HttpRequest, kind: str) -> HttpResponseBase:
     form = UsageFilterForm(request.GET)
     if not form.is_valid():
-        return HttpResponse(form.errors.as_text(), status=400, content_type="text/plain; charset=utf-8")
+        return HttpResponse(_error_text(form), status=400, content_type="text/plain; charset=utf-8")
     filters = form.filters()
     span = f"{filters.start.isoformat()}-{filters.end.isoformat()}"
     header: tuple[str, ...]
@@ -97,6 +97,15 @@ def _export(request: HttpRequest, kind: str) -> HttpResponseBase:
     else:
         page, header = exports.daily_pages(filters), exports.DAILY_HEADER
     return exports.csv_response(request, name=f"usage-{kind}-{span}.csv", header=header, page=page)
+
+
+def _error_text(form: UsageFilterForm) -> str:
+    """One line per refused filter, named as in the query string: what to fix in the export's URL."""
+    lines = ["The export's filters were refused:"]
+    for field, errors in form.errors.items():
+        name = "" if field == NON_FIELD_ERRORS else f"{field}: "
+        lines += [f"- {name}{error}" for error in errors]
+    return "\n".join(lines) + "\n"
 
 
 @staff_view
