@@ -54,7 +54,7 @@ def workers_of(deployment: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             args = command_line(int(entry.name))
-            if "runworker" in args and any(a.startswith(f"{deployment}/") for a in args):
+            if "runworker" in args and any(a.startswith(f"--worker-id={deployment}/") for a in args):
                 found.append(int(entry.name))
     return found
 
