@@ -39,5 +39,4 @@ class KeyRateThrottle:
         try:
             return await reserve(key_quota(key), cost)
         except LimitExceeded as exc:
-            param = "max_tokens" if exc.retry_after is None else None
-            raise rate_limited(exc.message, retry_after=exc.retry_after, param=param) from None
+            raise rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param) from None

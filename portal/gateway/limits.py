@@ -4,33 +4,45 @@ The three doors (the OpenAI API, the signed API, the chat page) build a
 `Quota` for their caller (a key, an app, a chat user) and call `reserve`
 before any work starts. A reservation counts one request in this minute,
 one request in flight and, against tokens per minute, the most the request
-can cost: its estimated prompt plus n × max_tokens (`estimate`). Concurrent
-requests therefore cannot all pass a check that only one of them fits: the
-reservation is the check. When the request ends, `Reservation.settle(used)`
-frees its in-flight slot and replaces the reserved tokens by the real ones
-(the relay's Ticket does it for every path, a client's disconnect included).
+can cost: a bound on its prompt plus n × max_tokens (`estimate`). The bound
+is one no tokenizer exceeds (`estimate_prompt_tokens`), so a caller cannot
+pass a prompt that costs more than it reserved. Concurrent requests cannot
+all pass a check that only one of them fits: the reservation is the check.
+When the request ends, `Reservation.settle(used)` frees its in-flight slot
+and replaces the reserved tokens by the real ones (the relay's Ticket does it
+for every path, a client's disconnect included).
 
 A request whose reservation alone exceeds the tokens-per-minute limit is
-refused outright (it could never pass), naming max_tokens. The counts live in
-this process without REDIS_URL and in Redis with it (`limit_stores`). If Redis
-cannot be reached, requests pass uncounted and a warning is logged: like the
-usual gateways' fail-open default, an outage of the counter is not an outage
-of the API.
+refused outright, before any store is asked (it could never pass), naming
+max_tokens or the prompt. The counts live in this process without REDIS_URL
+and in Redis with it (`limit_stores`). If Redis cannot be reached, requests
+pass uncounted and a warning is logged: like the usual gateways' fail-open
+default, an outage of the counter is not an outage of the API.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import math
+import time
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
 from inference.sampling import DEFAULT_MAX_TOKENS
-from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, Quota, limit_store
+from portal.gateway.limit_stores import (
+    IN_FLIGHT,
+    OK,
+    RPM,
+    TOO_LARGE,
+    Quota,
+    limit_store,
+)
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
 from registry.services.dispatch import aresolve_model, valid_model_name
@@ -39,76 +51,170 @@ __all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "aestimate"
 
 logger = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4  # role and separators of the chat template
+# Allowances of the prompt's bound for what a template or tokenizer adds to the client's text.
+SEGMENT_TOKENS = 4  # one text's own specials: BOS or CLS, EOS or SEP, SentencePiece's leading "▁"
+MESSAGE_TOKENS = 16  # a chat message's specials, role (at most 9 bytes) and separators
+CHAT_TOKENS = 64  # a chat prompt's BOS, a template's default system prompt, the assistant's opening
+TOOLS_TOKENS = 256  # a template's words around the tools it lists
 MAX_N = 16
+NORMAL_GROWTH = 11  # the most NFC or NFKC multiply a character's bytes by (U+FDFA: 3 → 33)
+NORMAL_PIECE = 1 << 12  # characters checked, and normalised if they need it, at a time
+NORMAL_SECONDS = 0.05  # of the event loop a request's texts may take to normalise
+PROMPT_FIELDS = ("messages", "prompt", "input")
 
 
 class LimitExceeded(Exception):
-    """A limit refuses the request: which one (`reason`), why, and when to retry (None: never)."""
+    """A limit refuses the request: which one (`reason`), why, and when to retry (None: never).
 
-    def __init__(self, reason: str, message: str, *, retry_after: int | None) -> None:
+    `param` names the request's field to change when waiting cannot help.
+    """
+
+    def __init__(
+        self, reason: str, message: str, *, retry_after: int | None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.param = param
 
 
 @dataclass(frozen=True)
 class TokenEstimate:
-    """What a request may cost: `prompt` (estimated) + `completions` × `max_tokens`.
+    """What a request may cost at most: `prompt` (a bound) + `completions` × `max_tokens`.
 
     `model` is the served model's name when the estimate used its defaults: a
     refusal is counted against it (never against a name a client made up).
+    `source` is the body's field that holds the prompt.
     """
 
     prompt: int = 0
     completions: int = 0
     max_tokens: int = 0
     model: str = ""
+    source: str = ""
 
     @property
     def total(self) -> int:
         return self.prompt + self.completions * self.max_tokens
 
 
-def _text_length(value: Any) -> tuple[int, int]:
-    """(characters, token ids) in a prompt, an input or a message's content."""
+@dataclass
+class _Budget:
+    """How long one request's texts may be normalised on the event loop (`_normal_bytes`)."""
+
+    until: float = field(default_factory=lambda: time.monotonic() + NORMAL_SECONDS)
+
+
+def text_tokens(text: str, budget: _Budget | None = None) -> int:
+    """The most tokens `text` can become: its UTF-8 bytes, or more after a tokenizer's normalisation.
+
+    A byte-level BPE (GPT-2, Llama 3, SmolLM2) or SentencePiece with byte
+    fallback yields at most one token per byte; WordPiece and SentencePiece
+    without it at most one per character (an unknown word is one [UNK]).
+    BERT's NFD splits a character into no more letters than it has bytes
+    (a Hangul syllable: 3 and 3) and strips the accents; NFC (Qwen) and NFKC
+    (SentencePiece's default) can lengthen a text: "ﷺ" is 3 bytes, 33 after
+    NFKC.
+    """
+    if text.isascii():
+        return len(text)
+    budget = budget or _Budget()
+    return max(len(text.encode()), _normal_bytes(text, "NFC", budget), _normal_bytes(text, "NFKC", budget))
+
+
+def _normal_bytes(text: str, form: Literal["NFC", "NFKC"], budget: _Budget) -> int:
+    """The UTF-8 bytes of `text` in `form`, or more: normalised piece by piece while `budget` lasts.
+
+    A text is no shorter in pieces than whole (the pieces only lose
+    compositions across their edges). Most pieces are in the form already,
+    which is cheap to check; normalising one costs about 0.3 µs a character.
+    Once the request's budget is spent, a piece that is not ASCII counts
+    NORMAL_GROWTH times its bytes: a large text made to grow (U+FDFA a
+    million times makes 18 million characters) costs the event loop little.
+    """
+    total = 0
+    for start in range(0, len(text), NORMAL_PIECE):
+        piece = text[start : start + NORMAL_PIECE]
+        if piece.isascii():
+            total += len(piece)
+        elif time.monotonic() > budget.until:
+            total += NORMAL_GROWTH * len(piece.encode())
+        elif unicodedata.is_normalized(form, piece):
+            total += len(piece.encode())
+        else:
+            total += len(unicodedata.normalize(form, piece).encode())
+    return total
+
+
+def _segment_tokens(value: Any, budget: _Budget) -> int:
+    """A prompt or an input: a text, token ids (counted exactly), or a list of either."""
     if isinstance(value, str):
-        return len(value), 0
-    if not isinstance(value, list):
-        return 0, 0
-    chars = ids = 0
-    for item in value:
-        if isinstance(item, str):
-            chars += len(item)
-        elif isinstance(item, int):
-            ids += 1
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            chars += len(item["text"])  # a content part
-    return chars, ids
+        return text_tokens(value, budget) + SEGMENT_TOKENS
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 1
+    if isinstance(value, list):
+        return sum(_segment_tokens(item, budget) for item in value)
+    return 0
+
+
+def _json_tokens(value: Any, budget: _Budget) -> int:
+    """JSON a template renders (tools, earlier tool calls): bounded by its widest form, indented by 4."""
+    return text_tokens(json.dumps(value, ensure_ascii=False, indent=4, default=str), budget)
+
+
+def _calls_as_rendered(calls: Any) -> Any:
+    """Earlier tool calls with their arguments as objects, which is how templates get them."""
+    if not isinstance(calls, list):
+        return calls
+    rendered = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if isinstance(arguments, str):
+            # Arguments that are not JSON are refused by the parser later; their string stands here.
+            with contextlib.suppress(ValueError):
+                call = {**call, "function": {**function, "arguments": json.loads(arguments)}}  # type: ignore[dict-item]
+        rendered.append(call)
+    return rendered
+
+
+def _message_tokens(message: Any, budget: _Budget) -> int:
+    if not isinstance(message, dict):
+        return MESSAGE_TOKENS
+    tokens = MESSAGE_TOKENS
+    content = message.get("content")
+    parts = content if isinstance(content, list) else [content]
+    for part in parts:
+        text = part.get("text") if isinstance(part, dict) else part
+        tokens += text_tokens(text, budget) if isinstance(text, str) else 0
+    for name in ("name", "tool_call_id"):
+        tokens += text_tokens(message[name], budget) if isinstance(message.get(name), str) else 0
+    if message.get("tool_calls") is not None:
+        tokens += _json_tokens(_calls_as_rendered(message["tool_calls"]), budget)
+    return tokens
 
 
 def estimate_prompt_tokens(body: Any) -> int:
-    """The prompt's tokens, estimated without a tokenizer: ceil(characters / 4) + 4 per chat message.
+    """An upper bound on the prompt's tokens, without the model's tokenizer.
 
-    Four characters per token is the usual figure for English with BPE
-    vocabularies (other scripts take more tokens per character; the settled
-    usage corrects the estimate); token ids in a prompt count one each.
+    Texts count by `text_tokens`, plus SEGMENT_TOKENS for the specials each
+    prompt or input gets; token ids count one each. A chat adds its
+    template's share: MESSAGE_TOKENS a message, CHAT_TOKENS once, and the
+    tools' JSON plus TOOLS_TOKENS. The reservation holds it until the real
+    count settles it; a record that no worker counted keeps it.
     """
     if not isinstance(body, dict):
         return 0
-    chars = ids = 0
+    tokens, budget = 0, _Budget()  # one for the whole request
     messages = body.get("messages")
     if isinstance(messages, list):
-        for message in messages:
-            if isinstance(message, dict):
-                c, i = _text_length(message.get("content"))
-                chars, ids = chars + c, ids + i + TOKENS_PER_MESSAGE
+        tokens += CHAT_TOKENS + sum(_message_tokens(message, budget) for message in messages)
+        if body.get("tools"):
+            tokens += TOOLS_TOKENS + _json_tokens(body["tools"], budget)
     for name in ("prompt", "input"):
-        c, i = _text_length(body.get(name))
-        chars, ids = chars + c, ids + i
-    return math.ceil(chars / CHARS_PER_TOKEN) + ids
+        tokens += _segment_tokens(body.get(name), budget)
+    return tokens
 
 
 def _positive_int(value: Any) -> int | None:
@@ -116,15 +222,18 @@ def _positive_int(value: Any) -> int | None:
 
 
 def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstimate:
-    """The reservation for an OpenAI request body: prompt + n × max_tokens (per prompt).
+    """The reservation for an OpenAI request body: the prompt's bound + n × max_tokens (per prompt).
 
     max_tokens falls back to `max_completion_tokens`, then the model's default
     (`defaults`), then inference.sampling.DEFAULT_MAX_TOKENS. A body without
     `messages` or `prompt` (embeddings, the echo pipeline) generates nothing.
     """
     prompt = estimate_prompt_tokens(body)
-    if not isinstance(body, dict) or ("messages" not in body and "prompt" not in body):
+    if not isinstance(body, dict):
         return TokenEstimate(prompt=prompt)
+    source = next((name for name in PROMPT_FIELDS if name in body), "")
+    if "messages" not in body and "prompt" not in body:
+        return TokenEstimate(prompt=prompt, source=source)
     max_tokens = (
         _positive_int(body.get("max_tokens"))
         or _positive_int(body.get("max_completion_tokens"))
@@ -134,7 +243,8 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     n = _positive_int(body.get("n")) or 1
     prompts = body.get("prompt")
     count = len(prompts) if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts) else 1
-    return TokenEstimate(prompt=prompt, completions=min(n, MAX_N) * max(count, 1), max_tokens=max_tokens)
+    completions = min(n, MAX_N) * max(count, 1)
+    return TokenEstimate(prompt=prompt, completions=completions, max_tokens=max_tokens, source=source)
 
 
 async def aestimate(body: Any) -> TokenEstimate:
@@ -173,14 +283,25 @@ class Reservation:
             logger.warning("limits: settling for %s failed: %s", self.quota.subject, exc)
 
 
-def _refusal(quota: Quota, outcome: str, retry_after: int, cost: TokenEstimate) -> LimitExceeded:
-    if outcome == TOO_LARGE:
+def _too_large(quota: Quota, cost: TokenEstimate) -> LimitExceeded:
+    limit = f"this caller's limit of {quota.tokens_per_minute} tokens per minute"
+    prompt = cost.source or "prompt"
+    if not cost.completions:
         message = (
-            f"This request may use {cost.total} tokens (about {cost.prompt} in the prompt plus "
-            f"{cost.completions} × max_tokens {cost.max_tokens}), more than this caller's limit of "
-            f"{quota.tokens_per_minute} tokens per minute: lower max_tokens."
+            f"This request's {prompt} may take up to {cost.prompt} tokens, more than {limit}: shorten it."
         )
-        return LimitExceeded(outcome, message, retry_after=None)
+        return LimitExceeded(TOO_LARGE, message, retry_after=None, param=cost.source or None)
+    prompt_alone = cost.prompt > (quota.tokens_per_minute or 0)
+    message = (
+        f"This request may use up to {cost.total} tokens (up to {cost.prompt} in the prompt plus "
+        f"{cost.completions} × max_tokens {cost.max_tokens}), more than {limit}: "
+        + (f"shorten the prompt ({prompt})." if prompt_alone else "lower max_tokens.")
+    )
+    param = (cost.source or None) if prompt_alone else "max_tokens"
+    return LimitExceeded(TOO_LARGE, message, retry_after=None, param=param)
+
+
+def _refusal(quota: Quota, outcome: str, retry_after: int, cost: TokenEstimate) -> LimitExceeded:
     if outcome == IN_FLIGHT:
         message = f"Too many requests in flight: at most {quota.max_in_flight} at once."
     elif outcome == RPM:
@@ -198,6 +319,9 @@ async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
     if not quota.limited:
         return Reservation(quota, cost)
     tokens = cost.total if quota.tokens_per_minute else 0
+    if quota.tokens_per_minute and tokens > quota.tokens_per_minute:
+        instruments.record_refusal(subject=quota.subject, model=cost.model, reason=TOO_LARGE)
+        raise _too_large(quota, cost)
     flight_id = uuid.uuid4().hex if quota.max_in_flight else ""
     try:
         admission = await limit_store().reserve(quota, tokens, flight_id)

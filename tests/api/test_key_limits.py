@@ -12,7 +12,7 @@ from django.test import AsyncClient
 
 from portal.gateway.limit_stores import memory_store
 from portal.gateway.tasks import drain
-from registry.models import ApiKey, ServedModel
+from registry.models import ApiKey, ModelTask, ServedModel
 from registry.services import keys
 from registry.services.dispatch import clear_caches
 from tests.api.test_views import CHAT, error_of, make_key, post
@@ -20,7 +20,8 @@ from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-STREAM = {**CHAT, "stream": True, "max_tokens": 60}  # reserves 5 (prompt estimate) + 60
+STREAM = {**CHAT, "stream": True, "max_tokens": 60}  # reserves 82 (the prompt's bound) + 60
+EMBEDDING = {"model": "mini", "input": "!" * 240}  # 242 tokens for MiniLM; its bound is 244
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ async def key_id(secret: str) -> int:
 
 
 async def test_a_stream_in_progress_holds_its_token_reservation(worker):
-    secret = await make_key(tokens_per_minute=100)
+    secret = await make_key(tokens_per_minute=200)
     first = await post("/v1/chat/completions", STREAM, secret)
     assert first.status_code == 200
     second = await post("/v1/chat/completions", STREAM, secret)
@@ -61,7 +62,7 @@ async def test_a_stream_in_progress_holds_its_token_reservation(worker):
     assert error_of(second)["code"] == "rate_limit_exceeded"
     assert 0 < int(second.headers["Retry-After"]) <= 61
     await finish(first)
-    assert memory_store().used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 65
+    assert memory_store().used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 142
     assert (await post("/v1/chat/completions", STREAM, secret)).status_code == 200
 
 
@@ -74,6 +75,39 @@ async def test_max_tokens_beyond_the_keys_tokens_per_minute_is_refused_naming_it
     assert "max_tokens" in error["message"]
     assert "Retry-After" not in response.headers
     assert not worker
+
+
+@pytest.fixture
+async def embedder(upstream) -> list[httpx2.Request]:
+    model = await ServedModel.objects.acreate(name="mini", task=ModelTask.EMBED)
+    await sync_to_async(add_worker)(model, "e1")
+    vector = {"object": "embedding", "index": 0, "embedding": [0.5]}
+    usage = {"prompt_tokens": 242, "total_tokens": 242}  # MiniLM's count of EMBEDDING
+    answer = {"object": "list", "model": "mini", "data": [vector], "usage": usage}
+    return upstream(lambda request: httpx2.Response(200, json=answer))
+
+
+async def test_an_input_that_may_cost_more_than_the_keys_tokens_per_minute_is_refused_before_dispatch(
+    embedder,
+):
+    secret = await make_key(tokens_per_minute=100)
+    response = await post("/v1/embeddings", EMBEDDING, secret)
+    assert response.status_code == 429
+    error = error_of(response)
+    assert (error["param"], error["code"]) == ("input", "request_exceeds_limit")
+    assert "up to 244" in error["message"]
+    assert "Retry-After" not in response.headers
+    assert not embedder  # no worker was asked
+    assert memory_store().used(f"key:{await key_id(secret)}") == 0
+
+
+async def test_an_input_within_the_limit_is_counted_with_the_workers_usage(embedder):
+    secret = await make_key(tokens_per_minute=300)
+    assert (await post("/v1/embeddings", EMBEDDING, secret)).status_code == 200
+    await drain()
+    assert memory_store().used(f"key:{await key_id(secret)}") == 242  # reserved 244, settled with 242
+    refused = await post("/v1/embeddings", EMBEDDING, secret)  # 242 + 244 > 300
+    assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limit_exceeded")
 
 
 async def test_requests_in_flight_are_limited_and_freed_when_they_end(worker):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,19 @@ import redis
 
 from portal.gateway import limit_stores
 from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore, memory_store
-from portal.gateway.limits import LimitExceeded, TokenEstimate, estimate, estimate_prompt_tokens, reserve
+from portal.gateway.limits import (
+    CHAT_TOKENS,
+    MESSAGE_TOKENS,
+    NORMAL_GROWTH,
+    SEGMENT_TOKENS,
+    TOOLS_TOKENS,
+    LimitExceeded,
+    TokenEstimate,
+    estimate,
+    estimate_prompt_tokens,
+    reserve,
+    text_tokens,
+)
 from portal.gateway.tasks import drain
 from tests.processes import TEST_REDIS_URL
 
@@ -174,21 +187,61 @@ async def test_redis_counts_are_shared_between_portal_copies(redis_url):
     assert all(0 < ttl <= 120 for ttl in ttls)
 
 
-def test_prompt_estimate_is_a_quarter_of_the_characters_plus_four_per_message():
+def test_a_prompts_bound_counts_bytes_specials_and_the_chat_template():
     body = {"messages": [{"role": "system", "content": "x" * 10}, {"role": "user", "content": "y" * 7}]}
-    assert estimate_prompt_tokens(body) == 5 + 2 * 4
+    assert estimate_prompt_tokens(body) == CHAT_TOKENS + 2 * MESSAGE_TOKENS + 17
     parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "z" * 8}]}]}
-    assert estimate_prompt_tokens(parts) == 2 + 4
-    assert estimate_prompt_tokens({"prompt": [1, 2, 3]}) == 3
-    assert estimate_prompt_tokens({"input": ["abcd", "efgh"]}) == 2
+    assert estimate_prompt_tokens(parts) == CHAT_TOKENS + MESSAGE_TOKENS + 8
+    assert estimate_prompt_tokens({"prompt": [1, 2, 3]}) == 3  # token ids count exactly
+    assert estimate_prompt_tokens({"prompt": "!" * 240}) == 240 + SEGMENT_TOKENS
+    assert estimate_prompt_tokens({"input": ["abcd", "é"]}) == 4 + 2 + 2 * SEGMENT_TOKENS  # é: 2 bytes
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with_tools = estimate_prompt_tokens({**parts, "tools": tools})
+    assert with_tools > estimate_prompt_tokens(parts) + TOOLS_TOKENS
+
+
+def test_text_bound_survives_normalisations_that_lengthen_text():
+    assert text_tokens("!" * 240) == 240
+    ligature = "\ufdfa"  # 3 bytes, 33 after NFKC (SentencePiece's default)
+    assert text_tokens(ligature) == len(unicodedata.normalize("NFKC", ligature).encode()) == 33
+    assert text_tokens("\u0958") == 6  # 3 bytes, 6 after NFC (Qwen's byte-level BPE)
+
+
+def test_no_character_grows_more_than_normal_growth_in_this_pythons_unicode():
+    """The bound of a text too long to normalise on the event loop rests on NORMAL_GROWTH."""
+    growth = 1.0
+    for code in range(0x80, 0x110000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        char = chr(code)
+        normal = max(len(unicodedata.normalize(form, char).encode()) for form in ("NFC", "NFKC"))
+        growth = max(growth, normal / len(char.encode()))
+    assert growth <= NORMAL_GROWTH
+
+
+def test_a_long_text_made_to_grow_is_bounded_without_normalising_it_all():
+    text = "\ufdfa" * 1_300_000  # 3.9 MB, 42.9 million bytes in NFKC
+    started = time.monotonic()
+    bound = text_tokens(text)
+    assert time.monotonic() - started < 0.5  # normalising all of it takes seconds
+    assert bound >= len(unicodedata.normalize("NFKC", text).encode())
+    assert text_tokens("한") == 3
 
 
 def test_reservation_is_prompt_plus_n_times_max_tokens_with_fallbacks():
     chat = {"messages": [{"role": "user", "content": "hi"}]}
-    assert estimate({**chat, "max_tokens": 10, "n": 3}).total == 5 + 30
-    assert estimate({**chat, "max_completion_tokens": 7}).total == 5 + 7
-    assert estimate(chat, {"max_tokens": 9}).total == 5 + 9
+    prompt = CHAT_TOKENS + MESSAGE_TOKENS + 2
+    assert estimate({**chat, "max_tokens": 10, "n": 3}).total == prompt + 30
+    assert estimate({**chat, "max_completion_tokens": 7}).total == prompt + 7
+    assert estimate(chat, {"max_tokens": 9}).total == prompt + 9
     assert estimate(chat).max_tokens == 256  # inference.sampling.DEFAULT_MAX_TOKENS
-    assert estimate({"prompt": ["a", "b"], "max_tokens": 4}).total == 1 + 2 * 4
-    assert estimate({"input": "abcdefgh"}).total == 2  # embeddings generate nothing
-    assert estimate({**chat, "max_tokens": "lots", "n": True}).total == 5 + 256
+    assert estimate({"prompt": ["a", "b"], "max_tokens": 4}).total == 2 + 2 * SEGMENT_TOKENS + 2 * 4
+    assert estimate({"input": "abcdefgh"}).total == 8 + SEGMENT_TOKENS  # embeddings generate nothing
+    assert estimate({**chat, "max_tokens": "lots", "n": True}).total == prompt + 256
+
+
+async def test_a_prompt_alone_beyond_the_limit_is_refused_naming_its_field():
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(Quota("key:16", tokens_per_minute=100), estimate({"input": "!" * 240}))
+    assert (info.value.reason, info.value.param, info.value.retry_after) == ("too_large", "input", None)
+    assert info.value.message.startswith("This request's input may take up to 244 tokens")

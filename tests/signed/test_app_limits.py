@@ -59,8 +59,8 @@ async def test_a_chat_asking_more_than_the_apps_tokens_per_minute_is_9807_naming
 async def test_a_chat_is_counted_with_its_real_usage(app: App, served_model, upstream) -> None:
     await sync_to_async(add_worker)(served_model, "w1")
     upstream(lambda r: httpx2.Response(200, json=chat_result()))
-    await limit(app, tokens_per_minute=100)
+    await limit(app, tokens_per_minute=200)
     reply = await post("chat", app.body({"model": "tiny", "prompt": "hi", "max_tokens": 60}))
     assert reply["code"] == 0
     await drain()
-    assert memory_store().used(f"app:{app.credential_id}") == 5  # chat_result's usage, not the 65 reserved
+    assert memory_store().used(f"app:{app.credential_id}") == 5  # chat_result's usage, not the 142 reserved
