@@ -4,12 +4,14 @@ The script runs as a user runs it, in a session of its own, on the embedded
 default (its own SQLite, .env and logs in a temporary folder) with both packaged
 models. While a chat websocket is open and a streamed completion is in flight,
 the signal goes to the script's whole process group, as a terminal's Ctrl-C
-does; within 30 s no process that carries the run's marker may be left.
+does; within 30 s no process that carries the run's marker may be left. The
+same holds when its output goes through `| tee` and tee is gone first.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import httpx2
 import pytest
@@ -129,22 +132,45 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def launch(tmp_path: Path, marker: str, port: int, stdout: IO[bytes]) -> subprocess.Popen:
+    """scripts/start, writing to `stdout`, as a terminal's foreground job."""
+    return subprocess.Popen(
+        [str(REPO_ROOT / "scripts" / "start")],
+        cwd=REPO_ROOT,
+        env=script_env(tmp_path, marker, port),
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a group of its own, like a terminal's foreground job
+        # As a terminal starts it: a suite launched in the background (nohup, `&`) has
+        # SIGINT ignored, and a shell cannot trap a signal ignored when it started.
+        preexec_fn=default_sigint,
+    )
+
+
+def assert_all_stop(proc: subprocess.Popen, marker: str, sig: signal.Signals, log: Path) -> None:
+    """Send `sig` to the script's group; within STOP_SECONDS no marked process may be left."""
+    os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + STOP_SECONDS
+    while marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = marked_pids(marker)
+    assert left == [], f"still running {STOP_SECONDS} s after {sig.name}: {left}\n{log.read_text()[-3000:]}"
+    assert proc.wait(5) is not None
+
+
+def kill_what_is_left(proc: subprocess.Popen, marker: str) -> None:
+    for pid in marked_pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: signal.Signals) -> None:
-    marker, port = uuid.uuid4().hex, free_port()
-    log = tmp_path / "start.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(REPO_ROOT / "scripts" / "start")],
-            cwd=REPO_ROOT,
-            env=script_env(tmp_path, marker, port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a group of its own, like a terminal's foreground job
-            # As a terminal starts it: a suite launched in the background (nohup, `&`) has
-            # SIGINT ignored, and a shell cannot trap a signal ignored when it started.
-            preexec_fn=default_sigint,
-        )
+    marker, port, log = uuid.uuid4().hex, free_port(), tmp_path / "start.log"
+    with log.open("wb") as out:
+        proc = launch(tmp_path, marker, port, out)
     try:
         output = wait_for_line(log, READY_LINE, proc, timeout=300)
         base = f"http://127.0.0.1:{port}"
@@ -154,19 +180,28 @@ def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: sign
         assert started.wait(60), "the streamed completion did not start"
         assert len(marked_pids(marker)) >= 6  # the script, the agent, two workers, qcluster, daphne
 
-        os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + STOP_SECONDS
-        while marked_pids(marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = marked_pids(marker)
-        assert left == [], (
-            f"still running {STOP_SECONDS} s after {sig.name}: {left}\n{log.read_text()[-3000:]}"
-        )
-        assert proc.wait(5) is not None
+        assert_all_stop(proc, marker, sig, log)
         chat_socket.close()
         streamer.join(10)
     finally:
-        for pid in marked_pids(marker):
-            os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
+        kill_what_is_left(proc, marker)
+
+
+def test_ctrl_c_stops_everything_when_the_output_pipe_is_gone_first(tmp_path: Path) -> None:
+    """`scripts/start | tee start.log`, then Ctrl-C: tee ends first, the script writes to a closed pipe."""
+    marker, log = uuid.uuid4().hex, tmp_path / "start.log"
+    tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert tee.stdin is not None
+    proc = launch(tmp_path, marker, free_port(), tee.stdin)
+    tee.stdin.close()  # the script holds the pipe's only write end
+    try:
+        wait_for_line(log, READY_LINE, proc, timeout=300)
+        assert len(marked_pids(marker)) >= 6
+        tee.kill()
+        tee.wait(5)
+        assert_all_stop(proc, marker, signal.SIGINT, log)
+        assert proc.returncode == 130  # stopped by its handler, not killed by SIGPIPE
+    finally:
+        kill_what_is_left(proc, marker)
+        if tee.poll() is None:
+            tee.kill()
