@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from fleet.models import Deployment, Instance, Node
+from fleet.models import Deployment, DeploymentEvent, Instance, Node
 from fleet.services import deployments, scheduler
 
 
@@ -94,12 +94,30 @@ class InstanceInline(admin.TabularInline):
         )
 
 
+class EventInline(admin.TabularInline):
+    """The autoscaler's decisions, newest first, each with its reason (evictions included)."""
+
+    model = DeploymentEvent
+    extra = 0
+    max_num = 0
+    can_delete = False
+    fields = ("at", "action", "replicas_before", "replicas_after", "reason")
+    readonly_fields = fields
+    verbose_name_plural = "Scaling events (newest first)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeploymentEvent]:
+        return super().get_queryset(request).order_by("-at", "-id")
+
+
 class DeploymentForm(forms.ModelForm):
     class Meta:
         model = Deployment
         fields = (
-            "name", "model_names", "model_path", "backend", "role", "replicas", "max_concurrency", "dtype",
-            "threads", "max_model_len", "extra_args", "placement", "required_labels", "memory_per_replica",
+            "name", "model_names", "model_path", "backend", "role", "replicas", "min_replicas",
+            "max_replicas", "idle_seconds", "target_queue_wait", "target_in_flight", "scale_up_after",
+            "cooldown", "priority",
+            "cold_start_timeout", "max_concurrency", "dtype", "threads", "max_model_len", "extra_args",
+            "placement", "required_labels", "memory_per_replica",
         )  # fmt: skip
         widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
 
@@ -140,17 +158,25 @@ class DeploymentAdmin(admin.ModelAdmin):
         "model_path",
         "backend",
         "replicas",
+        "scaling",
         "replica_states",
         "pending_reason",
         "updated_at",
     )
     search_fields = ("name", "model_path", "model_names")
     readonly_fields = ("generation", "pending_reason")
-    inlines = [InstanceInline]
+    inlines = [InstanceInline, EventInline]
     actions = ["restart", "stop"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
         return super().get_queryset(request).prefetch_related("instances")
+
+    @admin.display(description="Scaling")
+    def scaling(self, obj: Deployment) -> str:
+        if not obj.autoscaled:
+            return "fixed"
+        text = f"{obj.min_replicas}–{obj.max_replicas}"
+        return f"{text}, cold: starts on a request" if obj.cold else text
 
     @admin.display(description="Replicas now")
     def replica_states(self, obj: Deployment) -> str:

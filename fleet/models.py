@@ -93,7 +93,11 @@ class Placement(models.TextChoices):
 
 
 class Deployment(models.Model):
-    """A model an operator wants served by `replicas` workers; the fleet makes it so."""
+    """A model an operator wants served by `replicas` workers; the fleet makes it so.
+
+    With `min_replicas` and `max_replicas` set the scheduler sets `replicas`
+    from the load (`fleet.autoscale`); without them `replicas` is fixed.
+    """
 
     name = models.CharField(
         max_length=100,
@@ -114,7 +118,45 @@ class Deployment(models.Model):
         "or a hub id of an allowed organisation (FLEET_HUB_ORGS).",
     )
     backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.AUTO)
-    replicas = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(64)])
+    replicas = models.PositiveIntegerField(
+        default=1,
+        validators=[MaxValueValidator(64)],
+        help_text="Fixed, or (autoscaled) the count the scheduler chose last.",
+    )
+    min_replicas = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(64)],
+        help_text="Autoscaling: at least this many (0: to zero after idle seconds). Blank: fixed replicas.",
+    )  # fmt: skip
+    max_replicas = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="Autoscaling: at most this many. Blank: fixed replicas.",
+    )  # fmt: skip
+    idle_seconds = models.PositiveIntegerField(
+        default=600, help_text="With min replicas 0: no request this long drains the last replica."
+    )
+    target_queue_wait = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.0)],
+        help_text="Seconds: a queue that waited longer than this for scale-up-after seconds adds replicas.",
+    )  # fmt: skip
+    target_in_flight = models.FloatField(
+        default=0.8, validators=[MinValueValidator(0.05), MaxValueValidator(1.0)],
+        help_text="Share of the replicas' slots (max concurrency) in flight above which replicas are added.",
+    )  # fmt: skip
+    scale_up_after = models.PositiveIntegerField(default=15, help_text="Seconds of high load before adding.")
+    cooldown = models.PositiveIntegerField(
+        default=60, help_text="Seconds of low load before removing replicas, one at a time."
+    )
+    priority = models.IntegerField(
+        default=0, help_text="Higher keeps its memory: an idle lower-priority deployment is evicted first."
+    )
+    cold_start_timeout = models.PositiveIntegerField(
+        default=120,
+        validators=[MaxValueValidator(3600)],
+        help_text="Seconds a request waits for this model's first replica (a cold start), then 503.",
+    )
+    high_load_since = models.DateTimeField(null=True, blank=True, editable=False)
+    low_load_since = models.DateTimeField(null=True, blank=True, editable=False)
+    scaled_at = models.DateTimeField(null=True, blank=True, editable=False)
     role = models.CharField(
         max_length=16,
         choices=[
@@ -159,6 +201,72 @@ class Deployment(models.Model):
     @property
     def served_names(self) -> list[str]:
         return [n.strip() for n in self.model_names.split(",") if n.strip()] or [self.name]
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None and self.max_replicas is not None
+
+    @property
+    def cold(self) -> bool:
+        """Scaled to zero, starting again on a request."""
+        return self.autoscaled and self.replicas == 0
+
+    def clean(self) -> None:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValidationError("Autoscaling needs both min and max replicas (or neither: fixed replicas).")
+        if self.autoscaled and self.min_replicas > self.max_replicas:  # type: ignore[operator]
+            raise ValidationError({"min_replicas": "Min replicas cannot exceed max replicas."})
+
+
+class ScaleAction(models.TextChoices):
+    UP = "up", "Scaled up"
+    DOWN = "down", "Scaled down"
+    ZERO = "zero", "Scaled to zero"
+    COLD_START = "cold_start", "Cold start"
+    EVICTED = "evicted", "Evicted"
+    BOUNDS = "bounds", "Bounds changed"
+
+
+class DeploymentEvent(models.Model):
+    """One decision of the autoscaler, with its reason: what the admin and the dashboard show."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=16, choices=ScaleAction.choices)
+    replicas_before = models.PositiveIntegerField()
+    replicas_after = models.PositiveIntegerField()
+    reason = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.replicas_before} → {self.replicas_after} ({self.reason})"
+
+
+class ModelDemand(models.Model):
+    """What one portal process sees of one model's load, written at most once a second.
+
+    Portals and agents are different processes: the scheduler reads the load
+    here (rows of every portal, fresh ones only) to scale, start a cold model
+    and leave a serving one alone.
+    """
+
+    model = models.CharField(max_length=200)
+    source = models.CharField(max_length=200, help_text="The portal process (host:pid).")
+    waiting = models.PositiveIntegerField(default=0, help_text="Requests in the queue, no worker yet.")
+    waiting_since = models.DateTimeField(null=True, blank=True, help_text="Arrival of the oldest waiting.")
+    in_flight = models.PositiveIntegerField(
+        default=0, help_text="Requests this portal handles, waiting ones included."
+    )
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "source"], name="one_demand_per_portal")]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.source}: {self.waiting} waiting, {self.in_flight} in flight"
 
 
 class InstanceState(models.TextChoices):

@@ -3,6 +3,9 @@
 Changing how replicas run (the model, backend or worker options) raises the
 deployment's generation: the scheduler then replaces its replicas one at a
 time. Changing only `replicas` or the placement scales without a restart.
+An autoscaled deployment (min and max replicas) starts with max(min, 1)
+replicas, so that its model loads once and its names are served; the
+scheduler sizes it from then on.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ def save_deployment(deployment: Deployment) -> Deployment:
         before = Deployment.objects.filter(pk=deployment.pk).values(*WORKER_OPTIONS, "generation").first()
         if before and any(before[f] != getattr(deployment, f) for f in WORKER_OPTIONS):
             deployment.generation = before["generation"] + 1
+    elif deployment.autoscaled:
+        deployment.replicas = min(max(deployment.min_replicas or 0, 1), deployment.max_replicas or 1)
     deployment.save()
     return deployment
 
@@ -120,8 +125,11 @@ def create_deployment(**fields: Any) -> Deployment:
 
 
 def scale(deployment: Deployment, replicas: int) -> None:
-    Deployment.objects.filter(pk=deployment.pk).update(replicas=replicas, updated_at=timezone.now())
-    deployment.replicas = replicas
+    """A fixed number of replicas: autoscaling, if it was on, is off."""
+    Deployment.objects.filter(pk=deployment.pk).update(
+        replicas=replicas, min_replicas=None, max_replicas=None, updated_at=timezone.now()
+    )
+    deployment.replicas, deployment.min_replicas, deployment.max_replicas = replicas, None, None
 
 
 @transaction.atomic

@@ -5,6 +5,11 @@ admin runs it after a change, so that a fleet keeps converging while any agent
 is up. Runs take turns through one lock row (an UPDATE first: a row lock on
 PostgreSQL, the write lock on SQLite), so two agents never place twice.
 
+An autoscaled deployment's replicas are set first, from its load
+(`fleet.services.autoscaler`). Deployments with requests waiting are placed
+first (higher priority first); when one finds no node with room, idle
+deployments that may scale to zero are evicted for it (`fleet.autoscale`).
+
 Rolling to a new generation surges by one: start a new replica, wait until it
 is ready, then stop an old one, so that the ready count never drops below
 `replicas`. A failed new replica stops the roll and the old ones keep serving.
@@ -14,15 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.db import transaction
 from django.utils import timezone
 
+from fleet.autoscale import Victim, evictable, plan_eviction
 from fleet.catalogue import estimate_memory, weights_bytes
-from fleet.models import Deployment, Instance, InstanceState, Node, SchedulerLock
+from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction, SchedulerLock
 from fleet.placement import NodeSnapshot, Want, place_replicas
+from fleet.services.autoscaler import ModelLoad, autoscale, demand_of, model_loads, record
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +66,29 @@ def reconcile() -> None:
         for instance in instances:
             if instance.wanted:
                 reserved[instance.node_id] += instance.memory_bytes
+        now = timezone.now()
+        loads = model_loads(now)
+        fleet = _Fleet(nodes, reserved, by_deployment, {}, now)
         for deployment in Deployment.objects.all():
-            _reconcile_one(deployment, by_deployment[deployment.pk], nodes, reserved)
+            fleet.demand[deployment.pk] = demand_of(deployment, loads)
+            autoscale(deployment, by_deployment[deployment.pk], fleet.demand[deployment.pk], now)
+        # Those with requests waiting first (higher priority first): they may evict idle ones.
+        for deployment in sorted(Deployment.objects.all(), key=fleet.urgency):
+            _reconcile_one(deployment, fleet)
+
+
+@dataclass
+class _Fleet:
+    """What one scheduler run knows: the nodes, their reservations, every deployment's replicas and load."""
+
+    nodes: list[Node]
+    reserved: dict[int, int]
+    instances: dict[int, list[Instance]]
+    demand: dict[int, ModelLoad]
+    now: datetime
+
+    def urgency(self, deployment: Deployment) -> tuple[bool, int, str]:
+        return (not self.demand[deployment.pk].waiting, -deployment.priority, deployment.name)
 
 
 def _forget_lost_nodes() -> None:
@@ -75,9 +104,8 @@ def _stop(instance: Instance) -> None:
         instance.save(update_fields=["wanted", "updated_at"])
 
 
-def _reconcile_one(
-    deployment: Deployment, instances: list[Instance], nodes: list[Node], reserved: dict[int, int]
-) -> None:
+def _reconcile_one(deployment: Deployment, fleet: _Fleet) -> None:
+    instances, nodes, reserved = fleet.instances[deployment.pk], fleet.nodes, fleet.reserved
     wanted = [i for i in instances if i.wanted]
     new = [i for i in wanted if i.generation == deployment.generation]
     old = [i for i in wanted if i.generation != deployment.generation]
@@ -101,15 +129,64 @@ def _reconcile_one(
         missing = 0 if ready_new < len(new) else 1
     reason = ""
     if missing > 0:
-        reason = _place(deployment, missing, nodes, reserved, wanted)
+        placed, reason = _place(deployment, missing, nodes, reserved, wanted)
+        if reason and fleet.demand[deployment.pk].waiting and _evict_for(deployment, fleet):
+            _, reason = _place(deployment, missing - placed, nodes, reserved, wanted)
     if reason != deployment.pending_reason:
         deployment.pending_reason = reason
         Deployment.objects.filter(pk=deployment.pk).update(pending_reason=reason, updated_at=timezone.now())
 
 
+def _evict_for(deployment: Deployment, fleet: _Fleet) -> bool:
+    """Scale idle min-0 deployments to zero until one replica of `deployment` fits; whether any was."""
+    by_node = {n.pk: n.name for n in fleet.nodes}
+    victims: dict[str, Deployment] = {}
+    candidates = []
+    for other in Deployment.objects.filter(min_replicas=0, replicas__gt=0).exclude(pk=deployment.pk):
+        demand = fleet.demand.get(other.pk, ModelLoad())
+        if demand.waiting or demand.in_flight:
+            continue  # serving: never evicted
+        freed: dict[str, int] = defaultdict(int)
+        for instance in fleet.instances[other.pk]:
+            if instance.wanted and instance.node_id in by_node:
+                freed[by_node[instance.node_id]] += instance.memory_bytes
+        victims[other.name] = other
+        last = demand.last_request_at or other.scaled_at or other.created_at
+        candidates.append(Victim(other.name, other.priority, (fleet.now - last).total_seconds(), freed))
+    memory = replica_memory(deployment, fleet.nodes)
+    want = Want(memory, deployment.placement, deployment.required_labels)
+    ordered = evictable(candidates, priority=deployment.priority)
+    chosen = plan_eviction(want, _snapshots(fleet, deployment), ordered)
+    waiting = fleet.demand[deployment.pk].waiting
+    for victim in chosen:
+        other = victims[victim.name]
+        why = f"evicted for {deployment.name} ({waiting} request(s) waiting); idle {victim.idle_for:.0f} s"
+        record(other, ScaleAction.EVICTED, 0, why, fleet.now)
+        Deployment.objects.filter(pk=other.pk).update(replicas=0, scaled_at=fleet.now, updated_at=fleet.now)
+        other.replicas = 0
+        for instance in fleet.instances[other.pk]:
+            if instance.wanted:
+                _stop(instance)
+                fleet.reserved[instance.node_id] -= instance.memory_bytes
+        why = f"evicted {other.name} (priority {other.priority}, idle {victim.idle_for:.0f} s) to make room"
+        record(deployment, ScaleAction.EVICTED, deployment.replicas, why, fleet.now)
+    return bool(chosen)
+
+
+def _snapshots(fleet: _Fleet, deployment: Deployment) -> list[NodeSnapshot]:
+    here: dict[int, int] = defaultdict(int)
+    for instance in fleet.instances[deployment.pk]:
+        if instance.wanted:
+            here[instance.node_id] += 1
+    return [
+        NodeSnapshot(n.name, n.memory_bytes, n.labels, fleet.reserved[n.pk], here[n.pk]) for n in fleet.nodes
+    ]
+
+
 def _place(
     deployment: Deployment, count: int, nodes: list[Node], reserved: dict[int, int], wanted: list[Instance]
-) -> str:
+) -> tuple[int, str]:
+    """Place up to `count` replicas; how many were placed, and why the rest are pending."""
     memory = replica_memory(deployment, nodes)
     here: dict[int, int] = defaultdict(int)
     for instance in wanted:
@@ -126,4 +203,4 @@ def _place(
         reserved[node.pk] += memory
     if chosen:
         logger.info("Placed %d replica(s) of %s on %s", len(chosen), deployment.name, ", ".join(chosen))
-    return f"{count - len(chosen)} replica(s) pending: {reason}" if reason else ""
+    return len(chosen), f"{count - len(chosen)} replica(s) pending: {reason}" if reason else ""

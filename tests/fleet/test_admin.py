@@ -27,6 +27,17 @@ FORM = {
     "memory_per_replica": str(2**30),
     "instances-TOTAL_FORMS": "0",
     "instances-INITIAL_FORMS": "0",
+    "events-TOTAL_FORMS": "0",
+    "events-INITIAL_FORMS": "0",
+    "min_replicas": "",
+    "max_replicas": "",
+    "idle_seconds": "600",
+    "target_queue_wait": "1",
+    "target_in_flight": "0.8",
+    "scale_up_after": "15",
+    "cooldown": "60",
+    "priority": "0",
+    "cold_start_timeout": "120",
 }
 
 

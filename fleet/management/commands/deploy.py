@@ -25,6 +25,26 @@ OPTION_FIELDS = (
 )
 
 
+# Autoscaling's knobs: (flag, type, help); the field is the flag's name.
+SCALING_OPTIONS = (
+    ("--idle-seconds", int, "With --min-replicas 0: no request this long scales to zero (600)."),
+    ("--target-queue-wait", float, "Seconds a queue may wait before replicas are added (1)."),
+    (
+        "--target-in-flight",
+        float,
+        "Share of the replicas' slots in flight above which replicas are added (0.8).",
+    ),
+    ("--scale-up-after", int, "Seconds of high load before adding replicas (15)."),
+    ("--cooldown", int, "Seconds of low load before removing one (60)."),
+    ("--priority", int, "Higher keeps its memory when a waiting model needs room (0)."),
+    (
+        "--cold-start-timeout",
+        int,
+        "Seconds a request waits for a cold model's first replica, then 503 (120).",
+    ),
+)
+
+
 class Command(BaseCommand):
     help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait."
 
@@ -37,7 +57,11 @@ class Command(BaseCommand):
             sub.add_argument("--model-names")
             sub.add_argument("--backend", choices=Backend.values)
             sub.add_argument("--role", choices=["both", "prefill", "decode"])
-            sub.add_argument("--replicas", type=int)
+            sub.add_argument("--replicas", type=int, help="Fixed replicas (turns autoscaling off).")
+            sub.add_argument("--min-replicas", type=int, help="Autoscale from this many (0: to zero)...")
+            sub.add_argument("--max-replicas", type=int, help="...to this many.")
+            for flag, kind, text in SCALING_OPTIONS:
+                sub.add_argument(flag, type=kind, help=text)
             sub.add_argument("--max-concurrency", type=int)
             sub.add_argument("--dtype")
             sub.add_argument("--threads", type=int)
@@ -96,9 +120,20 @@ class Command(BaseCommand):
                 return
             raise CommandError(f"A deployment named {options['name']!r} exists: use `deploy update`.")
         deployment = exists or Deployment(name=options["name"])
-        for field in (*OPTION_FIELDS, "replicas", "placement", "extra_args"):
+        scaling = tuple(flag[2:].replace("-", "_") for flag, _, _ in SCALING_OPTIONS)
+        for field in (
+            *OPTION_FIELDS,
+            "replicas",
+            "placement",
+            "extra_args",
+            "min_replicas",
+            "max_replicas",
+            *scaling,
+        ):
             if options.get(field) is not None:
                 setattr(deployment, field, options[field])
+        if options.get("replicas") is not None and options.get("min_replicas") is None:
+            deployment.min_replicas = deployment.max_replicas = None  # fixed
         if options.get("labels") is not None:
             from fleet.management.commands.runagent import parse_labels
 
@@ -119,6 +154,7 @@ class Command(BaseCommand):
         for deployment in Deployment.objects.prefetch_related("instances"):
             summary = deployments.summarize(deployment, list(deployment.instances.all()))
             row = {"name": deployment.name, "model_path": deployment.model_path, **summary.__dict__}
+            row |= {"min_replicas": deployment.min_replicas, "max_replicas": deployment.max_replicas}
             self.stdout.write(json.dumps(row | {"pending_reason": deployment.pending_reason}))
 
     def wait(self, timeout: float) -> None:
