@@ -32,6 +32,11 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS"
 SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", default=False)
 DATABASE_URL: str = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")
 REDIS_URL: str | None = env.str("REDIS_URL", default=None)
+# The longest a portal waits on Redis for one command (limits, queue, usage records, cache): a healthy
+# Redis answers in about a millisecond, and a stalled one must not hold the requests.
+REDIS_TIMEOUT_SECONDS: float = env.float("REDIS_TIMEOUT_SECONDS", default=0.5)
+# Portal processes sharing the limits; while Redis fails each counts every limit at 1/PORTAL_COUNT.
+PORTAL_COUNT: int = max(1, env.int("PORTAL_COUNT", default=1))
 # Off behind nginx, which serves STATIC_ROOT itself (deploy/nginx).
 SERVE_STATIC: bool = env.bool("SERVE_STATIC", default=True)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")

@@ -132,6 +132,11 @@ if env.REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": env.REDIS_URL,
+            # Bounded: the registry version is read on the request path.
+            "OPTIONS": {
+                "socket_timeout": env.REDIS_TIMEOUT_SECONDS,
+                "socket_connect_timeout": env.REDIS_TIMEOUT_SECONDS,
+            },
         }
     }
     Q_CLUSTER = {
@@ -203,6 +208,8 @@ API_KEY_CACHE_SECONDS = env.API_KEY_CACHE_SECONDS
 QUEUE_MAX_PER_CALLER = env.QUEUE_MAX_PER_CALLER
 # Where the limits' counts live: Redis when set (shared by every portal), else in-process.
 REDIS_URL = env.REDIS_URL
+REDIS_TIMEOUT_SECONDS = env.REDIS_TIMEOUT_SECONDS
+PORTAL_COUNT = env.PORTAL_COUNT
 WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
 USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
 USAGE_CLAIM_SECONDS = env.USAGE_CLAIM_SECONDS

@@ -11,27 +11,44 @@ that died free themselves.
 In Redis each step is one Lua script (redis.asyncio `register_script`), timed
 by the Redis server's clock so that portals with skewed clocks agree on the
 minute. Its keys share one hash tag per subject.
+
+When Redis fails (an error, or no answer within REDIS_TIMEOUT_SECONDS), the
+`RedisStore` says so (`Outage`: a metric, a warning at most once a minute)
+and the limits count in its `FallbackStore`, this process's memory, against
+this portal's share of each limit (÷ PORTAL_COUNT). Redis is left alone for
+RETRY_SECONDS, then one request tries it again; the first answer puts the
+counting back in Redis and replays the settlings that failed meanwhile, so
+that in-flight slots held there are freed.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-import redis.asyncio
 from django.conf import settings
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
-from portal.gateway.per_loop import PerLoop
+from portal.gateway.per_loop import PerLoop, redis_client
+from portal.gateway.tasks import spawn
+from portal.metrics import instruments
+
+logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
 # A request still running after this long stops holding its in-flight slot; a dead portal's slots
 # are free again after it.
 IN_FLIGHT_LEASE_SECONDS = 900
 OK, IN_FLIGHT, RPM, TPM, TOO_LARGE = "ok", "in_flight", "rpm", "tpm", "too_large"
+RETRY_SECONDS = 2.0  # after Redis failed, the limits count in this process this long before trying it again
+WARN_SECONDS = 60.0  # at most one warning this often while Redis fails
+UNSETTLED_MAX = 10_000  # settlings kept for Redis's return; the oldest go first (their entries expire)
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,19 @@ class Quota:
     @property
     def limited(self) -> bool:
         return bool(self.requests_per_minute or self.tokens_per_minute or self.max_in_flight)
+
+    def share(self, portals: int) -> Quota:
+        """One of `portals` portals' part of each limit that is on (at least 1)."""
+
+        def part(limit: int | None) -> int | None:
+            return max(1, limit // portals) if limit else limit
+
+        return replace(
+            self,
+            requests_per_minute=part(self.requests_per_minute),
+            tokens_per_minute=part(self.tokens_per_minute),
+            max_in_flight=part(self.max_in_flight),
+        )
 
 
 @dataclass(frozen=True)
@@ -198,15 +228,82 @@ return 1
 """
 
 
+class FallbackStore(MemoryStore):
+    """This process's share of every limit (÷ PORTAL_COUNT), counted here while Redis fails."""
+
+    async def reserve(self, quota: Quota, tokens: int, flight_id: str) -> Admission:
+        instruments.record_limits_fallback(subject=quota.subject)
+        share = quota.share(settings.PORTAL_COUNT)
+        if share.tokens_per_minute and tokens > share.tokens_per_minute:
+            # Within the whole limit (limits.reserve checked it), beyond this portal's share of it:
+            # it may pass once Redis answers, or in the next minute.
+            now = self._clock()
+            return Admission(TPM, int(now // WINDOW_SECONDS), _retry_after(now))
+        return await super().reserve(share, tokens, flight_id)
+
+
+class Outage:
+    """Whether Redis failed lately, said in /metrics and, at most once a minute, in the log."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._retry_at: float | None = None  # None: Redis answers
+        self._warned_at: float | None = None
+        self._announce_return = False  # a warning went out: say when Redis is back (once)
+
+    def skip(self) -> bool:
+        """True while Redis failed less than RETRY_SECONDS ago; then False for one caller, which tries it."""
+        if self._retry_at is None:
+            return False
+        now = self._clock()
+        if now < self._retry_at:
+            return True
+        self._retry_at = now + RETRY_SECONDS  # the others go on counting here while this one tries
+        return False
+
+    def failed(self, exc: BaseException) -> None:
+        now = self._clock()
+        if self._retry_at is None:
+            instruments.limits_redis_down(True)
+        self._retry_at = now + RETRY_SECONDS
+        if self._warned_at is None or now - self._warned_at >= WARN_SECONDS:
+            self._warned_at, self._announce_return = now, True
+            logger.warning(
+                "limits: Redis failed (%s: %s); each limit is counted in this process at 1/%d of its "
+                "value until Redis answers",
+                type(exc).__name__,
+                exc,
+                settings.PORTAL_COUNT,
+            )
+
+    def answered(self) -> bool:
+        """Redis answered; True when it had failed."""
+        if self._retry_at is None:
+            return False
+        self._retry_at = None
+        instruments.limits_redis_down(False)
+        if self._announce_return:
+            self._announce_return = False
+            logger.warning("limits: Redis answers again; the limits are counted there again")
+        return True
+
+
 class RedisStore:
-    """The counts in Redis, shared by every portal copy: one script call per reserve and per settle."""
+    """The counts in Redis, shared by every portal copy: one script call per reserve and per settle.
+
+    A call that fails raises (RedisError, or OSError) after marking the
+    `outage`; `fallback` then counts this process's share.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._per_loop = PerLoop(self._connect)
+        self.outage = Outage()
+        self.fallback = FallbackStore()
+        self._unsettled: deque[tuple[str, tuple[int, int, int, str]]] = deque(maxlen=UNSETTLED_MAX)
 
     def _connect(self) -> tuple[AsyncScript, AsyncScript]:
-        client = redis.asyncio.Redis.from_url(self.url)
+        client = redis_client(self.url)
         return client.register_script(RESERVE_LUA), client.register_script(SETTLE_LUA)
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
@@ -226,27 +323,68 @@ class RedisStore:
             IN_FLIGHT_LEASE_SECONDS,
             WINDOW_SECONDS,
         )
-        outcome, window, retry_after = await self._scripts()[0](keys=[self.prefix(quota.subject)], args=args)
+        try:
+            answer = await self._scripts()[0](keys=[self.prefix(quota.subject)], args=args)
+        except (RedisError, OSError) as exc:
+            self.outage.failed(exc)
+            raise
+        self._answered()
+        outcome, window, retry_after = answer
         return Admission(outcome.decode(), int(window), int(retry_after))
 
     async def settle(self, subject: str, window: int, reserved: int, used: int, flight_id: str) -> None:
         args = (window, reserved, used, flight_id)
-        await self._scripts()[1](keys=[self.prefix(subject)], args=args)
+        try:
+            await self._scripts()[1](keys=[self.prefix(subject)], args=args)
+        except (RedisError, OSError) as exc:
+            self._unsettled.append((subject, args))
+            self.outage.failed(exc)
+            raise
+        self._answered()
+
+    def _answered(self) -> None:
+        if self.outage.answered() and self._unsettled:
+            spawn(self._settle_backlog())
+
+    async def _settle_backlog(self) -> None:
+        """Replay the settlings that failed while Redis was away, oldest first."""
+        while self._unsettled:
+            subject, args = self._unsettled.popleft()
+            try:
+                await self._scripts()[1](keys=[self.prefix(subject)], args=args)
+            except (RedisError, OSError) as exc:
+                self._unsettled.appendleft((subject, args))
+                self.outage.failed(exc)  # the next answer replays the rest
+                return
 
 
 _memory = MemoryStore()
 _redis: RedisStore | None = None
 
 
-def limit_store() -> LimitStore:
-    """Redis when REDIS_URL is set, this process's memory otherwise (read at call time)."""
+def _redis_store(url: str) -> RedisStore:
     global _redis
-    url = settings.REDIS_URL
-    if not url:
-        return _memory
     if _redis is None or _redis.url != url:
         _redis = RedisStore(url)
     return _redis
+
+
+def limit_store() -> LimitStore:
+    """Redis when REDIS_URL is set (its fallback while it fails), this process's memory otherwise.
+
+    REDIS_URL is read at call time.
+    """
+    url = settings.REDIS_URL
+    if not url:
+        return _memory
+    store = _redis_store(url)
+    return store.fallback if store.outage.skip() else store
+
+
+def fallback_store() -> LimitStore:
+    """Where to count after the Redis store failed: this process's share of each limit."""
+    url = settings.REDIS_URL
+    return _redis_store(url).fallback if url else _memory
 
 
 def memory_store() -> MemoryStore:

@@ -15,9 +15,12 @@ for every path, a client's disconnect included).
 A request whose reservation alone exceeds the tokens-per-minute limit is
 refused outright, before any store is asked (it could never pass), naming
 max_tokens or the prompt. The counts live in this process without REDIS_URL
-and in Redis with it (`limit_stores`). If Redis cannot be reached, requests
-pass uncounted and a warning is logged: like the usual gateways' fail-open
-default, an outage of the counter is not an outage of the API.
+and in Redis with it (`limit_stores`). While Redis fails (an error, or no
+answer within REDIS_TIMEOUT_SECONDS), each portal counts in its own memory
+against its share of every limit (the limit ÷ PORTAL_COUNT), says so in
+/metrics and, once a minute, in its log; when Redis answers again, the
+counting goes back there. An outage of the counter is neither an outage of
+the API nor a way around its limits.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from portal.gateway.limit_stores import (
     OK,
     RPM,
     TOO_LARGE,
+    LimitStore,
     Quota,
+    fallback_store,
     limit_store,
 )
 from portal.gateway.tasks import spawn
@@ -242,7 +247,8 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     )
     n = _positive_int(body.get("n")) or 1
     prompts = body.get("prompt")
-    count = len(prompts) if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts) else 1
+    # A list of texts or of token-id lists is several prompts (a list of ints is one).
+    count = len(prompts) if isinstance(prompts, list) and all(isinstance(p, str | list) for p in prompts) else 1
     completions = min(n, MAX_N) * max(count, 1)
     return TokenEstimate(prompt=prompt, completions=completions, max_tokens=max_tokens, source=source)
 
@@ -265,6 +271,7 @@ class Reservation:
     window: int = 0
     tokens: int = 0  # reserved against tokens per minute (0 when that limit is off)
     flight_id: str = ""  # its in-flight entry ("" when that limit is off)
+    store: LimitStore | None = field(default=None, repr=False)  # where it is counted (None: nowhere)
     claimed: bool = field(default=False, repr=False)  # a Ticket owns the settling now
     settled: bool = field(default=False, repr=False)
 
@@ -273,14 +280,14 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
-        if self.tokens or self.flight_id:
-            spawn(self._settle(max(0, used_tokens) if self.tokens else 0))
+        if self.store is not None and (self.tokens or self.flight_id):
+            spawn(self._settle(self.store, max(0, used_tokens) if self.tokens else 0))
 
-    async def _settle(self, used: int) -> None:
+    async def _settle(self, store: LimitStore, used: int) -> None:
         try:
-            await limit_store().settle(self.quota.subject, self.window, self.tokens, used, self.flight_id)
-        except (redis.RedisError, OSError) as exc:
-            logger.warning("limits: settling for %s failed: %s", self.quota.subject, exc)
+            await store.settle(self.quota.subject, self.window, self.tokens, used, self.flight_id)
+        except (redis.RedisError, OSError) as exc:  # the store keeps it and retries once Redis answers
+            logger.warning("limits: settling for %s is delayed, Redis failed: %s", self.quota.subject, exc)
 
 
 def _too_large(quota: Quota, cost: TokenEstimate) -> LimitExceeded:
@@ -323,12 +330,13 @@ async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=TOO_LARGE)
         raise _too_large(quota, cost)
     flight_id = uuid.uuid4().hex if quota.max_in_flight else ""
+    store = limit_store()
     try:
-        admission = await limit_store().reserve(quota, tokens, flight_id)
-    except (redis.RedisError, OSError) as exc:
-        logger.warning("limits: the store cannot be reached, %s passes uncounted: %s", quota.subject, exc)
-        return Reservation(quota, cost)
+        admission = await store.reserve(quota, tokens, flight_id)
+    except (redis.RedisError, OSError):  # the store logged it; count this portal's share meanwhile
+        store = fallback_store()
+        admission = await store.reserve(quota, tokens, flight_id)
     if admission.outcome != OK:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=admission.outcome)
         raise _refusal(quota, admission.outcome, admission.retry_after, cost)
-    return Reservation(quota, cost, window=admission.window, tokens=tokens, flight_id=flight_id)
+    return Reservation(quota, cost, window=admission.window, tokens=tokens, flight_id=flight_id, store=store)

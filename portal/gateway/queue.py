@@ -13,8 +13,9 @@ so that one key cannot fill the queue. A request whose client leaves while it
 waits is cancelled and leaves at once; a portal that dies stops renewing its
 places, which expire after PLACE_TTL_MS.
 
-If Redis cannot be reached, a request queues in this process instead: like
-the limits, an outage of the shared store is not an outage of the API.
+If Redis cannot be reached or does not answer within REDIS_TIMEOUT_SECONDS,
+a request queues in this process instead: like the limits, an outage of the
+shared store is not an outage of the API.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from portal.gateway.errors import GatewayError, no_worker
-from portal.gateway.per_loop import PerLoop
+from portal.gateway.per_loop import PerLoop, redis_client
 from portal.metrics import instruments
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class RedisQueues:
         self._per_loop = PerLoop(self._connect)
 
     def _connect(self) -> _Connection:
-        client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+        client = redis_client(self.url)  # bounded waits (REDIS_TIMEOUT_SECONDS)
         return _Connection(client, client.register_script(ENTER_LUA), client.register_script(POSITION_LUA))
 
     @staticmethod

@@ -116,6 +116,16 @@ REFUSALS = Counter(
     "Requests refused by a caller's limit, by door (api, signed, chat) and limit (rpm, tpm, ...).",
     ["door", "model", "reason"],
 )
+LIMITS_FALLBACK = Counter(
+    "portal_limits_fallback",
+    "Requests whose limits this process counted itself, at its share, because Redis failed, by door.",
+    ["door"],
+)
+LIMITS_REDIS_DOWN = Gauge(
+    "portal_limits_redis_down",
+    "1 while this process counts limits itself because Redis failed, 0 while Redis counts them.",
+    multiprocess_mode="livemax",
+)
 
 # Quota subjects start with the door's prefix (portal.api.throttling, signed.guard, chat.streaming).
 _DOORS = (("key:", "api"), ("app:", "signed"), ("chat-", "chat"))
@@ -214,3 +224,12 @@ def record_refusal(*, subject: str, model: str, reason: str) -> None:
     """A limit refused a request: count it, and count it among the requests as a 429."""
     REFUSALS.labels(door_of(subject), model, reason).inc()
     _requests(model, "", 429).inc()
+
+
+def record_limits_fallback(*, subject: str) -> None:
+    """A request's limits were counted in this process (Redis failed): count it by door."""
+    LIMITS_FALLBACK.labels(door_of(subject)).inc()
+
+
+def limits_redis_down(down: bool) -> None:
+    LIMITS_REDIS_DOWN.set(1 if down else 0)

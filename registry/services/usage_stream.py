@@ -55,9 +55,12 @@ class UsageStream:
     """This process's side of the stream, on one event loop: its adds and its writer task."""
 
     def __init__(self, url: str) -> None:
-        # Bounded: a Redis that stalls must not hold a response's last bytes (the record then waits in
-        # memory); above BLOCK_MS, which a read of the stream waits by design.
+        # The writer's reads wait up to BLOCK_MS by design: their client waits longer than that.
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=BLOCK_MS / 1000 + 4)
+        # A response's last bytes wait for its add: a stalled Redis holds them REDIS_TIMEOUT_SECONDS at
+        # most (the record then waits in memory).
+        timeout = settings.REDIS_TIMEOUT_SECONDS
+        self.adds = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()  # one read-write-acknowledge cycle at a time (the writer, a drain)
@@ -67,7 +70,7 @@ class UsageStream:
 
     async def add(self, entry: usage.UsageEntry) -> None:
         try:
-            await self.redis.xadd(STREAM, encode(entry))  # type: ignore[arg-type]
+            await self.adds.xadd(STREAM, encode(entry))  # type: ignore[arg-type]
         except RedisError as exc:
             # Redis is away: this process still writes the record, only a kill -9 meanwhile loses it.
             logger.warning("usage record %s kept in memory, Redis failed: %s", entry.request_id, exc)

@@ -1,4 +1,8 @@
-"""The limiter: reservations before dispatch, settling after, in memory and in the real Redis."""
+"""The limiter: reservations before dispatch, settling after, in memory and in the real Redis.
+
+Redis faults (a refused port here; a stalled and a stopped redis-server in
+test_limits_redis_faults.py) fall back to this process's share of each limit.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from portal.gateway import limit_stores
 from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore, memory_store
@@ -29,6 +34,13 @@ from portal.gateway.tasks import drain
 from tests.processes import TEST_REDIS_URL
 
 REDIS_URL = TEST_REDIS_URL
+REFUSED_URL = "redis://127.0.0.1:1/0"  # nothing listens: every connect is refused at once
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis_store(monkeypatch) -> None:
+    """Each test meets Redis without the last one's outage."""
+    monkeypatch.setattr(limit_stores, "_redis", None)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -133,12 +145,49 @@ async def test_unlimited_quota_reserves_without_the_store(settings):
     assert (reservation.tokens, reservation.flight_id) == (0, "")
 
 
-async def test_requests_pass_uncounted_when_redis_is_down(settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    reservation = await reserve(Quota("key:9", requests_per_minute=1, tokens_per_minute=5), cost(1))
-    assert reservation.tokens == 0
-    reservation.settle(1)
+async def test_a_refused_redis_falls_back_to_this_portals_share_of_each_limit(settings, caplog):
+    settings.REDIS_URL, settings.PORTAL_COUNT = REFUSED_URL, 2
+    fallbacks = REGISTRY.get_sample_value("portal_limits_fallback_total", {"door": "api"}) or 0
+    quota = Quota("key:9", requests_per_minute=4, tokens_per_minute=100)
+    started = time.monotonic()
+    reservations = [await reserve(quota, cost(10)) for _ in range(2)]
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(quota, cost(10))  # 2 requests a minute are this portal's half of 4
+    assert info.value.reason == "rpm"
+    assert time.monotonic() - started < 1
+    assert all(r.tokens == 10 for r in reservations)
+    assert REGISTRY.get_sample_value("portal_limits_fallback_total", {"door": "api"}) == fallbacks + 3
+    assert REGISTRY.get_sample_value("portal_limits_redis_down") == 1
+    warnings = [r for r in caplog.records if "Redis failed" in r.getMessage()]
+    assert len(warnings) == 1  # once a minute, not once a request
+    assert "1/2" in warnings[0].getMessage()
+
+
+async def test_a_request_within_the_limit_but_beyond_this_portals_share_may_retry(settings):
+    settings.REDIS_URL, settings.PORTAL_COUNT = REFUSED_URL, 4
+    quota = Quota("key:14", tokens_per_minute=100)
+    with pytest.raises(LimitExceeded) as info:
+        await reserve(quota, cost(30))  # fits 100, not this portal's 25
+    assert info.value.reason == "tpm"
+    assert 0 < (info.value.retry_after or 0) <= 61
+    with pytest.raises(LimitExceeded) as too_large:
+        await reserve(quota, cost(101))
+    assert (too_large.value.reason, too_large.value.retry_after) == ("too_large", None)
+
+
+async def test_settling_a_fallback_reservation_frees_its_slot_in_this_process(settings):
+    settings.REDIS_URL = REFUSED_URL
+    quota = Quota("key:15", max_in_flight=1, tokens_per_minute=100)
+    held = await reserve(quota, cost(40))
+    with pytest.raises(LimitExceeded):
+        await reserve(quota, cost(1))
+    held.settle(7)
     await drain()
+    store = limit_stores._redis
+    assert store is not None
+    assert store.fallback.used("key:15", window=held.window) == 7
+    assert store.fallback.in_flight("key:15") == 0
+    (await reserve(quota, cost(1))).settle(1)
 
 
 def test_memory_in_flight_entries_of_a_dead_request_expire():
