@@ -1,22 +1,22 @@
-"""The vLLM engine: vLLM's `AsyncLLM` behind our Engine contract (optional extra).
+"""The vLLM engine: vLLM's `AsyncLLM` behind our Engine contract (optional extra, vLLM 0.10.2 to 0.34).
 
-vLLM batches, pages the KV cache and schedules on its own; this module only
-maps our knobs onto `AsyncEngineArgs`, our `SamplingParams` onto
-`vllm.SamplingParams` (a guide onto its structured-output parameters:
-`StructuredOutputsParams` since vLLM 0.10.2, `GuidedDecodingParams` before),
-and vLLM's `RequestOutput`s onto `Delta`s. `AsyncLLM` (vLLM's V1 engine) is
-asked for DELTA outputs, each carrying only what is new; a release without it
-falls back to `AsyncLLMEngine`, whose outputs are cumulative.
-Install with `pip install .[vllm]` on a CUDA machine. The serving knobs that
-have no `EngineConfig` field (`runworker --tensor-parallel-size`,
-`--quantization`, `--gpu-memory-utilization`, `--max-num-batched-tokens`,
-`--enable-prefix-caching`, `--kv-transfer-config`) come through `EngineConfig.extra`.
+vLLM batches, pages the KV cache and schedules on its own; this module maps
+our knobs onto `AsyncEngineArgs`, our requests onto `vllm.SamplingParams` and
+token prompts (`vllm_mapping`), asks for DELTA outputs, and turns vLLM's
+outputs and client errors into our Deltas and 400s. The context length
+is vLLM's own (`model_config.max_model_len`).
+Install vLLM on a CUDA machine (the README says which release, and how). The
+serving knobs that have no `EngineConfig` field (`runworker
+--tensor-parallel-size`, `--quantization`, `--gpu-memory-utilization`,
+`--max-num-batched-tokens`, `--enable-prefix-caching`, `--kv-transfer-config`)
+come through `EngineConfig.extra`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,193 +30,28 @@ from inference.engines.base import (
     EngineStats,
     GenerationRequest,
     ModelInfo,
-    TokenLogprob,
-    Usage,
 )
 from inference.engines.checks import check_generation
 from inference.engines.rate import TokenRate
-from inference.errors import HandoffRefused, InvalidRequest, ModelLoadError
-from inference.sampling import Guide, SamplingParams
+from inference.engines.vllm_mapping import (
+    OutputReader,
+    client_error_types,
+    decode_kwargs,
+    engine_args_kwargs,
+    handoff_bytes,
+    handoff_transfer,
+    invalid_request,
+    prefill_kwargs,
+    structured_output_kwargs,
+    token_prompt,
+    vllm_beam_kwargs,
+    vllm_sampling_kwargs,
+)
+from inference.errors import EngineError, InvalidRequest, ModelLoadError
+from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
-ENGINE_ARG_KEYS = (
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "quantization",
-    "gpu_memory_utilization",
-    "max_num_batched_tokens",
-    "enforce_eager",
-    "kv_cache_dtype",
-    "enable_prefix_caching",
-    "kv_transfer_config",
-)
-
-
-def engine_args_kwargs(config: EngineConfig, folder: Path) -> dict[str, Any]:
-    """The `AsyncEngineArgs` keyword arguments for `config` (pure: unit-testable without vLLM)."""
-    kwargs: dict[str, Any] = {
-        "model": str(folder),
-        "dtype": config.dtype,
-        "max_num_seqs": config.max_concurrency,
-        "seed": config.seed or 0,
-    }
-    if config.max_model_len:
-        kwargs["max_model_len"] = config.max_model_len
-    kwargs.update({key: config.extra[key] for key in ENGINE_ARG_KEYS if key in config.extra})
-    return kwargs
-
-
-def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Our sampling parameters as `vllm.SamplingParams` keyword arguments."""
-    return {
-        "n": 1,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k if params.top_k > 0 else -1,
-        "min_p": params.min_p,
-        "stop": list(params.stop),
-        "stop_token_ids": list(params.stop_token_ids),
-        "seed": params.seed,
-        "repetition_penalty": params.repetition_penalty,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "ignore_eos": params.ignore_eos,
-        "logprobs": params.logprobs,  # vLLM's default logprobs are the raw model's, as ours
-    }
-
-
-def structured_output_fields(guide: Guide) -> dict[str, Any]:
-    """A guide as the one field vLLM's structured-output parameters take (the same in both APIs)."""
-    try:
-        if guide.kind == "json_schema":
-            return {"json": json.loads(guide.spec)}
-        if guide.kind == "json_object":
-            return {"json_object": True}
-        if guide.kind == "choice":
-            return {"choice": list(json.loads(guide.spec))}
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"'{guide.field}' is not valid JSON: {exc}", field=guide.field) from exc
-    if guide.kind in ("regex", "grammar"):
-        return {guide.kind: guide.spec}
-    raise InvalidRequest(f"Unknown structured output kind {guide.kind!r}.", field=guide.field)
-
-
-def structured_output_kwargs(guide: Guide, vllm_sampling: Any) -> dict[str, Any]:
-    """The `vllm.SamplingParams` keyword for `guide`, for the vLLM release in `vllm_sampling` (its module)."""
-    fields = structured_output_fields(guide)
-    if hasattr(vllm_sampling, "StructuredOutputsParams"):
-        return {"structured_outputs": vllm_sampling.StructuredOutputsParams(**fields)}
-    return {"guided_decoding": vllm_sampling.GuidedDecodingParams(**fields)}
-
-
-def delta_logprobs(
-    entries: Sequence[dict[int, Any] | None] | None, token_ids: Sequence[int], k: int | None
-) -> tuple[TokenLogprob, ...]:
-    """vLLM's per-token {id: Logprob} maps (the chosen token and the top k by rank) as TokenLogprobs."""
-    if k is None or not entries:
-        return ()
-    result = []
-    for token_id, entry in zip(token_ids, entries, strict=False):
-        entry = entry or {}
-        ranked = sorted((lp.rank, tid, lp.logprob) for tid, lp in entry.items() if lp.rank is not None)
-        top = tuple((tid, float(logprob)) for rank, tid, logprob in ranked if rank <= k)
-        chosen = entry.get(token_id)
-        result.append(TokenLogprob(token_id, float(chosen.logprob) if chosen else float("nan"), top))
-    return tuple(result)
-
-
-# What vLLM's disaggregation proxy asks of a prefill instance: compute the KV cache, keep it for a
-# remote decode, and answer one token with the parameters the decode instance needs to fetch it.
-PREFILL_TRANSFER = {
-    "do_remote_decode": True,
-    "do_remote_prefill": False,
-    "remote_engine_id": None,
-    "remote_block_ids": None,
-    "remote_host": None,
-    "remote_port": None,
-}
-
-
-def prefill_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`vllm.SamplingParams` keyword arguments of a request's prefill on a prefill instance."""
-    return {**kwargs, "max_tokens": 1, "extra_args": {"kv_transfer_params": dict(PREFILL_TRANSFER)}}
-
-
-def handoff_bytes(kv_transfer_params: dict[str, Any] | None) -> bytes:
-    """A prefill instance's answer as the hand-off a decode worker receives (vLLM moves the KV itself)."""
-    if not kv_transfer_params:
-        raise HandoffRefused("vLLM returned no kv_transfer_params: is --kv-transfer-config set?")
-    return json.dumps(kv_transfer_params).encode()
-
-
-def decode_kwargs(kwargs: dict[str, Any], handoff: bytes) -> dict[str, Any]:
-    """`vllm.SamplingParams` keyword arguments that decode from a prefill instance's KV cache."""
-    try:
-        params = json.loads(handoff)
-    except ValueError:
-        raise HandoffRefused("Not a vLLM hand-off.") from None
-    if not isinstance(params, dict):
-        raise HandoffRefused("Not a vLLM hand-off.")
-    return {**kwargs, "extra_args": {"kv_transfer_params": params}}
-
-
-def vllm_beam_kwargs(params: SamplingParams, beam: BeamSearch) -> dict[str, Any]:
-    """BeamSearchParams fields: vLLM beams of `beam.width`, scored with its length penalty."""
-    return {
-        "beam_width": beam.width,
-        "max_tokens": params.max_tokens,
-        "ignore_eos": params.ignore_eos,
-        "temperature": params.temperature,
-        "length_penalty": beam.length_penalty,
-    }
-
-
-class OutputReader:
-    """Turns one request's `RequestOutput`s into Deltas: DELTA outputs as they are, cumulative ones sliced.
-
-    Tokens whose output added no text yet (part of a multi-byte character) are held and sent with the
-    next text, so that a Delta's tokens always match its text.
-    """
-
-    def __init__(self, *, prompt_tokens: int, logprobs: int | None, cumulative: bool) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.logprobs = logprobs
-        self.cumulative = cumulative
-        self.sent_text = self.sent_tokens = 0  # cumulative outputs: how much was read already
-        self.generated = 0
-        self.finished = False
-        self._held_ids: list[int] = []
-        self._held_logprobs: list[TokenLogprob] = []
-
-    def read(self, output: Any) -> Delta | None:
-        completion = output.outputs[0]
-        ids, text, entries = list(completion.token_ids), completion.text, completion.logprobs or []
-        if self.cumulative:
-            ids, text, entries = ids[self.sent_tokens :], text[self.sent_text :], entries[self.sent_tokens :]
-            self.sent_text, self.sent_tokens = len(completion.text), len(completion.token_ids)
-        self.generated += len(ids)
-        self._held_ids.extend(ids)
-        self._held_logprobs.extend(delta_logprobs(entries, ids, self.logprobs))
-        reason = completion.finish_reason if output.finished else None
-        self.finished = reason is not None
-        if not (text or self.finished):
-            return None
-        usage = Usage(self.prompt_tokens, self.generated) if self.finished else None
-        delta = Delta(text, tuple(self._held_ids), reason, usage, tuple(self._held_logprobs))
-        self._held_ids, self._held_logprobs = [], []
-        return delta
-
-
-def load_async_engine(args: Any) -> tuple[Any, bool]:
-    """vLLM's async engine for `args` and whether its outputs are cumulative (the old engine's are)."""
-    try:
-        from vllm.v1.engine.async_llm import AsyncLLM
-    except ImportError:
-        from vllm import AsyncLLMEngine
-
-        return AsyncLLMEngine.from_engine_args(args), True
-    return AsyncLLM.from_engine_args(args), False
+logger = logging.getLogger(__name__)
 
 
 class VllmEngine(Engine):
@@ -226,6 +61,7 @@ class VllmEngine(Engine):
         try:
             from transformers import AutoTokenizer
             from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise ModelLoadError("The vllm backend needs vLLM: pip install '.[vllm]'") from exc
         self.config = config
@@ -235,13 +71,14 @@ class VllmEngine(Engine):
             from vllm.config import KVTransferConfig
 
             kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
-        args = AsyncEngineArgs(**kwargs)
-        self.engine, self.cumulative = load_async_engine(args)
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self.client_errors = client_error_types()
         self.info = ModelInfo(
             task="generate",
             backend="vllm",
             device="cuda",
-            max_model_len=int(args.max_model_len or self.tokenizer.model_max_length),
+            # vLLM's own: --max-model-len, else the model config's (the tokenizer's may say 1e30).
+            max_model_len=int(self.engine.model_config.max_model_len),
             default_name=default_name,
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             vocab_size=len(self.tokenizer),  # vLLM refuses ids past the tokenizer's, mid-request
@@ -249,6 +86,10 @@ class VllmEngine(Engine):
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.rate = TokenRate()
+
+    async def shutdown(self) -> None:
+        """Stop vLLM's engine-core process and output loop (`AsyncLLM.shutdown` blocks: off the loop)."""
+        await asyncio.to_thread(self.engine.shutdown)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -261,61 +102,71 @@ class VllmEngine(Engine):
             self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         )
 
-    def _sampling_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+    def _sampling(
+        self, params: SamplingParams, *, prefill: bool = False, decode: dict[str, Any] | None = None
+    ) -> Any:
+        """`vllm.SamplingParams` for `params` with DELTA outputs, a prefill kept for a remote decode
+        or a decode from one (its `kv_transfer_params`); vLLM's checks of them become our 400s."""
+        from vllm import SamplingParams as VllmSamplingParams
         from vllm import sampling_params as vllm_sampling
 
-        kwargs = vllm_sampling_kwargs(params)
-        if params.guide is not None:
-            try:
+        try:
+            kwargs = vllm_sampling_kwargs(params)
+            if params.guide is not None:
                 kwargs.update(structured_output_kwargs(params.guide, vllm_sampling))
-            except ValueError as exc:  # vLLM's own validation of the spec
-                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
-        return kwargs
+            if prefill:
+                kwargs = prefill_kwargs(kwargs)
+            if decode is not None:
+                kwargs = decode_kwargs(kwargs, decode)
+            kwargs["output_kind"] = vllm_sampling.RequestOutputKind.DELTA
+            return VllmSamplingParams(**kwargs)
+        except self.client_errors as exc:
+            raise invalid_request(exc, params) from exc
 
     async def prefill(self, request: GenerationRequest) -> bytes:
         """One token, its KV cache kept for a decode instance; the hand-off is vLLM's transfer parameters."""
-        from vllm import SamplingParams as VllmSamplingParams
-
         check_generation(request, self.info)
-        sampling = VllmSamplingParams(**prefill_kwargs(self._sampling_kwargs(request.params)))
-        inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
-        final = None
+        sampling = self._sampling(request.params, prefill=True)
+        reader = OutputReader(prompt_tokens=len(request.prompt_token_ids), logprobs=None)
         async with self.admission.slot():
-            async for output in self.engine.generate(inputs, sampling, request.request_id):
-                final = output
-        return handoff_bytes(getattr(final, "kv_transfer_params", None))
+            async for _ in self._stream(request, sampling, reader):
+                pass
+        return handoff_bytes(reader.kv_transfer_params)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        from vllm import SamplingParams as VllmSamplingParams
-        from vllm import sampling_params as vllm_sampling
-
+        transfer = handoff_transfer(request.handoff) if request.handoff is not None else None
+        reader = OutputReader(prompt_tokens=len(request.prompt_token_ids), logprobs=request.params.logprobs)
         check_generation(request, self.info)
-        params = request.params
-        prompt = len(request.prompt_token_ids)
-        kwargs = self._sampling_kwargs(params)
-        if request.handoff is not None:
-            kwargs = decode_kwargs(kwargs, request.handoff)
-        if not self.cumulative:
-            kwargs["output_kind"] = vllm_sampling.RequestOutputKind.DELTA
-        sampling = VllmSamplingParams(**kwargs)
-        inputs = {"prompt_token_ids": list(request.prompt_token_ids)}
-        reader = OutputReader(prompt_tokens=prompt, logprobs=params.logprobs, cumulative=self.cumulative)
+        sampling = self._sampling(request.params, decode=transfer)
         async with self.admission.slot():
-            try:
-                async for output in self.engine.generate(inputs, sampling, request.request_id):
-                    before = reader.generated
-                    delta = reader.read(output)
-                    self.rate.add(reader.generated - before)
-                    if delta is not None:
-                        yield delta
-            except ValueError as exc:
-                # vLLM checks a grammar when the request is added, before any output.
-                if params.guide is None or reader.generated:
-                    raise
-                raise InvalidRequest(str(exc).splitlines()[0], field=params.guide.field) from exc
-            finally:
-                if not reader.finished:
-                    await self.engine.abort(request.request_id)
+            async for delta in self._stream(request, sampling, reader):
+                yield delta
+
+    async def _stream(
+        self, request: GenerationRequest, sampling: Any, reader: OutputReader
+    ) -> AsyncIterator[Delta]:
+        prompt = token_prompt(request.prompt_token_ids)
+        try:
+            async for output in self.engine.generate(prompt, sampling, request.request_id):
+                before = reader.generated
+                delta = reader.read(output)
+                self.rate.add(reader.generated - before)
+                if reader.failed:
+                    raise self._failure(request, reader)
+                if delta is not None:
+                    yield delta
+        except self.client_errors as exc:  # vLLM checks a request when it is added, before any output
+            if reader.outputs:
+                raise
+            raise invalid_request(exc, request.params) from exc
+        finally:
+            if not reader.finished:
+                await self.engine.abort(request.request_id)
+
+    @staticmethod
+    def _failure(request: GenerationRequest, reader: OutputReader) -> EngineError:
+        """vLLM finished the request with "error" (its own failure, not a finish of ours): a 5xx."""
+        return EngineError(f"vLLM ended request {request.request_id} with an error.")
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
         """vLLM's beam search (`EngineClient.beam_search`); releases without it refuse the request."""

@@ -1,4 +1,7 @@
-"""The vLLM engine: argument mapping everywhere, a real generation where vLLM and a GPU exist."""
+"""The vLLM engine's argument mapping everywhere, a real generation where vLLM and a GPU exist.
+
+The engine's behaviour on fakes shaped like vLLM's classes is in test_vllm_engine_fakes.py.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from inference.engines.base import BeamSearch, Delta, EngineConfig, TokenLogprob, Usage
-from inference.engines.vllm_engine import (
+from inference.engines.vllm_mapping import (
     OutputReader,
     decode_kwargs,
     delta_logprobs,
     engine_args_kwargs,
     handoff_bytes,
+    handoff_transfer,
     prefill_kwargs,
     structured_output_fields,
     structured_output_kwargs,
@@ -91,22 +95,20 @@ def output(text: str, ids: list[int], finished: bool = False, reason: str | None
 
 
 def test_delta_outputs_are_read_as_they_are_holding_tokens_without_text():
-    reader = OutputReader(prompt_tokens=5, logprobs=None, cumulative=False)
+    reader = OutputReader(prompt_tokens=5, logprobs=None)
     assert reader.read(output("Pa", [10])) == Delta("Pa", (10,))
     assert reader.read(output("", [11])) is None  # half a character: held
     assert reader.read(output("ris", [12])) == Delta("ris", (11, 12))
     last = reader.read(output(".", [13], finished=True, reason="stop"))
     assert last == Delta(".", (13,), "stop", Usage(5, 4))
     assert reader.finished
+    assert not reader.failed
 
 
-def test_cumulative_outputs_are_sliced_into_the_same_deltas():
-    reader = OutputReader(prompt_tokens=5, logprobs=None, cumulative=True)
-    assert reader.read(output("Pa", [10])) == Delta("Pa", (10,))
-    assert reader.read(output("Pa", [10, 11])) is None
-    assert reader.read(output("Paris", [10, 11, 12])) == Delta("ris", (11, 12))
-    last = reader.read(output("Paris.", [10, 11, 12, 13], finished=True, reason="length"))
-    assert last == Delta(".", (13,), "length", Usage(5, 4))
+def test_an_error_finish_is_a_failure_not_a_delta():
+    reader = OutputReader(prompt_tokens=5, logprobs=None)
+    assert reader.read(output("", [], finished=True, reason="error")) is None
+    assert (reader.failed, reader.finished, reader.sent, reader.outputs) == (True, True, 0, 1)
 
 
 def test_sampling_params_map_onto_vllm_names():
@@ -228,10 +230,12 @@ def test_the_decode_continues_from_the_prefill_instances_transfer_parameters():
         "remote_port": 5600,
     }
     blob = handoff_bytes(returned)
-    kwargs = decode_kwargs(vllm_sampling_kwargs(SamplingParams(max_tokens=200)), blob)
+    kwargs = decode_kwargs(vllm_sampling_kwargs(SamplingParams(max_tokens=200)), handoff_transfer(blob))
     assert kwargs["max_tokens"] == 200
     assert kwargs["extra_args"] == {"kv_transfer_params": returned}
     with pytest.raises(HandoffRefused, match="kv-transfer-config"):
         handoff_bytes(None)
     with pytest.raises(HandoffRefused):
-        decode_kwargs({}, b"[1, 2]")
+        handoff_transfer(b"[1, 2]")
+    with pytest.raises(HandoffRefused):
+        handoff_transfer(b"not json")

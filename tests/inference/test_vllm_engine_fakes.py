@@ -1,0 +1,154 @@
+"""The vLLM engine on a fake vLLM shaped like vLLM 0.34 (and older releases where they differ).
+
+vLLM needs CUDA, which this machine does not have: `fake_vllm` stands in for
+the package (its exception hierarchy, `AsyncLLM` with its `model_config`,
+`tokens_input`, the beam-search mixin, `notify_kv_transfer_request_rejected`),
+with the real tokenizer of the packaged SmolLM2. What is checked is ours: the
+errors a client gets, the context length, the token prompts and the drain.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from inference.engines.base import EngineConfig, GenerationRequest
+from inference.engines.vllm_engine import VllmEngine
+from inference.engines.vllm_mapping import invalid_request
+from inference.errors import EngineError, InvalidRequest, PromptTooLong
+from inference.loading import resolve_model
+from inference.sampling import Guide, SamplingParams
+from inference.worker.app import build_app
+from inference.worker.serving import WorkerContext
+from tests.inference import fake_vllm
+
+
+@pytest.fixture(scope="module")
+def folder(model_cache_dir: Path) -> Path:
+    """The packaged SmolLM2 converted to a folder: its tokenizer and config.json are what vLLM reads."""
+    return resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+
+
+def make_engine(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, release: str = "0.34", **config: Any
+) -> tuple[VllmEngine, fake_vllm.AsyncLLM]:
+    fake_vllm.install(monkeypatch, release)
+    engine = VllmEngine(
+        EngineConfig("smollm2-135m-instruct", device="cuda", **config), folder=folder, default_name="smol"
+    )
+    return engine, engine.engine
+
+
+def request(
+    engine: VllmEngine, rid: str = "r1", *, handoff: bytes | None = None, **params: Any
+) -> GenerationRequest:
+    prompt = engine.tokenize(
+        engine.render_chat([{"role": "user", "content": "What is the capital of France?"}])
+    )
+    return GenerationRequest(rid, prompt, SamplingParams(**params), handoff)
+
+
+async def text_of(engine: VllmEngine, job: GenerationRequest) -> str:
+    return "".join([d.text async for d in engine.generate(job)])
+
+
+def test_the_context_length_is_vllms_not_the_tokenizers(monkeypatch, folder):
+    engine, _ = make_engine(monkeypatch, folder)
+    assert engine.tokenizer.model_max_length > 10**20  # what the exported folder's tokenizer says
+    assert (
+        engine.info.max_model_len
+        == json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    )
+    limited, _ = make_engine(monkeypatch, folder, max_model_len=2048)
+    assert limited.info.max_model_len == 2048
+
+
+async def test_a_prompt_past_vllms_context_is_refused_before_vllm(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder, max_model_len=64)
+    with pytest.raises(PromptTooLong) as caught:
+        await text_of(engine, request(engine, max_tokens=60))
+    assert caught.value.status_code == 400
+    assert "maximum context length is 64 tokens" in str(caught.value)
+    assert llm.added == []
+
+
+@pytest.mark.parametrize("release", ["0.34", "0.26", "0.11.0"])
+async def test_a_bad_regex_is_a_400_naming_the_field_on_every_release(monkeypatch, folder, release):
+    engine, llm = make_engine(monkeypatch, folder, release)
+    job = request(engine, guide=Guide("regex", "([a-z", field="guided_regex"))
+    with pytest.raises(InvalidRequest) as caught:
+        await text_of(engine, job)
+    assert (caught.value.status_code, caught.value.field) == (400, "guided_regex")
+    assert str(caught.value).startswith("Error parsing regex")
+    assert llm.added == []  # refused as vLLM added it: nothing to abort
+
+
+def test_vllms_parameter_names_the_field_when_it_is_ours(monkeypatch):
+    fake = fake_vllm.install(monkeypatch, "0.34")
+    refused = fake.refuse("max_tokens must be at least 1, got 0.", "max_tokens")
+    assert isinstance(refused, fake.exceptions.VLLMClientError)
+    assert not isinstance(refused, ValueError)  # what `except ValueError` missed
+    named = invalid_request(refused, SamplingParams(guide=Guide("regex", "a", field="guided_regex")))
+    assert named.field == "max_tokens"
+    assert invalid_request(fake.refuse("Error parsing regex"), SamplingParams()).field is None
+
+
+async def test_a_bad_regex_answers_400_from_the_worker(monkeypatch, folder):
+    engine, _ = make_engine(monkeypatch, folder)
+    app = build_app(WorkerContext(engine=engine, served_names=["smol"]))
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://worker"
+    ) as client:
+        body = {"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "guided_regex": "([a-z"}
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "guided_regex")
+    assert "Error parsing regex" in error["message"]
+
+
+@pytest.mark.parametrize(("release", "form"), [("0.34", {"type": "token"}), ("0.11.0", {})])
+async def test_prompts_go_to_vllm_as_token_inputs_of_the_release(monkeypatch, folder, release, form):
+    engine, llm = make_engine(monkeypatch, folder, release)
+    job = request(engine, temperature=0)
+    assert await text_of(engine, job) == "Paris."
+    prompt, sampling, rid = llm.added[0]
+    assert prompt == {**form, "prompt_token_ids": job.prompt_token_ids}
+    assert sampling.output_kind is fake_vllm.RequestOutputKind.DELTA
+    assert rid == "r1"
+    if release == "0.34":
+        assert llm.deprecated_prompts == 0
+    assert llm.aborted == []  # finished: nothing to abort
+
+
+async def test_an_error_finish_on_a_whole_request_is_a_server_error(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder)
+
+    async def fail(*args, **kwargs):
+        failed = fake_vllm.CompletionOutput(0, "", [], None, None, "error")
+        yield fake_vllm.RequestOutput("r1", None, [], None, [failed], True)
+
+    monkeypatch.setattr(llm, "generate", fail)
+    with pytest.raises(EngineError) as caught:
+        await text_of(engine, request(engine))
+    assert caught.value.status_code == 500
+
+
+async def test_shutdown_stops_vllms_engine(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder)
+    await engine.shutdown()
+    assert llm.shutdowns == 1
+
+
+def test_the_fake_is_shaped_like_vllm_034s_hierarchy(monkeypatch):
+    new = fake_vllm.install(monkeypatch, "0.34").exceptions
+    assert issubclass(new.VLLMValidationError, new.VLLMClientError)
+    assert issubclass(new.VLLMClientError, new.VLLMError)
+    assert not issubclass(new.VLLMValidationError, ValueError)
+    old = fake_vllm.install(monkeypatch, "0.26").exceptions
+    assert issubclass(old.VLLMValidationError, ValueError)
+    assert not hasattr(old, "VLLMClientError")
