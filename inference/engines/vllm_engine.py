@@ -3,8 +3,8 @@
 vLLM batches, pages the KV cache and schedules on its own; this module maps
 our knobs onto `AsyncEngineArgs`, our requests onto `vllm.SamplingParams` and
 token prompts (`vllm_mapping`), asks for DELTA outputs, and turns vLLM's
-outputs and client errors into our Deltas and 400s. The context length
-is vLLM's own (`model_config.max_model_len`).
+outputs and client errors into our Deltas and 400s. Beam search is in
+`vllm_beam`. The context length is vLLM's own (`model_config.max_model_len`).
 Install vLLM on a CUDA machine (the README says which release, and how). The
 serving knobs that have no `EngineConfig` field (`runworker
 --tensor-parallel-size`, `--quantization`, `--gpu-memory-utilization`,
@@ -33,6 +33,7 @@ from inference.engines.base import (
 )
 from inference.engines.checks import check_generation
 from inference.engines.rate import TokenRate
+from inference.engines.vllm_beam import run_beam_search
 from inference.engines.vllm_mapping import (
     OutputReader,
     client_error_types,
@@ -44,10 +45,9 @@ from inference.engines.vllm_mapping import (
     prefill_kwargs,
     structured_output_kwargs,
     token_prompt,
-    vllm_beam_kwargs,
     vllm_sampling_kwargs,
 )
-from inference.errors import EngineError, InvalidRequest, ModelLoadError
+from inference.errors import EngineError, ModelLoadError
 from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
@@ -169,25 +169,13 @@ class VllmEngine(Engine):
         return EngineError(f"vLLM ended request {request.request_id} with an error.")
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
-        """vLLM's beam search (`EngineClient.beam_search`); releases without it refuse the request."""
-        from vllm.sampling_params import BeamSearchParams
-
-        search = getattr(self.engine, "beam_search", None)
-        if search is None:
-            raise InvalidRequest(
-                "This vLLM release has no engine-level beam search.", field="use_beam_search"
-            )
-        params = BeamSearchParams(**vllm_beam_kwargs(request.params, beam))
-        final = None
-        async for output in search(
-            {"prompt_token_ids": list(request.prompt_token_ids)}, request.request_id, params
-        ):
-            final = output
-        outputs = final.outputs[: beam.n] if final is not None else []
-        return [
-            Beam(o.text, tuple(o.token_ids), float(o.cumulative_logprob or 0.0), o.finish_reason or "stop")
-            for o in outputs
-        ]
+        """vLLM's beam search in one of our slots (see `vllm_beam` for which release runs which)."""
+        check_generation(request, self.info)
+        async with self.admission.slot():
+            try:
+                return await run_beam_search(self.engine, request, beam)
+            except self.client_errors as exc:
+                raise invalid_request(exc, request.params) from exc
 
     async def abort(self, request_id: str) -> bool:
         await self.engine.abort(request_id)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inference.engines.base import BeamSearch, Delta, EngineConfig, TokenLogprob, Usage
+from inference.engines.base import Delta, EngineConfig, TokenLogprob, Usage
 from inference.errors import HandoffRefused, InvalidRequest
 from inference.sampling import Guide, SamplingParams
 
@@ -166,17 +166,6 @@ def handoff_transfer(handoff: bytes) -> dict[str, Any]:
 def decode_kwargs(kwargs: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments that decode from a prefill instance's KV cache."""
     return {**kwargs, "extra_args": {"kv_transfer_params": transfer}}
-
-
-def vllm_beam_kwargs(params: SamplingParams, beam: BeamSearch) -> dict[str, Any]:
-    """BeamSearchParams fields: vLLM beams of `beam.width`, scored with its length penalty."""
-    return {
-        "beam_width": beam.width,
-        "max_tokens": params.max_tokens,
-        "ignore_eos": params.ignore_eos,
-        "temperature": params.temperature,
-        "length_penalty": beam.length_penalty,
-    }
 
 
 def delta_logprobs(

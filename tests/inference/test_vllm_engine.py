@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from inference.engines.base import BeamSearch, Delta, EngineConfig, TokenLogprob, Usage
+from inference.engines.vllm_beam import vllm_beam_kwargs
 from inference.engines.vllm_mapping import (
     OutputReader,
     decode_kwargs,
@@ -24,7 +25,6 @@ from inference.engines.vllm_mapping import (
     prefill_kwargs,
     structured_output_fields,
     structured_output_kwargs,
-    vllm_beam_kwargs,
     vllm_sampling_kwargs,
 )
 from inference.errors import HandoffRefused, InvalidRequest

@@ -4,7 +4,8 @@ vLLM needs CUDA, which this machine does not have: `fake_vllm` stands in for
 the package (its exception hierarchy, `AsyncLLM` with its `model_config`,
 `tokens_input`, the beam-search mixin, `notify_kv_transfer_request_rejected`),
 with the real tokenizer of the packaged SmolLM2. What is checked is ours: the
-errors a client gets, the context length, the token prompts and the drain.
+errors a client gets, the context length, the beam path and scores, and the
+drain.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from inference.engines.base import EngineConfig, GenerationRequest
+from inference.engines.base import BeamSearch, EngineConfig, GenerationRequest
 from inference.engines.vllm_engine import VllmEngine
 from inference.engines.vllm_mapping import invalid_request
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
@@ -123,6 +124,58 @@ async def test_prompts_go_to_vllm_as_token_inputs_of_the_release(monkeypatch, fo
     if release == "0.34":
         assert llm.deprecated_prompts == 0
     assert llm.aborted == []  # finished: nothing to abort
+
+
+BEAMS = [
+    ([10, 11], -2.0, "length"),  # -1.0 per token
+    ([20, 21, 22, 23, 24, 25], -3.0, "length"),  # -0.5
+    ([30, 31, 32], -2.4, "stop"),  # ended on EOS: 4 tokens, -0.6
+    ([40], -0.4, "stop"),  # EOS after one token: 2 tokens, -0.2
+]
+
+
+@pytest.mark.parametrize("release", ["0.34", "0.11.0"])
+async def test_beams_are_scored_with_the_length_penalty_and_ranked_by_it(monkeypatch, folder, release):
+    engine, llm = make_engine(monkeypatch, folder, release)
+    llm.beams = BEAMS
+    beams = await engine.beam_search(request(engine, max_tokens=8, temperature=0), BeamSearch(width=4, n=3))
+    assert [(b.token_ids, b.score, b.finish_reason) for b in beams] == [
+        ((40,), pytest.approx(-0.2), "stop"),
+        ((20, 21, 22, 23, 24, 25), pytest.approx(-0.5), "length"),
+        ((30, 31, 32), pytest.approx(-0.6), "stop"),
+    ]
+    assert beams[0].text == engine.tokenizer.decode([40])
+    squared = await engine.beam_search(
+        request(engine, max_tokens=8), BeamSearch(width=4, n=1, length_penalty=2.0)
+    )
+    assert squared[0].score == pytest.approx(-3.0 / 36)
+
+
+async def test_beam_search_runs_vllms_mixin_over_our_engine(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder, "0.34")
+    llm.beams = BEAMS
+    seen = []
+    original = fake_vllm.BeamSearchOnlineMixin.beam_search
+
+    def spy(self, prompt, request_id, params, **rest):
+        seen.append((self.engine_client, self.renderer, prompt, request_id, params))
+        return original(self, prompt, request_id, params, **rest)
+
+    monkeypatch.setattr(fake_vllm.BeamSearchOnlineMixin, "beam_search", spy)
+    job = request(engine, "beams", max_tokens=8, temperature=0)
+    await engine.beam_search(job, BeamSearch(width=3, n=1, length_penalty=0.5))
+    client, renderer, prompt, rid, params = seen[0]
+    assert (client, renderer) == (llm, llm.renderer)
+    assert prompt == {"type": "token", "prompt_token_ids": job.prompt_token_ids}
+    assert rid == "beams"
+    assert (params.beam_width, params.max_tokens, params.length_penalty) == (3, 8, 0.5)
+
+
+async def test_a_release_without_a_callable_beam_search_refuses_it_naming_the_field(monkeypatch, folder):
+    engine, _ = make_engine(monkeypatch, folder, "0.20")
+    with pytest.raises(InvalidRequest) as caught:
+        await engine.beam_search(request(engine, max_tokens=8), BeamSearch(width=2, n=1))
+    assert (caught.value.status_code, caught.value.field) == (400, "use_beam_search")
 
 
 async def test_an_error_finish_on_a_whole_request_is_a_server_error(monkeypatch, folder):
