@@ -47,6 +47,8 @@ HEARTBEAT_INTERVAL: float = env.float("HEARTBEAT_INTERVAL", default=5.0)
 HEARTBEAT_EXPIRY_INTERVALS: int = env.int("HEARTBEAT_EXPIRY_INTERVALS", default=3)
 MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "models")))
 WORKER_DRAIN_TIMEOUT: float = env.float("WORKER_DRAIN_TIMEOUT", default=30.0)
+# The largest prefill hand-off (KV cache rows) a decode worker reads; past it, it prefills itself.
+HANDOFF_MAX_BYTES: int = env.int("HANDOFF_MAX_BYTES", default=1 << 30)
 # Agents: folders whose model folders and .gguf files the admin offers for deployments.
 MODEL_DIRS: list[str] = env.list("MODEL_DIRS", default=[])
 LOG_DIR = Path(env.str("LOG_DIR", default=str(VAR_DIR / "log")))

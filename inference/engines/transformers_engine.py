@@ -244,21 +244,17 @@ class TransformersEngine(Engine):
     def _check_handoff(self, request: GenerationRequest) -> Handoff:
         """The request's hand-off if it fits this model and this prompt; HandoffRefused otherwise."""
         assert request.handoff is not None
-        received = handoff.loads(request.handoff)
         config = self.model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         width = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        expected = (1, heads, len(request.prompt_token_ids), width)
-        dtype = next(self.model.parameters()).dtype
-        if received.prompt_ids != list(request.prompt_token_ids):
-            raise HandoffRefused("The hand-off is for another prompt.")
-        if len(received.layers) != config.num_hidden_layers or any(
-            tuple(t.shape) != expected or t.dtype != dtype for pair in received.layers for t in pair
-        ):
-            raise HandoffRefused(
-                f"The hand-off does not fit: {config.num_hidden_layers} layers of {expected} {dtype} wanted."
-            )
-        return received
+        fit = handoff.Fit(
+            prompt_ids=list(request.prompt_token_ids),
+            layers=config.num_hidden_layers,
+            rows=(1, heads, len(request.prompt_token_ids), width),
+            dtype=next(self.model.parameters()).dtype,
+            vocab_size=self.info.vocab_size or self.vocab_size,
+        )
+        return handoff.check(handoff.loads(request.handoff), fit)
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
         """transformers' own beam search, run alone in the batch thread (the batch waits for it).

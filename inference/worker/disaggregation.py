@@ -8,7 +8,9 @@ and answers the hand-off (the engine's bytes: the KV cache rows and the first
 token). The KV cache thus goes from worker to worker, never through the
 portal, and the decode worker streams the rest to the client. When no prefill
 worker answers, or a hand-off does not fit, the decode worker prefills
-itself: a request never fails for want of its prefill worker.
+itself: a request never fails for want of its prefill worker. Nor for a
+hand-off too large: one over `handoff_max_bytes` (HANDOFF_MAX_BYTES) is not
+read past the limit, and the decode worker prefills itself.
 
 The prompt and the worker token go only to peers the portal named: with a
 token only the portal reaches this worker, and it names only our own
@@ -59,7 +61,13 @@ async def fetch_handoff(
 ) -> bytes | None:
     """The hand-off of this request from the first prefill worker that makes one; None: prefill here."""
     body = json.dumps(payload)
-    headers = {"Content-Type": "application/json", PREFILL_ONLY: "1", "X-Request-Id": f"{request_id}-prefill"}
+    headers = {
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",  # the bytes as the engine made them: a compressed one is refused
+        PREFILL_ONLY: "1",
+        "X-Request-Id": f"{request_id}-prefill",
+    }
+    limit = ctx.handoff_max_bytes
     if ctx.token:
         headers["Authorization"] = f"Bearer {ctx.token}"
     timeout = httpx2.Timeout(PREFILL_SECONDS, connect=CONNECT_SECONDS)
@@ -69,12 +77,38 @@ async def fetch_handoff(
                 logger.warning("Prefill of %s: %r is not a peer this worker asks", request_id, address[:200])
                 continue
             try:
-                response = await client.post(f"{address}{request.url.path}", content=body, headers=headers)
+                status, blob = await _post(client, f"{address}{request.url.path}", body, headers, limit)
             except httpx2.HTTPError as exc:
                 logger.warning("Prefill of %s on %s failed: %s", request_id, address, type(exc).__name__)
                 continue
-            if response.status_code == 200:
-                ctx.handoffs_received += 1
-                return response.content
-            logger.warning("Prefill of %s on %s answered %d", request_id, address, response.status_code)
+            if status != 200:
+                logger.warning("Prefill of %s on %s answered %d", request_id, address, status)
+                continue
+            if blob is None:  # the next prefill worker's would be as large: the prompt makes the size
+                logger.warning(
+                    "Prefill of %s on %s: the hand-off is over HANDOFF_MAX_BYTES (%d); prefilling here",
+                    request_id, address, limit,
+                )  # fmt: skip
+                return None
+            ctx.handoffs_received += 1
+            return blob
     return None
+
+
+async def _post(
+    client: httpx2.AsyncClient, url: str, body: str, headers: dict[str, str], limit: int
+) -> tuple[int, bytes | None]:
+    """The answer's status and, for a 200, its body; None for a body over `limit` bytes, not read further."""
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        if response.status_code != 200:
+            return response.status_code, b""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return 200, None
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():  # as sent: `limit` bounds what the socket gives
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return 200, None
+        return 200, b"".join(chunks)

@@ -45,6 +45,7 @@ class WorkerContext:
     role: str = "both"  # prefill, decode or both: how the portal pairs this worker
     prefills_served: int = 0  # hand-offs made for decode workers
     handoffs_received: int = 0  # requests decoded from another worker's prefill
+    handoff_max_bytes: int = 1 << 30  # HANDOFF_MAX_BYTES: a larger hand-off is not read; prefill here
     # One thread: chat templates and tokenizers stay off the event loop, and a
     # fast tokenizer is never used from two threads at once ("Already borrowed").
     executor: ThreadPoolExecutor = field(

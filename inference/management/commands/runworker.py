@@ -189,6 +189,7 @@ class Command(BaseCommand):
             token_fallbacks=tuple(settings.WORKER_TOKEN_FALLBACKS),
             stream_interval=options["stream_interval"],
             role=options["role"],
+            handoff_max_bytes=settings.HANDOFF_MAX_BYTES,
             limits={
                 "max_concurrency": options["max_concurrency"],
                 "max_queue": options["max_queue"],
