@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,7 +14,7 @@ import httpx2
 from django.conf import settings
 
 from inference.protocol.headers import PREFILL_WORKERS
-from portal.gateway import counters, queue
+from portal.gateway import counters, demand, queue
 from portal.gateway.client import get_client
 from portal.gateway.errors import (
     GatewayError,
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 ABORT_TIMEOUT_SECONDS = 2.0
+COLD_POLL_SECONDS = 0.25  # how often the head of a model's queue looks for a worker that is coming
 CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most this often
 LOGGED_WORKERS_CAP = 10_000
 FAILOVER_FAULTS = ("busy", "misrouted", "worker", "credentials")  # another worker may serve the request
@@ -157,11 +159,16 @@ async def pick_worker(
 
     `skip`: workers that failed this request; `busy`: those that refused it as
     busy since it last waited. A new request queues behind this portal's queued
-    ones rather than take a slot before them. Raise GatewayError when no worker
-    is left, or when the queue's time is up.
+    ones rather than take a slot before them. A model with no online worker
+    waits too when workers are coming (`demand.workers_coming`: a cold start,
+    or workers re-registering). Raise GatewayError when no worker is left, or
+    when the queue's time is up.
     """
     while True:
         candidates = await aget_candidates(served_model_id=model.id)
+        coming = None if candidates or last_error else await demand.workers_coming(model)
+        if coming is not None and not place.queued:
+            place.timeout = coming
         others_waiting = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
         if not others_waiting:
             usable = counters.with_local_counts(candidates, skip | busy)
@@ -169,10 +176,26 @@ async def pick_worker(
                 chosen = choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
                 return with_prefill_workers(chosen, usable)
             except NoWorkerAvailable as exc:
-                if not (place.enabled and candidates and (exc.all_full or busy)):
+                if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
                     raise _none_left(model, candidates, exc, last_error) from None
-        await place.wait_turn()
+        demand.waiting(model.name, place.member)
+        await _wait_turn(model, place, cold=coming is not None)
         busy.clear()
+
+
+async def _wait_turn(model: ResolvedModel, place: queue.Place, *, cold: bool) -> None:
+    """The queue's wait; for workers that are coming, a pause at its head and a cold start's 503."""
+    try:
+        await place.wait_turn()
+    except GatewayError as exc:
+        if not cold or exc.status_code != 503:
+            raise
+        raise no_worker(
+            f"No worker of '{model.name}' came online within {place.timeout:g} s; retry later.",
+            retry_after=queue.QUEUE_TIMEOUT_RETRY_AFTER,
+        ) from None
+    if cold:
+        await asyncio.sleep(COLD_POLL_SECONDS)
 
 
 def _none_left(
@@ -281,9 +304,11 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
         terms=ticket.queue,
     )
     tries = _Tries()
+    demand.arrived(model.name)
     try:
         while True:
             worker = await pick_worker(model, place, tries.failed, tries.busy, tries.last_error)
+            demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:
                 instruments.record_failover(model=model.name, worker=tries.left[0], reason=tries.left[1])
@@ -303,6 +328,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             if tries.last_error is not None and tries.failures >= max(1, settings.GATEWAY_MAX_ATTEMPTS):
                 raise tries.last_error
     finally:
+        demand.finished(model.name, place.member)
         await place.close()
 
 
