@@ -1,8 +1,10 @@
 """The registration client: register, heartbeat, survive a database outage.
 
 Runs in its own thread, so the sync ORM never touches the event loop. A
-failed write is logged once per outage; the worker keeps serving and
-registers again (an idempotent upsert) as soon as the database answers.
+failed write is logged once per outage; the worker keeps serving, tries
+again every RETRY_SECONDS (not every interval: portals wait for workers that
+vanished, and a worker back sooner makes the wait shorter) and registers
+again (an idempotent upsert) as soon as the database answers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from inference.engines.base import EngineStats
 from registry.services import workers
 
 logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0  # between tries while the heartbeat fails
 
 
 def resident_memory_bytes() -> int | None:
@@ -52,7 +56,7 @@ class Heartbeat(threading.Thread):
         self._lock = threading.Lock()  # one DB write at a time (beat vs. drain/offline marks)
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
+        while not self._stop_event.wait(min(self.interval, RETRY_SECONDS) if self.failing else self.interval):
             self.beat()
 
     def beat(self) -> None:
@@ -98,7 +102,7 @@ class Heartbeat(threading.Thread):
                 "Heartbeat failed (%s: %s); serving on, retrying every %gs",
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
-                self.interval,
+                min(self.interval, RETRY_SECONDS),
             )
         self.failing = True
         self._needs_register = True
