@@ -42,12 +42,13 @@ from inference.engines.vllm_mapping import (
     handoff_bytes,
     handoff_transfer,
     invalid_request,
+    loopback_host,
     prefill_kwargs,
     structured_output_kwargs,
     token_prompt,
     vllm_sampling_kwargs,
 )
-from inference.errors import EngineError, ModelLoadError
+from inference.errors import EngineError, HandoffRefused, ModelLoadError
 from inference.sampling import SamplingParams
 from inference.templates import render_chat
 
@@ -86,6 +87,7 @@ class VllmEngine(Engine):
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
         self.rate = TokenRate()
+        self._warned_loopback = False
 
     async def shutdown(self) -> None:
         """Stop vLLM's engine-core process and output loop (`AsyncLLM.shutdown` blocks: off the loop)."""
@@ -131,16 +133,25 @@ class VllmEngine(Engine):
         async with self.admission.slot():
             async for _ in self._stream(request, sampling, reader):
                 pass
+        self._warn_loopback(reader.kv_transfer_params)
         return handoff_bytes(reader.kv_transfer_params)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the request; a decode whose KV cache vLLM cannot load raises HandoffRefused
+        before its first delta (the worker then prefills here), and a decode refused before vLLM
+        took it frees the prefill instance's blocks."""
         transfer = handoff_transfer(request.handoff) if request.handoff is not None else None
         reader = OutputReader(prompt_tokens=len(request.prompt_token_ids), logprobs=request.params.logprobs)
-        check_generation(request, self.info)
-        sampling = self._sampling(request.params, decode=transfer)
-        async with self.admission.slot():
-            async for delta in self._stream(request, sampling, reader):
-                yield delta
+        try:
+            check_generation(request, self.info)
+            sampling = self._sampling(request.params, decode=transfer)
+            async with self.admission.slot():
+                async for delta in self._stream(request, sampling, reader):
+                    yield delta
+        except BaseException:
+            if transfer is not None and not reader.outputs:
+                await self._release_prefill(request.request_id, transfer)
+            raise
 
     async def _stream(
         self, request: GenerationRequest, sampling: Any, reader: OutputReader
@@ -165,8 +176,33 @@ class VllmEngine(Engine):
 
     @staticmethod
     def _failure(request: GenerationRequest, reader: OutputReader) -> EngineError:
-        """vLLM finished the request with "error" (its own failure, not a finish of ours): a 5xx."""
+        """vLLM finished the request with "error": a decode that sent nothing yet falls back to a local
+        prefill (a KV load failure under the default `kv_load_failure_policy="fail"`); else a 5xx."""
+        if request.handoff is not None and not reader.sent:
+            return HandoffRefused("vLLM could not load the prefilled KV cache (finish_reason 'error').")
         return EngineError(f"vLLM ended request {request.request_id} with an error.")
+
+    async def _release_prefill(self, request_id: str, transfer: dict[str, Any]) -> None:
+        """Tell vLLM a decode was refused before it took it, so the connector frees the prefill
+        instance's blocks now rather than when their lease ends (`notify_kv_transfer_request_rejected`,
+        vLLM 0.21 and later, as vLLM's own serving layer does)."""
+        notify = getattr(self.engine, "notify_kv_transfer_request_rejected", None)
+        if notify is None or not transfer.get("do_remote_prefill"):
+            return
+        try:
+            await notify(request_id, transfer)
+        except Exception:
+            logger.warning("Could not release the prefill blocks of %s", request_id, exc_info=True)
+
+    def _warn_loopback(self, transfer: dict[str, Any] | None) -> None:
+        host = loopback_host(transfer)
+        if host is not None and not self._warned_loopback:
+            self._warned_loopback = True
+            logger.warning(
+                "vLLM advertises this prefill's KV cache at %s: decode workers on other hosts cannot "
+                "fetch it. Set VLLM_NIXL_SIDE_CHANNEL_HOST to an address they reach.",
+                host,
+            )
 
     async def beam_search(self, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
         """vLLM's beam search in one of our slots (see `vllm_beam` for which release runs which)."""

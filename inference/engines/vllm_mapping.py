@@ -30,6 +30,7 @@ ENGINE_ARG_KEYS = (
 )
 # Our sampling fields; a vLLM validation error whose `parameter` is one of them names it for the client.
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - {"guide"}
+LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 def engine_args_kwargs(config: EngineConfig, folder: Path) -> dict[str, Any]:
@@ -166,6 +167,16 @@ def handoff_transfer(handoff: bytes) -> dict[str, Any]:
 def decode_kwargs(kwargs: dict[str, Any], transfer: dict[str, Any]) -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments that decode from a prefill instance's KV cache."""
     return {**kwargs, "extra_args": {"kv_transfer_params": transfer}}
+
+
+def loopback_host(kv_transfer_params: dict[str, Any] | None) -> str | None:
+    """The host a prefill advertises for its KV cache when only its own machine can reach it.
+
+    NIXL advertises `VLLM_NIXL_SIDE_CHANNEL_HOST`, "localhost" unless set: a decode worker on
+    another host then cannot fetch the cache.
+    """
+    host = str((kv_transfer_params or {}).get("remote_host") or "")
+    return host if host in LOOPBACK_HOSTS or host.startswith("127.") else None
 
 
 def delta_logprobs(

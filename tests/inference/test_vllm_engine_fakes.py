@@ -4,13 +4,17 @@ vLLM needs CUDA, which this machine does not have: `fake_vllm` stands in for
 the package (its exception hierarchy, `AsyncLLM` with its `model_config`,
 `tokens_input`, the beam-search mixin, `notify_kv_transfer_request_rejected`),
 with the real tokenizer of the packaged SmolLM2. What is checked is ours: the
-errors a client gets, the context length, the beam path and scores, and the
-drain.
+errors a client gets, the context length, the beam path and scores, the
+prefill/decode fallback and release, and the drain.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +23,21 @@ import pytest
 
 from inference.engines.base import BeamSearch, EngineConfig, GenerationRequest
 from inference.engines.vllm_engine import VllmEngine
-from inference.engines.vllm_mapping import invalid_request
-from inference.errors import EngineError, InvalidRequest, PromptTooLong
+from inference.engines.vllm_mapping import invalid_request, loopback_host
+from inference.errors import EngineError, HandoffRefused, InvalidRequest, PromptTooLong
 from inference.loading import resolve_model
 from inference.sampling import Guide, SamplingParams
 from inference.worker.app import build_app
 from inference.worker.serving import WorkerContext
 from tests.inference import fake_vllm
+
+NIXL = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+HANDOFF = {
+    "do_remote_prefill": True,
+    "remote_engine_id": "p1",
+    "remote_block_ids": [3, 4],
+    "remote_port": 5600,
+}
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +190,16 @@ async def test_a_release_without_a_callable_beam_search_refuses_it_naming_the_fi
     assert (caught.value.status_code, caught.value.field) == (400, "use_beam_search")
 
 
+async def test_a_decode_whose_kv_cache_fails_to_load_is_handed_back_for_a_local_prefill(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder, extra={"kv_transfer_config": NIXL})
+    llm.kv_load_fails = True
+    with pytest.raises(HandoffRefused):
+        await text_of(engine, request(engine, handoff=json.dumps(HANDOFF).encode()))
+    assert llm.added[0][1].extra_args == {"kv_transfer_params": HANDOFF}
+    assert llm.rejected == []  # vLLM took it: its connector cleans up
+    assert llm.aborted == []  # and finished it
+
+
 async def test_an_error_finish_on_a_whole_request_is_a_server_error(monkeypatch, folder):
     engine, llm = make_engine(monkeypatch, folder)
 
@@ -189,12 +211,101 @@ async def test_an_error_finish_on_a_whole_request_is_a_server_error(monkeypatch,
     with pytest.raises(EngineError) as caught:
         await text_of(engine, request(engine))
     assert caught.value.status_code == 500
+    assert not isinstance(caught.value, HandoffRefused)
+
+
+@pytest.mark.parametrize("refusal", ["prompt too long", "bad regex"])
+async def test_a_decode_refused_before_vllm_took_it_releases_the_prefill_blocks(monkeypatch, folder, refusal):
+    engine, llm = make_engine(monkeypatch, folder, max_model_len=64, extra={"kv_transfer_config": NIXL})
+    params: dict[str, Any] = {"max_tokens": 60} if refusal == "prompt too long" else {"max_tokens": 4}
+    if refusal == "bad regex":
+        params["guide"] = Guide("regex", "([a-z", field="guided_regex")
+    with pytest.raises(InvalidRequest):
+        await text_of(engine, request(engine, "d1", handoff=json.dumps(HANDOFF).encode(), **params))
+    assert llm.rejected == [("d1", HANDOFF)]
+
+
+async def test_a_decode_vllm_took_releases_nothing_and_old_releases_have_no_release(monkeypatch, folder):
+    engine, llm = make_engine(monkeypatch, folder, extra={"kv_transfer_config": NIXL})
+    assert await text_of(engine, request(engine, handoff=json.dumps(HANDOFF).encode())) == "Paris."
+    assert llm.rejected == []
+    old, _ = make_engine(monkeypatch, folder, "0.11.0", max_model_len=64, extra={"kv_transfer_config": NIXL})
+    with pytest.raises(PromptTooLong):  # nothing to call: the blocks wait for their lease, as before
+        await text_of(old, request(old, handoff=json.dumps(HANDOFF).encode(), max_tokens=60))
+
+
+async def test_a_prefill_on_localhost_warns_once_about_the_side_channel_host(monkeypatch, folder, caplog):
+    engine, llm = make_engine(monkeypatch, folder, extra={"kv_transfer_config": NIXL})
+    llm.prefill_host = "localhost"
+    with caplog.at_level(logging.WARNING, logger="inference.engines.vllm_engine"):
+        blob = await engine.prefill(request(engine, "p1", max_tokens=30))
+        await engine.prefill(request(engine, "p2", max_tokens=30))
+    assert json.loads(blob)["remote_host"] == "localhost"
+    assert llm.added[0][1].max_tokens == 1
+    warnings = [r.getMessage() for r in caplog.records if "VLLM_NIXL_SIDE_CHANNEL_HOST" in r.getMessage()]
+    assert len(warnings) == 1
+    assert [loopback_host({"remote_host": h}) for h in ("127.0.0.1", "::1", "10.0.0.7", None)] == [
+        "127.0.0.1",
+        "::1",
+        None,
+        None,
+    ]
 
 
 async def test_shutdown_stops_vllms_engine(monkeypatch, folder):
     engine, llm = make_engine(monkeypatch, folder)
     await engine.shutdown()
     assert llm.shutdowns == 1
+
+
+class PrefillWorker(BaseHTTPRequestHandler):
+    """A prefill worker's answer on loopback: vLLM's kv_transfer_params as the hand-off."""
+
+    def do_POST(self) -> None:  # http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        blob = json.dumps(HANDOFF).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def prefill_worker() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PrefillWorker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+async def test_the_worker_prefills_here_when_vllm_cannot_load_the_prefilled_cache(
+    monkeypatch, folder, prefill_worker
+):
+    engine, llm = make_engine(monkeypatch, folder, extra={"kv_transfer_config": NIXL})
+    llm.kv_load_fails = True
+    app = build_app(WorkerContext(engine=engine, served_names=["smol"], role="decode"))
+    body = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "temperature": 0,
+    }
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=app), base_url="http://worker"
+    ) as client:
+        response = await client.post(
+            "/v1/chat/completions", json=body, headers={"X-Prefill-Workers": prefill_worker}
+        )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Paris."
+    decode, local = (sampling.extra_args for _, sampling, _ in llm.added)
+    assert decode == {"kv_transfer_params": HANDOFF}
+    assert local is None
 
 
 def test_the_fake_is_shaped_like_vllm_034s_hierarchy(monkeypatch):
