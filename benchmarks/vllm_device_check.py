@@ -1,9 +1,17 @@
-"""Check the vLLM backend on a machine with a CUDA GPU: a chat, a structured answer, an abort.
+"""Check the vLLM backend on a machine with a CUDA GPU: the paths that were only read, never run.
 
-Run unchanged where a GPU is lent (`device`): it installs vLLM when it is
-missing, starts `runworker --backend vllm` on the packaged SmolLM2 (converted
-once to a Hugging Face folder, which vLLM loads), with a few of vLLM's serving
-knobs, and prints one line per check; it exits 1 if any failed.
+It needs a Linux x86_64 machine with an NVIDIA GPU and its driver, and pip able
+to reach the package index: it installs the `vllm` extra's requirement alone
+(`pip install '.[vllm]'` does not resolve: every vLLM in range pins llguidance
+below the 1.9.1 the project asks for; vLLM brings its own torch, transformers
+and llguidance, and the vLLM worker does not use ours). `--skip-install` where
+vLLM is installed already. It
+starts `runworker --backend vllm` on the packaged SmolLM2 (converted once to a
+Hugging Face folder, which vLLM loads) with a few of vLLM's serving knobs and
+no --max-model-len, and prints one line per check; it exits 1 if any failed:
+a chat, a structured answer, a bad regex answered 400 naming the field, beam
+search, the context length vLLM reports being the model's, an abort, and a
+drain that stops vLLM's engine.
 
     python benchmarks/vllm_device_check.py [--skip-install]
 """
@@ -18,11 +26,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from inference.loading import gguf_limits, packaged_model_path  # noqa: E402 - after the path
+
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 SCHEMA = {
     "type": "object",
@@ -32,9 +45,11 @@ SCHEMA = {
 
 
 def install() -> None:
+    """The `vllm` extra's requirement (pyproject.toml), installed alone: see the module's docstring."""
     if importlib.util.find_spec("vllm") is None:
-        print("installing vllm (pip install '.[vllm]')...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{ROOT}[vllm]"], check=True)
+        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        print(f"installing {' '.join(extras['vllm'])}...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extras["vllm"]], check=True)
 
 
 def start_worker(log: Path) -> tuple[subprocess.Popen, str]:
@@ -42,7 +57,7 @@ def start_worker(log: Path) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable, "manage.py", "runworker", "--no-register", "--backend", "vllm", "--device", "cuda",
         "--model-path", "smollm2-135m-instruct", "--served-model-name", "smol", "--max-num-seqs", "8",
-        "--max-model-len", "2048", "--gpu-memory-utilization", "0.3", "--enable-prefix-caching",
+        "--gpu-memory-utilization", "0.3", "--enable-prefix-caching",
     ]  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -61,9 +76,54 @@ def check(name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
+def check_context_length(client: httpx2.Client) -> bool:
+    """vLLM's own context length: the model config's, not the tokenizer's 1e30."""
+    expected = gguf_limits(packaged_model_path("smollm2-135m-instruct"))["max_position_embeddings"]
+    reported = client.get("/v1/models").json()["data"][0]["max_model_len"]
+    return check("max_model_len", reported == expected, f"{reported} (the model's: {expected})")
+
+
+def check_bad_regex(client: httpx2.Client) -> bool:
+    """vLLM refuses the regex (a VLLMClientError since 0.27): a 400 naming the field, not a 500."""
+    body = {"model": "smol", "messages": QUESTION, "max_tokens": 8, "guided_regex": "([a-z"}
+    response = client.post("/v1/chat/completions", json=body)
+    param = response.json().get("error", {}).get("param") if response.status_code == 400 else None
+    return check("bad regex", param == "guided_regex", f"{response.status_code} {response.text[:200]}")
+
+
+def check_beam_search(client: httpx2.Client) -> bool:
+    body = {
+        "model": "smol",
+        "messages": QUESTION,
+        "max_tokens": 12,
+        "temperature": 0,
+        "use_beam_search": True,
+        "n": 2,
+        "best_of": 3,
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    texts = (
+        [c["message"]["content"] for c in response.json().get("choices", [])] if response.is_success else []
+    )
+    ok = response.status_code == 200 and len(texts) == 2 and all(texts)
+    return check("beam search", ok, f"{response.status_code} {texts or response.text[:200]}")
+
+
+def stop_worker(proc: subprocess.Popen, log: Path) -> bool:
+    """SIGTERM drains the worker, which shuts vLLM's engine down (AsyncLLM.shutdown) and exits."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return check("drain", False, "the worker did not stop within 90 s of SIGTERM")
+    failed = "Engine shutdown failed" in log.read_text()
+    return check("drain", code == 0 and not failed, f"exit code {code}, engine shutdown failed: {failed}")
+
+
 def run_checks(base: str) -> bool:
     client = httpx2.Client(base_url=base, timeout=120)
-    results = []
+    results = [check_context_length(client), check_bad_regex(client), check_beam_search(client)]
     chat = client.post(
         "/v1/chat/completions",
         json={"model": "smol", "messages": QUESTION, "temperature": 0, "max_tokens": 20},
@@ -125,8 +185,7 @@ def main() -> None:
     try:
         ok = run_checks(base)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        ok = stop_worker(proc, log) and ok
     print(f"worker log: {log}")
     sys.exit(0 if ok else 1)
 
