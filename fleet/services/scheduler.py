@@ -31,6 +31,7 @@ from fleet.catalogue import estimate_memory, weights_bytes
 from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction, SchedulerLock
 from fleet.placement import NodeSnapshot, Want, place_replicas
 from fleet.services.autoscaler import ModelLoad, autoscale, demand_of, model_loads, record
+from registry.models import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ class _Fleet:
         return (not self.demand[deployment.pk].waiting, -deployment.priority, deployment.name)
 
 
+def _name_models(deployment: Deployment) -> None:
+    """Its served names exist before any replica registers them: a request for a cold model queues, no 404."""
+    for name in deployment.served_names:
+        ServedModel.objects.get_or_create(name=name)
+
+
 def _forget_lost_nodes() -> None:
     lost = Instance.objects.filter(node__expires_at__lt=timezone.now() - NODE_LOST_AFTER)
     if lost.exists():
@@ -132,6 +139,8 @@ def _reconcile_one(deployment: Deployment, fleet: _Fleet) -> None:
         placed, reason = _place(deployment, missing, nodes, reserved, wanted)
         if reason and fleet.demand[deployment.pk].waiting and _evict_for(deployment, fleet):
             _, reason = _place(deployment, missing - placed, nodes, reserved, wanted)
+    if deployment.autoscaled and (reason or deployment.replicas == 0):
+        _name_models(deployment)
     if reason != deployment.pending_reason:
         deployment.pending_reason = reason
         Deployment.objects.filter(pk=deployment.pk).update(pending_reason=reason, updated_at=timezone.now())

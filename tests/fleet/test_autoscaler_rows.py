@@ -12,6 +12,7 @@ from django.utils import timezone
 from fleet.models import Deployment, DeploymentEvent, ModelDemand
 from fleet.services import deployments
 from fleet.services.scheduler import reconcile
+from registry.models import ServedModel
 from tests.fleet.test_scheduler import GIB, online_node, wanted
 
 pytestmark = pytest.mark.django_db
@@ -163,3 +164,10 @@ def test_the_admin_shows_cold_deployments_and_each_decision_with_its_reason(admi
     page = admin_client.get(f"/admin/fleet/deployment/{deployment.pk}/change/").content.decode()
     assert "Scaling events (newest first)" in page
     assert "evicted for other" in page
+
+
+def test_a_pending_elastic_deployment_names_its_models_so_requests_queue_instead_of_404():
+    online_node("a", memory_gib=1)
+    elastic("roomless", model_names="roomless,roomless-alias")
+    reconcile()
+    assert set(ServedModel.objects.values_list("name", flat=True)) == {"roomless", "roomless-alias"}
