@@ -25,7 +25,7 @@ from django.http.response import HttpResponseBase
 from rest_framework.views import APIView
 
 from portal.api.authentication import ApiKeyAuthentication
-from portal.api.errors import error_response, forbidden, too_large
+from portal.api.errors import allowed_methods, error_response, forbidden, method_not_allowed, too_large
 from portal.api.throttling import KeyRateThrottle
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid
@@ -68,9 +68,10 @@ class OpenAIView(APIView):
     async def _respond(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             handler = getattr(self, request.method.lower(), None) if request.method else None
+            if request.method == "OPTIONS":  # DRF's own options() is sync and wants its Request
+                return allowed_methods(self.allowed_methods)
             if handler is None:
-                message = f"Method {request.method} is not allowed here."
-                raise GatewayError(message, status_code=405, code="method_not_allowed")
+                return method_not_allowed(request, self.allowed_methods)
             self.key = await ApiKeyAuthentication().authenticate(request)
             return await handler(request, *args, **kwargs)
         except GatewayError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from django.http import HttpRequest, HttpResponse
 
@@ -47,6 +48,21 @@ def rate_limited(message: str, *, retry_after: int | None, param: str | None = N
         code="rate_limit_exceeded" if retry_after is not None else "request_exceeds_limit",
         retry_after=retry_after,
     )
+
+
+def method_not_allowed(request: HttpRequest, allowed: Iterable[str]) -> HttpResponse:
+    """405 in OpenAI's shape, with the `Allow` header that RFC 9110 asks of every 405."""
+    message = f"Method {request.method} is not allowed here."
+    response = error_response(GatewayError(message, status_code=405, code="method_not_allowed"))
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+def allowed_methods(allowed: Iterable[str]) -> HttpResponse:
+    """The answer to OPTIONS: no body, the methods in `Allow` (no key needed, as for a CORS preflight)."""
+    response = HttpResponse(status=204)
+    response["Allow"] = ", ".join(allowed)
+    return response
 
 
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
