@@ -1,0 +1,309 @@
+"""An elastic fleet under a step load: autoscaling against one fixed replica, evictions, a cold start.
+
+    python benchmarks/autoscale.py [--slots 2] [--tokens 20] [--token-delay 0.05] [--plateau 40]
+                                   [--cooldown 15] [--png var/autoscale.png] [--skip-smol]
+
+In one run: a scratch SQLite database, a daphne portal, `manage.py runagent`
+and the canned workers it starts (each token takes --token-delay, so one
+request takes tokens x delay seconds and a replica serves `slots` at once,
+`--max-queue 0`). The load steps from idle to 4x one replica's capacity for
+--plateau seconds and back to idle, twice: against an autoscaled deployment
+(min 1, max 4) and against a fixed single replica. Printed per mode: requests
+served and refused, queue wait (time to first token) p50/p95 over the
+plateau's second half, the replicas over time (a table, and a PNG drawn with
+matplotlib), and how long after the load ended the replicas were back at min.
+Then three models whose replicas fit two at a time on the node, requests
+alternating between them (served, evictions); and the cold start of SmolLM2
+(llama.cpp) from zero replicas to its first answer.
+Targets: 0 refused with autoscaling; plateau p95 <= 2x a replica's service
+time once scaled; back to min within cooldown + 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.gateway_overhead import environment, manage  # noqa: E402
+from tests.portal_process import PortalProcess, free_port  # noqa: E402
+
+
+class Fleet:
+    """The scratch database read directly: ready replicas and events, without Django in this process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def query(self, sql: str, *args: object) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10)) as db:
+            return db.execute(sql, args).fetchall()
+
+    def ready(self, name: str) -> int:
+        sql = (
+            "SELECT count(*) FROM fleet_instance i JOIN fleet_deployment d ON i.deployment_id = d.id "
+            "WHERE d.name = ? AND i.wanted AND i.state = 'ready'"
+        )
+        return int(self.query(sql, name)[0][0])
+
+    def instances(self, name: str) -> int:
+        sql = (
+            "SELECT count(*) FROM fleet_instance i JOIN fleet_deployment d ON i.deployment_id = d.id "
+            "WHERE d.name = ?"
+        )
+        return int(self.query(sql, name)[0][0])
+
+    def evictions(self) -> int:
+        return int(
+            self.query(
+                "SELECT count(*) FROM fleet_deploymentevent WHERE action = 'evicted' AND replicas_after = 0"
+            )[0][0]
+        )
+
+    def node_memory(self) -> int:
+        return int(self.query("SELECT memory_bytes FROM fleet_node")[0][0])
+
+
+async def one(
+    client: httpx2.AsyncClient, url: str, body: dict, headers: dict
+) -> tuple[float, int, float | None]:
+    sent = time.monotonic()
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return sent, response.status_code, None
+            first = None
+            async for line in response.aiter_lines():
+                if first is None and '"content"' in line:
+                    first = time.monotonic() - sent
+            return sent, 200, first
+    except httpx2.HTTPError:
+        return sent, 0, None
+
+
+async def step_load(
+    url: str, body: dict, headers: dict, rate: float, plateau: float
+) -> list[tuple[float, int, float | None]]:
+    """Open-loop arrivals at `rate` a second for `plateau` seconds; every answer."""
+    limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx2.AsyncClient(timeout=180, limits=limits) as client:
+        tasks = []
+        start = time.monotonic()
+        sent = 0
+        while time.monotonic() - start < plateau:
+            due = int((time.monotonic() - start) * rate) + 1
+            while sent < due:
+                tasks.append(asyncio.create_task(one(client, url, body, headers)))
+                sent += 1
+            await asyncio.sleep(0.02)
+        return list(await asyncio.gather(*tasks))
+
+
+def sample(
+    fleet: Fleet, name: str, series: list[tuple[float, int]], origin: float, stop: threading.Event
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(sqlite3.Error):
+            series.append((time.monotonic() - origin, fleet.ready(name)))
+        stop.wait(1.0)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def run_mode(
+    label: str, name: str, portal: PortalProcess, fleet: Fleet, secret: str, args: argparse.Namespace
+) -> dict:
+    service = args.tokens * args.token_delay
+    rate = 4 * args.slots / service
+    body = {"model": name, "messages": [{"role": "user", "content": "go"}], "max_tokens": args.tokens,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+    series: list[tuple[float, int]] = []
+    stop = threading.Event()
+    origin = time.monotonic()
+    sampler = threading.Thread(target=sample, args=(fleet, name, series, origin, stop), daemon=True)
+    sampler.start()
+    time.sleep(5)  # idle
+    load_start = time.monotonic() - origin
+    answers = asyncio.run(
+        step_load(
+            f"{portal.url}/v1/chat/completions",
+            body,
+            {"Authorization": f"Bearer {secret}"},
+            rate,
+            args.plateau,
+        )
+    )
+    load_end = time.monotonic() - origin
+    back = None
+    deadline = time.monotonic() + args.cooldown + 90
+    while time.monotonic() < deadline:
+        if fleet.ready(name) <= 1 and fleet.instances(name) <= 1:
+            back = time.monotonic() - origin - load_end
+            break
+        time.sleep(1)
+    time.sleep(3)
+    stop.set()
+    sampler.join()
+    half = load_start + args.plateau / 2
+    waits = [w for sent, code, w in answers if code == 200 and w is not None and sent - origin >= half]
+    return {
+        "label": label, "served": sum(c == 200 for _, c, _ in answers),
+        "refused": sum(c != 200 for _, c, _ in answers),
+        "p50": percentile(waits, 0.5), "p95": percentile(waits, 0.95), "series": series, "back": back,
+        "load": (load_start, load_end), "rate": rate, "service": service,
+    }  # fmt: skip
+
+
+def draw(results: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for result in results:
+        xs, ys = zip(*result["series"], strict=True) if result["series"] else ((), ())
+        ax.step(xs, ys, where="post", label=f"{result['label']} (ready replicas)")
+    start, end = results[0]["load"]
+    ax.axvspan(start, end, alpha=0.15, label=f"load: {results[0]['rate']:g} req/s (4x one replica)")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("ready replicas")
+    ax.legend(loc="upper right")
+    ax.set_title("Autoscaling under a step load (canned workers)")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+
+
+def timed_chat(portal: PortalProcess, secret: str, model: str) -> tuple[int, float]:
+    started = time.monotonic()
+    response = httpx2.post(f"{portal.url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                           json={"model": model, "messages": [{"role": "user", "content": "Hi"}],
+                                 "max_tokens": 8},
+                           timeout=300)  # fmt: skip
+    return response.status_code, time.monotonic() - started
+
+
+def wait(predicate: object, timeout: float) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--token-delay", type=float, default=0.05)
+    parser.add_argument("--plateau", type=float, default=40.0)
+    parser.add_argument("--cooldown", type=int, default=15)
+    parser.add_argument("--png", type=Path, default=REPO / "var" / "autoscale.png")
+    parser.add_argument("--skip-smol", action="store_true", help="Leave out SmolLM2's cold start.")
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="autoscale-")
+    env = environment(tmp) | {
+        "WORKER_CACHE_SECONDS": "0.2",
+        "HEARTBEAT_INTERVAL": "1",
+        "LOG_DIR": f"{tmp}/log",
+    }
+    manage(env, "migrate", "--noinput")
+    secret = manage(env, "createapikey", "--name", "bench", "--rpm", "1000000", "--tpm", "1000000000")
+    fleet = Fleet(f"{tmp}/bench.sqlite3")
+    portal = PortalProcess(free_port(), env)
+    portal.wait_ready(60)
+    log = open(f"{tmp}/agent.log", "w")  # noqa: SIM115
+    command = [sys.executable, "manage.py", "runagent", "--name", "bench", "--interval", "0.5"]
+    agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait(lambda: fleet.query("SELECT count(*) FROM fleet_node")[0][0] == 1, 60)
+        common = ["--model-path", "canned", "--backend", "canned", "--max-concurrency", str(args.slots),
+                  "--extra-args", f"--canned-token-delay {args.token_delay} --max-queue 0"]  # fmt: skip
+        scaling = ["--min-replicas", "1", "--max-replicas", "4", "--scale-up-after", "5",
+                   "--cooldown", str(args.cooldown), "--target-queue-wait", "0.5"]  # fmt: skip
+        results = []
+        for label, name, extra in (
+            ("autoscaled 1-4", "auto", scaling),
+            ("fixed 1", "fixed", ["--replicas", "1"]),
+        ):
+            manage(env, "deploy", "create", name, *common, *extra)
+            assert wait(lambda name=name: fleet.ready(name) == 1, 120), Path(f"{tmp}/agent.log").read_text()[
+                -3000:
+            ]
+            results.append(run_mode(label, name, portal, fleet, secret, args))
+            manage(env, "deploy", "stop", name)
+        draw(results, args.png)
+        print(
+            f"one replica: {args.slots} slots x {results[0]['service']:g} s a request; "
+            f"load {results[0]['rate']:g} req/s for {args.plateau:g} s"
+        )
+        print(f"{'mode':16} {'served':>7} {'refused':>8} {'wait p50':>9} {'wait p95':>9} {'back to min':>12}")
+        for r in results:
+            back = f"{r['back']:.0f} s" if r["back"] is not None else "never"
+            print(
+                f"{r['label']:16} {r['served']:>7} {r['refused']:>8} "
+                f"{r['p50']:>8.2f}s {r['p95']:>8.2f}s {back:>12}"
+            )
+        print("replicas over time (s: autoscaled / fixed):")
+        auto, fixed = ({int(t): n for t, n in r["series"]} for r in results)
+        for second in range(0, int(max(auto) if auto else 0) + 1, 5):
+            print(f"  {second:4d} s: {auto.get(second, '-')} / {fixed.get(second, '-')}")
+        print(f"PNG: {args.png}")
+        evict(env, fleet, portal, secret)
+        if not args.skip_smol:
+            smol(env, fleet, portal, secret)
+    finally:
+        agent.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            agent.wait(60)
+        portal.stop()
+
+
+def evict(env: dict[str, str], fleet: Fleet, portal: PortalProcess, secret: str) -> None:
+    share = int(fleet.node_memory() * 0.42)  # two fit in the 90% a node lends
+    for name in ("m1", "m2", "m3"):
+        manage(env, "deploy", "create", name, "--model-path", "canned", "--backend", "canned",
+               "--min-replicas", "0",
+               "--max-replicas", "1", "--memory", str(share))  # fmt: skip
+    wait(lambda: sum(fleet.ready(n) for n in ("m1", "m2", "m3")) == 2, 120)
+    answers = [timed_chat(portal, secret, name) for name in ("m1", "m2", "m3") * 3]
+    served = sum(code == 200 for code, _ in answers)
+    slowest = max(seconds for _, seconds in answers)
+    print(
+        f"three models, two fit: {served}/{len(answers)} served, {fleet.evictions()} evictions, "
+        f"slowest {slowest:.1f} s"
+    )
+    for name in ("m1", "m2", "m3"):
+        manage(env, "deploy", "stop", name)
+
+
+def smol(env: dict[str, str], fleet: Fleet, portal: PortalProcess, secret: str) -> None:
+    manage(env, "deploy", "create", "smol", "--model-path", "smollm2-135m-instruct", "--backend", "llamacpp",
+           "--min-replicas", "0", "--max-replicas", "1", "--idle-seconds", "5")  # fmt: skip
+    wait(lambda: fleet.ready("smol") == 1, 300)
+    timed_chat(portal, secret, "smol")
+    wait(lambda: fleet.instances("smol") == 0, 120)  # idle: scaled to zero
+    code, seconds = timed_chat(portal, secret, "smol")
+    print(f"SmolLM2 (llama.cpp) cold start, from zero replicas to its answer: {seconds:.1f} s (HTTP {code})")
+
+
+if __name__ == "__main__":
+    main()
