@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.errors import InvalidRequest
-from inference.sampling import FIELD_CHECKS, MAX_SEED, MAX_STOP_CHARS, MAX_STOPS
+from inference.sampling import FIELD_CHECKS, MAX_INT, MAX_SEED, MAX_STOP_CHARS, MAX_STOPS
 
 Check = Callable[[str, Any], Any]
 
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
-MAX_MODEL_NAME = 256
+MAX_MODEL_NAME = 200  # as the registry stores names (ServedModel, ModelAlias)
 MAX_USER_CHARS = 256
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
@@ -136,8 +136,13 @@ STOP = {
     ]
 }
 
+# Printable (no control characters) and not only spaces: str.isprintable, as far as a pattern can say it.
+MODEL_PATTERN = "^(?! *$)[^\\x00-\\x1f\\x7f-\\x9f]*$"
 MODEL = Field(
-    model_name, {**STRING, "minLength": 1, "maxLength": MAX_MODEL_NAME}, "A served model or alias.", True
+    model_name,
+    {**STRING, "minLength": 1, "maxLength": MAX_MODEL_NAME, "pattern": MODEL_PATTERN},
+    "A served model or alias.",
+    True,
 )
 USER = Field(
     text(MAX_USER_CHARS), {**STRING, "maxLength": MAX_USER_CHARS}, "The end user, for the caller's records."
@@ -151,10 +156,14 @@ METADATA = Field(
 # Sampling fields, common to chat and text completions (vLLM's extras included).
 SAMPLING: dict[str, Field] = {
     "max_tokens": Field(
-        _sampling("max_tokens"), {**INTEGER, "minimum": 1}, "Most new tokens; default: what fits the context."
+        _sampling("max_tokens"),
+        {**INTEGER, "minimum": 1, "maximum": MAX_INT},
+        "Most new tokens; default: what fits the context.",
     ),
     "max_completion_tokens": Field(
-        _sampling("max_tokens"), {**INTEGER, "minimum": 1}, "OpenAI's newer name of max_tokens; wins over it."
+        _sampling("max_tokens"),
+        {**INTEGER, "minimum": 1, "maximum": MAX_INT},
+        "OpenAI's newer name of max_tokens; wins over it.",
     ),
     "temperature": Field(
         _sampling("temperature"), {**NUMBER, "minimum": 0, "maximum": 2}, "0 (or below 1e-5) is greedy."
@@ -165,7 +174,9 @@ SAMPLING: dict[str, Field] = {
         "Nucleus sampling mass.",
     ),
     "top_k": Field(
-        _sampling("top_k"), {**INTEGER, "minimum": -1}, "Keep the k most likely tokens; 0 or -1: off."
+        _sampling("top_k"),
+        {**INTEGER, "minimum": -1, "maximum": MAX_INT},
+        "Keep the k most likely tokens; 0 or -1: off.",
     ),
     "min_p": Field(
         _sampling("min_p"), {**NUMBER, "minimum": 0, "maximum": 1}, "Drop tokens below min_p x top."
@@ -173,7 +184,7 @@ SAMPLING: dict[str, Field] = {
     "stop": Field(_sampling("stop"), STOP, f"A string or up to {MAX_STOPS} strings that end the answer."),
     "stop_token_ids": Field(
         _sampling("stop_token_ids"),
-        {"type": "array", "items": {**INTEGER, "minimum": 0}, "maxItems": 256},
+        {"type": "array", "items": {**INTEGER, "minimum": 0, "maximum": MAX_INT}, "maxItems": 256},
         "Token ids that end the answer.",
     ),
     "seed": Field(

@@ -17,35 +17,63 @@ from inference.errors import InvalidRequest
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_TOOL_CALLS = 64
 
+MAX_NAME_CHARS = 256
+TEXT_PARTS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+    },
+}
+CONTENT: dict[str, Any] = {"oneOf": [{"type": "string"}, TEXT_PARTS]}
+LABEL: dict[str, Any] = {"type": "string", "maxLength": MAX_NAME_CHARS, "nullable": True}
+TOOL_CALL: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "arguments": {
+                    "oneOf": [{"type": "string"}, {"type": "object"}],
+                    "description": "A JSON object, or its JSON text.",
+                },
+            },
+            "required": ["name"],
+        },
+    },
+    "required": ["function"],
+}
+
+
+def _message_schema(roles: list[str], *, assistant: bool) -> dict[str, Any]:
+    """One message: content may be null, and tool calls present, in assistant turns only."""
+    properties: dict[str, Any] = {
+        "role": {"type": "string", "enum": roles},
+        "content": {**CONTENT, "nullable": True} if assistant else CONTENT,
+        "name": LABEL,
+        "tool_call_id": {**LABEL, "description": "Tool turns: the call this answers."},
+        "tool_calls": (
+            {"type": "array", "items": TOOL_CALL, "maxItems": MAX_TOOL_CALLS, "nullable": True}
+            if assistant
+            else {"enum": [None], "nullable": True, "description": "Assistant turns only."}
+        ),
+    }
+    required = ["role"] if assistant else ["role", "content"]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
 SCHEMA: dict[str, Any] = {
     "type": "array",
     "minItems": 1,
     "items": {
-        "type": "object",
-        "properties": {
-            "role": {"type": "string", "enum": list(ROLES)},
-            "content": {
-                "oneOf": [
-                    {"type": "string"},
-                    {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "type": {"type": "string", "enum": ["text"]},
-                                "text": {"type": "string"},
-                            },
-                            "required": ["type", "text"],
-                        },
-                    },
-                ],
-                "nullable": True,
-            },
-            "name": {"type": "string"},
-            "tool_calls": {"type": "array", "items": {"type": "object"}, "description": "Assistant turns."},
-            "tool_call_id": {"type": "string", "description": "Tool turns: the call this answers."},
-        },
-        "required": ["role"],
+        "oneOf": [
+            _message_schema([r for r in ROLES if r != "assistant"], assistant=False),
+            _message_schema(["assistant"], assistant=True),
+        ]
     },
 }
 
@@ -82,7 +110,7 @@ def _message(where: str, raw: Any) -> dict[str, Any]:
     message["content"] = _content(f"{where}.content", content)
     for key in ("name", "tool_call_id"):
         if raw.get(key) is not None:
-            if not isinstance(raw[key], str) or len(raw[key]) > 256:
+            if not isinstance(raw[key], str) or len(raw[key]) > MAX_NAME_CHARS:
                 raise InvalidRequest(
                     f"'{where}.{key}' must be a string of up to 256 characters.", field=f"{where}.{key}"
                 )

@@ -26,22 +26,34 @@ MAX_SPEC_CHARS = 64 * 1024
 MAX_CHOICES = 256
 SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+# A JSON schema, or its JSON text (vLLM takes both).
+JSON_SCHEMA: dict[str, Any] = {"oneOf": [{"type": "object"}, {"type": "string"}]}
+# "text" and "json_object" read nothing else; "json_schema" reads its `json_schema` object.
 RESPONSE_FORMAT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
-        "json_schema": {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}},
+            "required": ["type"],
+        },
+        {
             "type": "object",
             "properties": {
-                "name": {"type": "string", "pattern": SCHEMA_NAME.pattern},
-                "description": {"type": "string"},
-                "schema": {"type": "object"},
-                "strict": {"type": "boolean", "nullable": True},
+                "type": {"type": "string", "enum": ["json_schema"]},
+                "json_schema": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "pattern": SCHEMA_NAME.pattern},
+                        "description": {"type": "string", "nullable": True},
+                        "schema": {**JSON_SCHEMA, "nullable": True},
+                        "strict": {"type": "boolean", "nullable": True},
+                    },
+                    "required": ["name"],
+                },
             },
-            "required": ["name"],
+            "required": ["type", "json_schema"],
         },
-    },
-    "required": ["type"],
+    ]
 }
 SPEC_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_SPEC_CHARS}
 CHOICES = {
@@ -52,18 +64,18 @@ CHOICES = {
 }
 STRUCTURED_OUTPUTS_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "description": "At most one of these set (not null, not false).",
     "properties": {
-        "json": {"type": "object", "description": "A JSON schema (or its JSON text)."},
-        "regex": SPEC_TEXT,
-        "choice": CHOICES,
-        "grammar": SPEC_TEXT,
-        "json_object": {"type": "boolean"},
+        "json": {**JSON_SCHEMA, "nullable": True},
+        "regex": {**SPEC_TEXT, "nullable": True},
+        "choice": {**CHOICES, "nullable": True},
+        "grammar": {**SPEC_TEXT, "nullable": True},
+        "json_object": {"type": "boolean", "nullable": True},
     },
     "additionalProperties": False,
-    "maxProperties": 1,
 }
 GUIDED_SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
-    "guided_json": ({"type": "object"}, "vLLM: a JSON schema the answer follows (or its JSON text)."),
+    "guided_json": (JSON_SCHEMA, "vLLM: a JSON schema the answer follows (or its JSON text)."),
     "guided_regex": (SPEC_TEXT, "vLLM: a regular expression the answer matches."),
     "guided_choice": (CHOICES, "vLLM: the answer is one of these strings."),
     "guided_grammar": (SPEC_TEXT, "vLLM: a grammar (Lark, or GBNF-style EBNF) the answer follows."),
@@ -108,6 +120,10 @@ def _response_format(name: str, value: Any) -> Guide | None:
             f"'{name}.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'.",
             field=f"{name}.json_schema.name",
         )
+    if spec.get("description") is not None and not isinstance(spec["description"], str):
+        raise InvalidRequest(
+            f"'{name}.json_schema.description' must be a string.", field=f"{name}.json_schema.description"
+        )
     if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
         raise InvalidRequest(
             f"'{name}.json_schema.strict' must be a boolean.", field=f"{name}.json_schema.strict"
@@ -120,7 +136,7 @@ def _structured_outputs(name: str, value: Any) -> Guide | None:
     if not isinstance(value, dict):
         raise InvalidRequest(f"'{name}' must be an object.", field=name)
     kinds = [k for k in value if value[k] is not None and value[k] is not False]
-    for key in kinds:
+    for key in value:
         if key not in ("json", "regex", "choice", "grammar", "json_object"):
             raise InvalidRequest(f"'{name}.{key}' is not supported.", field=f"{name}.{key}")
     if len(kinds) > 1:

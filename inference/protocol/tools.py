@@ -34,8 +34,8 @@ TOOLS_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "name": {"type": "string", "pattern": FUNCTION_NAME.pattern},
-                    "description": {"type": "string"},
-                    "parameters": {"type": "object"},
+                    "description": {"type": "string", "nullable": True},
+                    "parameters": {"type": "object", "nullable": True},
                     "strict": {"type": "boolean", "nullable": True},
                 },
                 "required": ["name"],
@@ -164,6 +164,8 @@ def _tool(index: int, raw: Any) -> dict[str, Any]:
     description = function.get("description")
     if description is not None and not isinstance(description, str):
         raise InvalidRequest(f"'{where}.function.description' must be a string.", field=f"{where}.function")
+    if function.get("strict") is not None and not isinstance(function["strict"], bool):
+        raise InvalidRequest(f"'{where}.function.strict' must be a boolean.", field=f"{where}.function")
     clean: dict[str, Any] = {"name": name}
     if description:
         clean["description"] = description

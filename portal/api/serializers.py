@@ -6,6 +6,7 @@ Request bodies are documented from the parser's own field declarations
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -37,10 +38,22 @@ class CompletionResponseSerializer(serializers.Serializer):
     usage = UsageSerializer()
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": {"type": "number"}},
+            {"type": "string", "format": "byte", "description": "encoding_format base64: float32 bytes."},
+        ]
+    }
+)
+class EmbeddingField(serializers.JSONField):
+    """A vector: a list of floats, or base64 of its float32 bytes."""
+
+
 class EmbeddingDataSerializer(serializers.Serializer):
     object = serializers.CharField()
     index = serializers.IntegerField()
-    embedding = serializers.ListField(child=serializers.FloatField())
+    embedding = EmbeddingField()
 
 
 class EmbeddingResponseSerializer(serializers.Serializer):

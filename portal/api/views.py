@@ -8,10 +8,10 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 
-from inference.protocol import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS, request_schema
-from portal.api import schema as _schema  # noqa: F401 - registers the auth scheme
+from inference.protocol import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS
 from portal.api import serializers as s
 from portal.api.base import OpenAIView
+from portal.api.schema import OpenAIViewSchema, body_schema
 from portal.gateway import relay
 from portal.gateway.streaming import ChatStream
 from registry.services.dispatch import aresolve_model
@@ -32,9 +32,36 @@ ERRORS = {
 }
 
 
+# What a 400 may still refuse in a body the schema accepts (tests/malformed/schema_hooks.py lists the same).
+UNSTATED = (
+    "Rules the schema does not state (a 400 names the field): `best_of` at least `n`; no `stream` with "
+    "beam search or `best_of` above `n`; `length_penalty` and `early_stopping` only with `use_beam_search`, "
+    "which takes no sampling fields, logprobs, tools or structured output; `top_logprobs` needs `logprobs`; "
+    "a `tool_choice` other than none needs `tools` and names one of them, once each; one structured-output "
+    "field at most, none beside a forced `tool_choice`; a schema sent as text must be JSON; arguments of "
+    "earlier tool calls are JSON objects. The served model refuses what it cannot do (a `max_tokens` past "
+    "its context; structured output or logprobs on an engine without them)."
+)
+
+# One server-sent event of a stream, as an event-stream parser reads it.
+EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "description": "A chunk object's JSON, an error's, or the last: [DONE]."}
+    },
+    "required": ["data"],
+}
+
+
+def answers(serializer: type) -> dict[Any, Any]:
+    """A generation's 200: JSON, or server-sent events (`data: <chunk JSON>` lines) when it streams."""
+    return {(200, "application/json"): serializer, (200, "text/event-stream"): EVENT}
+
+
 class _GenerationView(OpenAIView):
     """A chat or text completion, streamed as server-sent events when `stream` is true."""
 
+    schema = OpenAIViewSchema()
     unary = staticmethod(relay.chat_completion)
     streaming = staticmethod(relay.stream_chat_completion)
 
@@ -78,9 +105,9 @@ class ChatCompletionsView(_GenerationView):
 
     @extend_schema(
         operation_id="create_chat_completion",
-        request={"application/json": request_schema(CHAT_FIELDS)},
-        responses={200: s.CompletionResponseSerializer, **ERRORS},
-        description="OpenAI chat completions; `stream: true` answers with server-sent chunks.",
+        request={"application/json": body_schema(CHAT_FIELDS)},
+        responses={**answers(s.CompletionResponseSerializer), **ERRORS},
+        description="OpenAI chat completions; `stream: true` answers with server-sent chunks.\n\n" + UNSTATED,
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:
         return await super().post(request)
@@ -94,9 +121,11 @@ class CompletionsView(_GenerationView):
 
     @extend_schema(
         operation_id="create_completion",
-        request={"application/json": request_schema(COMPLETION_FIELDS)},
-        responses={200: s.CompletionResponseSerializer, **ERRORS},
-        description="OpenAI (legacy) text completions; `stream: true` answers with server-sent chunks.",
+        request={"application/json": body_schema(COMPLETION_FIELDS)},
+        responses={**answers(s.CompletionResponseSerializer), **ERRORS},
+        description="OpenAI (legacy) text completions; `stream: true` answers with server-sent chunks.\n\n"
+        + UNSTATED
+        + " `max_tokens` 0 only with `echo`.",
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:
         return await super().post(request)
@@ -105,9 +134,11 @@ class CompletionsView(_GenerationView):
 class EmbeddingsView(OpenAIView):
     """Embeddings of a string or a list of strings (OpenAI `/v1/embeddings`)."""
 
+    schema = OpenAIViewSchema()
+
     @extend_schema(
         operation_id="create_embeddings",
-        request={"application/json": request_schema(EMBEDDING_FIELDS)},
+        request={"application/json": body_schema(EMBEDDING_FIELDS)},
         responses={200: s.EmbeddingResponseSerializer, **ERRORS},
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:

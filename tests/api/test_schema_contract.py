@@ -1,16 +1,31 @@
-"""What the API promises about methods, in-process: every 405 names the allowed ones, as RFC 9110 asks."""
+"""What the OpenAPI schema promises about methods and bodies, in-process.
+
+Every 405 names the allowed methods (RFC 9110), OPTIONS lists them without
+a key, and the `/v1` bodies are required and closed in /api/schema/. The
+full contract is fuzzed against a live portal in tests/malformed/test_schema_fuzz.py.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import jsonschema
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from inference.errors import InvalidRequest
+from inference.protocol import parse_chat
 from registry.services import keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def schema() -> dict[str, Any]:
+    response = await AsyncClient().get("/api/schema/", {"format": "json"})
+    assert response.status_code == 200
+    return json.loads(response.content)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +54,48 @@ async def test_options_lists_the_methods_without_a_key():
     assert response.status_code == 204
     assert response["Allow"] == "POST, OPTIONS"
     assert response.content == b""
+
+
+async def test_v1_bodies_are_required_closed_and_nullable_where_optional():
+    paths = (await schema())["paths"]
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] is True
+        content = body["content"]["application/json"]["schema"]
+        assert content["additionalProperties"] is False
+        assert "model" in content["required"]
+        assert "nullable" not in content["properties"]["model"]
+        assert content["properties"]["user"]["nullable"] is True
+    embedding = paths["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert embedding["properties"]["encoding_format"]["enum"] == ["float", "base64", None]
+
+
+async def test_a_generation_answers_json_or_an_event_stream_and_declares_its_errors():
+    responses = (await schema())["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert {"400", "401", "403", "404", "413", "429", "503", "504"} <= set(responses)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"structured_outputs": {"jsn": None}}, "structured_outputs.jsn"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "description": 5}}},
+            "response_format.json_schema.description",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}, "tools[0].function"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "n" * 257}]}, "messages[0].name"),
+        ({"model": "a\x07"}, "model"),
+    ],
+)
+async def test_the_parser_and_the_schema_refuse_the_same_body(extra, field):
+    valid = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body = {**valid, **extra}
+    with pytest.raises(InvalidRequest) as refused:
+        parse_chat(body, strict=False)
+    assert refused.value.field == field
+    published = (await schema())["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    validator = jsonschema.Draft4Validator(published["content"]["application/json"]["schema"])
+    assert not validator.is_valid(body)
+    assert validator.is_valid(valid)
