@@ -87,6 +87,8 @@ def searcher(engine: Any) -> Search | None:
 
 async def run_beam_search(engine: Any, request: GenerationRequest, beam: BeamSearch) -> list[Beam]:
     """The `beam.n` best beams for `request`, scored and ranked as our contract says."""
+    if beam.early_stopping:  # refused, never ignored: vLLM's beam search has no such option
+        raise InvalidRequest("vLLM's beam search has no early stopping.", field="early_stopping")
     search = searcher(engine)
     if search is None:
         raise InvalidRequest(

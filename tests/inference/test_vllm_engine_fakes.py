@@ -190,6 +190,13 @@ async def test_a_release_without_a_callable_beam_search_refuses_it_naming_the_fi
     assert (caught.value.status_code, caught.value.field) == (400, "use_beam_search")
 
 
+async def test_early_stopping_is_refused_naming_it_since_vllm_has_none(monkeypatch, folder):
+    engine, _ = make_engine(monkeypatch, folder, "0.34")
+    with pytest.raises(InvalidRequest) as caught:
+        await engine.beam_search(request(engine, max_tokens=8), BeamSearch(width=2, n=1, early_stopping=True))
+    assert (caught.value.status_code, caught.value.field) == (400, "early_stopping")
+
+
 async def test_a_decode_whose_kv_cache_fails_to_load_is_handed_back_for_a_local_prefill(monkeypatch, folder):
     engine, llm = make_engine(monkeypatch, folder, extra={"kv_transfer_config": NIXL})
     llm.kv_load_fails = True
