@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference.errors import InvalidRequest
-from inference.protocol.structured import closed_schema
+from inference.protocol.structured import closed_objects
 from inference.sampling import Guide
 
 MAX_TOOLS = 128
@@ -85,20 +85,43 @@ class Tools:
         """The constraint of a forced call: one JSON object naming a function and its arguments."""
         if not self.forced:
             return None
+        functions = self.callable
         options = [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": f["function"]["name"]},
-                    "arguments": closed_schema("tools", f["function"]["parameters"]),
+                    "arguments": _arguments(f, "" if len(functions) == 1 else f"/anyOf/{i}"),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for f in self.callable
+            for i, f in enumerate(functions)
         ]
         schema = options[0] if len(options) == 1 else {"anyOf": options}
         return Guide("json_schema", json.dumps(schema, separators=(",", ":")), "tool_choice")
+
+
+def _arguments(function: dict[str, Any], option: str) -> dict[str, Any]:
+    """The function's parameters, closed, as the `arguments` of the option at JSON pointer `option`."""
+    try:
+        return _moved(closed_objects(function["function"]["parameters"]), f"{option}/properties/arguments")
+    except RecursionError:
+        raise InvalidRequest("'tools' is nested too deeply.", field="tools") from None
+
+
+def _moved(schema: Any, at: str) -> Any:
+    """`schema` placed at JSON pointer `at` of a larger one: its local `$ref`s (`#/$defs/...`) follow."""
+    if isinstance(schema, list):
+        return [_moved(item, at) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: f"#{at}{value[1:]}"
+        if key == "$ref" and isinstance(value, str) and value.startswith("#")
+        else _moved(value, at)
+        for key, value in schema.items()
+    }
 
 
 def parse_tools(values: dict[str, Any]) -> Tools | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import llguidance
 import pytest
 
 from inference.engines.base import Delta
@@ -120,6 +121,17 @@ def test_a_forced_call_closes_the_function_parameters():
     assert guide is not None
     arguments = json.loads(guide.spec)["properties"]["arguments"]
     assert arguments == {**ORDER["function"]["parameters"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "Person"}}])
+def test_a_forced_call_keeps_the_parameters_refs_working_where_they_are_placed(choice):
+    """Pydantic's `#/$defs/...` refs point into the parameters, which the call wraps: they must follow."""
+    person: Any = {"type": "function", "function": {"name": "Person", "parameters": pydantic_like()}}
+    guide = parse_chat({**CHAT, "tools": [ORDER, person], "tool_choice": choice}, strict=True).params.guide
+    assert guide is not None
+    assert (
+        llguidance.LLMatcher.validate_grammar(llguidance.LLMatcher.grammar_from_json_schema(guide.spec)) == ""
+    )
 
 
 def test_a_schema_too_deep_to_walk_is_a_400_naming_its_field():
