@@ -1,10 +1,8 @@
 """Check the vLLM backend on a machine with a CUDA GPU: the paths that were only read, never run.
 
 It needs a Linux x86_64 machine with an NVIDIA GPU and its driver, and pip able
-to reach the package index: it installs the `vllm` extra's requirement alone
-(`pip install '.[vllm]'` does not resolve: every vLLM in range pins llguidance
-below the 1.9.1 the project asks for; vLLM brings its own torch, transformers
-and llguidance, and the vLLM worker does not use ours). `--skip-install` where
+to reach the package index: it installs the project's `vllm` extra (vLLM
+brings the torch and transformers it was built for). `--skip-install` where
 vLLM is installed already. It
 starts `runworker --backend vllm` on the packaged SmolLM2 (converted once to a
 Hugging Face folder, which vLLM loads) with a few of vLLM's serving knobs and
@@ -26,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import httpx2
@@ -45,11 +42,10 @@ SCHEMA = {
 
 
 def install() -> None:
-    """The `vllm` extra's requirement (pyproject.toml), installed alone: see the module's docstring."""
+    """The project with its `vllm` extra, unless vLLM is installed already."""
     if importlib.util.find_spec("vllm") is None:
-        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-        print(f"installing {' '.join(extras['vllm'])}...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extras["vllm"]], check=True)
+        print("installing .[vllm]...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{ROOT}[vllm]"], check=True)
 
 
 def start_worker(log: Path) -> tuple[subprocess.Popen, str]:
