@@ -81,7 +81,12 @@ def decide(policy: Policy, load: Load, memory: Memory, now: float) -> Decision:
             why = f"{_plural(load.waiting or load.in_flight, 'request')} waiting for a cold model"
             return Decision(1, Memory(changed_at=now), "cold_start", why)
         return Decision(0, Memory(changed_at=memory.changed_at))
-    idle = not (load.waiting or load.in_flight) and load.idle_for >= policy.idle_seconds
+    # Never while a replica asked for is still loading: its model has not been offered yet.
+    idle = (
+        not (load.waiting or load.in_flight)
+        and load.idle_for >= policy.idle_seconds
+        and load.ready >= current
+    )
     if policy.min_replicas == 0 and idle:
         why = f"no request for {load.idle_for:.0f} s (idle seconds {policy.idle_seconds:g})"
         return Decision(0, Memory(changed_at=now), "zero", why)

@@ -87,6 +87,8 @@ def test_idle_seconds_scale_a_min_zero_deployment_to_zero_never_one_with_request
     busy = Load(replicas=1, ready=1, slots_per_replica=4, in_flight=1, idle_for=31)
     assert decide(policy, busy, Memory(), now=100).replicas == 1
     assert decide(POLICY, idle, Memory(), now=100).replicas == 1  # min 1: never to zero
+    loading = Load(replicas=1, ready=0, slots_per_replica=4, idle_for=31)
+    assert decide(policy, loading, Memory(), now=100).replicas == 1  # still loading: not idle yet
 
 
 def test_new_bounds_clamp_the_replicas():

@@ -13,7 +13,7 @@ from fleet.models import Deployment, DeploymentEvent, ModelDemand
 from fleet.services import deployments
 from fleet.services.scheduler import reconcile
 from registry.models import ServedModel
-from tests.fleet.test_scheduler import GIB, online_node, wanted
+from tests.fleet.test_scheduler import GIB, make_ready, online_node, wanted
 
 pytestmark = pytest.mark.django_db
 
@@ -52,6 +52,7 @@ def test_a_new_elastic_deployment_starts_one_replica_then_idles_to_zero_and_come
     assert deployment.replicas == 1  # its model loads once
     reconcile()
     assert len(wanted(deployment)) == 1
+    make_ready(wanted(deployment))
     Deployment.objects.filter(pk=deployment.pk).update(scaled_at=timezone.now() - timedelta(seconds=60))
     demand("cold", ago=31)
     reconcile()
