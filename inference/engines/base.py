@@ -87,8 +87,10 @@ class Delta:
 
     finish_reason: "stop" (EOS, stop string, stop token or a completed
     grammar), "length" (max_tokens or the context limit) or "abort"
-    (cancelled). `logprobs` has one entry per id in `token_ids` when the
-    request asked for them, none otherwise.
+    (cancelled). `token_ids` are the tokens generated since the previous
+    delta, a stop token (EOS, a stop token id) included: every billed token
+    is listed, though a stop token adds no text. `logprobs` has one entry per
+    id in `token_ids` when the request asked for them, none otherwise.
     """
 
     text: str

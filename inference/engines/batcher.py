@@ -417,12 +417,13 @@ class Batcher:
         if grammar is not None:
             grammar.consume(token)
         params = seq.picker.params
-        if token in params.stop_token_ids or (token in self.stop_ids and not params.ignore_eos):
-            self._finish(seq, "stop")
-            return
         seq.pending_ids.append(token)
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
+        if token in params.stop_token_ids or (token in self.stop_ids and not params.ignore_eos):
+            # Billed and listed with its logprob, as vLLM does, but it has no text: scorers read it.
+            self._finish(seq, "stop")
+            return
         text = seq.stream.push(token)
         if seq.stream.stopped or (grammar is not None and grammar.finished):
             self._finish(seq, "stop", text)

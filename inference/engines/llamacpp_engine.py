@@ -328,9 +328,9 @@ class ChunkReader:
         ids = tuple(int(entry["id"]) for entry in entries)
         text, finish = str(choice.get("text") or ""), choice.get("finish_reason")
         hit = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
-        if hit is not None:  # a stop token ends the answer and is not part of it
-            ids, entries, finish = ids[:hit], entries[:hit], "stop"
-            text = str(self.tokenizer.decode(list(ids), skip_special_tokens=True)) if ids else ""
+        if hit is not None:  # a stop token ends the answer: billed and listed, as EOS is, but not its text
+            ids, entries, finish = ids[: hit + 1], entries[: hit + 1], "stop"
+            text = str(self.tokenizer.decode(list(ids[:hit]), skip_special_tokens=True)) if hit else ""
         self.streamed += len(ids)
         usage = None
         if finish is not None:

@@ -251,7 +251,10 @@ class Shape:
             tokens.append(text)
             first = math.isnan(entry.logprob)  # an echoed prompt's first token: nothing precedes it
             token_logprobs.append(None if first else finite(entry.logprob))
-            tops.append(None if first else {describe(i)[0]: finite(lp) for i, lp in entry.top})
+            # The chosen token is always among its alternatives (`logprobs: 0` lists it alone), as in vLLM.
+            alternatives = {describe(i)[0]: finite(lp) for i, lp in entry.top}
+            alternatives.setdefault(text, finite(entry.logprob))
+            tops.append(None if first else alternatives)
             offsets.append(offset)
             offset += len(text)
         return {

@@ -64,20 +64,18 @@ def _chunk(text: str, ids: list[int]) -> dict[str, Any]:
     return {"choices": [{"text": text, "finish_reason": None, "logprobs": {"content": content}}]}
 
 
-def test_chunks_become_deltas_and_a_stop_token_ends_the_answer_without_its_text() -> None:
+def test_chunks_become_deltas_and_a_stop_token_ends_the_answer_billed_and_listed_without_its_text() -> None:
     request = GenerationRequest("r", [1, 2], SamplingParams(stop_token_ids=(42,), logprobs=1))
     reader = ChunkReader(request, tokenizer=None)
     first = reader.read(_chunk("Hel", [7]))
     assert (first.text, first.token_ids, first.finish_reason) == ("Hel", (7,), None)
     assert len(first.logprobs) == 1
     assert len(first.logprobs[0].top) == 1
-    stopped = reader.read(_chunk("STOP", [42]))
-    assert (stopped.text, stopped.token_ids, stopped.finish_reason) == ("", (), "stop")
+    stopped = reader.read(_chunk("STOP", [42, 8]))
+    assert (stopped.text, stopped.token_ids, stopped.finish_reason) == ("", (42,), "stop")
+    assert [entry.token_id for entry in stopped.logprobs] == [42]  # as vLLM lists a stop token
     assert stopped.usage is not None
-    assert (stopped.usage.prompt_tokens, stopped.usage.completion_tokens) == (
-        2,
-        1,
-    )
+    assert (stopped.usage.prompt_tokens, stopped.usage.completion_tokens) == (2, 2)
 
 
 def test_the_final_chunk_carries_llama_cpp_usage_and_an_error_chunk_fails_the_request() -> None:
@@ -319,3 +317,14 @@ async def test_an_encoder_gguf_given_on_its_own_is_served_by_llama_cpp_with_its_
     with pytest.raises(WrongTask):
         encoder.render_chat([{"role": "user", "content": "hi"}])
     await encoder.shutdown()
+
+
+async def test_the_eos_that_ends_an_answer_is_billed_and_listed_with_its_logprob(engine: Engine) -> None:
+    request = chat_request(engine, "eos", "Say OK.", temperature=0, max_tokens=24, logprobs=1)
+    _, deltas = await collect(engine, request)
+    ids = [t for d in deltas for t in d.token_ids]
+    assert deltas[-1].finish_reason == "stop"
+    assert ids[-1] == engine.tokenizer.eos_token_id  # type: ignore[attr-defined]
+    assert [entry.token_id for d in deltas for entry in d.logprobs] == ids
+    assert deltas[-1].usage is not None
+    assert deltas[-1].usage.completion_tokens == len(ids)

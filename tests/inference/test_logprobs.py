@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from inference.engines.base import Delta, GenerationRequest, TokenLogprob
+from inference.engines.base import Delta, GenerationRequest, TokenLogprob, Usage
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import collect
 
@@ -127,3 +127,29 @@ async def test_tokens_render_as_text_and_exact_bytes(chat_engine):
             assert "\ufffd" in chat_engine.token_text(token)
     eos = chat_engine.tokenizer.eos_token_id
     assert chat_engine.token_text(eos) == chat_engine.tokenizer.eos_token
+
+
+async def test_the_stop_token_that_ends_an_answer_is_listed_with_its_logprob(chat_engine, reference_model):
+    # Scorers (lm-evaluation-harness) take the last entry for the generated token: it must be there.
+    ended = request(chat_engine, "lp-eos", "Say OK.", temperature=0, max_tokens=24, logprobs=2)
+    _, deltas = await collect(chat_engine, ended)
+    ids, logprobs = streamed(deltas)
+    assert deltas[-1].finish_reason == "stop"
+    assert ids[-1] in chat_engine.batcher.stop_ids
+    usage = deltas[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == len(ids) == len(logprobs)
+    assert_match_reference(reference_model, ended.prompt_token_ids, ids, logprobs, k=2)
+    stop_at = ids[1]  # a stop token id ends the answer the same way
+    cut = request(
+        chat_engine,
+        "lp-stop-id",
+        "Say OK.",
+        temperature=0,
+        max_tokens=24,
+        logprobs=0,
+        stop_token_ids=(stop_at,),
+    )
+    _, deltas = await collect(chat_engine, cut)
+    assert streamed(deltas)[0] == ids[:2]
+    assert deltas[-1].usage == Usage(len(cut.prompt_token_ids), 2)

@@ -27,7 +27,8 @@ async def test_greedy_answer_names_paris(chat_engine):
     final = deltas[-1]
     assert final.finish_reason == "stop"
     assert final.usage is not None
-    assert final.usage.completion_tokens == sum(len(d.token_ids) for d in deltas) + 1  # + the EOS
+    assert final.usage.completion_tokens == sum(len(d.token_ids) for d in deltas)  # the EOS included
+    assert final.token_ids[-1] in chat_engine.batcher.stop_ids
     assert all(d.finish_reason is None for d in deltas[:-1])
 
 
