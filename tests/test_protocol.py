@@ -147,13 +147,50 @@ def test_messages_are_flattened_for_templates():
 
 
 def test_completion_and_embedding_bodies():
-    assert parse_completion({"model": "m", "prompt": ["once"]}, strict=True).prompt == "once"
-    assert parse_completion({"model": "m", "prompt": [1, 2]}, strict=True).prompt_token_ids == [1, 2]
-    assert refused(parse_completion, {"model": "m", "prompt": ["a", "b"]}) == "prompt"
+    assert parse_completion({"model": "m", "prompt": "once"}, strict=True).prompts == ("once",)
+    assert parse_completion({"model": "m", "prompt": ["once"]}, strict=True).prompts == ("once",)
+    assert parse_completion({"model": "m", "prompt": [1, 2]}, strict=True).prompts == ((1, 2),)
     assert parse_completion({"model": "m", "prompt": "a", "logprobs": 3}, strict=True).params.logprobs == 3
     assert parse_completion({"model": "m", "prompt": "a", "echo": True, "logprobs": 1}, strict=True).echo
     assert parse_embedding({"model": "m", "input": "a"}, strict=True).texts == ["a"]
     assert refused(parse_embedding, {"model": "m", "input": "a", "dimensions": 8}) == "dimensions"
+
+
+def test_a_completion_takes_every_prompt_form_openai_and_vllm_take():
+    def prompts(value: Any) -> tuple[Any, ...]:
+        return parse_completion({"model": "m", "prompt": value}, strict=True).prompts
+
+    assert prompts(["a", "b"]) == ("a", "b")
+    assert prompts([[1, 2], [3]]) == ((1, 2), (3,))
+    assert prompts([[5]]) == ((5,),)
+    malformed: list[Any] = [
+        [],
+        [[]],
+        ["a", [1]],
+        ["a", ""],
+        [[1], [-1]],
+        [[True]],
+        [1, "a"],
+        [["a"]],
+        3,
+        [None],
+    ]
+    for bad in malformed:
+        assert refused(parse_completion, {"model": "m", "prompt": bad}) == "prompt", bad
+    assert refused(parse_completion, {"model": "m", "prompt": ["a"] * 65}) == "prompt"
+
+
+def test_max_tokens_zero_is_the_echoed_prompt_alone_and_needs_echo():
+    call = parse_completion({"model": "m", "prompt": [[1, 2]], "max_tokens": 0, "echo": True}, strict=True)
+    assert (call.params.max_tokens, call.echo, call.max_tokens_given) == (0, True, True)
+    assert refused(parse_completion, {"model": "m", "prompt": "a", "max_tokens": 0}) == "max_tokens"
+    beams = {"model": "m", "prompt": "a", "max_tokens": 0, "echo": True, "use_beam_search": True, "n": 2}
+    assert refused(parse_completion, beams) == "max_tokens"
+    assert (
+        refused(parse_completion, {"model": "m", "prompt": "a", "max_tokens": -1, "echo": True})
+        == "max_tokens"
+    )
+    assert refused(parse_chat, {**CHAT, "max_tokens": 0}) == "max_tokens"  # chat has no echo
 
 
 def test_tool_calls_are_read_back_from_an_answer():

@@ -161,6 +161,12 @@ class Engine(abc.ABC):
         """The exact bytes of one token, for logprobs' `bytes`."""
         raise NotImplementedError(f"{type(self).__name__} does not decode single tokens.")
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        """The text of token ids, special tokens kept (an echoed token-id prompt)."""
+        from inference.errors import InvalidRequest
+
+        raise InvalidRequest(f"{type(self).__name__} does not decode token ids.", field="prompt")
+
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the generation; raise QueueFull / QueueTimeout / InvalidRequest before the first delta."""

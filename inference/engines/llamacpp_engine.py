@@ -44,7 +44,7 @@ from inference.engines.base import (
     TokenLogprob,
     Usage,
 )
-from inference.engines.checks import check_generation
+from inference.engines.checks import check_generation, check_token_ids
 from inference.engines.guided import GrammarCompiler, lark_text
 from inference.engines.rate import TokenRate
 from inference.errors import InvalidRequest, ModelLoadError, RequestFailed, WrongTask
@@ -191,6 +191,14 @@ class LlamaCppEngine(Engine):
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._grammars().token_bytes(token_id)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
+        check_token_ids(token_ids, self.info.vocab_size or self.vocab_size, "prompt")
+        return str(
+            self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
 
     def _grammars(self) -> GrammarCompiler:
         if self.grammars is None:

@@ -150,6 +150,12 @@ class TransformersEngine(Engine):
     def token_bytes(self, token_id: int) -> bytes:
         return self.grammars.token_bytes(token_id)
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        check_token_ids(token_ids, self.info.vocab_size or self.vocab_size, "prompt")
+        return str(
+            self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
+
     def _decode(self, token_ids: list[int]) -> str:
         # No clean-up of spaces: it may rewrite text already streamed ("a ." -> "a.") and
         # break the prefix property incremental detokenisation relies on.

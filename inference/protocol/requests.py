@@ -10,7 +10,7 @@ a vLLM worker or a remote endpoint that knows it). What depends on the model
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from inference.errors import InvalidRequest
 from inference.protocol import fields as f
@@ -27,6 +27,8 @@ from inference.protocol.tools import TOOL_CHOICE_SCHEMA, TOOLS_SCHEMA, Tools, pa
 from inference.sampling import FIELD_NAMES, Guide, SamplingParams
 
 MAX_EMBED_INPUTS = 2048
+MAX_PROMPTS = 64  # prompts in one completion request; each is n engine requests on one worker
+MAX_TOKEN_ID = 2**31 - 1
 # Beam search ranks beams by the model's own log probabilities: sampling fields have no meaning there.
 BEAM_EXCLUDES = (
     "temperature",
@@ -40,6 +42,9 @@ BEAM_EXCLUDES = (
     "logprobs",
     "tools",
 )
+
+
+Prompt = str | tuple[int, ...]  # a completion's prompt: a text, or token ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,15 +73,19 @@ class ChatRequest(GenerateRequest):
     messages: list[dict[str, Any]]
     tools: Tools | None = None
 
-    prompt = None
-    prompt_token_ids = None
+    prompts: ClassVar[tuple[Prompt, ...]] = ()
     echo = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class CompletionRequest(GenerateRequest):
-    prompt: str | None = None
-    prompt_token_ids: list[int] | None = None
+    """One or more prompts; the answer has n choices per prompt, prompt-major.
+
+    `params.max_tokens == 0` (only with `echo`): the prompts alone, with their
+    logprobs when asked, and nothing generated.
+    """
+
+    prompts: tuple[Prompt, ...]
     echo: bool = False
 
     messages = None
@@ -94,22 +103,43 @@ class EmbeddingRequest:
     user: str | None = None
 
 
-def _prompt(name: str, value: Any) -> str | list[int]:
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
-        value = value[0]  # one prompt in a list: OpenAI's batch form with a single entry
-    if isinstance(value, str):
-        if not value:
-            raise InvalidRequest(f"'{name}' must not be empty.", field=name)
-        return value
-    if (
+def _is_token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID for t in value)
+    )
+
+
+def _prompts(name: str, value: Any) -> tuple[Prompt, ...]:
+    """OpenAI's four forms: a text, token ids, a list of texts or a list of token-id lists."""
+    if isinstance(value, str) or _is_token_ids(value):
+        value = [value]
+    elif not (
         isinstance(value, list)
         and value
-        and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in value)
+        and (all(isinstance(p, str) for p in value) or all(isinstance(p, list) for p in value))
     ):
-        return value
-    raise InvalidRequest(
-        f"'{name}' must be a non-empty string or a list of token ids (one prompt per request).", field=name
-    )
+        raise InvalidRequest(
+            f"'{name}' must be a string, a list of token ids, a list of strings or a list of token-id lists.",
+            field=name,
+        )
+    if len(value) > MAX_PROMPTS:
+        raise InvalidRequest(f"'{name}' allows at most {MAX_PROMPTS} prompts.", field=name)
+    if any(p == "" for p in value):
+        raise InvalidRequest(f"'{name}' strings must not be empty.", field=name)
+    if not all(isinstance(p, str) or _is_token_ids(p) for p in value):
+        raise InvalidRequest(
+            f"'{name}' token-id lists must be non-empty, of integers 0 to {MAX_TOKEN_ID}.", field=name
+        )
+    return tuple(p if isinstance(p, str) else tuple(p) for p in value)
+
+
+def _completion_max_tokens(name: str, value: Any) -> int:
+    """As elsewhere, or 0: with `echo`, the prompt's logprobs alone (what scoring harnesses ask)."""
+    if value == 0 and isinstance(value, int) and not isinstance(value, bool):
+        return 0
+    return int(f.SAMPLING["max_tokens"].check(name, value))
 
 
 def _input(name: str, value: Any) -> list[str]:
@@ -156,19 +186,34 @@ CHAT_FIELDS: dict[str, Field] = {
     "parallel_tool_calls": Field(f.boolean, f.BOOLEAN, "Whether one answer may call several tools."),
 }
 
+_TOKEN_ID = {**f.INTEGER, "minimum": 0, "maximum": MAX_TOKEN_ID}
+_TOKEN_IDS = {"type": "array", "items": _TOKEN_ID, "minItems": 1}
+
 COMPLETION_FIELDS: dict[str, Field] = {
     "prompt": Field(
-        _prompt,
+        _prompts,
         {
             "oneOf": [
                 {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+                _TOKEN_IDS,
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "maxItems": MAX_PROMPTS,
+                },
+                {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": MAX_PROMPTS},
             ]
         },
-        "One prompt: a string or a list of token ids.",
+        "A prompt (a string or token ids) or a list of prompts: n choices each, indexed prompt-major.",
         required=True,
     ),
     **f.GENERATION,
+    "max_tokens": Field(
+        _completion_max_tokens,
+        {**f.SAMPLING["max_tokens"].schema, "minimum": 0},
+        "Most new tokens; default: what fits the context. 0, with echo: the prompt alone, no generation.",
+    ),
     **_STRUCTURED,
     "logprobs": Field(
         _completion_logprobs,
@@ -288,13 +333,16 @@ def parse_chat(body: Any, *, strict: bool) -> ChatRequest:
 
 
 def parse_completion(body: Any, *, strict: bool) -> CompletionRequest:
-    """Parse a text completion body: `prompt` is a string, a one-string list or token ids."""
+    """Parse a text completion body: one prompt or a list of them, as text or token ids."""
     values = read_fields(body, COMPLETION_FIELDS, strict=strict)
     common = _with_guide(_generate(values), read_guide(values), values.get("logprobs"))
-    prompt = values["prompt"]
-    if isinstance(prompt, str):
-        return CompletionRequest(prompt=prompt, echo=values.get("echo", False), **common)
-    return CompletionRequest(prompt_token_ids=list(prompt), echo=values.get("echo", False), **common)
+    echo = values.get("echo", False)
+    if common["params"].max_tokens == 0:
+        if not echo:
+            raise InvalidRequest("'max_tokens' may be 0 only with 'echo': true.", field="max_tokens")
+        if common["beam_search"]:
+            raise InvalidRequest("'max_tokens' 0 cannot be combined with beam search.", field="max_tokens")
+    return CompletionRequest(prompts=values["prompt"], echo=echo, **common)
 
 
 def parse_embedding(body: Any, *, strict: bool) -> EmbeddingRequest:

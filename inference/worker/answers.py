@@ -48,11 +48,6 @@ def best(choices: dict[int, ChoiceText], n: int) -> list[ChoiceText]:
     return sorted(ordered, key=lambda c: c.score, reverse=True)[:n]
 
 
-def echo_prefix(call: GenerateCall) -> str:
-    """The prompt to put before a completion's text when `echo` asks for it."""
-    return (call.prompt or "") if call.echo else ""
-
-
 def buffers_text(call: GenerateCall) -> bool:
     """Whether a stream holds text back until the choice ends: tool calls are read from the whole answer."""
     return call.tools is not None and call.tools.choice != "none"
@@ -64,10 +59,11 @@ def finished_choice(
     index: int,
     choice: ChoiceText,
     describe: Describe,
+    prefix: str = "",
     echoed: Sequence[TokenLogprob] = (),
 ) -> dict[str, Any]:
-    """The response's choice object for a finished `choice`; `echoed`: the echoed prompt's logprobs."""
-    text: str | None = echo_prefix(call) + choice.text
+    """The response's choice object for a finished `choice`; `prefix` and `echoed`: the echoed prompt."""
+    text: str | None = prefix + choice.text
     finish = choice.finish_reason
     calls: list[dict[str, Any]] = []
     if call.tools is not None and text is not None:
@@ -81,5 +77,5 @@ def finished_choice(
         if echoed:
             logprobs = shape.logprobs([*echoed, *choice.logprobs], describe)
         else:
-            logprobs = shape.logprobs(choice.logprobs, describe, offset=len(echo_prefix(call)))
+            logprobs = shape.logprobs(choice.logprobs, describe, offset=len(prefix))
     return shape.choice(index, text, finish, logprobs=logprobs, tool_calls=calls)

@@ -8,10 +8,9 @@ With a WORKER_TOKEN every route but /health requires it (auth.RequireToken).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -22,17 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from inference.engines.base import BeamSearch, GenerationRequest, TokenLogprob, Usage
+from inference.engines.base import BeamSearch, GenerationRequest, Usage
 from inference.errors import HandoffRefused, InvalidRequest, WrongTask
 from inference.protocol import GenerateCall
 from inference.protocol.headers import PREFILL_ONLY
-from inference.sampling import SamplingParams
-from inference.worker.answers import ChoiceText, best, buffers_text, echo_prefix, finished_choice
+from inference.worker import responses
 from inference.worker.auth import RequireToken
 from inference.worker.disaggregation import fetch_handoff, prefill_workers, splittable
 from inference.worker.metrics import metrics
 from inference.worker.protocol import (
-    Describe,
     Draining,
     RequestNotFound,
     Served,
@@ -46,13 +43,11 @@ from inference.worker.protocol import (
 from inference.worker.serving import (
     ABORT_SETTLE_SECONDS,
     Generation,
+    Prompt,
     WorkerContext,
-    add_usage,
-    engine_failure,
-    prepare_prompt,
+    prepare_prompts,
 )
 from inference.worker.wire import (
-    error_json,
     openai_errors,
     read_json,
     request_id_of,
@@ -117,186 +112,114 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
     if request_id in ctx.active:
         raise InvalidRequest(f"The request id '{request_id}' is already in use.")
-    refuse_unserved(call)
     with ctx.track():
-        prompt, params = await until_disconnect(request, prepare_prompt(ctx, call))
-        if call.beam_search:
-            body = await until_disconnect(request, _beam_search(ctx, request_id, prompt, params, call))
-            return JSONResponse(body, headers={"X-Request-Id": request_id})
-        if call.candidates > call.n and params.logprobs is None:
+        params = call.params
+        if call.candidates > call.n and params.logprobs is None and not call.beam_search:
             params = replace(params, logprobs=0)  # best_of ranks candidates by their logprobs
-        if request.headers.get(PREFILL_ONLY):
-            return await _prefill_only(request, ctx, call, GenerationRequest(request_id, prompt, params))
-        echoed: list[TokenLogprob] = []
-        if call.echo and params.logprobs is not None:  # the prompt's own logprobs come first
-            echoed = await until_disconnect(request, ctx.engine.prompt_logprobs(prompt, params.logprobs))
-        job = GenerationRequest(request_id, prompt, params)
-        generation = await _start_generation(request, ctx, call, job, payload)
-        shape = Shape.for_call(call)
+        prompts = await until_disconnect(request, prepare_prompts(ctx, call, params))
         headers = {"X-Request-Id": request_id}
+        if call.beam_search:
+            body = await until_disconnect(request, _beam_search(ctx, request_id, prompts, call))
+            return JSONResponse(body, headers=headers)
+        if request.headers.get(PREFILL_ONLY):
+            return await _prefill_only(request, ctx, call, request_id, prompts)
+        if call.echo and params.logprobs is not None:  # the prompts' own logprobs come first
+            prompts = await until_disconnect(request, _with_prompt_logprobs(ctx, prompts, params.logprobs))
+        shape = Shape.for_call(call)
         if call.stream:
             headers["Cache-Control"] = "no-cache"
-            stream = _sse(ctx, generation, shape, call, echoed)
+        if params.max_tokens == 0:
+            return _echo_only(ctx, request_id, call, shape, prompts, headers)
+        generation = await _start_generation(request, ctx, call, request_id, prompts, payload)
+        if call.stream:
+            stream = responses.sse(ctx.engine, generation, shape, call, prompts, ctx.stream_interval)
             return GenerationStream(stream, ctx=ctx, generation=generation, headers=headers)
         try:
-            body = await until_disconnect(request, _collect(ctx, generation, shape, call, echoed))
+            body = await until_disconnect(
+                request, responses.collect(ctx.engine, generation, shape, call, prompts)
+            )
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
 
 
+async def _with_prompt_logprobs(ctx: WorkerContext, prompts: list[Prompt], top: int) -> list[Prompt]:
+    return [replace(p, echoed=tuple(await ctx.engine.prompt_logprobs(p.ids, top))) for p in prompts]
+
+
+def _echo_only(
+    ctx: WorkerContext,
+    request_id: str,
+    call: GenerateCall,
+    shape: Shape,
+    prompts: list[Prompt],
+    headers: dict[str, str],
+) -> Response:
+    """`max_tokens: 0` with echo: the prompts (and their logprobs), nothing generated."""
+    choices = responses.echo_only(shape, call, prompts, responses.describer(ctx.engine))
+    usage = Usage(sum(len(p.ids) for p in prompts), 0)
+    ctx.recent.remember(request_id, usage)  # an /abort after the fact still learns the usage
+    if call.stream:
+        events = responses.echo_only_events(shape, call, choices, usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return JSONResponse(shape.response(choices, usage), headers=headers)
+
+
 async def _prefill_only(
-    request: Request, ctx: WorkerContext, call: GenerateCall, job: GenerationRequest
+    request: Request, ctx: WorkerContext, call: GenerateCall, request_id: str, prompts: list[Prompt]
 ) -> Response:
     """A decode worker's prefill: the engine's hand-off, not an answer."""
-    if not splittable(ctx, call):
-        raise HandoffRefused("This request is not prefilled apart (n > 1, beams, echo, or this engine).")
+    if len(prompts) != 1 or not splittable(ctx, call):
+        raise HandoffRefused(
+            "This request is not prefilled apart (several prompts, n > 1, beams, echo, or this engine)."
+        )
+    job = GenerationRequest(request_id, prompts[0].ids, prompts[0].params)
     blob = await until_disconnect(request, ctx.engine.prefill(job))
     ctx.prefills_served += 1
-    return Response(blob, media_type="application/octet-stream", headers={"X-Request-Id": job.request_id})
+    return Response(blob, media_type="application/octet-stream", headers={"X-Request-Id": request_id})
 
 
 async def _start_generation(
-    request: Request, ctx: WorkerContext, call: GenerateCall, job: GenerationRequest, payload: dict[str, Any]
+    request: Request,
+    ctx: WorkerContext,
+    call: GenerateCall,
+    request_id: str,
+    prompts: list[Prompt],
+    payload: dict[str, Any],
 ) -> Generation:
     """Start the engine's requests, decoding from a prefill worker's hand-off when the portal paired one."""
-    request_id, prompt, params = job.request_id, job.prompt_token_ids, job.params
-    if prefill_workers(request) and splittable(ctx, call):
+    if len(prompts) == 1 and prefill_workers(request) and splittable(ctx, call):
         handoff = await until_disconnect(request, fetch_handoff(ctx, request, request_id, payload))
         if handoff is not None:
-            generation = Generation(ctx, request_id, prompt, params, call.candidates, handoff)
+            generation = Generation(ctx, request_id, prompts, call.candidates, handoff)
             try:
                 await until_disconnect(request, generation.start())
                 return generation
             except HandoffRefused as exc:  # the prefill worker runs another model build: prefill here
                 logger.warning("Hand-off for %s refused (%s); prefilling here", request_id, exc)
-    generation = Generation(ctx, request_id, prompt, params, call.candidates)
+    generation = Generation(ctx, request_id, prompts, call.candidates)
     await until_disconnect(request, generation.start())
     return generation
 
 
-def refuse_unserved(call: GenerateCall) -> None:
-    """Parameters the parser knows that this worker does not serve: a 400 naming each."""
-    if call.echo and call.prompt is None:
-        raise InvalidRequest("'echo' needs a text prompt, not token ids.", field="echo")
-
-
 async def _beam_search(
-    ctx: WorkerContext, request_id: str, prompt: list[int], params: SamplingParams, call: GenerateCall
+    ctx: WorkerContext, request_id: str, prompts: list[Prompt], call: GenerateCall
 ) -> dict[str, Any]:
-    """The n best beams as choices; every beam returned is billed."""
+    """The n best beams of each prompt as choices, prompt-major; every beam returned is billed."""
     beam = BeamSearch(call.candidates, call.n, call.length_penalty, call.early_stopping)
-    beams = await ctx.engine.beam_search(GenerationRequest(request_id, prompt, params), beam)
     shape = Shape.for_call(call)
-    choices = [shape.choice(i, echo_prefix(call) + b.text, b.finish_reason) for i, b in enumerate(beams)]
-    usage = Usage(len(prompt), sum(len(b.token_ids) for b in beams))
+    choices: list[dict[str, Any]] = []
+    generated = 0
+    for p, prompt in enumerate(prompts):
+        rid = request_id if len(prompts) == 1 else f"{request_id}-{p}"
+        beams = await ctx.engine.beam_search(GenerationRequest(rid, prompt.ids, prompt.params), beam)
+        choices += [
+            shape.choice(p * call.n + i, prompt.echo + b.text, b.finish_reason) for i, b in enumerate(beams)
+        ]
+        generated += sum(len(b.token_ids) for b in beams)
+    usage = Usage(sum(len(p.ids) for p in prompts), generated)
     ctx.recent.remember(request_id, usage)  # an /abort after the fact still learns the usage
     return shape.response(choices, usage)
-
-
-def _describe(ctx: WorkerContext) -> Describe:
-    engine = ctx.engine
-    return lambda token_id: (engine.token_text(token_id), engine.token_bytes(token_id))
-
-
-async def _collect(
-    ctx: WorkerContext,
-    generation: Generation,
-    shape: Shape,
-    call: GenerateCall,
-    echoed: Sequence[TokenLogprob] = (),
-) -> dict[str, Any]:
-    choices: dict[int, ChoiceText] = {}
-    usage: Usage | None = None
-    async for index, item in generation.events():
-        if isinstance(item, Exception):
-            raise engine_failure(item)
-        choices.setdefault(index, ChoiceText()).add(item)
-        if item.finish_reason is not None:
-            usage = add_usage(usage, item.usage)
-    describe = _describe(ctx)
-    picked = best(choices, call.n)
-    body = [finished_choice(shape, call, i, choice, describe, echoed) for i, choice in enumerate(picked)]
-    return shape.response(body, usage or Usage(0, 0))
-
-
-def _event(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-async def _sse(
-    ctx: WorkerContext,
-    generation: Generation,
-    shape: Shape,
-    call: GenerateCall,
-    echoed: Sequence[TokenLogprob] = (),
-) -> AsyncIterator[bytes]:
-    """Stream chunks every `stream_interval` tokens; always end with `[DONE]` and close the generation.
-
-    With tools offered, a choice's text is held back and sent when it ends,
-    as content or as tool calls (they are read from the whole answer).
-    """
-    describe = _describe(ctx)
-    held = buffers_text(call)
-
-    def chunk(index: int, text: str | None, finish: str | None, role: bool = False, **extra: Any) -> bytes:
-        body = shape.chunk(index, text, finish, role=role, **extra)
-        if call.include_usage:
-            body["usage"] = None
-        return _event(body)
-
-    def logprobs_of(index: int, part: ChoiceText) -> dict[str, Any] | None:
-        if call.params.logprobs is None:
-            return None
-        return shape.logprobs(part.logprobs, describe, offset=offsets[index])
-
-    try:
-        prefix = echo_prefix(call)
-        for index in range(call.n):
-            if shape.chat:
-                yield chunk(index, "", None, role=True)
-            elif prefix:
-                lead = shape.logprobs(echoed, describe) if call.params.logprobs is not None else None
-                yield chunk(index, prefix, None, logprobs=lead)
-        pending: dict[int, ChoiceText] = {}
-        offsets = dict.fromkeys(range(call.n), len(prefix))
-        usage: Usage | None = None
-        failed = False
-        async for index, item in generation.events():
-            if isinstance(item, Exception):
-                yield _event(error_json(engine_failure(item)))
-                failed = True
-                break
-            part = pending.setdefault(index, ChoiceText())
-            part.add(item)
-            if item.finish_reason is not None:
-                usage = add_usage(usage, item.usage)
-                if held:
-                    whole = finished_choice(shape, call, index, part, describe)
-                    message = whole["message"]
-                    yield chunk(
-                        index,
-                        message["content"],
-                        None,
-                        logprobs=whole["logprobs"],
-                        tool_calls=message.get("tool_calls"),
-                    )
-                    yield chunk(index, None, whole["finish_reason"])
-                else:
-                    yield chunk(index, part.text, item.finish_reason, logprobs=logprobs_of(index, part))
-                pending.pop(index)
-            elif not held and len(part.parts) >= ctx.stream_interval:
-                yield chunk(index, part.text, None, logprobs=logprobs_of(index, part))
-                offsets[index] += len(part.text)
-                pending.pop(index)
-        if call.include_usage and not failed:
-            yield _event(shape.usage_chunk(usage or Usage(0, 0)))
-        yield _event("[DONE]")
-    finally:
-        # Shielded: on a client disconnect this runs inside a cancelled scope.
-        with anyio.CancelScope(shield=True):
-            await generation.close()
 
 
 @openai_errors

@@ -105,15 +105,17 @@ def parse_chat(body: Any, served: Served) -> ChatRequest:
 
 
 def parse_completion(body: Any, served: Served) -> CompletionRequest:
-    """Parse a completion body for this worker: `prompt` is a string or token ids."""
+    """Parse a completion body for this worker: each prompt is a string or token ids."""
     call = protocol.parse_completion(body, strict=True)
     _served_model(call.model, served)
-    if call.prompt is not None:
-        check_text(call.prompt, "prompt", served.max_chars)
-    elif call.prompt_token_ids is not None and len(call.prompt_token_ids) > served.max_model_len:
-        raise InvalidRequest(
-            f"'prompt' has more tokens than this model's context ({served.max_model_len}).", field="prompt"
-        )
+    for prompt in call.prompts:
+        if isinstance(prompt, str):
+            check_text(prompt, "prompt", served.max_chars)
+        elif len(prompt) > served.max_model_len:
+            raise InvalidRequest(
+                f"'prompt' has more tokens than this model's context ({served.max_model_len}).",
+                field="prompt",
+            )
     return call
 
 

@@ -1,8 +1,8 @@
 """The serving logic between the HTTP layer and the engine: prompts, generations, abort.
 
-One `Generation` is one HTTP request: `n` engine requests started together,
-merged into one event stream, aborted together. It is always closed in a
-`finally`, so a client that leaves or an abort frees the engine's slots.
+One `Generation` is one HTTP request: n engine requests per prompt started
+together, merged into one event stream, aborted together. It is always closed
+in a `finally`, so a client that leaves or an abort frees the engine's slots.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inference.engines.base import Delta, Engine, GenerationRequest, Usage
+from inference.engines.base import Delta, Engine, GenerationRequest, TokenLogprob, Usage
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
 from inference.protocol import GenerateCall
 from inference.sampling import MAX_SEED, SamplingParams
@@ -62,9 +62,18 @@ class WorkerContext:
             self.requests_in_progress -= 1
 
 
-def _render_and_tokenize(engine: Engine, call: GenerateCall) -> list[int]:
-    if call.prompt_token_ids is not None:
-        return call.prompt_token_ids
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt as the engine gets it, with its own params (max_tokens fitted) and its echoed text."""
+
+    ids: list[int]
+    params: SamplingParams
+    echo: str = ""  # what `echo` puts before each of its choices' text
+    echoed: tuple[TokenLogprob, ...] = ()  # with echo and logprobs: the prompt's own tokens' logprobs
+
+
+def _render_and_tokenize(engine: Engine, call: GenerateCall) -> list[tuple[list[int], str]]:
+    """Each prompt's token ids and the text `echo` returns for it (a token-id prompt is decoded)."""
     if call.messages is not None:
         try:
             tools = call.tools
@@ -72,24 +81,39 @@ def _render_and_tokenize(engine: Engine, call: GenerateCall) -> list[int]:
             prompt = engine.render_chat(call.messages, offered)
         except Exception as exc:  # a template rejecting the conversation is the client's doing
             raise InvalidRequest(f"The messages cannot be rendered: {exc}", field="messages") from None
-    else:
-        prompt = call.prompt or ""
-    return engine.tokenize(prompt)
+        return [(engine.tokenize(prompt), "")]
+    rendered = []
+    for text in call.prompts:
+        if isinstance(text, str):
+            rendered.append((engine.tokenize(text), text if call.echo else ""))
+        else:
+            ids = list(text)
+            rendered.append((ids, engine.detokenize(ids) if call.echo else ""))
+    return rendered
 
 
-async def prepare_prompt(ctx: WorkerContext, call: GenerateCall) -> tuple[list[int], SamplingParams]:
-    """Return the prompt's token ids and the params with max_tokens fitted to the context."""
-    loop = asyncio.get_running_loop()
-    ids = await loop.run_in_executor(ctx.executor, _render_and_tokenize, ctx.engine, call)
-    limit = ctx.engine.info.max_model_len
-    params = call.params
-    room = limit - len(ids)
+def fit_params(call: GenerateCall, params: SamplingParams, prompt_tokens: int, limit: int) -> SamplingParams:
+    """`params` with max_tokens fitted to the context the prompt leaves; PromptTooLong if it does not fit."""
+    room = limit - prompt_tokens
+    field = "messages" if call.messages is not None else "prompt"
+    if params.max_tokens == 0:  # the prompt alone (echo): it must fit, nothing more
+        if room < 0:
+            raise PromptTooLong(prompt_tokens, 0, limit, field)
+        return params
     if room < 1 or (call.max_tokens_given and params.max_tokens > room):
-        raise PromptTooLong(len(ids), params.max_tokens, limit, "messages" if call.messages else "prompt")
+        raise PromptTooLong(prompt_tokens, params.max_tokens, limit, field)
     if params.max_tokens > room:
         # Not asked for explicitly: the default shrinks to what fits, as vLLM does.
-        params = replace(params, max_tokens=room)
-    return ids, params
+        return replace(params, max_tokens=room)
+    return params
+
+
+async def prepare_prompts(ctx: WorkerContext, call: GenerateCall, params: SamplingParams) -> list[Prompt]:
+    """Tokenize (off the event loop) each prompt of `call` and fit `params` to each."""
+    loop = asyncio.get_running_loop()
+    rendered = await loop.run_in_executor(ctx.executor, _render_and_tokenize, ctx.engine, call)
+    limit = ctx.engine.info.max_model_len
+    return [Prompt(ids, fit_params(call, params, len(ids), limit), echo) for ids, echo in rendered]
 
 
 def choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -105,9 +129,10 @@ ABORT_SETTLE_SECONDS = 1.0  # how long /abort waits for it (the portal gives up 
 
 
 class Generation:
-    """`n` engine requests for one HTTP request, under the client's request id.
+    """`n` engine requests per prompt for one HTTP request, under the client's request id.
 
-    It counts what it consumed (`usage()`): the engine's final usage per
+    Engine request `k` is choice `k % n` of prompt `k // n`. It counts what it
+    consumed (`usage()`): each prompt once, and the engine's final usage per
     choice, or the tokens streamed so far for a choice that has not finished.
     """
 
@@ -115,21 +140,22 @@ class Generation:
         self,
         ctx: WorkerContext,
         request_id: str,
-        prompt: list[int],
-        params: SamplingParams,
+        prompts: Sequence[Prompt],
         n: int,
         handoff: bytes | None = None,
     ):
         self.ctx = ctx
         self.request_id = request_id
-        self.engine_ids = [request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)]
+        jobs = [(prompt, choice) for prompt in prompts for choice in range(n)]
+        self.engine_ids = [request_id] if len(jobs) == 1 else [f"{request_id}-{k}" for k in range(len(jobs))]
         self._gens = [
-            ctx.engine.generate(GenerationRequest(eid, prompt, choice_params(params, i), handoff))
-            for i, eid in enumerate(self.engine_ids)
+            ctx.engine.generate(GenerationRequest(eid, p.ids, choice_params(p.params, choice), handoff))
+            for eid, (p, choice) in zip(self.engine_ids, jobs, strict=True)
         ]
-        self._prompt_tokens = len(prompt)
-        self._first: list[Delta] = []
-        self._streamed = [0] * n  # completion tokens seen per choice
+        self._prompt_tokens = sum(len(p.ids) for p in prompts)
+        self._begun: dict[int, Delta | BaseException] = {}  # each choice's first delta or failure
+        self._all_begun = asyncio.Event()
+        self._streamed = [0] * len(jobs)  # completion tokens seen per choice
         self._final: dict[int, Usage] = {}  # the engine's usage per finished choice
         self._settled = asyncio.Event()  # every choice has ended (or the generation is closed)
         self._queue: asyncio.Queue[tuple[int, Any]] | None = None
@@ -139,20 +165,23 @@ class Generation:
         ctx.active[request_id] = self
 
     async def start(self) -> None:
-        """Wait for every first delta, so admission errors become a status code, not a broken stream."""
+        """Wait until every choice has begun, so admission errors become a status code, not a broken stream.
+
+        The choices run from here on, their deltas queued for `events()`: one
+        that ends frees its slot for one still waiting, so a request of more
+        choices than the engine runs at once does not wait on itself.
+        """
         try:
-            results = await asyncio.gather(*(anext(g) for g in self._gens), return_exceptions=True)
+            self._start_pumps()
+            await self._all_begun.wait()
         except BaseException:
             await self.close()
             raise
-        for result in results:
-            if isinstance(result, BaseException):
-                self._refused = True
-                await self.close()
-                if isinstance(result, StopAsyncIteration):
-                    raise RuntimeError("The engine ended a generation without a final delta.")
-                raise result
-        self._first = [r for r in results if isinstance(r, Delta)]
+        failure = next((r for r in self._begun.values() if isinstance(r, BaseException)), None)
+        if failure is not None:
+            self._refused = True
+            await self.close()
+            raise failure
 
     def usage(self) -> Usage:
         """Tokens consumed so far: the prompt once, and every choice's completion tokens."""
@@ -171,8 +200,7 @@ class Generation:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._tasks = [
-                asyncio.ensure_future(self._pump(i, gen, self._first[i], self._queue))
-                for i, gen in enumerate(self._gens)
+                asyncio.ensure_future(self._pump(i, gen, self._queue)) for i, gen in enumerate(self._gens)
             ]
         return self._queue
 
@@ -187,20 +215,30 @@ class Generation:
                 continue
             yield index, item
 
-    async def _pump(self, index: int, gen: AsyncIterator[Delta], first: Delta, queue: asyncio.Queue) -> None:
+    def _begin(self, index: int, first: Delta | BaseException) -> None:
+        self._begun.setdefault(index, first)
+        if len(self._begun) == len(self._gens):
+            self._all_begun.set()
+
+    async def _pump(self, index: int, gen: AsyncIterator[Delta], queue: asyncio.Queue) -> None:
         try:
-            self._record(index, first)
-            await queue.put((index, first))
-            if first.finish_reason is None:
-                async for delta in gen:
-                    self._record(index, delta)
-                    await queue.put((index, delta))
-                    if delta.finish_reason is not None:
-                        break
+            async for delta in gen:
+                self._record(index, delta)
+                self._begin(index, delta)
+                await queue.put((index, delta))
+                if delta.finish_reason is not None:
+                    break
+            else:
+                raise RuntimeError("The engine ended a generation without a final delta.")
+            with contextlib.suppress(Exception):
+                await gen.aclose()  # type: ignore[attr-defined]  # ended: free its slot for a waiting choice
         except Exception as exc:
-            logger.exception("Generation %s failed", self.request_id)
+            if index in self._begun:
+                logger.exception("Generation %s failed", self.request_id)
+            self._begin(index, exc)
             await queue.put((index, exc))
         finally:
+            self._begin(index, RuntimeError("The generation was cancelled before it began."))
             # Ended without a final usage (failed, cancelled): count what it streamed.
             self._final.setdefault(index, Usage(self._prompt_tokens, self._streamed[index]))
             if len(self._final) == len(self._gens):
@@ -230,8 +268,7 @@ class Generation:
         self._closed = True
         with contextlib.suppress(Exception):
             await self.abort()
-        if self._first:  # started: let the engine report the aborted choices' usage
-            self._start_pumps()
+        if self._tasks and not self._refused:  # started: let the engine report the aborted choices' usage
             await self.settled()
         for task in self._tasks:
             task.cancel()
@@ -243,15 +280,6 @@ class Generation:
             self.ctx.recent.remember(self.request_id, self.usage())
         self.ctx.active.pop(self.request_id, None)
         self._settled.set()
-
-
-def add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:
-    """Sum completions over choices; the prompt is counted once, as OpenAI does."""
-    if usage is None:
-        return total
-    if total is None:
-        return usage
-    return Usage(total.prompt_tokens, total.completion_tokens + usage.completion_tokens)
 
 
 def engine_failure(exc: Exception) -> EngineError:
