@@ -14,6 +14,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from fleet.selectors import list_on_demand_model_names
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed
@@ -112,9 +113,13 @@ def _timestamp(value: datetime) -> int:
     return int(value.timestamp())
 
 
+def _models_to_list() -> list[dict]:
+    return list_online_models(on_demand=list_on_demand_model_names())
+
+
 async def list_models() -> list[dict]:
-    """Served models with at least one online worker, aliases included, as OpenAI model objects."""
-    rows = await database_sync_to_async(list_online_models)()
+    """Served models with an online worker or started on a request, aliases included, as OpenAI objects."""
+    rows = await database_sync_to_async(_models_to_list)()
     models: list[dict] = []
     for row in rows:
         created = _timestamp(row["created"])

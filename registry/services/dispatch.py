@@ -11,7 +11,7 @@ a malformed model name is answered without a lookup and never cached.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -242,13 +242,12 @@ _model_cache: RefreshingCache[ResolvedModel | None] = RefreshingCache(
 )
 
 
-def list_online_models() -> list[dict[str, Any]]:
-    """Served models with at least one online worker, each with its aliases."""
+def list_online_models(*, on_demand: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Served models with at least one online worker, or named in `on_demand` (started on a request)."""
     now = timezone.now()
+    online = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = (
-        ServedModel.objects.filter(
-            enabled=True, workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now
-        )
+        ServedModel.objects.filter(online | Q(name__in=list(on_demand)), enabled=True)
         .distinct()
         .prefetch_related("aliases")
     )

@@ -17,6 +17,7 @@ from django.db import OperationalError
 from django.test import AsyncClient
 from django.utils import timezone
 
+from fleet.models import Deployment
 from registry.models import ApiKey, ServedModel
 from registry.services import keys
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
@@ -135,6 +136,18 @@ async def test_models_lists_online_models_with_aliases(served_model):
     response = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
     ids = sorted(m["id"] for m in json.loads(response.content)["data"])
     assert ids == ["tiny", "tiny-alias"]
+
+
+async def test_models_lists_a_cold_elastic_model_that_starts_on_a_request(served_model):
+    await ServedModel.objects.acreate(name="cold-model")
+    await ServedModel.objects.acreate(name="fixed-offline")
+    await Deployment.objects.acreate(name="cold-model", model_path="canned", min_replicas=0, max_replicas=2)
+    await Deployment.objects.acreate(name="stopped", model_path="canned", min_replicas=0, max_replicas=0)
+    await Deployment.objects.acreate(name="fixed-offline", model_path="canned", replicas=0)
+    secret = await make_key()
+    response = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+    ids = sorted(m["id"] for m in json.loads(response.content)["data"])
+    assert ids == ["cold-model"]
 
 
 async def test_unknown_v1_path_is_404_in_openai_shape(served_model):
