@@ -26,13 +26,13 @@ class LivePortal:
         return f"{self.url}/v1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smollm2_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePortal]:
     """SmolLM2 on the transformers engine in float32 (greedy answers repeat), behind a daphne portal.
 
-    Started once per module, on a SQLite database of its own: the tests'
-    databases are emptied after each test, which would take the worker's row
-    and the key from under the module's other tests.
+    Started once for every client module, on a SQLite database of its own: the
+    tests' databases are emptied after each test, which would take the
+    worker's row and the key from under the other tests.
     """
     database = tmp_path_factory.mktemp("clients") / "portal.sqlite3"
     env = subprocess_env({"DATABASE_URL": f"sqlite:///{database}"})
