@@ -112,6 +112,7 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
     if request_id in ctx.active:
         raise InvalidRequest(f"The request id '{request_id}' is already in use.")
+    _refuse_beyond_capacity(ctx, call)
     with ctx.track():
         params = call.params
         if call.candidates > call.n and params.logprobs is None and not call.beam_search:
@@ -141,6 +142,18 @@ async def _generate(request: Request, parse: Callable[[dict[str, Any], Served], 
         finally:
             await generation.close()
         return JSONResponse(body, headers=headers)
+
+
+def _refuse_beyond_capacity(ctx: WorkerContext, call: GenerateCall) -> None:
+    """A 400 for more choices than this worker runs and queues at once: it could never admit them all."""
+    capacity = int(ctx.limits.get("max_concurrency", 0)) + int(ctx.limits.get("max_queue", 0))
+    wanted = max(1, len(call.prompts)) * (1 if call.beam_search else call.candidates)  # beams: one slot
+    if capacity and wanted > capacity:
+        raise InvalidRequest(
+            f"This request asks for {wanted} choices (prompts x n); this worker runs and queues at most "
+            f"{capacity} at once: send fewer prompts a request.",
+            field="prompt" if len(call.prompts) > 1 else "n",
+        )
 
 
 async def _with_prompt_logprobs(ctx: WorkerContext, prompts: list[Prompt], top: int) -> list[Prompt]:

@@ -120,3 +120,12 @@ async def test_malformed_batches_are_a_400_naming_the_field(
     response = await client.post("/v1/completions", json={"model": "canned", "max_tokens": 1, **body})
     assert_openai_error(response, 400, param)
     assert client.ctx.active == {}  # type: ignore[attr-defined]
+
+
+async def test_a_batch_beyond_what_the_worker_runs_and_queues_is_a_400(make_client: MakeClient) -> None:
+    client = make_client(max_concurrency=2, max_queue=2)
+    client.ctx.limits.update(max_concurrency=2, max_queue=2)  # type: ignore[attr-defined]  # as runworker sets
+    body = {"model": "canned", "prompt": ["a", "b", "c"], "n": 2, "max_tokens": 1}
+    error = assert_openai_error(await client.post("/v1/completions", json=body), 400, "prompt")
+    assert "6 choices" in error["message"]
+    assert (await client.post("/v1/completions", json={**body, "n": 1})).status_code == 200
