@@ -38,7 +38,11 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Weather of a city, today. " * 5,
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
     }
 ]
@@ -70,14 +74,15 @@ def test_no_prompt_or_input_counts_more_than_its_bound(text, smollm2, minilm):
     assert count(minilm, text) <= estimate_prompt_tokens({"input": [text, "x"]}) - 5
 
 
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"x"}'}}
+
+
 @pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
 def test_no_chat_counts_more_than_its_bound(text, smollm2):
     body = {
         "messages": [
             {"role": "user", "content": text},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"x"}'}}
-            ]},  # fmt: skip
+            {"role": "assistant", "content": "", "tool_calls": [CALL]},
             {"role": "tool", "tool_call_id": "c1", "content": text[:20]},
             {"role": "user", "content": [{"type": "text", "text": text[::-1]}]},
         ]
