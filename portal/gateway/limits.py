@@ -65,6 +65,8 @@ MAX_N = 16
 NORMAL_GROWTH = 11  # the most NFC or NFKC multiply a character's bytes by (U+FDFA: 3 → 33)
 NORMAL_PIECE = 1 << 12  # characters checked, and normalised if they need it, at a time
 NORMAL_SECONDS = 0.05  # of the event loop a request's texts may take to normalise
+JSON_NODES = 1 << 16  # items of a request's tools and tool calls counted one by one
+UNCOUNTABLE = 1 << 40  # the bound of JSON too deep to write: more than any limit
 PROMPT_FIELDS = ("messages", "prompt", "input")
 
 
@@ -106,9 +108,10 @@ class TokenEstimate:
 
 @dataclass
 class _Budget:
-    """How long one request's texts may be normalised on the event loop (`_normal_bytes`)."""
+    """What one request's bound may cost the event loop: normalising texts, walking JSON."""
 
     until: float = field(default_factory=lambda: time.monotonic() + NORMAL_SECONDS)
+    nodes: int = JSON_NODES  # items of the tools' and tool calls' objects and arrays, counted one by one
 
 
 def text_tokens(text: str, budget: _Budget | None = None) -> int:
@@ -125,7 +128,11 @@ def text_tokens(text: str, budget: _Budget | None = None) -> int:
     if text.isascii():
         return len(text)
     budget = budget or _Budget()
-    return max(len(text.encode()), _normal_bytes(text, "NFC", budget), _normal_bytes(text, "NFKC", budget))
+    return max(_utf8(text), _normal_bytes(text, "NFC", budget), _normal_bytes(text, "NFKC", budget))
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))  # a lone surrogate: refused later, 3 bytes here
 
 
 def _normal_bytes(text: str, form: Literal["NFC", "NFKC"], budget: _Budget) -> int:
@@ -144,28 +151,64 @@ def _normal_bytes(text: str, form: Literal["NFC", "NFKC"], budget: _Budget) -> i
         if piece.isascii():
             total += len(piece)
         elif time.monotonic() > budget.until:
-            total += NORMAL_GROWTH * len(piece.encode())
+            total += NORMAL_GROWTH * _utf8(piece)
         elif unicodedata.is_normalized(form, piece):
-            total += len(piece.encode())
+            total += _utf8(piece)
         else:
-            total += len(unicodedata.normalize(form, piece).encode())
+            total += _utf8(unicodedata.normalize(form, piece))
     return total
 
 
-def _segment_tokens(value: Any, budget: _Budget) -> int:
-    """A prompt or an input: a text, token ids (counted exactly), or a list of either."""
+def _segment_tokens(value: Any, budget: _Budget, depth: int = 0) -> int:
+    """A prompt or an input: a text, token ids (counted exactly), or a list of either (deeper is refused)."""
     if isinstance(value, str):
         return text_tokens(value, budget) + SEGMENT_TOKENS
     if isinstance(value, int) and not isinstance(value, bool):
         return 1
-    if isinstance(value, list):
-        return sum(_segment_tokens(item, budget) for item in value)
+    if isinstance(value, list) and depth < 2:
+        return sum(_segment_tokens(item, budget, depth + 1) for item in value)
     return 0
 
 
 def _json_tokens(value: Any, budget: _Budget) -> int:
-    """JSON a template renders (tools, earlier tool calls): bounded by its widest form, indented by 4."""
-    return text_tokens(json.dumps(value, ensure_ascii=False, indent=4, default=str), budget)
+    """JSON a template renders (tools, earlier calls), in its widest form: indented by 4 (Llama 3.1's tojson).
+
+    Counted as it would be written, without writing it (indenting a deep
+    schema takes bytes quadratic in its depth): object by object and array
+    by array, the scalars of one at a time, while the request's budget of
+    items lasts; past it, a part counts as if each of its compact bytes
+    opened a line as deep as the part is long (refused, in practice).
+    """
+    if not isinstance(value, dict | list):
+        return _scalar_tokens([value], budget)
+    tokens, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if len(item) > budget.nodes:
+            tokens += _loose_json_tokens(item, depth)
+            continue
+        budget.nodes -= len(item)
+        values = list(item.values()) if isinstance(item, dict) else item
+        # Brackets, the closing line's indent, and per item a comma, a newline and its indent.
+        tokens += 2 + 4 * depth + len(values) * (2 + 4 * (depth + 1))
+        if isinstance(item, dict):
+            tokens += _scalar_tokens(list(item), budget) + 2 * len(item)  # the keys and their ": "
+        tokens += _scalar_tokens([v for v in values if not isinstance(v, dict | list)], budget)
+        stack.extend((v, depth + 1) for v in values if isinstance(v, dict | list))
+    return tokens
+
+
+def _scalar_tokens(values: list[Any], budget: _Budget) -> int:
+    """JSON strings, numbers, true, false and null: their list's JSON holds each as written, and more."""
+    return text_tokens(json.dumps(values, ensure_ascii=False, default=str), budget) if values else 0
+
+
+def _loose_json_tokens(item: Any, depth: int) -> int:
+    try:
+        size = _utf8(json.dumps(item, ensure_ascii=False, default=str))
+    except RecursionError:
+        return UNCOUNTABLE
+    return size * (2 + 4 * (depth + size))
 
 
 def _calls_as_rendered(calls: Any) -> Any:
@@ -178,7 +221,7 @@ def _calls_as_rendered(calls: Any) -> Any:
         arguments = function.get("arguments") if isinstance(function, dict) else None
         if isinstance(arguments, str):
             # Arguments that are not JSON are refused by the parser later; their string stands here.
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 call = {**call, "function": {**function, "arguments": json.loads(arguments)}}  # type: ignore[dict-item]
         rendered.append(call)
     return rendered
@@ -248,7 +291,9 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     n = _positive_int(body.get("n")) or 1
     prompts = body.get("prompt")
     # A list of texts or of token-id lists is several prompts (a list of ints is one).
-    count = len(prompts) if isinstance(prompts, list) and all(isinstance(p, str | list) for p in prompts) else 1
+    count = (
+        len(prompts) if isinstance(prompts, list) and all(isinstance(p, str | list) for p in prompts) else 1
+    )
     completions = min(n, MAX_N) * max(count, 1)
     return TokenEstimate(prompt=prompt, completions=completions, max_tokens=max_tokens, source=source)
 

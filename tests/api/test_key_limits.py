@@ -110,6 +110,32 @@ async def test_an_input_within_the_limit_is_counted_with_the_workers_usage(embed
     assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limit_exceeded")
 
 
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+DEEP_TOOL = {"type": "function", "function": {"name": "f", "parameters": nested(900)}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": "tiny", "prompt": nested(900)}),
+        ("/v1/embeddings", {"model": "tiny", "input": [nested(900)]}),
+        ("/v1/chat/completions", {**CHAT, "tools": [DEEP_TOOL] * 100}),  # ~3 GB if written indented
+    ],
+    ids=["deep-prompt", "deep-input", "deep-tools"],
+)
+async def test_a_body_too_deep_to_count_is_refused_with_a_4xx_not_a_500(worker, path, body):
+    secret = await make_key(tokens_per_minute=1_000_000)
+    response = await post(path, body, secret)
+    assert response.status_code in (400, 429), response.content
+    assert not worker
+
+
 async def test_requests_in_flight_are_limited_and_freed_when_they_end(worker):
     secret = await make_key(max_in_flight=1)
     first = await post("/v1/chat/completions", STREAM, secret)

@@ -7,6 +7,7 @@ test_limits_redis_faults.py) fall back to this process's share of each limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -275,6 +276,25 @@ def test_a_long_text_made_to_grow_is_bounded_without_normalising_it_all():
     assert time.monotonic() - started < 0.5  # normalising all of it takes seconds
     assert bound >= len(unicodedata.normalize("NFKC", text).encode())
     assert text_tokens("한") == 3
+
+
+def test_tools_count_as_written_indented_without_writing_them():
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    schema = {"type": "object", "properties": {"city": {"type": "string", "description": "Ville, é"}}}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": schema}}]
+    written = len(json.dumps(tools, ensure_ascii=False, indent=4).encode())
+    assert (
+        estimate_prompt_tokens({**chat, "tools": tools})
+        >= estimate_prompt_tokens(chat) + TOOLS_TOKENS + written
+    )
+    deep: object = 1
+    for _ in range(900):
+        deep = [deep]
+    hostile = [{"type": "function", "function": {"name": "f", "parameters": deep}}] * 100  # ~3 GB indented
+    started = time.monotonic()
+    bound = estimate_prompt_tokens({**chat, "tools": hostile})
+    assert time.monotonic() - started < 0.5
+    assert bound > 100 * sum(4 * depth for depth in range(900))
 
 
 def test_reservation_is_prompt_plus_n_times_max_tokens_with_fallbacks():
