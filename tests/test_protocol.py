@@ -205,3 +205,12 @@ def test_tool_calls_are_read_back_from_an_answer():
         [],
     )
     assert extract_calls("Paris.", tools) == ("Paris.", [])
+
+
+def test_tool_call_arguments_nested_past_the_stack_are_a_400_naming_them():
+    deep = "[" * 5000 + "]" * 5000
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
+    body = {"model": "m", "messages": [{"role": "assistant", "content": "", "tool_calls": [call]}]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat(body, strict=True)
+    assert caught.value.field == "messages[0].tool_calls[0].function.arguments"

@@ -153,7 +153,7 @@ def _tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # nested deeper than Python's stack: not an object we take
                 raise InvalidRequest(
                     f"'{where}[{i}].function.arguments' must be a JSON object.",
                     field=f"{where}[{i}].function.arguments",
