@@ -26,8 +26,8 @@ MAX_SPEC_CHARS = 64 * 1024
 MAX_CHOICES = 256
 SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-# A JSON schema, or its JSON text (vLLM takes both).
-JSON_SCHEMA: dict[str, Any] = {"oneOf": [{"type": "object"}, {"type": "string"}]}
+# A JSON schema (vLLM takes its JSON text too; the schema does not say so, as it cannot say "JSON").
+JSON_SCHEMA: dict[str, Any] = {"type": "object"}
 # "text" and "json_object" read nothing else; "json_schema" reads its `json_schema` object.
 RESPONSE_FORMAT_SCHEMA: dict[str, Any] = {
     "oneOf": [
@@ -75,7 +75,7 @@ STRUCTURED_OUTPUTS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 GUIDED_SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
-    "guided_json": (JSON_SCHEMA, "vLLM: a JSON schema the answer follows (or its JSON text)."),
+    "guided_json": (JSON_SCHEMA, "vLLM: a JSON schema the answer follows."),
     "guided_regex": (SPEC_TEXT, "vLLM: a regular expression the answer matches."),
     "guided_choice": (CHOICES, "vLLM: the answer is one of these strings."),
     "guided_grammar": (SPEC_TEXT, "vLLM: a grammar (Lark, or GBNF-style EBNF) the answer follows."),
@@ -128,7 +128,7 @@ def _response_format(name: str, value: Any) -> Guide | None:
         raise InvalidRequest(
             f"'{name}.json_schema.strict' must be a boolean.", field=f"{name}.json_schema.strict"
         )
-    schema = spec.get("schema", {})
+    schema = {} if spec.get("schema") is None else spec["schema"]  # null reads as absent
     return Guide("json_schema", _schema_text(f"{name}.json_schema.schema", schema), name)
 
 

@@ -38,11 +38,37 @@ def body_schema(table: dict[str, Field]) -> dict[str, Any]:
     in OpenAI's own schema). Fields not listed are refused by our workers (a
     remote endpoint behind the portal may take its own), so none is allowed.
     """
-    schema = request_schema(table)
-    for name, field in table.items():
-        if not field.required:
-            schema["properties"][name] = _nullable(schema["properties"][name])
-    return {**schema, "additionalProperties": False}
+    return {**nullable_optionals(request_schema(table)), "additionalProperties": False}
+
+
+def nullable_optionals(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (an object) with its optional properties nullable: our parsers read null as absent.
+
+    An `anyOf`/`oneOf` branch that requires a property (one of `text` or
+    `texts`) asks for it as declared, not null: null would not count.
+    """
+    declared = schema.get("properties", {})
+    if not declared:
+        return schema
+    required = set(schema.get("required", ()))
+    properties = {name: value if name in required else _nullable(value) for name, value in declared.items()}
+    out = {**schema, "properties": properties}
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            out[key] = [_pinned(branch, declared) for branch in schema[key]]
+    return out
+
+
+def _pinned(branch: Any, declared: dict[str, Any]) -> Any:
+    names = (
+        [name for name in branch.get("required", ()) if name in declared] if isinstance(branch, dict) else []
+    )
+    if not names:
+        return branch
+    return {
+        **branch,
+        "properties": {**{name: declared[name] for name in names}, **branch.get("properties", {})},
+    }
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:

@@ -38,9 +38,10 @@ UNSTATED = (
     "beam search or `best_of` above `n`; `length_penalty` and `early_stopping` only with `use_beam_search`, "
     "which takes no sampling fields, logprobs, tools or structured output; `top_logprobs` needs `logprobs`; "
     "a `tool_choice` other than none needs `tools` and names one of them, once each; one structured-output "
-    "field at most, none beside a forced `tool_choice`; a schema sent as text must be JSON; arguments of "
+    "field at most, none beside a forced `tool_choice`; arguments of "
     "earlier tool calls are JSON objects. The served model refuses what it cannot do (a `max_tokens` past "
-    "its context; structured output or logprobs on an engine without them)."
+    "its context, more choices than its worker holds at once, structured output or logprobs on an engine "
+    "without them)."
 )
 
 # One server-sent event of a stream, as an event-stream parser reads it.

@@ -20,6 +20,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import OpenApiResponse
 
+from portal.api.schema import nullable_optionals
 from portal.signed.envelope import CODE_MEANINGS, Code
 from portal.signed.loader import get_pipelines
 from portal.signed.pipelines.base import Pipeline
@@ -157,7 +158,7 @@ def request_schema(pipeline: Pipeline | None, policies: tuple[SignaturePolicy, .
                 "description": "Unix seconds, within SIGNED_TIMESTAMP_WINDOW of the server's clock.",
                 "example": 1767225600,
             },
-            "data": _declared(pipeline.data_schema if pipeline else {}),
+            "data": nullable_optionals(_declared(pipeline.data_schema if pipeline else {})),
         },
     }
 

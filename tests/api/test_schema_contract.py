@@ -99,3 +99,11 @@ async def test_the_parser_and_the_schema_refuse_the_same_body(extra, field):
     validator = jsonschema.Draft4Validator(published["content"]["application/json"]["schema"])
     assert not validator.is_valid(body)
     assert validator.is_valid(valid)
+
+
+def test_a_null_schema_in_response_format_reads_as_absent_as_the_schema_says():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    format_ = {"type": "json_schema", "json_schema": {"name": "a", "schema": None, "strict": None}}
+    guide = parse_chat({**body, "response_format": format_}, strict=True).params.guide
+    assert guide is not None
+    assert json.loads(guide.spec) == {}
