@@ -282,6 +282,8 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     source = next((name for name in PROMPT_FIELDS if name in body), "")
     if "messages" not in body and "prompt" not in body:
         return TokenEstimate(prompt=prompt, source=source)
+    if body.get("max_tokens") == 0 and body.get("echo") is True and body.get("max_completion_tokens") is None:
+        return TokenEstimate(prompt=prompt, source=source)  # the prompts' logprobs alone: nothing generated
     max_tokens = (
         _positive_int(body.get("max_tokens"))
         or _positive_int(body.get("max_completion_tokens"))

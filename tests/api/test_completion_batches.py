@@ -75,6 +75,9 @@ def test_the_reservation_counts_every_prompt_text_or_token_ids():
         cost = estimate({"model": "tiny", "prompt": prompts, "n": 2, "max_tokens": 10})
         assert cost.completions == 3 * 2
     assert estimate({"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 10}).completions == 1
+    scoring = {"model": "tiny", "prompt": IDS, "max_tokens": 0, "echo": True}
+    assert estimate(scoring).total == 6  # the prompts alone: max_tokens 0 generates nothing
+    assert estimate({**scoring, "max_completion_tokens": 5}).total == 6 + 3 * 5  # which wins over it
 
 
 async def test_a_batch_whose_prompts_together_exceed_the_tokens_per_minute_is_refused(served_model, upstream):
