@@ -164,3 +164,13 @@ def test_logprobs_zero_lists_the_chosen_token_alone(smol: WorkerProcess) -> None
     rows = zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)
     for token, value, top in list(rows)[1:]:
         assert top == {token: value}
+
+
+def test_best_of_keeps_the_n_best_candidates_of_each_prompt(smol: WorkerProcess) -> None:
+    prompts = ["The capital of France is", "Once upon a time"]
+    body: dict[str, Any] = {"max_tokens": 3, "temperature": 1.0, "seed": 5, "ignore_eos": True}
+    answer = complete(smol, prompt=prompts, n=2, best_of=3, logprobs=0, **body)
+    assert [c["index"] for c in answer["choices"]] == [0, 1, 2, 3]
+    assert answer["usage"]["completion_tokens"] == 2 * 3 * 3  # every candidate of every prompt is billed
+    for first, second in (answer["choices"][:2], answer["choices"][2:]):  # each prompt's own best first
+        assert sum(first["logprobs"]["token_logprobs"]) >= sum(second["logprobs"]["token_logprobs"])
