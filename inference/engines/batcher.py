@@ -46,6 +46,7 @@ from inference.engines import kvcache
 from inference.engines.base import Delta, TokenLogprob, Usage
 from inference.engines.handoff import Handoff
 from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
+from inference.engines.prefills import KeptPrefills
 from inference.engines.rate import TokenRate
 from inference.engines.stops import TextStream
 from inference.errors import EngineError, RequestFailed
@@ -86,9 +87,10 @@ class Batch:
 class Batcher:
     """Run the decode loop in a thread; accept, abort and report sequences from any thread."""
 
-    def __init__(self, model: Any, stop_ids: frozenset[int]) -> None:
+    def __init__(self, model: Any, stop_ids: frozenset[int], keep_tokens: int = 0) -> None:
         self.model = model
         self.stop_ids = stop_ids  # EOS ids of the model
+        self.kept = KeptPrefills(keep_tokens)  # prompts scored alone, joined without a second prefill
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inbox: list[Sequence] = []
@@ -200,7 +202,21 @@ class Batcher:
 
     # -- admission ------------------------------------------------------------
     def _admit(self, newcomers: list[Sequence]) -> None:
-        """Prefill the newcomers together; if that fails, one by one, failing only those that fail."""
+        """Prefill the newcomers together; if that fails, one by one, failing only those that fail.
+
+        A newcomer whose prompt was just scored alone (`kept`) joins from that pass instead.
+        """
+        waiting = []
+        for seq in newcomers:
+            prefill = self.kept.take(seq.prompt_ids)
+            if prefill is None:
+                waiting.append(seq)
+            else:
+                mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
+                self._join(Batch([seq], prefill.cache, mask), prefill.last_logits.unsqueeze(0))
+        if not waiting:
+            return
+        newcomers = waiting
         try:
             fresh, logits = self._prefill(newcomers)
         except Exception as exc:

@@ -40,6 +40,7 @@ from inference.engines.checks import check_generation, check_token_ids
 from inference.engines.guided import Grammar, GrammarCompiler
 from inference.engines.handoff import Handoff
 from inference.engines.logits import TokenPicker
+from inference.engines.prefills import Prefill
 from inference.engines.stops import TextStream
 from inference.errors import HandoffRefused, ModelLoadError
 from inference.templates import render_chat
@@ -125,7 +126,7 @@ class TransformersEngine(Engine):
             disaggregates=True,
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
-        self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer))
+        self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer), keep_tokens=limit)
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.batcher.stop_ids)
         self._waiting: set[str] = set()
         self._aborted_waiting: set[str] = set()
@@ -313,9 +314,17 @@ class TransformersEngine(Engine):
             return await asyncio.wrap_future(job)
 
     def _prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0]
-        logprobs = torch.log_softmax(logits.float().cpu()[:-1], dim=-1)
+            out = self.model(
+                input_ids=torch.tensor([ids], device=self.model.device), past_key_values=cache, use_cache=True
+            )
+        logits = out.logits[0].float().cpu()
+        # The generation the worker starts next for this prompt joins the batch from this pass.
+        self.batcher.kept.keep(ids, Prefill(cache, logits[-1]))
+        logprobs = torch.log_softmax(logits[:-1], dim=-1)
         entries = [TokenLogprob(ids[0], float("nan"))]
         for position, token in enumerate(ids[1:]):
             row = logprobs[position]
