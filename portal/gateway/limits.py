@@ -272,7 +272,7 @@ def _positive_int(value: Any) -> int | None:
 def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstimate:
     """The reservation for an OpenAI request body: the prompt's bound + n × max_tokens (per prompt).
 
-    max_tokens falls back to `max_completion_tokens`, then the model's default
+    `max_completion_tokens` wins over `max_tokens` (as the parser reads them), then the model's default
     (`defaults`), then inference.sampling.DEFAULT_MAX_TOKENS. A body without
     `messages` or `prompt` (embeddings, the echo pipeline) generates nothing.
     """
@@ -285,12 +285,13 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     if body.get("max_tokens") == 0 and body.get("echo") is True and body.get("max_completion_tokens") is None:
         return TokenEstimate(prompt=prompt, source=source)  # the prompts' logprobs alone: nothing generated
     max_tokens = (
-        _positive_int(body.get("max_tokens"))
-        or _positive_int(body.get("max_completion_tokens"))
+        _positive_int(body.get("max_completion_tokens"))
+        or _positive_int(body.get("max_tokens"))
         or _positive_int((defaults or {}).get("max_tokens"))
         or DEFAULT_MAX_TOKENS
     )
-    n = _positive_int(body.get("n")) or 1
+    # Every candidate is generated and billed: best_of of them when it is above n.
+    n = max(_positive_int(body.get("n")) or 1, _positive_int(body.get("best_of")) or 1)
     prompts = body.get("prompt")
     # A list of texts or of token-id lists is several prompts (a list of ints is one).
     count = (
