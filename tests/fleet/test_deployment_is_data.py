@@ -27,13 +27,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.agent.agent import Agent, AgentOptions
-from fleet.agent.processes import WorkerProcess, is_worker, start_time
+from fleet.agent.processes import WorkerProcess, command_line, is_worker, start_time
 from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.options import ALLOWED_FLAGS, OptionError, check_worker_argv, parse_extra_options
 from fleet.services.deployments import worker_command, worker_prefix
 from inference import loading
 from portal.env import worker_environment
-from tests.processes import REPO_ROOT, subprocess_env
+from tests.processes import REPO_ROOT, subprocess_env, wait_for
 
 ADD = "/admin/fleet/deployment/add/"
 FORM = {
@@ -249,6 +249,8 @@ def test_adoption_needs_the_exact_argv_and_the_same_start_time():
     argv = [sys.executable, "-c", "import time; time.sleep(30)", "a/1@vm"]
     process = subprocess.Popen(argv)
     try:
+        # Until it has exec'd, the child's command line is still its parent's (an agent adopts much later).
+        assert wait_for(lambda: command_line(process.pid) == argv, timeout=10, interval=0.05)
         started = start_time(process.pid)
         assert is_worker(process.pid, argv, started)
         assert not is_worker(process.pid, [*argv[:-1], "a/1@v"], started)  # a prefix of its id is not it
