@@ -282,9 +282,14 @@ def test_a_long_text_made_to_grow_is_bounded_without_normalising_it_all():
 def test_a_spent_budget_normalises_nothing_and_still_bounds_the_text(monkeypatch):
     text = "\ufdfa" * 10_000
     monkeypatch.setattr("portal.gateway.limits.NORMAL_SECONDS", -1.0)
-    normalised = []
+    normalised: list[str] = []
     real = unicodedata.normalize
-    monkeypatch.setattr(unicodedata, "normalize", lambda form, s: normalised.append(s) or real(form, s))
+
+    def spy(form: str, piece: str) -> str:
+        normalised.append(piece)
+        return real(form, piece)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unicodedata, "normalize", spy)
     bound = text_tokens(text)
     assert normalised == []
     assert bound >= len(real("NFKC", text).encode())
