@@ -12,58 +12,34 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError, CommandParser
-from django.test import Client
-from django.utils import timezone
 from django.utils.html import escape
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.agent.agent import Agent, AgentOptions
 from fleet.agent.processes import WorkerProcess, command_line, is_worker, start_time
-from fleet.models import Deployment, Instance, InstanceState, Node
+from fleet.models import Deployment, Instance, InstanceState
 from fleet.options import ALLOWED_FLAGS, OptionError, check_worker_argv, parse_extra_options
 from fleet.services.deployments import worker_command, worker_prefix
 from inference import loading
 from portal.env import worker_environment
+from tests.fleet.conftest import ADD, FORM
 from tests.processes import REPO_ROOT, subprocess_env, wait_for
 
-ADD = "/admin/fleet/deployment/add/"
-FORM = {
+# The form's defaults, for a SmolLM2 deployment named "trick".
+TRICK = {
+    **FORM,
     "name": "trick",
     "model_path": "smollm2-135m-instruct",
-    "model_names": "",
     "backend": "auto",
-    "role": "both",
     "replicas": "1",
-    "max_concurrency": "16",
-    "dtype": "auto",
-    "threads": "",
-    "max_model_len": "",
     "extra_args": "",
-    "placement": "spread",
-    "required_labels": "{}",
-    "memory_per_replica": str(2**30),
-    "instances-TOTAL_FORMS": "0",
-    "instances-INITIAL_FORMS": "0",
-    "events-TOTAL_FORMS": "0",
-    "events-INITIAL_FORMS": "0",
-    "min_replicas": "",
-    "max_replicas": "",
-    "idle_seconds": "600",
-    "target_queue_wait": "1",
-    "target_in_flight": "0.8",
-    "scale_up_after": "15",
-    "cooldown": "60",
-    "priority": "0",
-    "cold_start_timeout": "120",
 }
 # (form field, value, the message shown on that field)
 TRICKS = [
@@ -88,32 +64,10 @@ TRICKS = [
 ]
 
 
-@pytest.fixture
-def staff() -> Client:
-    user = get_user_model().objects.create_superuser("root", password="pw-123456789")
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def node() -> Node:
-    return Node.objects.create(
-        name="node-a",
-        address="127.0.0.1",
-        memory_bytes=16 * 2**30,
-        catalogue=[
-            {"path": "/models/qwen.gguf", "bytes": 2**30},
-            {"path": "smollm2-135m-instruct", "bytes": 1},
-        ],
-        expires_at=timezone.now() + timedelta(seconds=30),
-    )
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize(("field", "value", "message"), TRICKS)
 def test_the_admin_form_refuses_each_trick_on_its_field(staff, node, field, value, message):
-    response = staff.post(ADD, {**FORM, field: value})
+    response = staff.post(ADD, {**TRICK, field: value})
     assert response.status_code == 200
     page = response.content.decode()
     assert escape(message) in page
@@ -133,7 +87,7 @@ def test_deploy_create_refuses_each_trick(node, field, value, message):
 @pytest.mark.django_db
 def test_catalogued_packaged_and_allowed_hub_models_are_accepted(staff, node, settings):
     for name, path in (("a", "/models/qwen.gguf"), ("b", "all-minilm-l6-v2")):
-        response = staff.post(ADD, {**FORM, "name": name, "model_path": path, "extra_args": "--max-queue 8"})
+        response = staff.post(ADD, {**TRICK, "name": name, "model_path": path, "extra_args": "--max-queue 8"})
         assert response.status_code == 302, response.content.decode()[-2000:]
     settings.FLEET_HUB_ORGS = ["HuggingFaceTB"]
     call_command("deploy", "create", "c", "--model-path=HuggingFaceTB/SmolLM2-360M-Instruct")
