@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
-from fleet.models import Deployment
+from dataclasses import asdict
+from typing import Any
+
+from django.db.models import Prefetch
+
+from fleet.models import Deployment, Instance
+from fleet.services.deployments import summarize
 
 
 def list_on_demand_model_names() -> set[str]:
     """Served names of elastic deployments that start on a request (they are listed while cold)."""
     elastic = Deployment.objects.filter(min_replicas__isnull=False, max_replicas__gt=0)
     return {name for deployment in elastic for name in deployment.served_names}
+
+
+def list_deployment_rows() -> list[dict[str, Any]]:
+    """Every deployment with its replicas as the dashboard shows them (two queries)."""
+    instances = Instance.objects.select_related("node").order_by("pk")
+    rows = []
+    for deployment in Deployment.objects.prefetch_related(Prefetch("instances", queryset=instances)):
+        replicas = list(deployment.instances.all())
+        for instance in replicas:
+            instance.deployment = deployment  # its identity reads the name: no query per row
+        rows.append(
+            {
+                "id": deployment.id,
+                "name": deployment.name,
+                "model_path": deployment.model_path,
+                **asdict(summarize(deployment, replicas)),
+                "pending_reason": deployment.pending_reason,
+                "instances": [
+                    {
+                        "identity": i.identity,
+                        "node": i.node.name,
+                        "state": i.state if i.wanted else "stopping",
+                        "port": i.port,
+                        "restarts": i.restarts,
+                        "detail": i.detail,
+                    }
+                    for i in replicas
+                ],
+            }
+        )
+    return rows

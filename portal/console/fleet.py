@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from fleet.models import Deployment, Instance
-from fleet.services.deployments import summarize
+from fleet.selectors import list_deployment_rows
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
 
 WINDOW = timedelta(minutes=5)
@@ -118,43 +116,13 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _deployment_rows() -> list[dict[str, Any]]:
-    instances = Instance.objects.select_related("node").order_by("pk")
-    rows = []
-    for deployment in Deployment.objects.prefetch_related(Prefetch("instances", queryset=instances)):
-        replicas = list(deployment.instances.all())
-        for instance in replicas:
-            instance.deployment = deployment  # its identity reads the name: no query per row
-        rows.append(
-            {
-                "id": deployment.id,
-                "name": deployment.name,
-                "model_path": deployment.model_path,
-                **asdict(summarize(deployment, replicas)),
-                "pending_reason": deployment.pending_reason,
-                "instances": [
-                    {
-                        "identity": i.identity,
-                        "node": i.node.name,
-                        "state": i.state if i.wanted else "stopping",
-                        "port": i.port,
-                        "restarts": i.restarts,
-                        "detail": i.detail,
-                    }
-                    for i in replicas
-                ],
-            }
-        )
-    return rows
-
-
 def fleet_snapshot() -> dict[str, Any]:
     """Deployments, workers and models as the dashboard shows them (six queries)."""
     now = timezone.now()
     workers = Worker.objects.prefetch_related("served_models").order_by("identity")
     return {
         "at": now.isoformat(),
-        "deployments": _deployment_rows(),
+        "deployments": list_deployment_rows(),
         "workers": [_worker_row(worker, now) for worker in workers],
         "models": _model_rows(now),
     }
