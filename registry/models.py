@@ -153,15 +153,6 @@ class Worker(models.Model):
         return self.identity
 
     @property
-    def is_alive(self) -> bool:
-        """Online by its own word and its heartbeat still fresh: what every reader shows."""
-        return (
-            self.status == WorkerStatus.ONLINE
-            and self.expires_at is not None
-            and self.expires_at > timezone.now()
-        )
-
-    @property
     def effective_status(self) -> str:
         if self.status in (WorkerStatus.ONLINE, WorkerStatus.DRAINING, WorkerStatus.STARTING) and (
             self.expires_at is None or self.expires_at <= timezone.now()
