@@ -302,6 +302,8 @@ async def status(request: Request) -> Response:
             "in_flight": stats.in_flight,
             "queued": stats.queued,
             "tokens_per_second": stats.tokens_per_second,
+            "prefix_cache_tokens": stats.prefix_cache_tokens,
+            "prefix_cache_hit_rate": ctx.recent.prefix_hit_rate,
             "requests_in_progress": ctx.requests_in_progress,
             "role": ctx.role,
             "prefills_served": ctx.prefills_served,

@@ -153,6 +153,7 @@ class Generation:
             for eid, (p, choice) in zip(self.engine_ids, jobs, strict=True)
         ]
         self._prompt_tokens = sum(len(p.ids) for p in prompts)
+        self._first_choices = [k for k, (_, choice) in enumerate(jobs) if choice == 0]  # one per prompt
         self._begun: dict[int, Delta | BaseException] = {}  # each choice's first delta or failure
         self._all_begun = asyncio.Event()
         self._streamed = [0] * len(jobs)  # completion tokens seen per choice
@@ -184,12 +185,13 @@ class Generation:
             raise failure
 
     def usage(self) -> Usage:
-        """Tokens consumed so far: the prompt once, and every choice's completion tokens."""
+        """Tokens consumed so far: each prompt once (with what the prefix cache served), every completion."""
         completion = sum(
             self._final[i].completion_tokens if i in self._final else self._streamed[i]
             for i in range(len(self._gens))
         )
-        return Usage(self._prompt_tokens, completion)
+        cached = sum(self._final[k].cached_tokens for k in self._first_choices if k in self._final)
+        return Usage(self._prompt_tokens, completion, cached)
 
     async def settled(self, timeout: float = SETTLE_SECONDS) -> None:
         """Wait (bounded) until every choice has ended, e.g. after an abort."""
