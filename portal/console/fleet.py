@@ -17,6 +17,7 @@ from django.db.models import Count, Prefetch, Q
 from django.utils import timezone
 
 from fleet.models import Deployment, Instance
+from fleet.selectors import list_recent_events
 from fleet.services.deployments import summarize
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
 
@@ -149,12 +150,16 @@ def _deployment_rows() -> list[dict[str, Any]]:
 
 
 def fleet_snapshot() -> dict[str, Any]:
-    """Deployments, workers and models as the dashboard shows them (six queries)."""
+    """Deployments and their newest scaling events, workers and models as the dashboard shows them.
+
+    Seven queries.
+    """
     now = timezone.now()
     workers = Worker.objects.prefetch_related("served_models").order_by("identity")
     return {
         "at": now.isoformat(),
         "deployments": _deployment_rows(),
+        "deployment_events": list_recent_events(),  # deployment id → its newest events
         "workers": [_worker_row(worker, now) for worker in workers],
         "models": _model_rows(now),
     }
