@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch, Window
+from django.db.models.functions import RowNumber
 
-from fleet.models import Deployment, Instance
+from fleet.models import Deployment, DeploymentEvent, Instance
 from fleet.services.deployments import summarize
+
+EVENTS_SHOWN = 5  # per deployment on the dashboard; the admin's deployment page lists them all
 
 
 def list_on_demand_model_names() -> set[str]:
@@ -46,3 +50,19 @@ def list_deployment_rows() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def list_recent_events(*, per_deployment: int = EVENTS_SHOWN) -> dict[str, list[dict[str, Any]]]:
+    """Each deployment's newest scaling events, newest first, keyed by its id (one query)."""
+    newest = Window(RowNumber(), partition_by=F("deployment_id"), order_by=(F("at").desc(), F("id").desc()))
+    events = (
+        DeploymentEvent.objects.annotate(rank=newest)
+        .filter(rank__lte=per_deployment)
+        .order_by("deployment_id", "-at", "-id")
+        .values("deployment_id", "at", "action", "replicas_before", "replicas_after", "reason")
+    )
+    by_deployment: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        shown = {k: v for k, v in event.items() if k != "deployment_id"}
+        by_deployment[str(event["deployment_id"])].append({**shown, "at": event["at"].isoformat()})
+    return dict(by_deployment)

@@ -15,7 +15,7 @@ from typing import Any
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from fleet.selectors import list_deployment_rows
+from fleet.selectors import list_deployment_rows, list_recent_events
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
 
 WINDOW = timedelta(minutes=5)
@@ -117,12 +117,16 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
 
 
 def fleet_snapshot() -> dict[str, Any]:
-    """Deployments, workers and models as the dashboard shows them (six queries)."""
+    """Deployments and their newest scaling events, workers and models as the dashboard shows them.
+
+    Seven queries.
+    """
     now = timezone.now()
     workers = Worker.objects.prefetch_related("served_models").order_by("identity")
     return {
         "at": now.isoformat(),
         "deployments": list_deployment_rows(),
+        "deployment_events": list_recent_events(),  # deployment id → its newest events
         "workers": [_worker_row(worker, now) for worker in workers],
         "models": _model_rows(now),
     }

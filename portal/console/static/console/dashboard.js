@@ -88,6 +88,22 @@
     }
   }
 
+  function renderEvents(deployments, events) {
+    const body = document.querySelector("#fleet-events tbody");
+    body.replaceChildren();
+    for (const d of deployments) {
+      for (const e of events[d.id] || []) {
+        const row = body.insertRow();
+        row.dataset.deployment = d.name;
+        cell(row, d.name);
+        cell(row, new Date(e.at).toLocaleTimeString());
+        cell(row, e.action);
+        cell(row, e.replicas_before + " → " + e.replicas_after, "number");
+        cell(row, e.reason);
+      }
+    }
+  }
+
   function renderWorkers(workers) {
     const body = document.querySelector("#fleet-workers tbody");
     body.replaceChildren();
@@ -112,6 +128,7 @@
 
   function render(snapshot) {
     renderDeployments(snapshot.deployments);
+    renderEvents(snapshot.deployments, snapshot.deployment_events || {});
     renderModels(snapshot.models);
     renderWorkers(snapshot.workers);
     document.body.dataset.fleetAt = snapshot.at;
