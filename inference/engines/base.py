@@ -135,6 +135,9 @@ class EngineStats:
     tokens_per_second: float  # output tokens per second, recent window
     kv_cache_usage: float | None = None  # share of the KV cache in use (0..1); None: not known
     prefix_cache_tokens: int | None = None  # prompt tokens the prefix cache holds; None: not known
+    prefix_cache_hit_rate: float | None = (
+        None  # the worker's, from its finished requests (WorkerContext.stats)
+    )
 
 
 class Engine(abc.ABC):

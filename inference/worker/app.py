@@ -286,7 +286,7 @@ async def health(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     ctx = _context(request)
-    stats = ctx.engine.stats()
+    stats = ctx.stats()
     info = ctx.engine.info
     return JSONResponse(
         {
@@ -303,7 +303,7 @@ async def status(request: Request) -> Response:
             "queued": stats.queued,
             "tokens_per_second": stats.tokens_per_second,
             "prefix_cache_tokens": stats.prefix_cache_tokens,
-            "prefix_cache_hit_rate": ctx.recent.prefix_hit_rate,
+            "prefix_cache_hit_rate": stats.prefix_cache_hit_rate,
             "requests_in_progress": ctx.requests_in_progress,
             "role": ctx.role,
             "prefills_served": ctx.prefills_served,

@@ -29,7 +29,7 @@ class EngineCollector(Collector):
         self.ctx = ctx
 
     def collect(self) -> Iterator[Metric]:
-        ctx, stats, recent = self.ctx, self.ctx.engine.stats(), self.ctx.recent
+        ctx, stats, recent = self.ctx, self.ctx.stats(), self.ctx.recent
         model = [ctx.served_names[0] if ctx.served_names else ""]
         capacity = _number(ctx.limits.get("max_concurrency"))
         gauges: list[tuple[str, str, float | None]] = [
@@ -41,7 +41,7 @@ class EngineCollector(Collector):
             (
                 "prefix_cache_hit_ratio",
                 "Prompt tokens reused / prompt tokens, so far.",
-                recent.prefix_hit_rate,
+                stats.prefix_cache_hit_rate,
             ),
             ("http_requests_in_progress", "HTTP requests being answered.", ctx.requests_in_progress),
             ("max_concurrency", "Sequences the engine runs at once.", capacity),

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inference.engines.base import Delta, Engine, GenerationRequest, TokenLogprob, Usage
+from inference.engines.base import Delta, Engine, EngineStats, GenerationRequest, TokenLogprob, Usage
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
 from inference.protocol import GenerateCall
 from inference.sampling import MAX_SEED, SamplingParams
@@ -51,6 +51,10 @@ class WorkerContext:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
     )
+
+    def stats(self) -> EngineStats:
+        """The engine's figures with the worker's prefix-cache hit rate (heartbeat, /metrics)."""
+        return replace(self.engine.stats(), prefix_cache_hit_rate=self.recent.prefix_hit_rate)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:

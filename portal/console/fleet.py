@@ -48,6 +48,7 @@ def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
         "max_concurrency": worker.max_concurrency,
         "tokens_per_second": round(worker.tokens_per_second, 1),
         "kv_cache_usage": worker.kv_cache_usage,
+        "prefix_cache_hit_rate": worker.prefix_cache_hit_rate,
         "memory_bytes": worker.memory_bytes,
     }
 
@@ -73,15 +74,20 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
     live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
     recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
-        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens", "worker__role"
-    )
+        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens",
+        "worker__role", "prompt_tokens", "cached_tokens",
+    )  # fmt: skip
     requests: dict[str, int] = defaultdict(int)
     errors: dict[str, int] = defaultdict(int)
+    prompted: dict[str, int] = defaultdict(int)
+    cached: dict[str, int] = defaultdict(int)
     latency: dict[str, list[float]] = defaultdict(list)
     ttft: dict[tuple[str, str], list[float]] = defaultdict(list)
     gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for name, status, first, total, tokens, role in recent.iterator(chunk_size=5000):
+    for name, status, first, total, tokens, role, prompt, reused in recent.iterator(chunk_size=5000):
         requests[name] += 1
+        prompted[name] += prompt
+        cached[name] += reused
         errors[name] += status != UsageStatus.OK
         key = (name, "decode" if role == "decode" else "both")
         if first is not None:
@@ -110,6 +116,7 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
                 "latency_p50_ms": percentile(latency[name], 0.5),
                 "latency_p95_ms": percentile(latency[name], 0.95),
                 "error_rate": round(errors[name] / requests[name], 3) if requests[name] else None,
+                "prefix_cache_hit_rate": round(cached[name] / prompted[name], 3) if prompted[name] else None,
                 "by_role": {role: figures for role, figures in roles.items() if ttft[(name, role)]},
             }
         )

@@ -83,6 +83,20 @@ def test_the_snapshot_has_each_models_last_five_minutes() -> None:
 
 
 @pytest.mark.django_db
+def test_prefix_cache_hits_are_shown_per_model_and_per_worker() -> None:
+    worker = add_worker(1)
+    record_heartbeat(
+        identity=worker.identity, in_flight=0, queued=0, tokens_per_second=0.0, prefix_cache_hit_rate=0.5
+    )
+    for at, (prompt, cached) in enumerate([(1000, 960), (1000, 0), (500, 240)]):
+        record = usage("smol", 100.0 + at, 200.0)
+        UsageRecord.objects.filter(pk=record.pk).update(prompt_tokens=prompt, cached_tokens=cached)
+    snapshot = fleet_snapshot()
+    assert {m["name"]: m["prefix_cache_hit_rate"] for m in snapshot["models"]} == {"smol": 0.48}
+    assert [w["prefix_cache_hit_rate"] for w in snapshot["workers"]] == [0.5]
+
+
+@pytest.mark.django_db
 def test_first_token_and_inter_token_latency_are_shown_per_serving_role() -> None:
     both, decode = add_worker(1), add_worker(2)
     Worker.objects.filter(pk=decode.pk).update(role="decode")

@@ -65,10 +65,17 @@ def test_heartbeat_stores_figures_and_extends_expiry() -> None:
     worker = register_worker(registration=registration())
     Worker.objects.filter(pk=worker.pk).update(expires_at=timezone.now() + timedelta(seconds=1))
     assert record_heartbeat(
-        identity=worker.identity, in_flight=2, queued=1, tokens_per_second=40.0, interval=2.0
+        identity=worker.identity,
+        in_flight=2,
+        queued=1,
+        tokens_per_second=40.0,
+        prefix_cache_hit_rate=0.75,
+        prefix_cache_tokens=4096,
+        interval=2.0,
     )
     worker.refresh_from_db()
     assert (worker.in_flight, worker.queued, worker.tokens_per_second, worker.speed) == (2, 1, 40.0, 40.0)
+    assert (worker.prefix_cache_hit_rate, worker.prefix_cache_tokens) == (0.75, 4096)
     assert worker.expires_at is not None
     assert worker.expires_at > timezone.now() + timedelta(seconds=5)
 
