@@ -34,7 +34,7 @@ def smollm2(django_db_setup: None, chromium: Any) -> Iterator[WorkerProcess]:
     Each test's flush deletes its row; its next heartbeat registers it again.
     """
     with start_worker(
-        "--model-path", "smollm2-135m-instruct", "--model-names", "smollm2", "--heartbeat-interval", "0.5",
+        "--model-path", "smollm2-135m-instruct", "--model-names", "smollm2", "--heartbeat-interval", "1",
         timeout=240,
     ) as worker:  # fmt: skip
         yield worker
