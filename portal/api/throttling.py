@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from portal.api.errors import rate_limited
+from portal.gateway.gateway import current
 from portal.gateway.limits import LimitExceeded, Quota, Reservation, TokenEstimate, estimate, reserve
 from registry.services.dispatch import ResolvedModel
 from registry.services.keys import KeyInfo
@@ -37,6 +38,6 @@ class KeyRateThrottle:
         if model is not None:
             cost = replace(cost, model=model.name)  # refusals are counted against the model
         try:
-            return await reserve(key_quota(key), cost)
+            return await reserve(current().limits, key_quota(key), cost)
         except LimitExceeded as exc:
             raise rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param) from None

@@ -27,6 +27,7 @@ from portal.chat.body import answer_format, request_body
 from portal.chat.owners import Owner
 from portal.gateway import relay
 from portal.gateway.figures import count
+from portal.gateway.gateway import current
 from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ async def _relay_chunks(
 async def _reserve(answer: Answer, owner: Owner, body: dict[str, Any]) -> Reservation | None:
     """Reserve the answer against the user's limits; None (and `answer` failed) when one refuses it."""
     try:
-        return await reserve(chat_quota(owner), await aestimate(body))
+        return await reserve(current().limits, chat_quota(owner), await aestimate(body))
     except LimitExceeded as exc:
         # Waiting helps (429, retryable) unless the answer alone exceeds the limit.
         status = 429 if exc.retry_after is not None else 400

@@ -38,16 +38,7 @@ from typing import Any, Literal
 import redis
 
 from inference.sampling import DEFAULT_MAX_TOKENS
-from portal.gateway.limit_stores import (
-    IN_FLIGHT,
-    OK,
-    RPM,
-    TOO_LARGE,
-    LimitStore,
-    Quota,
-    fallback_store,
-    limit_store,
-)
+from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, LimitStore, LimitStores, Quota
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
 from registry.services.dispatch import aresolve_model, valid_model_name
@@ -369,8 +360,8 @@ def _refusal(quota: Quota, outcome: str, retry_after: int, cost: TokenEstimate) 
     return LimitExceeded(outcome, message, retry_after=retry_after)
 
 
-async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
-    """Reserve one request of `cost` against `quota`; raise LimitExceeded when a limit refuses it."""
+async def reserve(stores: LimitStores, quota: Quota, cost: TokenEstimate) -> Reservation:
+    """Reserve one request of `cost` against `quota` in `stores`; raise LimitExceeded when one refuses it."""
     if not quota.limited:
         return Reservation(quota, cost)
     tokens = cost.total if quota.tokens_per_minute else 0
@@ -378,11 +369,11 @@ async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=TOO_LARGE)
         raise _too_large(quota, cost)
     flight_id = uuid.uuid4().hex if quota.max_in_flight else ""
-    store = limit_store()
+    store = stores.store()
     try:
         admission = await store.reserve(quota, tokens, flight_id)
     except (redis.RedisError, OSError):  # the store logged it; count this portal's share meanwhile
-        store = fallback_store()
+        store = stores.fallback()
         admission = await store.reserve(quota, tokens, flight_id)
     if admission.outcome != OK:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=admission.outcome)

@@ -16,8 +16,8 @@ from channels.db import database_sync_to_async
 
 from fleet.selectors import list_on_demand_model_names
 from portal.gateway.caller import Caller, new_request_id
-from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed
+from portal.gateway.gateway import Gateway, current
 from portal.gateway.limits import estimate_prompt_tokens
 from portal.gateway.prepare import CHAT, COMPLETION, EMBEDDING, prepare
 from portal.gateway.streaming import ChatStream
@@ -39,12 +39,14 @@ __all__ = [
 ]
 
 
-async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket: Ticket) -> dict[str, Any]:
+async def _send(
+    gateway: Gateway, model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket: Ticket
+) -> dict[str, Any]:
     """POST to a worker, failing over to others while workers refuse or fail."""
 
     async def attempt(worker: Any) -> dict[str, Any]:
         headers = worker_headers(worker, ticket.entry.request_id)
-        response = await get_client().post(worker_url(worker, endpoint), json=out, headers=headers)
+        response = await gateway.client.post(worker_url(worker, endpoint), json=out, headers=headers)
         if response.status_code != 200:
             raise error_from_response(response.status_code, response.content)
         try:
@@ -62,15 +64,16 @@ async def _send(model: ResolvedModel, out: dict[str, Any], endpoint: str, ticket
 
 
 async def _unary(body: Any, endpoint: str, caller: Caller, request_id: str | None) -> dict[str, Any]:
+    gateway = current()
     request_id = request_id or new_request_id()
     name = body.get("model") if isinstance(body, dict) else None
     entry = caller.usage_entry(request_id=request_id, endpoint=endpoint, model_name=str(name or ""))
-    ticket = Ticket(entry, reservation=caller.reservation, queue=caller.queue_terms)
+    ticket = Ticket(gateway, entry, reservation=caller.reservation, queue=caller.queue_terms)
     try:
         model, out = await prepare(body, endpoint, stream=False)
         ticket.entry.served_model_id, ticket.entry.model_name = model.id, model.name
         ticket.prompt_estimate = estimate_prompt_tokens(out)
-        result = await _send(model, out, endpoint, ticket)
+        result = await _send(gateway, model, out, endpoint, ticket)
     except GatewayError as exc:
         ticket.finish(UsageStatus.ERROR, exc)
         raise
@@ -101,12 +104,12 @@ async def embeddings(body: dict, *, caller: Caller, request_id: str | None = Non
 
 def stream_chat_completion(body: dict, *, caller: Caller, request_id: str | None = None) -> ChatStream:
     """A streaming chat completion; call `await stream.open()` then iterate chunks."""
-    return ChatStream(body, CHAT, caller=caller, request_id=request_id)
+    return ChatStream(current(), body, CHAT, caller=caller, request_id=request_id)
 
 
 def stream_completion(body: dict, *, caller: Caller, request_id: str | None = None) -> ChatStream:
     """A streaming text completion, as `stream_chat_completion`."""
-    return ChatStream(body, COMPLETION, caller=caller, request_id=request_id)
+    return ChatStream(current(), body, COMPLETION, caller=caller, request_id=request_id)
 
 
 def _timestamp(value: datetime) -> int:

@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
 from portal.gateway.caller import Caller, new_request_id
-from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
 from portal.gateway.figures import clean_usage
 from portal.gateway.limits import estimate_prompt_tokens
@@ -32,6 +31,9 @@ from portal.gateway.upstream import (
     worker_url,
 )
 from registry.models import UsageStatus
+
+if TYPE_CHECKING:
+    from portal.gateway.gateway import Gateway
 
 DONE = b"data: [DONE]\n\n"
 READ_TO_END_SECONDS = 1.0
@@ -54,7 +56,10 @@ def _has_content(payload: str) -> bool:
 class ChatStream:
     """Async iterator of OpenAI chunk dicts for a streaming chat (or text) completion."""
 
-    def __init__(self, body: Any, endpoint: str, *, caller: Caller, request_id: str | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, body: Any, endpoint: str, *, caller: Caller, request_id: str | None = None
+    ) -> None:
+        self._gateway = gateway
         self.request_id = request_id or new_request_id()
         self.worker_identity: str | None = None
         self.usage: dict | None = None
@@ -64,7 +69,9 @@ class ChatStream:
         self._include_usage = isinstance(body, dict) and wants_usage(body)
         name = str(body.get("model") or "") if isinstance(body, dict) else ""
         entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
-        self._ticket = Ticket(entry, reservation=caller.reservation, queue=caller.queue_terms, streamed=True)
+        self._ticket = Ticket(
+            gateway, entry, reservation=caller.reservation, queue=caller.queue_terms, streamed=True
+        )
         self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None
@@ -98,7 +105,7 @@ class ChatStream:
 
     async def _start(self, worker: Any, out: dict[str, Any]) -> None:
         """Send the request and hold its first event; raise on a refusal or an early death."""
-        client = get_client()
+        client = self._gateway.client
         url, headers = worker_url(worker, self._endpoint), worker_headers(worker, self.request_id)
         request = client.build_request("POST", url, json=out, headers=headers)
         response = await client.send(request, stream=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portal.gateway import counters, queue
 from portal.gateway.errors import GatewayError
 from portal.gateway.figures import usage_counts
 from portal.gateway.limits import Reservation
@@ -16,7 +15,10 @@ from portal.gateway.tasks import spawn
 from portal.gateway.upstream import abort_request
 from portal.metrics import instruments
 from registry.models import UsageStatus, WorkerKind
-from registry.services.usage import UsageEntry, schedule_usage
+from registry.services.usage import UsageEntry
+
+if TYPE_CHECKING:
+    from portal.gateway.gateway import Gateway
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Ticket:
     estimate plus one token per content chunk relayed.
     """
 
+    gateway: Gateway
     entry: UsageEntry
     reservation: Reservation | None = None
     queue: QueueTerms = field(default_factory=QueueTerms)  # how it waits when every worker is busy
@@ -61,15 +64,15 @@ class Ticket:
         self.entry.worker_id = worker.id
         self.worker_label = worker.identity
         self.role_label = "decode" if getattr(worker, "prefill_from", ()) else "both"
-        counters.acquire(worker.id)
+        self.gateway.counters.acquire(worker.id)
         self._in_flight = instruments.start_in_flight(self.model_label, worker.identity)
 
     def release(self) -> None:
         if self.worker is not None:
-            counters.release(self.worker.id)
+            self.gateway.counters.release(self.worker.id)
             self._in_flight.dec()
             self.worker = None
-            queue.wake()  # a slot may have freed: the heads of the queues try again
+            self.gateway.queues.wake()  # a slot may have freed: the heads of the queues try again
 
     @property
     def model_label(self) -> str:
@@ -117,7 +120,7 @@ class Ticket:
 
     async def _abort_then_record(self, worker: Any) -> None:
         try:
-            usage = await abort_request(worker, self.entry.request_id)
+            usage = await abort_request(self.gateway, worker, self.entry.request_id)
             if not self.usage_known:
                 self.set_usage(usage)
         finally:
@@ -126,7 +129,7 @@ class Ticket:
     def _record(self) -> None:
         if not self.usage_known:
             self._estimate_usage()
-        self._recording = schedule_usage(entry=self.entry)
+        self._recording = self.gateway.usage.schedule(self.entry)
         if self.reservation is not None:
             self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
         self._observe()

@@ -14,8 +14,7 @@ import httpx2
 from django.conf import settings
 
 from inference.protocol.headers import PREFILL_WORKERS
-from portal.gateway import counters, demand, queue
-from portal.gateway.client import get_client
+from portal.gateway import demand, queue
 from portal.gateway.errors import (
     GatewayError,
     credentials_refused,
@@ -36,6 +35,7 @@ from registry.services.dispatch import (
 )
 
 if TYPE_CHECKING:
+    from portal.gateway.gateway import Gateway
     from portal.gateway.ticket import Ticket
 
 __all__ = ["spawn"]  # re-exported: callers outside the gateway start background work through it
@@ -49,8 +49,6 @@ CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most 
 LOGGED_WORKERS_CAP = 10_000
 FAILOVER_FAULTS = ("busy", "misrouted", "worker", "credentials")  # another worker may serve the request
 T = TypeVar("T")
-# Worker identity → when this process last logged its refusal of the portal's credentials.
-_credentials_logged: dict[str, float] = {}
 
 
 class WorkerDied(Exception):
@@ -125,7 +123,7 @@ def error_from_response(status: int, content: bytes) -> GatewayError:
     return error
 
 
-async def abort_request(worker: Any, request_id: str) -> dict[str, int] | None:
+async def abort_request(gateway: Gateway, worker: Any, request_id: str) -> dict[str, int] | None:
     """Tell our worker to stop `request_id`; return its usage so far when the worker reports it.
 
     The worker answers `{"id", "aborted", "usage"}`, a request that has just
@@ -136,7 +134,7 @@ async def abort_request(worker: Any, request_id: str) -> dict[str, int] | None:
         return None
     url = f"{worker.address.rstrip('/')}/abort/{request_id}"
     try:
-        response = await get_client().post(
+        response = await gateway.client.post(
             url, headers=worker_headers(worker, request_id), timeout=ABORT_TIMEOUT_SECONDS
         )
         answer = response.json() if response.status_code == 200 else None
@@ -146,14 +144,19 @@ async def abort_request(worker: Any, request_id: str) -> dict[str, int] | None:
     return clean_usage(answer.get("usage")) if isinstance(answer, dict) else None
 
 
-def abort_on_worker(worker: Any, request_id: str) -> None:
+def abort_on_worker(gateway: Gateway, worker: Any, request_id: str) -> None:
     """Stop the request on our worker in the background, not waiting for its answer."""
     if worker.kind != WorkerKind.REMOTE:
-        spawn(abort_request(worker, request_id))
+        spawn(abort_request(gateway, worker, request_id))
 
 
 async def pick_worker(
-    model: ResolvedModel, place: queue.Place, skip: set[int], busy: set[int], last_error: GatewayError | None
+    gateway: Gateway,
+    model: ResolvedModel,
+    place: queue.Place,
+    skip: set[int],
+    busy: set[int],
+    last_error: GatewayError | None,
 ) -> Any:
     """The next worker to try for `model`, waiting in the queue while every one is busy.
 
@@ -169,9 +172,9 @@ async def pick_worker(
         coming = None if candidates or last_error else await demand.workers_coming(model)
         if coming is not None and not place.queued:
             place.timeout = coming
-        others_waiting = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
+        others_waiting = place.enabled and not place.queued and gateway.queues.waiting_here(model.id) > 0
         if not others_waiting:
-            usable = counters.with_local_counts(candidates, skip | busy)
+            usable = gateway.counters.with_local_counts(candidates, skip | busy)
             try:
                 chosen = choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
                 return with_prefill_workers(chosen, usable)
@@ -213,6 +216,7 @@ def _none_left(
 class _Tries:
     """What one request's failover has learnt so far: whom to skip, and the last worker's error."""
 
+    gateway: Gateway = field(repr=False)
     failed: set[int] = field(default_factory=set)  # failed this request: not asked again
     busy: set[int] = field(default_factory=set)  # refused it as busy since it last waited
     suspects: list[int] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
@@ -232,11 +236,11 @@ class _Tries:
             # A worker refusing the token says nothing of the request: it costs no attempt.
             self.failures += fault != "credentials"
         if fault in ("misrouted", "credentials"):
-            counters.exclude(worker.id)
+            self.gateway.counters.exclude(worker.id)
         elif fault == "worker":
             self.suspects.append(worker.id)
         if fault == "credentials":
-            _count_credentials_refused(worker)
+            _count_credentials_refused(self.gateway, worker)
         self.last_error, self.left = error, (worker.identity, fault)
 
     def broke(self, worker: Any, exc: Exception) -> None:
@@ -244,7 +248,7 @@ class _Tries:
 
         A stale keep-alive socket to a killed worker reads as ReadError.
         """
-        counters.exclude(worker.id)
+        self.gateway.counters.exclude(worker.id)
         self.failed.add(worker.id)
         self.failures += 1
         self.last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
@@ -252,23 +256,26 @@ class _Tries:
 
     def served(self) -> None:
         for suspect in self.suspects:
-            counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+            self.gateway.counters.exclude(
+                suspect
+            )  # another worker served what it failed: the fault was its own
 
 
-def _count_credentials_refused(worker: Any) -> None:
+def _count_credentials_refused(gateway: Gateway, worker: Any) -> None:
     """Count a worker's 401/403 in /metrics; warn about it at most once a minute per worker.
 
     What a half-done token rotation looks like: the worker holds another
     WORKER_TOKEN (or the remote endpoint another key). The token is never logged.
     """
     instruments.record_worker_auth_failure(worker=worker.identity)
+    logged = gateway.credential_warnings
     now = time.monotonic()
-    last = _credentials_logged.get(worker.identity)
+    last = logged.get(worker.identity)
     if last is not None and now - last < CREDENTIALS_LOG_SECONDS:
         return
-    if len(_credentials_logged) >= LOGGED_WORKERS_CAP:
-        _credentials_logged.clear()
-    _credentials_logged[worker.identity] = now
+    if len(logged) >= LOGGED_WORKERS_CAP:
+        logged.clear()
+    logged[worker.identity] = now
     secret = "its remote_api_key" if worker.kind == WorkerKind.REMOTE else "the portal's WORKER_TOKEN"
     logger.warning(
         "Worker %s at %s refused %s (401/403); it is left out of dispatch for a while. "
@@ -296,18 +303,20 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     answers do not count against its attempts. A move to another worker is
     counted (portal_dispatch_failovers) against the one left.
     """
+    gateway = ticket.gateway
     place = queue.Place(
+        gateway.queues,
         model_id=model.id,
         model_name=model.name,
         timeout=model.queue_timeout,
         member=ticket.entry.request_id,
         terms=ticket.queue,
     )
-    tries = _Tries()
+    tries = _Tries(gateway=gateway)
     demand.arrived(model.name)
     try:
         while True:
-            worker = await pick_worker(model, place, tries.failed, tries.busy, tries.last_error)
+            worker = await pick_worker(gateway, model, place, tries.failed, tries.busy, tries.last_error)
             demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:

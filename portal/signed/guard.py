@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
+from portal.gateway.gateway import current
 from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
 from portal.signed.envelope import Code, SignedApiError
 from portal.signed.replay import refuse_replay
@@ -47,7 +48,7 @@ async def reserve_for_app(credential: CredentialSnapshot, params: dict[str, Any]
         max_in_flight=credential.max_in_flight,
     )
     try:
-        return await reserve(quota, await aestimate(params))
+        return await reserve(current().limits, quota, await aestimate(params))
     except LimitExceeded as exc:
         later = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
         raise SignedApiError(Code.RATE_LIMITED, exc.message + later) from None

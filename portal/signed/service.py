@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from portal.gateway.figures import usage_counts
-from portal.gateway.upstream import spawn
+from portal.gateway.gateway import current
+from portal.gateway.tasks import spawn
 from portal.signed.envelope import (
     Code,
     SignedApiError,
@@ -41,16 +41,9 @@ from portal.signed.pipelines.base import (
 from portal.signed.policies import SignaturePolicy
 from registry.models import AppCredential
 from registry.services.credentials import CredentialSnapshot, aget_credential
-from registry.services.last_used import LastUsedThrottle, touch_last_used
+from registry.services.last_used import touch_last_used
 
 logger = logging.getLogger(__name__)
-
-_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_last_used = LastUsedThrottle()
 
 
 def new_request_id() -> str:
@@ -60,15 +53,14 @@ def new_request_id() -> str:
 
 def _inference_slots() -> asyncio.Semaphore:
     """SIGNED_MAX_WORKERS concurrent inferences per portal process (one semaphore per event loop)."""
-    loop = asyncio.get_running_loop()
-    semaphore = _semaphores.get(loop)
-    if semaphore is None:
-        semaphore = _semaphores[loop] = asyncio.Semaphore(max(1, int(settings.SIGNED_MAX_WORKERS)))
-    return semaphore
+    return current().loops.get(
+        "signed-slots", lambda: asyncio.Semaphore(max(1, int(settings.SIGNED_MAX_WORKERS)))
+    )
 
 
 async def find_app(app_id: str) -> CredentialSnapshot:
     """Return the enabled app with this appId, or refuse it (9805)."""
+    await current().watch.check()  # an admin change reaches the cached lookup within a second
     credential = await aget_credential(app_id)
     if credential is None or not credential.enabled:
         raise SignedApiError(Code.UNKNOWN_APP, "unknown or disabled appId")
@@ -92,7 +84,7 @@ async def authenticate(
             Code.SIGN_TYPE_NOT_ALLOWED, f"unknown signType: {request.sign_type} (accepted: {accepted})"
         )
     await policy.authenticate_signed(request, credential)
-    if _last_used.due(credential.id):
+    if current().app_touches.due(credential.id):
         # Bookkeeping in the background, at most once a minute per app.
         spawn(database_sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
     return policy

@@ -21,7 +21,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, WorkerStatus
-from registry.services import versions
 from registry.services.cache import RefreshingCache
 
 _RNG = random.Random()
@@ -215,7 +214,6 @@ async def aresolve_model(*, name: str) -> ResolvedModel | None:
     """
     if not valid_model_name(name):
         return None
-    await versions.watch.check()
     return await _model_cache.get(name)
 
 
@@ -255,9 +253,3 @@ def list_online_models(*, on_demand: Collection[str] = ()) -> list[dict[str, Any
         {"name": m.name, "created": m.created_at, "aliases": [a.name for a in m.aliases.all()]}
         for m in models
     ]
-
-
-def clear_caches() -> None:
-    """Forget cached models and candidates (tests, and after an admin change)."""
-    _candidate_cache.clear()
-    _model_cache.clear()

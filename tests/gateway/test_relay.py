@@ -9,10 +9,10 @@ import time
 import httpx2
 import pytest
 
-from portal.gateway import counters, relay
+from portal.gateway import relay
+from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import UsageRecord
-from registry.services.usage import flush_pending
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +31,7 @@ async def test_chat_completion_resolves_alias_and_fills_model_defaults(served_mo
     assert sent["stream"] is False
     assert seen[0].headers["X-Request-Id"] == "r1"
     assert str(seen[0].url) == "http://w1:9000/v1/chat/completions"
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="r1")
     assert (record.prompt_tokens, record.completion_tokens, record.status) == (3, 2, "ok")
 
@@ -72,8 +72,8 @@ async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served
         if any(request.url.host == "dead" for request in seen):
             break
     dead_id = (await sync(lambda: served_model.workers.get(identity="dead"))).id
-    assert counters.is_excluded(dead_id)
-    assert counters.in_flight(dead_id) == 0
+    assert current().counters.is_excluded(dead_id)
+    assert current().counters.in_flight(dead_id) == 0
 
 
 async def test_worker_400_is_passed_through_without_failover(served_model, upstream):
@@ -99,7 +99,7 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     assert stream.worker_identity == "w1"
     assert stream.time_to_first_token_ms is not None
     assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="s1")
     assert (record.completion_tokens, record.status) == (2, "ok")
 
@@ -170,9 +170,9 @@ async def test_stream_closed_early_records_cancelled_and_aborts(served_model, up
     async for _ in stream:
         break
     await stream.aclose()
-    assert counters.in_flight(worker.id) == 0
+    assert current().counters.in_flight(worker.id) == 0
     await drain()
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="c1")
     assert record.status == "cancelled"
     assert any(r.url.path == "/abort/c1" for r in seen)

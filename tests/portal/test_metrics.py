@@ -29,12 +29,13 @@ from portal.metrics.heartbeats import read_workers
 from portal.metrics.views import metrics
 from registry.models import Worker, WorkerStatus
 from registry.services import keys
+from registry.services.cache import forget_all
 from tests.api.test_views import CHAT, make_key, post
-from tests.gateway.conftest import _fresh_gateway_state, add_worker, chunk, served_model, sse, upstream
+from tests.gateway.conftest import add_worker, chunk, served_model, sse, upstream
 from tests.portal_process import start_portal
 from tests.processes import REPO_ROOT, start_worker, wait_for
 
-__all__ = ["_fresh_gateway_state", "served_model", "upstream"]
+__all__ = ["served_model", "upstream"]
 pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 STREAM = {**CHAT, "stream": True}
@@ -42,9 +43,9 @@ STREAM = {**CHAT, "stream": True}
 
 @pytest.fixture(autouse=True)
 def _no_key_cache():
-    keys.clear_cache()
+    forget_all()
     yield
-    keys.clear_cache()
+    forget_all()
 
 
 async def scrape(**extra: Any) -> str:
