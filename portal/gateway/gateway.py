@@ -6,22 +6,34 @@ exclusions, the limit stores, the request queue, the usage writer and the
 registry-version watch. State tied to an event loop (connections, the usage
 stream, the signed API's slots) lives in `loops`, one style for all of it.
 
-`portal/asgi.py` installs one when the process starts (`install`); code on
-the request path reads it with `current()`. A test builds its own and
-installs it: a fresh Gateway starts from empty counters, stores, queues and
-lookups.
+Every door (the OpenAI API, the signed API, the chat page) calls `admit`
+(one resolve, one parse, one estimate and reservation: a `Prepared`), then
+`run` for one answer or `stream` for server-sent chunks.
+
+`portal/asgi.py` builds one when the process starts; code on the request
+path reads it with `current()`. A test builds its own and installs it: a
+fresh Gateway starts from empty counters, stores, queues and lookups.
 """
 
 from __future__ import annotations
 
-import httpx2
+from typing import Any
 
+import httpx2
+from channels.db import database_sync_to_async
+
+from fleet.selectors import list_on_demand_model_names
+from portal.gateway import send
+from portal.gateway.caller import Caller
 from portal.gateway.client import make_client
 from portal.gateway.counters import Counters
 from portal.gateway.limit_stores import LimitStores
 from portal.gateway.per_loop import Loops
+from portal.gateway.prepare import Prepared, admit
 from portal.gateway.queue import Queues
+from portal.gateway.streaming import ChatStream
 from registry.services.cache import forget_all
+from registry.services.dispatch import list_online_models
 from registry.services.last_used import LastUsedThrottle
 from registry.services.usage_stream import UsageStream
 from registry.services.usage_writer import UsageWriter
@@ -43,6 +55,26 @@ class Gateway:
         self.key_touches = LastUsedThrottle()  # last_used_at writes of API keys
         self.app_touches = LastUsedThrottle()  # and of app credentials
         self.credential_warnings: dict[str, float] = {}  # worker identity → when its 401 was logged
+
+    async def admit(
+        self, door: str, caller: Caller, body: Any, *, stream: bool = False, request_id: str | None = None
+    ) -> Prepared:
+        """One request through `door`, checked once: see `prepare.admit`."""
+        return await admit(self, door, caller, body, stream=stream, request_id=request_id)
+
+    async def run(self, prepared: Prepared) -> dict[str, Any]:
+        """The worker's whole answer to an admitted request."""
+        return await send.run(prepared)
+
+    async def stream(self, prepared: Prepared) -> ChatStream:
+        """An admitted streaming request, opened: its first event is in, its chunks follow."""
+        stream = ChatStream(self, prepared)
+        await stream.open()
+        return stream
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """Served models with an online worker or started on a request: id, name, task, created, aliases."""
+        return await database_sync_to_async(_online_models)()
 
     @property
     def client(self) -> httpx2.AsyncClient:
@@ -70,6 +102,10 @@ class Gateway:
         """Send every later request through `transport` (tests)."""
         self.transport = transport
         self.loops.pop("client")
+
+
+def _online_models() -> list[dict[str, Any]]:
+    return list_online_models(on_demand=list_on_demand_model_names())
 
 
 _installed: Gateway | None = None

@@ -32,7 +32,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
@@ -41,9 +41,8 @@ from inference.sampling import DEFAULT_MAX_TOKENS
 from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, LimitStore, LimitStores, Quota
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
-from registry.services.dispatch import aresolve_model, valid_model_name
 
-__all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "aestimate", "estimate", "reserve"]
+__all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "estimate", "reserve"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,15 +289,6 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     )
     completions = min(n, MAX_N) * max(count, 1)
     return TokenEstimate(prompt=prompt, completions=completions, max_tokens=max_tokens, source=source)
-
-
-async def aestimate(body: Any) -> TokenEstimate:
-    """`estimate`, with the defaults of the model the body names (looked up through the model cache)."""
-    name = body.get("model") if isinstance(body, dict) else None
-    model = await aresolve_model(name=name) if isinstance(name, str) and valid_model_name(name) else None
-    if model is None:
-        return estimate(body)
-    return replace(estimate(body, model.default_params), model=model.name)
 
 
 @dataclass

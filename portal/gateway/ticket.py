@@ -53,9 +53,14 @@ class Ticket:
     _recording: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.reservation is not None:
-            self.reservation.claimed = True
-            self.prompt_estimate = self.reservation.estimate.prompt
+        self.hold(self.reservation)
+
+    def hold(self, reservation: Reservation | None) -> None:
+        """Settle `reservation` when the request ends (it is this ticket's to settle now)."""
+        self.reservation = reservation
+        if reservation is not None:
+            reservation.claimed = True
+            self.prompt_estimate = reservation.estimate.prompt
 
     def assign(self, worker: Any) -> None:
         """Count the request against `worker` until it ends or moves to another worker."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from django.conf import settings
 
 from portal.gateway.figures import usage_counts
 from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded
 from portal.gateway.tasks import spawn
 from portal.signed.envelope import (
     Code,
@@ -28,7 +30,7 @@ from portal.signed.envelope import (
     error_body,
     success_body,
 )
-from portal.signed.guard import admit, check_timestamp, reserve_for_app
+from portal.signed.guard import admit, app_quota, check_timestamp, rate_limited, reserve_for_app
 from portal.signed.intake import read_request
 from portal.signed.loader import aget_ready_pipeline
 from portal.signed.pipelines.base import (
@@ -98,6 +100,8 @@ async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: Pipe
                 return await pipeline.infer(params, context=context)
     except (TimeoutError, InferenceTimedOut) as exc:
         raise SignedApiError(Code.TIMEOUT, "no result within the time allowed") from exc
+    except LimitExceeded as exc:
+        raise rate_limited(exc) from None
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
     except InferenceFailed as exc:
@@ -124,10 +128,12 @@ async def _serve(
         params = pipeline.api_entry(request.data)
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
-    reservation = await reserve_for_app(credential, params)
     context = PipelineContext(
         request_id=request_id, app_id=credential.app_id, app_credential_id=credential.id
     )
+    if pipeline.reserves_itself:  # the gateway reserves it against the app's quota, and settles it
+        return await run_pipeline(pipeline, params, replace(context, quota=app_quota(credential)))
+    reservation = await reserve_for_app(credential, params)
     # Settled with the result's usage; a refusal or failure used nothing, while a request that
     # timed out or was cancelled may have generated all it reserved.
     used = reservation.estimate.total

@@ -250,6 +250,12 @@ def list_online_models(*, on_demand: Collection[str] = ()) -> list[dict[str, Any
         .prefetch_related("aliases")
     )
     return [
-        {"name": m.name, "created": m.created_at, "aliases": [a.name for a in m.aliases.all()]}
+        {
+            "id": m.id,
+            "name": m.name,
+            "task": m.task,
+            "created": m.created_at,
+            "aliases": [a.name for a in m.aliases.all()],
+        }
         for m in models
     ]

@@ -91,8 +91,7 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     await sync(add_worker, served_model, "w1")
     body = sse(chunk("a"), chunk("b"), chunk(None, {"prompt_tokens": 3, "completion_tokens": 2}))
     seen = upstream(lambda r: httpx2.Response(200, content=body))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
     chunks = [c async for c in stream]
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["a", "b"]
     assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
@@ -124,8 +123,7 @@ async def test_finished_stream_reads_the_worker_response_to_its_end(served_model
     await sync(add_worker, served_model, "w1")
     worker_stream = _TrailingBytes(sse(chunk("a")))
     upstream(lambda r: httpx2.Response(200, stream=worker_stream))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER)
     events = [e async for e in stream.sse()]
     assert events[-1] == b"data: [DONE]\n\n"
     assert worker_stream.read_to_end
@@ -135,8 +133,7 @@ async def test_upstream_stalling_after_done_still_ends_the_stream_cleanly(served
     await sync(add_worker, served_model, "w1")
     worker_stream = _TrailingBytes(sse(chunk("a")), stall=30)
     upstream(lambda r: httpx2.Response(200, stream=worker_stream))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER)
     started = time.monotonic()
     events = [e async for e in stream.sse()]
     assert time.monotonic() - started < 5
@@ -148,8 +145,9 @@ async def test_upstream_stalling_after_done_still_ends_the_stream_cleanly(served
 async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
     await sync(add_worker, served_model, "w1")
     upstream(lambda r: httpx2.Response(200, content=sse(chunk("a"), done=False)))
-    stream = relay.stream_chat_completion({**BODY, "stream_options": {"include_usage": True}}, caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(
+        {**BODY, "stream_options": {"include_usage": True}}, caller=CALLER
+    )
     events = [e async for e in stream.sse()]
     assert events[0].startswith(b'data: {"id"')
     assert b'"error"' in events[1]
@@ -165,8 +163,7 @@ async def test_stream_closed_early_records_cancelled_and_aborts(served_model, up
             else httpx2.Response(200, json={"aborted": True})
         )
     )
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")
     async for _ in stream:
         break
     await stream.aclose()

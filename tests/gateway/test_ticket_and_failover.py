@@ -40,8 +40,7 @@ def worker_answer(stream_body: bytes, abort: httpx2.Response) -> Any:
 
 
 async def read_then_leave(caller: relay.Caller, n: int, request_id: str = "cut") -> None:
-    stream = relay.stream_chat_completion(dict(BODY), caller=caller, request_id=request_id)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=caller, request_id=request_id)
     got = 0
     async for _ in stream:
         got += 1
@@ -186,8 +185,7 @@ async def test_hostile_usage_figures_are_stored_and_shown_as_zero(served_model, 
     upstream(lambda r: httpx2.Response(200, json={**chat_result(), "usage": HOSTILE}))
     await relay.chat_completion(dict(BODY), caller=relay.Caller(), request_id="u1")
     upstream(lambda r: httpx2.Response(200, content=sse(chunk("a"), chunk(None, HOSTILE))))
-    stream = relay.stream_chat_completion(dict(BODY), caller=relay.Caller(), request_id="u2")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=relay.Caller(), request_id="u2")
     assert [c async for c in stream]
     assert stream.usage == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     await current().usage.flush()

@@ -71,8 +71,7 @@ async def test_a_stream_fails_over_from_a_refusing_worker_before_its_first_event
     good = await sync_to_async(add_worker)(served_model, "good")
     current().counters.acquire(good.id)
     seen = upstream(refused_by("bad", answer=sse(chunk("a"), chunk("b"))))
-    stream = relay.stream_chat_completion({**BODY, "stream": True}, caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion({**BODY, "stream": True}, caller=relay.Caller())
     assert [c["choices"][0]["delta"]["content"] async for c in stream if c["choices"]] == ["a", "b"]
     assert [r.url.host for r in seen] == ["bad", "good"]
     assert stream.worker_identity == "good"

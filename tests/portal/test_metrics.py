@@ -151,8 +151,7 @@ async def test_a_failover_counts_against_the_worker_that_failed(served_model, up
 
     upstream(busy_then_served)
     before = await scrape()
-    stream = relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
     assert [chunk async for chunk in stream]
     await drain()
 
@@ -166,8 +165,7 @@ async def test_a_request_is_in_flight_on_its_worker_until_it_ends(served_model, 
     upstream(streamed)
     labels = {"model": "tiny", "worker": "w1"}
     before = value(await scrape(), "portal_requests_in_flight", **labels)
-    stream = relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
     assert value(await scrape(), "portal_requests_in_flight", **labels) == before + 1
     assert [chunk async for chunk in stream]
     assert value(await scrape(), "portal_requests_in_flight", **labels) == before

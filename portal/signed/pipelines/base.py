@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from portal.gateway.limit_stores import Quota
+
 
 @dataclass(frozen=True)
 class PipelineContext:
@@ -26,6 +28,7 @@ class PipelineContext:
     request_id: str
     app_id: str
     app_credential_id: int
+    quota: Quota | None = None  # the app's limits, for a pipeline that reserves itself
 
 
 class ParamsRefused(Exception):
@@ -47,6 +50,8 @@ class Pipeline:
     # OpenAPI 3.0 schema objects (draft-4 JSON Schema with `nullable`); empty means undeclared.
     data_schema: ClassVar[dict[str, Any]] = {}
     result_schema: ClassVar[dict[str, Any]] = {}
+    # True: `infer` reserves against `context.quota` itself (through the gateway); else the service does.
+    reserves_itself: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._init_lock = threading.Lock()
