@@ -7,7 +7,8 @@ from typing import Any
 
 from portal.gateway.errors import GatewayError, worker_failed
 from portal.gateway.prepare import Prepared
-from portal.gateway.upstream import error_from_response, with_failover, worker_headers, worker_url
+from portal.gateway.upstream import error_from_response, with_failover
+from portal.gateway.worker_calls import worker_headers, worker_url
 from registry.models import UsageStatus
 
 

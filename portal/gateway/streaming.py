@@ -24,9 +24,8 @@ from portal.gateway.upstream import (
     error_from_response,
     timeout_seconds,
     with_failover,
-    worker_headers,
-    worker_url,
 )
+from portal.gateway.worker_calls import worker_headers, worker_url
 from registry.models import UsageStatus
 
 if TYPE_CHECKING:

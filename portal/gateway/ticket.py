@@ -12,7 +12,7 @@ from portal.gateway.figures import usage_counts
 from portal.gateway.limits import Reservation
 from portal.gateway.queue import QueueTerms
 from portal.gateway.tasks import spawn
-from portal.gateway.upstream import abort_request
+from portal.gateway.worker_calls import abort_request
 from portal.metrics import instruments
 from registry.models import UsageStatus, WorkerKind
 from registry.services.usage import UsageEntry

@@ -1,4 +1,4 @@
-"""Talking to one worker: its URLs, headers, error answers, the abort call, and failover between workers."""
+"""Failover between workers: a worker's error answers, the queue's wait, and the next worker to try."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 from django.conf import settings
 
-from inference.protocol.headers import PREFILL_WORKERS
 from portal.gateway import demand, queue
 from portal.gateway.errors import (
     GatewayError,
@@ -22,8 +21,9 @@ from portal.gateway.errors import (
     worker_failed,
     worker_timeout,
 )
-from portal.gateway.figures import clean_usage
 from portal.gateway.tasks import spawn
+from portal.gateway.ticket import Ticket
+from portal.gateway.worker_calls import abort_request
 from portal.metrics import instruments
 from registry.models import WorkerKind
 from registry.services.dispatch import (
@@ -36,14 +36,12 @@ from registry.services.dispatch import (
 
 if TYPE_CHECKING:
     from portal.gateway.gateway import Gateway
-    from portal.gateway.ticket import Ticket
 
 __all__ = ["spawn"]  # re-exported: callers outside the gateway start background work through it
 logger = logging.getLogger(__name__)
 
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
-ABORT_TIMEOUT_SECONDS = 2.0
 COLD_POLL_SECONDS = 0.25  # how often the head of a model's queue looks for a worker that is coming
 CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most this often
 LOGGED_WORKERS_CAP = 10_000
@@ -53,27 +51,6 @@ T = TypeVar("T")
 
 class WorkerDied(Exception):
     """The worker broke before its first answer: another worker may take the request."""
-
-
-def worker_url(worker: Any, endpoint: str) -> str:
-    """Our workers serve `/v1/...`; a remote endpoint is registered with its `/v1` base already."""
-    base = worker.address.rstrip("/")
-    return f"{base}/{endpoint}" if worker.kind == WorkerKind.REMOTE else f"{base}/v1/{endpoint}"
-
-
-def _authorization(worker: Any) -> dict[str, str]:
-    # Our workers answer only the portal (WORKER_TOKEN); a remote endpoint gets the key registered for it.
-    remote = worker.kind == WorkerKind.REMOTE
-    secret = worker.remote_api_key if remote else settings.WORKER_TOKEN
-    return {"Authorization": f"Bearer {secret}"} if secret else {}
-
-
-def worker_headers(worker: Any, request_id: str) -> dict[str, str]:
-    """Headers of every call to `worker`; `request_id` is always one the portal made."""
-    headers = {"X-Request-Id": request_id, **_authorization(worker)}
-    if worker.kind == WorkerKind.LOCAL and getattr(worker, "prefill_from", ()):
-        headers[PREFILL_WORKERS] = ",".join(worker.prefill_from)  # a decode worker: where to prefill
-    return headers
 
 
 def _error_fields(content: bytes) -> tuple[str, str, Any, Any]:
@@ -121,27 +98,6 @@ def error_from_response(status: int, content: bytes) -> GatewayError:
         )
         error.fault = "client"
     return error
-
-
-async def abort_request(gateway: Gateway, worker: Any, request_id: str) -> dict[str, int] | None:
-    """Tell our worker to stop `request_id`; return its usage so far when the worker reports it.
-
-    The worker answers `{"id", "aborted", "usage"}`, a request that has just
-    finished included. A remote endpoint stops when its connection closes and
-    reports nothing: None, as for a worker that cannot be reached.
-    """
-    if worker.kind == WorkerKind.REMOTE:
-        return None
-    url = f"{worker.address.rstrip('/')}/abort/{request_id}"
-    try:
-        response = await gateway.client.post(
-            url, headers=worker_headers(worker, request_id), timeout=ABORT_TIMEOUT_SECONDS
-        )
-        answer = response.json() if response.status_code == 200 else None
-    except (httpx2.HTTPError, ValueError) as exc:
-        logger.info("abort of request %s on %s failed: %s", request_id, worker.address, exc)
-        return None
-    return clean_usage(answer.get("usage")) if isinstance(answer, dict) else None
 
 
 def abort_on_worker(gateway: Gateway, worker: Any, request_id: str) -> None:

@@ -15,8 +15,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from prometheus_client import REGISTRY
 
-from portal.gateway import relay
-from portal.gateway import upstream as upstream_module
+from portal.gateway import relay, worker_calls
 from portal.gateway.gateway import current
 from registry.models import WorkerKind
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
@@ -130,6 +129,6 @@ def test_the_portal_passes_on_no_prefill_workers_to_a_remote_endpoint():
     remote = WorkerSnapshot(
         id=1, identity="r", address="https://r/v1", kind="remote", prefill_from=("http://p",)
     )
-    assert "X-Prefill-Workers" not in upstream_module.worker_headers(remote, "id")
+    assert "X-Prefill-Workers" not in worker_calls.worker_headers(remote, "id")
     local = WorkerSnapshot(id=2, identity="l", address="http://l", prefill_from=("http://p",))
-    assert upstream_module.worker_headers(local, "id")["X-Prefill-Workers"] == "http://p"
+    assert worker_calls.worker_headers(local, "id")["X-Prefill-Workers"] == "http://p"
