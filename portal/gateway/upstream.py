@@ -21,9 +21,7 @@ from portal.gateway.errors import (
     worker_failed,
     worker_timeout,
 )
-from portal.gateway.tasks import spawn
 from portal.gateway.ticket import Ticket
-from portal.gateway.worker_calls import abort_request
 from portal.metrics import instruments
 from registry.models import WorkerKind
 from registry.services.dispatch import (
@@ -37,7 +35,6 @@ from registry.services.dispatch import (
 if TYPE_CHECKING:
     from portal.gateway.gateway import Gateway
 
-__all__ = ["spawn"]  # re-exported: callers outside the gateway start background work through it
 logger = logging.getLogger(__name__)
 
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
@@ -98,12 +95,6 @@ def error_from_response(status: int, content: bytes) -> GatewayError:
         )
         error.fault = "client"
     return error
-
-
-def abort_on_worker(gateway: Gateway, worker: Any, request_id: str) -> None:
-    """Stop the request on our worker in the background, not waiting for its answer."""
-    if worker.kind != WorkerKind.REMOTE:
-        spawn(abort_request(gateway, worker, request_id))
 
 
 async def pick_worker(

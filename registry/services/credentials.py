@@ -122,15 +122,6 @@ def create_app_credential(
     return credential, plain_secret
 
 
-def set_app_secret(*, credential: AppCredential, secret: str | None = None) -> str:
-    """Replace an app's secret (a new one is generated when not given) and return it."""
-    plain_secret = secret or generate_secret()
-    credential.secret_ciphertext = encrypt_secret(plain_secret)
-    credential.save(update_fields=["secret_ciphertext"])
-    forget_cached_credential(credential.app_id)
-    return plain_secret
-
-
 def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
     """Build the snapshot, or None (logged) when the stored secret cannot be decrypted."""
     try:

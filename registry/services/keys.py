@@ -162,8 +162,3 @@ async def aauthenticate_secret(secret: str) -> KeyInfo:
     if info.expires_at is not None and info.expires_at <= timezone.now():
         raise KeyRejected("This API key has expired.", code="expired_api_key")
     return info
-
-
-def revoke_api_key(*, key: ApiKey) -> None:
-    key.revoked_at = timezone.now()
-    key.save(update_fields=["revoked_at"])

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -175,10 +174,3 @@ def expire_stale_workers() -> int:
     if count:
         logger.info("Marked %d stale worker(s) offline", count)
     return count
-
-
-aregister_worker = sync_to_async(register_worker)
-arecord_heartbeat = sync_to_async(record_heartbeat)
-amark_draining = sync_to_async(mark_draining)
-amark_offline = sync_to_async(mark_offline)
-aexpire_stale_workers = sync_to_async(expire_stale_workers)

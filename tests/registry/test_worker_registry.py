@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -112,9 +113,8 @@ def test_online_selector_skips_disabled_models_and_names_lists_live_ones() -> No
 @pytest.mark.django_db(transaction=True)  # the async ORM runs on another thread's connection
 async def test_async_selector_matches_the_sync_one() -> None:
     from registry.selectors import alist_online_workers
-    from registry.services.workers import aregister_worker
 
-    await aregister_worker(registration=registration())
+    await sync_to_async(register_worker)(registration=registration())
     assert [w.identity for w in await alist_online_workers(model_name="smol")] == [registration().identity]
 
 

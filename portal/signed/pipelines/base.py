@@ -76,27 +76,6 @@ class Pipeline:
         raise NotImplementedError
 
 
-def optional_number(
-    data: dict[str, Any], key: str, *, kind: type = float, low: float | None = None
-) -> int | float | None:
-    """Read an optional number field, refusing a wrong type (booleans are not numbers)."""
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamsRefused(f"{key} must be a number")
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ParamsRefused(f"{key} must be an integer")
-    if low is not None and value < low:
-        raise ParamsRefused(f"{key} must be at least {low:g}")
-    if kind is int:
-        return int(value)
-    try:
-        return float(value)
-    except OverflowError:  # an integer of hundreds of digits: JSON allows it, a float cannot hold it
-        raise ParamsRefused(f"{key} is out of range") from None
-
-
 def optional_string(data: dict[str, Any], key: str) -> str | None:
     """Read an optional non-empty string field."""
     value = data.get(key)
