@@ -1,22 +1,26 @@
 """An elastic fleet under a step load: autoscaling against one fixed replica, evictions, a cold start.
 
     python benchmarks/autoscale.py [--slots 2] [--tokens 20] [--token-delay 0.05] [--plateau 40]
-                                   [--cooldown 15] [--png var/autoscale.png] [--skip-smol]
+                                   [--cooldown 15] [--max-replicas 10] [--scale-up-after 2]
+                                   [--png var/autoscale.png] [--skip-smol]
 
 In one run: a scratch SQLite database, a daphne portal, `manage.py runagent`
 and the canned workers it starts (each token takes --token-delay, so one
 request takes tokens x delay seconds and a replica serves `slots` at once,
 `--max-queue 0`). The load steps from idle to 4x one replica's capacity for
 --plateau seconds and back to idle, twice: against an autoscaled deployment
-(min 1, max --max-replicas) and against a fixed single replica. Printed per mode: requests
-served and refused, queue wait (time to first token) p50/p95 over the
-plateau's second half, the replicas over time (a table, and a PNG drawn with
-matplotlib), and how long after the load ended the replicas were back at min.
+(min 1, max --max-replicas) and against a fixed single replica. Printed per
+mode: requests served and refused; the queue wait (time to first token)
+p50/p95 of the requests sent once scaled, that is from when the ready
+replicas first reached the count the scheduler asked for to the end of the
+load (the fixed run over the same span); the replicas over time (a table,
+and a PNG drawn with matplotlib when it is installed); and how long after
+the last request was sent the replicas were back at min.
 Then three models whose replicas fit two at a time on the node, requests
 alternating between them (served, evictions); and the cold start of SmolLM2
 (llama.cpp) from zero replicas to its first answer.
-Targets: 0 refused with autoscaling; plateau p95 <= 2x a replica's service
-time once scaled; back to min within cooldown + 30 s.
+Targets: 0 refused with autoscaling; p95 once scaled <= 2x a replica's
+service time; back to min within cooldown + 30 s.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class Fleet:
         )
         return int(self.query(sql, name)[0][0])
 
+    def asked(self, name: str) -> int:
+        rows = self.query("SELECT replicas FROM fleet_deployment WHERE name = ?", name)
+        return int(rows[0][0]) if rows else 0
+
     def evictions(self) -> int:
         return int(
             self.query(
@@ -96,8 +104,8 @@ async def one(
 
 async def step_load(
     url: str, body: dict, headers: dict, rate: float, plateau: float
-) -> list[tuple[float, int, float | None]]:
-    """Open-loop arrivals at `rate` a second for `plateau` seconds; every answer."""
+) -> tuple[list[tuple[float, int, float | None]], float]:
+    """Open-loop arrivals at `rate` a second for `plateau` seconds; every answer, and when the last went."""
     limits = httpx2.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx2.AsyncClient(timeout=180, limits=limits) as client:
         tasks = []
@@ -109,16 +117,30 @@ async def step_load(
                 tasks.append(asyncio.create_task(one(client, url, body, headers)))
                 sent += 1
             await asyncio.sleep(0.02)
-        return list(await asyncio.gather(*tasks))
+        arrivals_end = time.monotonic()
+        return list(await asyncio.gather(*tasks)), arrivals_end
 
 
-def sample(
-    fleet: Fleet, name: str, series: list[tuple[float, int]], origin: float, stop: threading.Event
-) -> None:
+Sample = tuple[float, int, int, int]  # seconds, ready replicas, replicas asked for, instances (any state)
+
+
+def sample(fleet: Fleet, name: str, series: list[Sample], origin: float, stop: threading.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(sqlite3.Error):
-            series.append((time.monotonic() - origin, fleet.ready(name)))
+            series.append(
+                (time.monotonic() - origin, fleet.ready(name), fleet.asked(name), fleet.instances(name))
+            )
         stop.wait(1.0)
+
+
+def scaled_at(series: list[Sample], load_start: float) -> float | None:
+    """When, after the load began, the ready replicas first reached the count asked for, above one."""
+    return next((t for t, ready, asked, _ in series if t > load_start and asked > 1 and ready >= asked), None)
+
+
+def back_at(series: list[Sample], after: float) -> float | None:
+    """When, after `after`, one replica was asked for, ready, and the only instance left."""
+    return next((t for t, ready, asked, n in series if t >= after and asked == ready == n == 1), None)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -133,52 +155,53 @@ def run_mode(
     rate = 4 * args.slots / service
     body = {"model": name, "messages": [{"role": "user", "content": "go"}], "max_tokens": args.tokens,
             "ignore_eos": True, "stream": True}  # fmt: skip
-    series: list[tuple[float, int]] = []
+    series: list[Sample] = []
     stop = threading.Event()
     origin = time.monotonic()
     sampler = threading.Thread(target=sample, args=(fleet, name, series, origin, stop), daemon=True)
     sampler.start()
     time.sleep(5)  # idle
     load_start = time.monotonic() - origin
-    answers = asyncio.run(
-        step_load(
-            f"{portal.url}/v1/chat/completions",
-            body,
-            {"Authorization": f"Bearer {secret}"},
-            rate,
-            args.plateau,
-        )
-    )
-    load_end = time.monotonic() - origin
-    back = None
+    url, headers = f"{portal.url}/v1/chat/completions", {"Authorization": f"Bearer {secret}"}
+    answers, arrivals_end = asyncio.run(step_load(url, body, headers, rate, args.plateau))
+    load_end, answered = arrivals_end - origin, time.monotonic() - origin
     deadline = time.monotonic() + args.cooldown + 90
-    while time.monotonic() < deadline:
-        if fleet.ready(name) <= 1 and fleet.instances(name) <= 1:
-            back = time.monotonic() - origin - load_end
-            break
+    while time.monotonic() < deadline and back_at(series, load_end) is None:
         time.sleep(1)
     time.sleep(3)
     stop.set()
     sampler.join()
-    half = load_start + args.plateau / 2
-    waits = [w for sent, code, w in answers if code == 200 and w is not None and sent - origin >= half]
+    back = back_at(series, load_end)
     return {
-        "label": label, "served": sum(c == 200 for _, c, _ in answers),
-        "refused": sum(c != 200 for _, c, _ in answers),
-        "p50": percentile(waits, 0.5), "p95": percentile(waits, 0.95), "series": series, "back": back,
-        "load": (load_start, load_end), "rate": rate, "service": service,
+        "label": label, "answers": answers, "origin": origin, "series": series,
+        "load": (load_start, load_end),
+        "answered": answered - load_end, "back": None if back is None else back - load_end,
+        "scaled": scaled_at(series, load_start), "rate": rate, "service": service,
     }  # fmt: skip
 
 
-def draw(results: list[dict], png: Path) -> None:
-    import matplotlib
+def waits(result: dict, since: float) -> dict:
+    """Served and refused; the queue wait (time to first token) of requests sent from `since` on."""
+    answers, origin = result["answers"], result["origin"]
+    window = [w for sent, code, w in answers if code == 200 and w is not None and sent - origin >= since]
+    return {
+        "served": sum(c == 200 for _, c, _ in answers), "refused": sum(c != 200 for _, c, _ in answers),
+        "p50": percentile(window, 0.5), "p95": percentile(window, 0.95), "count": len(window),
+    }  # fmt: skip
 
+
+def draw(results: list[dict], png: Path) -> str:
+    """Ready replicas over time, both modes, the load shaded; where the PNG went, or why it was not drawn."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "not drawn: matplotlib is missing (pip install -e .[bench])"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for result in results:
-        xs, ys = zip(*result["series"], strict=True) if result["series"] else ((), ())
+        xs, ys = [s[0] for s in result["series"]], [s[1] for s in result["series"]]
         ax.step(xs, ys, where="post", label=f"{result['label']} (ready replicas)")
     start, end = results[0]["load"]
     ax.axvspan(start, end, alpha=0.15, label=f"load: {results[0]['rate']:g} req/s (4x one replica)")
@@ -188,6 +211,7 @@ def draw(results: list[dict], png: Path) -> None:
     ax.set_title("Autoscaling under a step load (canned workers)")
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100, bbox_inches="tight")
+    return str(png)
 
 
 def timed_chat(portal: PortalProcess, secret: str, model: str) -> tuple[int, float]:
@@ -216,7 +240,18 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.05)
     parser.add_argument("--plateau", type=float, default=40.0)
     parser.add_argument("--cooldown", type=int, default=15)
-    parser.add_argument("--max-replicas", type=int, default=6, help="Above 4: room to drain the backlog.")
+    parser.add_argument(
+        "--max-replicas",
+        type=int,
+        default=10,
+        help="2.5x the load: room to drain the backlog of the scale-up.",
+    )
+    parser.add_argument(
+        "--scale-up-after",
+        type=int,
+        default=2,
+        help="A step load: react within seconds (HPA's default: 0).",
+    )
     parser.add_argument("--png", type=Path, default=REPO / "var" / "autoscale.png")
     parser.add_argument("--skip-smol", action="store_true", help="Leave out SmolLM2's cold start.")
     args = parser.parse_args()
@@ -239,7 +274,8 @@ def main() -> None:
         wait(lambda: fleet.query("SELECT count(*) FROM fleet_node")[0][0] == 1, 60)
         common = ["--model-path", "canned", "--backend", "canned", "--max-concurrency", str(args.slots),
                   "--extra-args", f"--canned-token-delay {args.token_delay} --max-queue 0"]  # fmt: skip
-        scaling = ["--min-replicas", "1", "--max-replicas", str(args.max_replicas), "--scale-up-after", "5",
+        scaling = ["--min-replicas", "1", "--max-replicas", str(args.max_replicas),
+                   "--scale-up-after", str(args.scale_up_after),
                    "--cooldown", str(args.cooldown), "--target-queue-wait", "0.5"]  # fmt: skip
         results = []
         for label, name, extra in (
@@ -252,23 +288,8 @@ def main() -> None:
             ]
             results.append(run_mode(label, name, portal, fleet, secret, args))
             manage(env, "deploy", "stop", name)
-        draw(results, args.png)
-        print(
-            f"one replica: {args.slots} slots x {results[0]['service']:g} s a request; "
-            f"load {results[0]['rate']:g} req/s for {args.plateau:g} s"
-        )
-        print(f"{'mode':16} {'served':>7} {'refused':>8} {'wait p50':>9} {'wait p95':>9} {'back to min':>12}")
-        for r in results:
-            back = f"{r['back']:.0f} s" if r["back"] is not None else "never"
-            print(
-                f"{r['label']:16} {r['served']:>7} {r['refused']:>8} "
-                f"{r['p50']:>8.2f}s {r['p95']:>8.2f}s {back:>12}"
-            )
-        print("replicas over time (s: autoscaled / fixed):")
-        auto, fixed = ({int(t): n for t, n in r["series"]} for r in results)
-        for second in range(0, int(max(auto) if auto else 0) + 1, 5):
-            print(f"  {second:4d} s: {auto.get(second, '-')} / {fixed.get(second, '-')}")
-        print(f"PNG: {args.png}")
+        report(results, args)
+        print(f"PNG: {draw(results, args.png)}")
         evict(env, fleet, portal, secret)
         if not args.skip_smol:
             smol(env, fleet, portal, secret)
@@ -277,6 +298,45 @@ def main() -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             agent.wait(60)
         portal.stop()
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
+    auto, fixed = results
+    start, end = auto["load"]
+    print(
+        f"one replica: {args.slots} slots x {auto['service']:g} s a request; "
+        f"load {auto['rate']:g} req/s (4x one replica) "
+        f"for {args.plateau:g} s; cooldown {args.cooldown} s"
+    )
+    scaled = auto["scaled"]
+    if scaled is None:
+        print("once scaled: never (the ready replicas never reached the count asked for)")
+        since = end
+    else:
+        asked = next(a for t, _, a, _ in auto["series"] if t >= scaled)
+        print(
+            f"once scaled: requests sent from {scaled - start:.0f} s into the load (when the ready replicas "
+            f"first reached the {asked} asked for) to its end at {end - start:.0f} s; "
+            "the fixed run over the same span"
+        )
+        since = scaled - start
+    print(f"{'mode':16} {'served':>7} {'refused':>8} {'wait p50':>9} {'wait p95':>9} {'back to min':>12}")
+    for r in results:
+        w = waits(r, r["load"][0] + since)
+        back = "-" if r is fixed or r["back"] is None else f"{r['back']:.0f} s"
+        figures = f"{w['served']:>7} {w['refused']:>8} {w['p50']:>8.2f}s {w['p95']:>8.2f}s"
+        print(f"{r['label']:16} {figures} {back:>12}")
+    target = args.cooldown + 30
+    print(
+        f"back to min: counted from the last request sent (its answer came {auto['answered']:.1f} s later) "
+        f"(target: {target} s = cooldown + 30 s; p95 target: {2 * auto['service']:g} s = 2x a request)"
+    )
+    print("replicas over time (s from the load's start: autoscaled ready/asked | fixed ready):")
+    rows = {int(t - start): (ready, asked) for t, ready, asked, _ in auto["series"]}
+    fixed_rows = {int(t - fixed["load"][0]): ready for t, ready, _, _ in fixed["series"]}
+    for second in range(-5, max(rows, default=0) + 1, 5):
+        ready, asked = rows.get(second, ("-", "-"))
+        print(f"  {second:4d} s: {ready}/{asked} | {fixed_rows.get(second, '-')}")
 
 
 def evict(env: dict[str, str], fleet: Fleet, portal: PortalProcess, secret: str) -> None:

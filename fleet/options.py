@@ -27,6 +27,7 @@ EXTRA_FLAGS = frozenset({
     "--max-queue", "--queue-timeout", "--stream-interval", "--heartbeat-interval", "--drain-timeout",
     "--seed", "--device", "--canned-token-delay", "--canned-task", "--tensor-parallel-size",
     "--max-num-batched-tokens", "--gpu-memory-utilization", "--quantization", "--kv-transfer-config",
+    "--prefix-cache-mb",
 })  # fmt: skip
 # Extra options that take no value.
 EXTRA_SWITCHES = frozenset({"--enable-prefix-caching", "--no-enable-prefix-caching"})

@@ -2,10 +2,67 @@
 
 from __future__ import annotations
 
-from fleet.models import Deployment
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from django.db.models import F, Prefetch, Window
+from django.db.models.functions import RowNumber
+
+from fleet.models import Deployment, DeploymentEvent, Instance
+from fleet.services.deployments import summarize
+
+EVENTS_SHOWN = 5  # per deployment on the dashboard; the admin's deployment page lists them all
 
 
 def list_on_demand_model_names() -> set[str]:
     """Served names of elastic deployments that start on a request (they are listed while cold)."""
     elastic = Deployment.objects.filter(min_replicas__isnull=False, max_replicas__gt=0)
     return {name for deployment in elastic for name in deployment.served_names}
+
+
+def list_deployment_rows() -> list[dict[str, Any]]:
+    """Every deployment with its replicas as the dashboard shows them (two queries)."""
+    instances = Instance.objects.select_related("node").order_by("pk")
+    rows = []
+    for deployment in Deployment.objects.prefetch_related(Prefetch("instances", queryset=instances)):
+        replicas = list(deployment.instances.all())
+        for instance in replicas:
+            instance.deployment = deployment  # its identity reads the name: no query per row
+        rows.append(
+            {
+                "id": deployment.id,
+                "name": deployment.name,
+                "model_path": deployment.model_path,
+                **asdict(summarize(deployment, replicas)),
+                "pending_reason": deployment.pending_reason,
+                "instances": [
+                    {
+                        "identity": i.identity,
+                        "node": i.node.name,
+                        "state": i.state if i.wanted else "stopping",
+                        "port": i.port,
+                        "restarts": i.restarts,
+                        "detail": i.detail,
+                    }
+                    for i in replicas
+                ],
+            }
+        )
+    return rows
+
+
+def list_recent_events(*, per_deployment: int = EVENTS_SHOWN) -> dict[str, list[dict[str, Any]]]:
+    """Each deployment's newest scaling events, newest first, keyed by its id (one query)."""
+    newest = Window(RowNumber(), partition_by=F("deployment_id"), order_by=(F("at").desc(), F("id").desc()))
+    events = (
+        DeploymentEvent.objects.annotate(rank=newest)
+        .filter(rank__lte=per_deployment)
+        .order_by("deployment_id", "-at", "-id")
+        .values("deployment_id", "at", "action", "replicas_before", "replicas_after", "reason")
+    )
+    by_deployment: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        shown = {k: v for k, v in event.items() if k != "deployment_id"}
+        by_deployment[str(event["deployment_id"])].append({**shown, "at": event["at"].isoformat()})
+    return dict(by_deployment)

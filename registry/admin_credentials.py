@@ -8,7 +8,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from portal.signed.sm2 import InvalidKey, normalize_public_key
 from registry.models import AppCredential
 from registry.services.credentials import (
     decrypt_secret,
@@ -17,6 +16,7 @@ from registry.services.credentials import (
     generate_secret,
     mask_secret,
 )
+from signing.sm2 import InvalidKey, normalize_public_key
 
 
 class AppCredentialForm(forms.ModelForm):

@@ -16,6 +16,7 @@ class DispatchPolicy(models.TextChoices):
     LEAST_INFLIGHT = "least_inflight", "Least in flight"
     SHORTEST_QUEUE = "shortest_queue", "Shortest queue"
     LOTTERY = "lottery", "Lottery"
+    CACHE_AWARE = "cache_aware", "Cache aware (the worker holding the prompt's prefix)"
 
 
 class ModelTask(models.TextChoices):
@@ -136,6 +137,14 @@ class Worker(models.Model):
     memory_bytes = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Resident memory of the worker process, from its heartbeat."
     )
+    prefix_cache_hit_rate = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Prompt tokens its prefix cache served / prompt tokens, since it started.",
+    )
+    prefix_cache_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt tokens its prefix cache holds."
+    )
     speed = models.FloatField(default=1.0, help_text="Relative weight for lottery dispatch.")
 
     registered_at = models.DateTimeField(default=timezone.now)
@@ -151,15 +160,6 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.identity
-
-    @property
-    def is_alive(self) -> bool:
-        """Online by its own word and its heartbeat still fresh: what every reader shows."""
-        return (
-            self.status == WorkerStatus.ONLINE
-            and self.expires_at is not None
-            and self.expires_at > timezone.now()
-        )
 
     @property
     def effective_status(self) -> str:
@@ -287,7 +287,11 @@ class UsageRecord(models.Model):
     served_model = models.ForeignKey(ServedModel, null=True, blank=True, on_delete=models.SET_NULL)
     worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
     prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens the worker's prefix cache served."
+    )
     completion_tokens = models.PositiveIntegerField(default=0)
+    route = models.CharField(max_length=200, blank=True, help_text="Why dispatch chose this worker.")
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
     total_time_ms = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=UsageStatus.choices, default=UsageStatus.OK)

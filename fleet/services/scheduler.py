@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from fleet.autoscale import Victim, evictable, plan_eviction
 from fleet.catalogue import estimate_memory, weights_bytes
-from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction, SchedulerLock
+from fleet.models import Backend, Deployment, Instance, InstanceState, Node, ScaleAction, SchedulerLock
 from fleet.placement import NodeSnapshot, Want, place_replicas
 from fleet.services.autoscaler import ModelLoad, autoscale, demand_of, model_loads, record
 from registry.models import ServedModel
@@ -38,12 +38,16 @@ logger = logging.getLogger(__name__)
 # A node whose agent is silent this long loses its instances: they are placed elsewhere.
 NODE_LOST_AFTER = timedelta(seconds=60)
 UNKNOWN_WEIGHTS = 2 * 2**30
+# The canned engine loads no weights and no torch: its worker is Django and the HTTP app (~130 MB resident).
+CANNED_BYTES = 256 * 2**20
 
 
 def replica_memory(deployment: Deployment, nodes: list[Node]) -> int:
     """The operator's figure, else an estimate from the weights' size in a node's catalogue."""
     if deployment.memory_per_replica:
         return deployment.memory_per_replica
+    if deployment.backend == Backend.CANNED:
+        return CANNED_BYTES  # its model path is a label, not weights
     for node in nodes:
         for entry in node.catalogue:
             if entry.get("path") == deployment.model_path:

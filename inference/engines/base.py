@@ -30,6 +30,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own limit
     seed: int | None = None
     cache_dir: str | None = None  # where converted GGUF models are kept; None: ~/.cache/modelportal
+    prefix_cache_mb: int = 512  # prompt prefixes kept across requests (transformers, llama.cpp); 0: none
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific options
 
 
@@ -61,6 +62,7 @@ class GenerationRequest:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache spared it
 
     @property
     def total_tokens(self) -> int:
@@ -132,6 +134,10 @@ class EngineStats:
     queued: int  # waiting for a slot
     tokens_per_second: float  # output tokens per second, recent window
     kv_cache_usage: float | None = None  # share of the KV cache in use (0..1); None: not known
+    prefix_cache_tokens: int | None = None  # prompt tokens the prefix cache holds; None: not known
+    prefix_cache_hit_rate: float | None = (
+        None  # the worker's, from its finished requests (WorkerContext.stats)
+    )
 
 
 class Engine(abc.ABC):

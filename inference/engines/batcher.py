@@ -47,6 +47,7 @@ from inference.engines.base import Delta, TokenLogprob, Usage
 from inference.engines.handoff import Handoff
 from inference.engines.logits import TokenPicker, apply_masks, pick_tokens
 from inference.engines.prefills import KeptPrefills
+from inference.engines.prefix_cache import PrefixCache
 from inference.engines.rate import TokenRate
 from inference.engines.stops import TextStream
 from inference.errors import EngineError, RequestFailed
@@ -69,6 +70,8 @@ class Sequence:
     produced: int = 0
     last_token: int = -1
     pending_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)  # every token drawn, to keep the answer's prefix
+    reused_tokens: int = 0  # prompt tokens taken from the prefix cache
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
     prefill_only: bool = False  # hand the prefilled rows off instead of decoding
@@ -87,10 +90,15 @@ class Batch:
 class Batcher:
     """Run the decode loop in a thread; accept, abort and report sequences from any thread."""
 
-    def __init__(self, model: Any, stop_ids: frozenset[int], keep_tokens: int = 0) -> None:
+    def __init__(
+        self, model: Any, stop_ids: frozenset[int], keep_tokens: int = 0, prefix_cache_bytes: int = 0
+    ) -> None:
         self.model = model
         self.stop_ids = stop_ids  # EOS ids of the model
         self.kept = KeptPrefills(keep_tokens)  # prompts scored alone, joined without a second prefill
+        self.prefixes = PrefixCache(prefix_cache_bytes)  # prompts and answers kept across requests
+        self.prompt_tokens = 0  # prompt tokens admitted, and those the prefix cache spared
+        self.reused_tokens = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inbox: list[Sequence] = []
@@ -204,16 +212,18 @@ class Batcher:
     def _admit(self, newcomers: list[Sequence]) -> None:
         """Prefill the newcomers together; if that fails, one by one, failing only those that fail.
 
-        A newcomer whose prompt was just scored alone (`kept`) joins from that pass instead.
+        A newcomer whose prompt was just scored alone (`kept`) joins from that pass instead; one
+        whose prompt starts with a cached prefix runs only the rest of its prompt, alone.
         """
         waiting = []
         for seq in newcomers:
+            self.prompt_tokens += len(seq.prompt_ids)
             prefill = self.kept.take(seq.prompt_ids)
-            if prefill is None:
-                waiting.append(seq)
-            else:
+            if prefill is not None:
                 mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
                 self._join(Batch([seq], prefill.cache, mask), prefill.last_logits.unsqueeze(0))
+            elif not self._admit_from_prefix(seq):
+                waiting.append(seq)
         if not waiting:
             return
         newcomers = waiting
@@ -227,6 +237,28 @@ class Batcher:
             self._admit_one_by_one(newcomers)
             return
         self._join(fresh, logits)
+
+    def _admit_from_prefix(self, seq: Sequence) -> bool:
+        """Join `seq` from its longest cached prefix, running only the rest; False on a miss."""
+        reused, layers = self.prefixes.lookup(seq.prompt_ids)
+        if not reused:
+            return False
+        from transformers import DynamicCache
+
+        device = self.model.device
+        cache = DynamicCache(ddp_cache_data=[(keys.to(device), values.to(device)) for keys, values in layers])
+        mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
+        try:
+            logits = self._forward(torch.tensor([seq.prompt_ids[reused:]]), mask, cache)
+        except Exception as exc:
+            self._fail(seq, exc, isolated=self.batch is not None)
+            return True
+        seq.reused_tokens = reused
+        self.reused_tokens += reused
+        fresh = Batch([seq], cache, mask)
+        self.prefixes.store(seq.prompt_ids, cache, 0)
+        self._join(fresh, logits)
+        return True
 
     def _admit_one_by_one(self, newcomers: list[Sequence]) -> None:
         admitted: list[tuple[Batch, torch.Tensor]] = []
@@ -255,6 +287,8 @@ class Batcher:
 
         cache = DynamicCache()
         logits = self._forward(ids, mask, cache)
+        for row, seq in enumerate(seqs):
+            self.prefixes.store(seq.prompt_ids, cache, row)
         return Batch(seqs, cache, mask), logits
 
     def _join(self, fresh: Batch, logits: torch.Tensor) -> None:
@@ -428,6 +462,7 @@ class Batcher:
         """Account one sampled token: stream its text or finish the sequence."""
         seq.produced += 1
         seq.last_token = token
+        seq.output_ids.append(token)
         seq.picker.record(token)
         grammar = seq.picker.grammar
         if grammar is not None:
@@ -458,7 +493,9 @@ class Batcher:
     def _finish(self, seq: Sequence, reason: str, text: str = "") -> None:
         seq.finish = reason
         text += seq.stream.flush() if reason != "abort" else ""
-        usage = Usage(prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced)
+        usage = Usage(
+            prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.produced, cached_tokens=seq.reused_tokens
+        )
         ids, logprobs = tuple(seq.pending_ids), self._take_logprobs(seq)
         seq.sink(Delta(text=text, token_ids=ids, finish_reason=reason, usage=usage, logprobs=logprobs))
         seq.pending_ids = []
@@ -489,8 +526,10 @@ class Batcher:
         if len(keep) == len(batch.seqs):
             return
         if not keep:
+            self._keep_answers(batch)
             self.batch = None
             return
+        self._keep_answers(batch)
         index = torch.tensor(keep, dtype=torch.long)
         batch.seqs = [batch.seqs[i] for i in keep]
         batch.mask = batch.mask.index_select(0, index)
@@ -500,6 +539,16 @@ class Batcher:
         if lead:
             batch.mask = batch.mask[:, lead:]
             kvcache.drop_leading(batch.cache, lead)
+
+    def _keep_answers(self, batch: Batch) -> None:
+        """Keep the prompt and answer of each row that ended well: a conversation's next turn starts so."""
+        for row, seq in enumerate(batch.seqs):
+            if seq.finish not in ("stop", "length"):
+                continue
+            cached = int(batch.mask[row].sum())  # the last token drawn was never run through the model
+            ids = (seq.prompt_ids + seq.output_ids)[:cached]
+            if len(ids) == cached:
+                self.prefixes.store(ids, batch.cache, row)
 
 
 def blame(exc: Exception, *, isolated: bool) -> EngineError:

@@ -133,6 +133,8 @@ class LlamaCppEngine(Engine):
         # each request may use the whole context; together they share its memory.
         params.n_ctx = limit
         params.kv_unified = True
+        # Prompts of idle slots are kept in host memory up to this (llama.cpp's default is 8 GiB).
+        params.cache_ram_mib = config.prefix_cache_mb
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         if task == "embed":  # a sentence encoder sees each input whole, in one batch
@@ -322,8 +324,9 @@ class ChunkReader:
         self.tokenizer = tokenizer
         self.streamed = 0
 
-    def usage(self, completion_tokens: int | None = None) -> Usage:
-        return Usage(self.prompt_tokens, self.streamed if completion_tokens is None else completion_tokens)
+    def usage(self, completion_tokens: int | None = None, cached_tokens: int = 0) -> Usage:
+        completion = self.streamed if completion_tokens is None else completion_tokens
+        return Usage(self.prompt_tokens, completion, cached_tokens)
 
     def read(self, chunk: dict[str, Any]) -> Delta:
         """One chunk as a Delta; an error chunk raises InvalidRequest (for this request only)."""
@@ -342,8 +345,12 @@ class ChunkReader:
         self.streamed += len(ids)
         usage = None
         if finish is not None:
-            reported = (chunk.get("usage") or {}).get("completion_tokens")
-            usage = self.usage(None if hit is not None or reported is None else int(reported))
+            reported = chunk.get("usage") or {}
+            completion = reported.get("completion_tokens")
+            cached = (reported.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            usage = self.usage(
+                None if hit is not None or completion is None else int(completion), int(cached)
+            )
         return Delta(text, ids, finish, usage, self._logprobs(entries))
 
     def _logprobs(self, entries: list[dict[str, Any]]) -> tuple[TokenLogprob, ...]:

@@ -126,7 +126,12 @@ class TransformersEngine(Engine):
             disaggregates=True,
         )
         self.admission = Admission(config.max_concurrency, config.max_queue, config.queue_timeout)
-        self.batcher = Batcher(self.model, _eos_ids(self.model, self.tokenizer), keep_tokens=limit)
+        self.batcher = Batcher(
+            self.model,
+            _eos_ids(self.model, self.tokenizer),
+            keep_tokens=limit,
+            prefix_cache_bytes=config.prefix_cache_mb * 2**20,
+        )
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.batcher.stop_ids)
         self._waiting: set[str] = set()
         self._aborted_waiting: set[str] = set()
@@ -348,6 +353,7 @@ class TransformersEngine(Engine):
             in_flight=self.admission.running,
             queued=self.admission.waiting,
             tokens_per_second=self.batcher.rate.per_second(),
+            prefix_cache_tokens=self.batcher.prefixes.tokens,
         )
 
 

@@ -286,7 +286,7 @@ async def health(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     ctx = _context(request)
-    stats = ctx.engine.stats()
+    stats = ctx.stats()
     info = ctx.engine.info
     return JSONResponse(
         {
@@ -302,6 +302,8 @@ async def status(request: Request) -> Response:
             "in_flight": stats.in_flight,
             "queued": stats.queued,
             "tokens_per_second": stats.tokens_per_second,
+            "prefix_cache_tokens": stats.prefix_cache_tokens,
+            "prefix_cache_hit_rate": stats.prefix_cache_hit_rate,
             "requests_in_progress": ctx.requests_in_progress,
             "role": ctx.role,
             "prefills_served": ctx.prefills_served,

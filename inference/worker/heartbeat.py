@@ -88,6 +88,8 @@ class Heartbeat(threading.Thread):
             tokens_per_second=stats.tokens_per_second,
             kv_cache_usage=stats.kv_cache_usage,
             memory_bytes=resident_memory_bytes(),
+            prefix_cache_hit_rate=stats.prefix_cache_hit_rate,
+            prefix_cache_tokens=stats.prefix_cache_tokens,
             interval=self.interval,
         )
         if intent is not None:

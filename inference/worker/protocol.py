@@ -136,12 +136,15 @@ def finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else LOGPROB_FLOOR
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
-    return {
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    answer: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens:  # OpenAI's field: prompt tokens the prefix cache served
+        answer["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return answer
 
 
 def encode_vector(vector: list[float], encoding: str) -> list[float] | str:

@@ -30,16 +30,23 @@ class RecentUsage:
         self.finished = 0  # requests remembered since the worker started
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the engine's prefix cache served
 
     def remember(self, request_id: str, usage: Usage) -> None:
         self.finished += 1
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
         self._items.pop(request_id, None)
         self._items[request_id] = (self._clock() + self.ttl, usage)
         self._expire()
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+
+    @property
+    def prefix_hit_rate(self) -> float | None:
+        """Prompt tokens reused / prompt tokens, over every finished request (None before the first)."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
     def get(self, request_id: str) -> Usage | None:
         self._expire()

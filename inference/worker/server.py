@@ -133,7 +133,7 @@ class WorkerServer:
         )
         self.heartbeat = Heartbeat(
             registration=registration,
-            stats=self.ctx.engine.stats,
+            stats=self.ctx.stats,
             interval=self.options.heartbeat_interval,
             on_intent=self._intent_from_thread,
         )

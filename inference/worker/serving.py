@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inference.engines.base import Delta, Engine, GenerationRequest, TokenLogprob, Usage
+from inference.engines.base import Delta, Engine, EngineStats, GenerationRequest, TokenLogprob, Usage
 from inference.errors import EngineError, InvalidRequest, PromptTooLong
 from inference.protocol import GenerateCall
 from inference.sampling import MAX_SEED, SamplingParams
@@ -51,6 +51,10 @@ class WorkerContext:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
     )
+
+    def stats(self) -> EngineStats:
+        """The engine's figures with the worker's prefix-cache hit rate (heartbeat, /metrics)."""
+        return replace(self.engine.stats(), prefix_cache_hit_rate=self.recent.prefix_hit_rate)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -153,6 +157,7 @@ class Generation:
             for eid, (p, choice) in zip(self.engine_ids, jobs, strict=True)
         ]
         self._prompt_tokens = sum(len(p.ids) for p in prompts)
+        self._first_choices = [k for k, (_, choice) in enumerate(jobs) if choice == 0]  # one per prompt
         self._begun: dict[int, Delta | BaseException] = {}  # each choice's first delta or failure
         self._all_begun = asyncio.Event()
         self._streamed = [0] * len(jobs)  # completion tokens seen per choice
@@ -184,12 +189,13 @@ class Generation:
             raise failure
 
     def usage(self) -> Usage:
-        """Tokens consumed so far: the prompt once, and every choice's completion tokens."""
+        """Tokens consumed so far: each prompt once (with what the prefix cache served), every completion."""
         completion = sum(
             self._final[i].completion_tokens if i in self._final else self._streamed[i]
             for i in range(len(self._gens))
         )
-        return Usage(self._prompt_tokens, completion)
+        cached = sum(self._final[k].cached_tokens for k in self._first_choices if k in self._final)
+        return Usage(self._prompt_tokens, completion, cached)
 
     async def settled(self, timeout: float = SETTLE_SECONDS) -> None:
         """Wait (bounded) until every choice has ended, e.g. after an abort."""

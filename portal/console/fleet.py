@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from fleet.models import Deployment, Instance
-from fleet.services.deployments import summarize
+from fleet.selectors import list_deployment_rows, list_recent_events
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
 
 WINDOW = timedelta(minutes=5)
@@ -50,6 +48,7 @@ def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
         "max_concurrency": worker.max_concurrency,
         "tokens_per_second": round(worker.tokens_per_second, 1),
         "kv_cache_usage": worker.kv_cache_usage,
+        "prefix_cache_hit_rate": worker.prefix_cache_hit_rate,
         "memory_bytes": worker.memory_bytes,
     }
 
@@ -75,15 +74,20 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
     live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
     recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
-        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens", "worker__role"
-    )
+        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens",
+        "worker__role", "prompt_tokens", "cached_tokens",
+    )  # fmt: skip
     requests: dict[str, int] = defaultdict(int)
     errors: dict[str, int] = defaultdict(int)
+    prompted: dict[str, int] = defaultdict(int)
+    cached: dict[str, int] = defaultdict(int)
     latency: dict[str, list[float]] = defaultdict(list)
     ttft: dict[tuple[str, str], list[float]] = defaultdict(list)
     gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for name, status, first, total, tokens, role in recent.iterator(chunk_size=5000):
+    for name, status, first, total, tokens, role, prompt, reused in recent.iterator(chunk_size=5000):
         requests[name] += 1
+        prompted[name] += prompt
+        cached[name] += reused
         errors[name] += status != UsageStatus.OK
         key = (name, "decode" if role == "decode" else "both")
         if first is not None:
@@ -112,49 +116,24 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
                 "latency_p50_ms": percentile(latency[name], 0.5),
                 "latency_p95_ms": percentile(latency[name], 0.95),
                 "error_rate": round(errors[name] / requests[name], 3) if requests[name] else None,
+                "prefix_cache_hit_rate": round(cached[name] / prompted[name], 3) if prompted[name] else None,
                 "by_role": {role: figures for role, figures in roles.items() if ttft[(name, role)]},
             }
         )
     return rows
 
 
-def _deployment_rows() -> list[dict[str, Any]]:
-    instances = Instance.objects.select_related("node").order_by("pk")
-    rows = []
-    for deployment in Deployment.objects.prefetch_related(Prefetch("instances", queryset=instances)):
-        replicas = list(deployment.instances.all())
-        for instance in replicas:
-            instance.deployment = deployment  # its identity reads the name: no query per row
-        rows.append(
-            {
-                "id": deployment.id,
-                "name": deployment.name,
-                "model_path": deployment.model_path,
-                **asdict(summarize(deployment, replicas)),
-                "pending_reason": deployment.pending_reason,
-                "instances": [
-                    {
-                        "identity": i.identity,
-                        "node": i.node.name,
-                        "state": i.state if i.wanted else "stopping",
-                        "port": i.port,
-                        "restarts": i.restarts,
-                        "detail": i.detail,
-                    }
-                    for i in replicas
-                ],
-            }
-        )
-    return rows
-
-
 def fleet_snapshot() -> dict[str, Any]:
-    """Deployments, workers and models as the dashboard shows them (six queries)."""
+    """Deployments and their newest scaling events, workers and models as the dashboard shows them.
+
+    Seven queries.
+    """
     now = timezone.now()
     workers = Worker.objects.prefetch_related("served_models").order_by("identity")
     return {
         "at": now.isoformat(),
-        "deployments": _deployment_rows(),
+        "deployments": list_deployment_rows(),
+        "deployment_events": list_recent_events(),  # deployment id → its newest events
         "workers": [_worker_row(worker, now) for worker in workers],
         "models": _model_rows(now),
     }

@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db.models import Count, Max
 
-from fleet.models import Deployment, Instance
+from fleet.models import Deployment, DeploymentEvent, Instance
 from portal.console.fleet import fleet_snapshot
 from registry.models import UsageRecord, Worker
 
@@ -34,13 +34,14 @@ FORBIDDEN_CLOSE_CODE = 4403
 
 
 def fleet_signature() -> tuple[Any, ...]:
-    """What changes when a heartbeat arrives, a worker or a replica comes, goes or changes state, or a
-    request finishes."""
+    """What changes when a heartbeat arrives, a worker or a replica comes, goes or changes state, a
+    request finishes, or the autoscaler decides."""
     workers = Worker.objects.aggregate(latest=Max("last_heartbeat"), count=Count("id"))
     last_request = UsageRecord.objects.aggregate(last=Max("id"))["last"]
     instances = Instance.objects.aggregate(latest=Max("updated_at"), count=Count("id"))
     deployments = Deployment.objects.aggregate(latest=Max("updated_at"), count=Count("id"))
-    return (*workers.values(), last_request, *instances.values(), *deployments.values())
+    last_event = DeploymentEvent.objects.aggregate(last=Max("id"))["last"]
+    return (*workers.values(), last_request, *instances.values(), *deployments.values(), last_event)
 
 
 class FleetWatch:

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx2
 
-from portal.signed import sm2
-from portal.signed.canonical import canonical_string, sha256_sign_data
+from signing import sm2
+from signing.canonical import canonical_string, sha256_sign_data
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from portal.signed.canonical import canonical_string
 from registry.models import APP_ID_PATTERN, APP_ID_RULE
+from signing.canonical import canonical_string
 
 
 class Code(IntEnum):

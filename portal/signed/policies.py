@@ -25,11 +25,11 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.authentication import BaseAuthentication
 
-from portal.signed import sm2
-from portal.signed.canonical import candidate_strings, sha256_sign_data
 from portal.signed.envelope import Code, SignedApiError, SignedRequest
 from portal.signed.intake import off_loop_if_large
 from registry.services.credentials import CredentialSnapshot
+from signing import sm2
+from signing.canonical import candidate_strings, sha256_sign_data
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import transaction
 
-from portal.signed.sm2 import normalize_public_key
 from registry.models import AppCredential
 from registry.services.cache import RefreshingCache
+from signing.sm2 import normalize_public_key
 
 logger = logging.getLogger(__name__)
 

@@ -108,6 +108,8 @@ def record_heartbeat(
     tokens_per_second: float,
     kv_cache_usage: float | None = None,
     memory_bytes: int | None = None,
+    prefix_cache_hit_rate: float | None = None,
+    prefix_cache_tokens: int | None = None,
     interval: float | None = None,
 ) -> str | None:
     """Store the worker's live figures and push its expiry forward; return the operator's intent.
@@ -125,6 +127,8 @@ def record_heartbeat(
         "tokens_per_second": tokens_per_second,
         "kv_cache_usage": kv_cache_usage,
         "memory_bytes": memory_bytes,
+        "prefix_cache_hit_rate": prefix_cache_hit_rate,
+        "prefix_cache_tokens": prefix_cache_tokens,
         "last_heartbeat": now,
         "expires_at": now + heartbeat_expiry(interval),
     }

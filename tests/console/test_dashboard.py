@@ -14,7 +14,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 from django.utils import timezone
 
-from fleet.models import Deployment, Instance, Node
+from fleet.models import Deployment, DeploymentEvent, Instance, Node, ScaleAction
+from fleet.selectors import EVENTS_SHOWN, list_recent_events
+from fleet.services.autoscaler import record
 from portal.console import live
 from portal.console.fleet import fleet_snapshot, percentile
 from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
@@ -81,6 +83,20 @@ def test_the_snapshot_has_each_models_last_five_minutes() -> None:
 
 
 @pytest.mark.django_db
+def test_prefix_cache_hits_are_shown_per_model_and_per_worker() -> None:
+    worker = add_worker(1)
+    record_heartbeat(
+        identity=worker.identity, in_flight=0, queued=0, tokens_per_second=0.0, prefix_cache_hit_rate=0.5
+    )
+    for at, (prompt, cached) in enumerate([(1000, 960), (1000, 0), (500, 240)]):
+        record = usage("smol", 100.0 + at, 200.0)
+        UsageRecord.objects.filter(pk=record.pk).update(prompt_tokens=prompt, cached_tokens=cached)
+    snapshot = fleet_snapshot()
+    assert {m["name"]: m["prefix_cache_hit_rate"] for m in snapshot["models"]} == {"smol": 0.48}
+    assert [w["prefix_cache_hit_rate"] for w in snapshot["workers"]] == [0.5]
+
+
+@pytest.mark.django_db
 def test_first_token_and_inter_token_latency_are_shown_per_serving_role() -> None:
     both, decode = add_worker(1), add_worker(2)
     Worker.objects.filter(pk=decode.pk).update(role="decode")
@@ -125,17 +141,68 @@ def test_the_dashboard_renders_in_a_bounded_number_of_queries(workers, django_as
         add_worker(index, model=f"m{index % 7}")
         usage(f"m{index % 7}", 100.0 + index, 1000.0)
         Instance.objects.create(deployment=deployments[index % 7], node=node, generation=1)
+        record(deployments[index % 7], ScaleAction.UP, 2, "a burst", timezone.now())
     staff = client_for(staff=True)
     with django_assert_max_num_queries(12):
         page = staff.get(URL)
     assert page.status_code == 200
     assert "fleet-workers" in page.content.decode()
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         data = staff.get(URL + "fleet.json").json()
     assert len(data["workers"]) == workers
     assert sum(len(d["instances"]) for d in data["deployments"]) == workers
     first = Instance.objects.filter(deployment=deployments[0]).earliest("pk")
     assert data["deployments"][0]["instances"][0]["identity"] == f"d0/{first.pk}@n"
+
+
+@pytest.mark.django_db
+def test_each_deployment_shows_its_newest_scaling_events_in_one_query(django_assert_num_queries) -> None:
+    busy = Deployment.objects.create(name="busy", model_path="canned", min_replicas=1, max_replicas=9)
+    calm = Deployment.objects.create(name="calm", model_path="canned", min_replicas=0, max_replicas=1)
+    start = timezone.now() - timedelta(minutes=10)
+    for step in range(EVENTS_SHOWN + 2):
+        record(busy, ScaleAction.UP, step + 2, f"step {step}", start + timedelta(seconds=step))
+        busy.replicas = step + 2
+    record(calm, ScaleAction.EVICTED, 0, "evicted for busy (1 request(s) waiting); idle 12 s", start)
+    with django_assert_num_queries(1):
+        events = list_recent_events()
+    newest = [e["reason"] for e in events[str(busy.id)]]
+    assert newest == [f"step {step}" for step in range(EVENTS_SHOWN + 1, 1, -1)]
+    assert events[str(busy.id)][0]["replicas_before"] == EVENTS_SHOWN + 2
+    assert events[str(busy.id)][0]["replicas_after"] == EVENTS_SHOWN + 3
+    (evicted,) = events[str(calm.id)]
+    assert (evicted["action"], evicted["replicas_after"]) == ("evicted", 0)
+    assert fleet_snapshot()["deployment_events"] == events
+    page = client_for(staff=True).get(URL).content.decode()
+    assert 'id="fleet-events"' in page
+    assert "evicted for busy (1 request(s) waiting); idle 12 s" in page  # in the page's first snapshot
+    assert DeploymentEvent.objects.count() == EVENTS_SHOWN + 3  # the admin keeps them all
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_scaling_decision_pushes_a_snapshot_with_its_event(monkeypatch) -> None:
+    monkeypatch.setattr(live, "POLL_SECONDS", 0.1)
+    deployment = await Deployment.objects.acreate(
+        name="auto", model_path="canned", min_replicas=1, max_replicas=4
+    )
+    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
+    socket.scope["user"] = staff
+    assert (await socket.connect())[0]
+    first = await socket.receive_json_from(timeout=5)
+    assert first["deployment_events"] == {}
+    await asyncio.sleep(0.3)  # the watcher has seen the fleet as it is
+    why = "the queue waited 1.6 s > target 0.5 s for 5 s"
+    await database_sync_to_async(record)(deployment, ScaleAction.UP, 4, why, timezone.now())
+    update = await socket.receive_json_from(timeout=5)
+    (event,) = update["deployment_events"][str(deployment.id)]
+    assert (event["action"], event["replicas_before"], event["replicas_after"], event["reason"]) == (
+        "up",
+        1,
+        4,
+        why,
+    )
+    await socket.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)

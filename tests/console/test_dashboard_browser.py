@@ -14,7 +14,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from fleet.models import Deployment, Instance, InstanceState, Node
+from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction
+from fleet.services.autoscaler import record
 from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT
@@ -110,6 +111,14 @@ def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, browser) ->
         timeout=10_000,
     )
     assert "ready" in replica.inner_text()
+    why = "3 in flight > 80% of 2 slots for 15 s"
+    outside_the_event_loop(
+        lambda: record(Deployment.objects.get(name="smollm2"), ScaleAction.UP, 2, why, timezone.now())
+    )
+    page.wait_for_function(
+        f"document.querySelector('#fleet-events tbody').textContent.includes('{why}')", timeout=10_000
+    )
+    assert "1 → 2" in page.locator("#fleet-events tr[data-deployment='smollm2']").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
     assert errors == []
 

@@ -10,8 +10,9 @@
 - Redis killed with -9 and restarted (a private redis-server, append-only):
   no request fails, no usage record is lost.
 - PostgreSQL cut for 10 s (a relay in front of it drops and refuses every
-  connection): nothing hangs, failures are quick answers, the workers beat
-  again, no usage record is lost.
+  connection): every request is served (one whose workers expired meanwhile
+  waits in the queue while they beat again, every second until it lands),
+  nothing hangs, the workers beat again, no usage record is lost.
 
 Each report counts requests ok / failed / retried (moved to another worker),
 p95 latency before and after the fault, and usage records lost.
@@ -357,7 +358,7 @@ def test_redis_restarted_under_load(cluster: Cluster, private_redis: PrivateRedi
 
 
 def test_postgresql_cut_for_10_seconds_under_load(cluster: Cluster, postgres_cut: PostgresCut) -> None:
-    """Every connection to PostgreSQL broken and refused for 10 s: nothing hangs, everything comes back."""
+    """Every connection to PostgreSQL broken and refused for 10 s: every request served, everything back."""
     retried_before = retried(cluster)
     outcomes, cut_at, _ = asyncio.run(
         load_with_a_fault(cluster, lambda: postgres_cut.cut(POSTGRES_DOWN_SECONDS))
@@ -378,10 +379,9 @@ def test_postgresql_cut_for_10_seconds_under_load(cluster: Cluster, postgres_cut
     write_report("postgresql-cut", report)
     assert report["longest_seconds"] <= BOUND_SECONDS, report
     assert all(o.clean for o in outcomes), report
-    # Served from the portals' caches, or refused quickly with a 503: an answer, never a wait.
-    failed = [o for o in outcomes if not o.ok]
-    assert all(o.ended - o.started < POSTGRES_DOWN_SECONDS + 10 for o in failed), report
-    assert not any("Internal error" in o.error for o in failed), report
+    # Served from the portals' caches, or after waiting in the queue for workers whose heartbeats
+    # expired during the cut to beat again: no 503 no_worker_available.
+    assert (len(outcomes), report["ok"]) == (REQUESTS, REQUESTS), report
     assert report["usage_records_lost"] == 0, report  # they waited in the Redis stream
     assert report["usage_records_duplicated"] == 0, report
     assert report["served_after"], answer.text

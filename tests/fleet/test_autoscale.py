@@ -73,6 +73,17 @@ def test_low_load_removes_one_replica_after_the_cooldown_then_one_per_step():
     assert at_min.replicas == 1
 
 
+def test_no_load_brings_max_replicas_back_to_min_within_the_cooldown_and_30_s():
+    policy = Policy(min_replicas=1, max_replicas=6, scale_up_after=5, cooldown=15)
+    replicas, memory, now = 6, Memory(changed_at=0), 0.0
+    while replicas > 1 and now < 100:  # a scheduler tick every half second; removed replicas go at once
+        load = Load(replicas=replicas, ready=replicas, slots_per_replica=2, idle_for=now)
+        decision = decide(policy, load, memory, now)
+        replicas, memory, now = decision.replicas, decision.memory, now + 0.5
+    assert replicas == 1
+    assert now <= policy.cooldown + 30
+
+
 def test_load_that_would_not_fit_one_replica_fewer_keeps_them():
     load = Load(replicas=2, ready=2, slots_per_replica=4, in_flight=4)
     assert decide(POLICY, load, Memory(low_since=0, changed_at=0), now=1000).replicas == 2

@@ -165,6 +165,15 @@ def test_memory_is_estimated_from_the_catalogue_when_not_given():
     assert wanted(deployment)[0].memory_bytes == 768 * 2**20 + 2 * GIB
 
 
+def test_a_canned_replica_reserves_a_bare_worker_not_unknown_weights():
+    online_node("a", memory_gib=8)
+    deployment = deployments.create_deployment(name="c", model_path="canned", backend="canned", replicas=24)
+    reconcile()
+    # 256 MiB each: 24 of them in the 90% of 8 GiB a node lends; an unknown model's 4.75 GiB held one.
+    assert len(wanted(deployment)) == 24
+    assert wanted(deployment)[0].memory_bytes == 256 * 2**20
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -86,7 +86,8 @@ def test_the_portal_pairs_prefill_and_decode_and_the_answers_match_one_worker(fl
         assert split.status_code == 200, split.text
         expected = alone["choices"][0]["message"]["content"]
         assert split.json()["choices"][0]["message"]["content"] == expected
-        assert split.json()["usage"] == alone["usage"]
+        counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # the cache's share may differ
+        assert {k: split.json()["usage"][k] for k in counts} == {k: alone["usage"][k] for k in counts}
         assert streamed_text(url, body(question), headers) == expected
     assert status(prefill)["prefills_served"] == 2 * len(QUESTIONS)
     assert status(decode)["handoffs_received"] == 2 * len(QUESTIONS)

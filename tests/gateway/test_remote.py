@@ -34,7 +34,7 @@ def test_probe_marks_an_answering_endpoint_online_and_a_failing_one_offline(serv
 
     assert probe_remote_endpoint(worker=worker, client=httpx2.Client(transport=httpx2.MockTransport(ok)))
     worker.refresh_from_db()
-    assert worker.is_alive
+    assert worker.effective_status == WorkerStatus.ONLINE
     assert str(seen[0].url) == "http://remote.example/v1/models"
     assert seen[0].headers["Authorization"] == "Bearer rk-1"
     failing = httpx2.Client(transport=httpx2.MockTransport(lambda r: httpx2.Response(401, text="bad key")))

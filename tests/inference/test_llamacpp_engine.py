@@ -328,3 +328,22 @@ async def test_the_eos_that_ends_an_answer_is_billed_and_listed_with_its_logprob
     assert [entry.token_id for d in deltas for entry in d.logprobs] == ids
     assert deltas[-1].usage is not None
     assert deltas[-1].usage.completion_tokens == len(ids)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_repeated_prefix_is_served_from_a_slots_cached_prompt(engine: Engine) -> None:
+    system = "You answer questions about a small library that opens at nine and closes at six. " * 8
+    first, second = (
+        engine.tokenize(
+            engine.render_chat([{"role": "system", "content": system}, {"role": "user", "content": q}])
+        )
+        for q in ("When do you open?", "When do you close?")
+    )
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    _, cold = await collect(engine, GenerationRequest("prefix-1", first, params))
+    _, warm = await collect(engine, GenerationRequest("prefix-2", second, params))
+    assert cold[-1].usage is not None
+    assert warm[-1].usage is not None
+    assert cold[-1].usage.cached_tokens < shared  # whatever earlier tests left, not this prefix
+    assert shared - 1 <= warm[-1].usage.cached_tokens <= shared  # llama.cpp reuses up to the first difference

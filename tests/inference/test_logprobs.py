@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from inference.engines.base import Delta, GenerationRequest, TokenLogprob, Usage
+from inference.engines.base import Delta, GenerationRequest, TokenLogprob
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import collect
 
@@ -152,4 +152,6 @@ async def test_the_stop_token_that_ends_an_answer_is_listed_with_its_logprob(cha
     )
     _, deltas = await collect(chat_engine, cut)
     assert streamed(deltas)[0] == ids[:2]
-    assert deltas[-1].usage == Usage(len(cut.prompt_token_ids), 2)
+    usage = deltas[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(cut.prompt_token_ids), 2)

@@ -1,4 +1,4 @@
-"""Worker registration, heartbeats, expiry, selectors, schedules and the admin pages."""
+"""Worker registration, heartbeats, expiry, what dispatch reads of them, schedules and the admin pages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -15,7 +14,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from registry.models import ModelTask, ServedModel, Worker, WorkerStatus
-from registry.selectors import list_online_workers, list_served_model_names
+from registry.services.dispatch import get_model, list_candidates, list_online_models
 from registry.services.workers import (
     WorkerRegistration,
     expire_stale_workers,
@@ -46,7 +45,7 @@ def registration(**overrides: object) -> WorkerRegistration:
 def test_register_creates_an_online_row_and_missing_served_models() -> None:
     worker = register_worker(registration=registration(model_names=("mini",), task=ModelTask.EMBED))
     assert worker.status == WorkerStatus.ONLINE
-    assert worker.is_alive
+    assert worker.effective_status == WorkerStatus.ONLINE
     assert ServedModel.objects.get(name="mini").task == ModelTask.EMBED
     assert worker.expires_at is not None
     assert worker.last_heartbeat is not None
@@ -66,10 +65,17 @@ def test_heartbeat_stores_figures_and_extends_expiry() -> None:
     worker = register_worker(registration=registration())
     Worker.objects.filter(pk=worker.pk).update(expires_at=timezone.now() + timedelta(seconds=1))
     assert record_heartbeat(
-        identity=worker.identity, in_flight=2, queued=1, tokens_per_second=40.0, interval=2.0
+        identity=worker.identity,
+        in_flight=2,
+        queued=1,
+        tokens_per_second=40.0,
+        prefix_cache_hit_rate=0.75,
+        prefix_cache_tokens=4096,
+        interval=2.0,
     )
     worker.refresh_from_db()
     assert (worker.in_flight, worker.queued, worker.tokens_per_second, worker.speed) == (2, 1, 40.0, 40.0)
+    assert (worker.prefix_cache_hit_rate, worker.prefix_cache_tokens) == (0.75, 4096)
     assert worker.expires_at is not None
     assert worker.expires_at > timezone.now() + timedelta(seconds=5)
 
@@ -85,7 +91,7 @@ def test_draining_worker_is_not_online_and_offline_resets_load() -> None:
     worker = register_worker(registration=registration())
     record_heartbeat(identity=worker.identity, in_flight=3, queued=2, tokens_per_second=1.0)
     mark_draining(identity=worker.identity)
-    assert list_online_workers(model_name="smol") == []
+    assert list_candidates(served_model_id=ServedModel.objects.get(name="smol").id) == []
     mark_offline(identity=worker.identity)
     worker.refresh_from_db()
     assert (worker.status, worker.in_flight, worker.queued) == (WorkerStatus.OFFLINE, 0, 0)
@@ -95,27 +101,20 @@ def test_expired_workers_leave_online_at_once_and_the_sweep_marks_them_offline()
     live = register_worker(registration=registration(identity="live", address="http://127.0.0.1:1"))
     stale = register_worker(registration=registration(identity="stale", address="http://127.0.0.1:2"))
     Worker.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert [w.identity for w in list_online_workers(model_name="smol")] == ["live"]
+    smol = ServedModel.objects.get(name="smol")
+    assert [w.identity for w in list_candidates(served_model_id=smol.id)] == ["live"]
     assert expire_stale_workers() == 1
     assert Worker.objects.get(pk=stale.pk).status == WorkerStatus.OFFLINE
     assert Worker.objects.get(pk=live.pk).status == WorkerStatus.ONLINE
     assert expire_stale_workers() == 0
 
 
-def test_online_selector_skips_disabled_models_and_names_lists_live_ones() -> None:
+def test_disabled_models_do_not_resolve_and_only_live_ones_are_listed() -> None:
     register_worker(registration=registration(model_names=("smol", "off")))
     ServedModel.objects.filter(name="off").update(enabled=False)
     ServedModel.objects.create(name="orphan")
-    assert list_online_workers(model_name="off") == []
-    assert list_served_model_names() == ["smol"]
-
-
-@pytest.mark.django_db(transaction=True)  # the async ORM runs on another thread's connection
-async def test_async_selector_matches_the_sync_one() -> None:
-    from registry.selectors import alist_online_workers
-
-    await sync_to_async(register_worker)(registration=registration())
-    assert [w.identity for w in await alist_online_workers(model_name="smol")] == [registration().identity]
+    assert get_model(name="off") is None
+    assert [m["name"] for m in list_online_models()] == ["smol"]
 
 
 def test_setup_schedules_creates_the_expiry_schedule_once() -> None:

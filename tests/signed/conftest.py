@@ -12,9 +12,9 @@ import pytest
 from django.core.cache import cache
 from django.test import AsyncClient
 
-from portal.signed import sm2
 from portal.signed.client import sign_body
 from registry.services.credentials import create_app_credential, forget_cached_credential
+from signing import sm2
 
 # go-infer's example app and SM2 key pair (examples/test_api.py, examples/utils/sm2.py).
 GO_INFER_APP_ID = "3EA25569454745D01219080B779F021F"

@@ -9,13 +9,13 @@ import httpx2
 import jsonschema
 import pytest
 
-from portal.signed import sm2
 from portal.signed.client import SignedClient
 from portal.signed.pipelines.base import Pipeline
 from portal.signed.pipelines.chat import ChatPipeline
 from portal.signed.pipelines.embedding import EmbeddingPipeline
 from registry.models import UsageRecord
 from registry.services.credentials import create_app_credential
+from signing import sm2
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import start_worker, wait_for
 

@@ -11,10 +11,10 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from portal.gateway.gateway import current
-from portal.signed.canonical import sha256_sign_data
 from portal.signed.client import sign_body
 from registry.models import AppCredential, UsageRecord
 from registry.services.credentials import create_app_credential, forget_cached_credential
+from signing.canonical import sha256_sign_data
 from tests.signed.conftest import (
     GO_INFER_APP_ID,
     GO_INFER_SECRET,

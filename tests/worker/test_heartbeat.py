@@ -54,7 +54,7 @@ def test_swept_worker_registers_again_on_its_next_beat() -> None:
     heartbeat.beat()
     workers.mark_offline(identity="hb-unit")
     heartbeat.beat()
-    assert Worker.objects.get(identity="hb-unit").is_alive
+    assert Worker.objects.get(identity="hb-unit").effective_status == WorkerStatus.ONLINE
 
 
 def test_draining_worker_never_registers_as_online_again() -> None:

@@ -90,7 +90,7 @@ def test_registration_row_has_the_workers_fields() -> None:
     ) as worker:
         row = Worker.objects.get(identity="reg-1")
         assert row.status == WorkerStatus.ONLINE
-        assert row.is_alive
+        assert row.effective_status == WorkerStatus.ONLINE
         assert row.address == worker.address
         assert row.pid == worker.proc.pid
         assert (row.backend, row.device, row.model_path) == ("canned", "cpu", "canned")
@@ -152,7 +152,7 @@ def test_killed_worker_expires_and_restart_reuses_its_row() -> None:
     with start_worker(*args):
         row = Worker.objects.get(identity="kill-1")
         assert row.pk == row_id
-        assert row.is_alive
+        assert row.effective_status == WorkerStatus.ONLINE
 
 
 @pytest.mark.django_db(transaction=True)

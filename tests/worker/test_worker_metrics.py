@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.engines.base import EngineStats
+from inference.engines.base import EngineStats, Usage
 from portal.metrics import instruments
 from tests.worker.conftest import MakeClient
 
@@ -70,3 +70,15 @@ async def test_the_portals_figures_never_show_on_a_worker(client: httpx2.AsyncCl
     text = (await client.get("/metrics")).text
     assert "portal_" not in text
     assert "process_cpu_seconds_total" in text  # and its own process figures
+
+
+async def test_the_prefix_cache_is_reported_with_its_hit_rate(make_client: MakeClient) -> None:
+    client = make_client()
+    client.ctx.engine.stats = lambda: EngineStats(0, 0, 0.0, prefix_cache_tokens=320)  # type: ignore[attr-defined]
+    assert "worker_prefix_cache_hit_ratio" not in await scrape(client)  # nothing finished yet
+    client.ctx.recent.remember("a", Usage(prompt_tokens=300, completion_tokens=5, cached_tokens=0))  # type: ignore[attr-defined]
+    client.ctx.recent.remember("b", Usage(prompt_tokens=300, completion_tokens=5, cached_tokens=288))  # type: ignore[attr-defined]
+    seen = await scrape(client)
+    assert seen["worker_prefix_cache_tokens"] == 320
+    assert seen["worker_prompt_tokens_cached_total"] == 288
+    assert seen["worker_prefix_cache_hit_ratio"] == 288 / 600

@@ -68,6 +68,19 @@ def vllm_knobs(options: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
+def prefix_cache_mb(options: dict[str, Any]) -> int:
+    given = options.get("prefix_cache_mb")
+    if given is None:
+        return EngineConfig.prefix_cache_mb
+    if options["backend"] in ("vllm", "canned"):
+        raise CommandError(
+            "--prefix-cache-mb is for the transformers and llama.cpp engines (vLLM: --enable-prefix-caching)."
+        )
+    if given < 0:
+        raise CommandError("--prefix-cache-mb must be 0 or more.")
+    return int(given)
+
+
 def engine_config(options: dict[str, Any]) -> EngineConfig:
     extra: dict[str, Any] = {"threads": options["threads"]}
     if options["backend"] == "canned":
@@ -86,6 +99,7 @@ def engine_config(options: dict[str, Any]) -> EngineConfig:
         "max_model_len": options["max_model_len"],
         "seed": options["seed"],
         "cache_dir": str(settings.MODEL_CACHE_DIR),
+        "prefix_cache_mb": prefix_cache_mb(options),
         "extra": extra,
     }
     return EngineConfig(**values)
@@ -139,6 +153,12 @@ class Command(BaseCommand):
         add("--no-register", action="store_true", help="Serve without a row in the database.")
         add("--max-model-len", type=int, default=None)
         add("--seed", type=int, default=None)
+        add(
+            "--prefix-cache-mb",
+            type=int,
+            default=None,
+            help="MiB of prompt prefixes kept across requests (transformers, llama.cpp); 512, 0: off.",
+        )
         add("--drain-timeout", type=float, default=None, help="Seconds (default WORKER_DRAIN_TIMEOUT).")
         add("--canned-token-delay", type=float, default=0.0, help="Canned engine: seconds per token.")
         add("--canned-task", choices=["generate", "embed"], default="generate", help="Canned engine task.")

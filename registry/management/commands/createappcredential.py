@@ -8,9 +8,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal.signed.sm2 import InvalidKey
 from registry.models import APP_ID_PATTERN, APP_ID_RULE, AppCredential
 from registry.services.credentials import create_app_credential
+from signing.sm2 import InvalidKey
 
 
 class Command(BaseCommand):

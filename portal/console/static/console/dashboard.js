@@ -45,6 +45,7 @@
       cell(row, dash(m.latency_p50_ms, " ms"), "number");
       cell(row, dash(m.latency_p95_ms, " ms"), "number");
       cell(row, percent(m.error_rate), "number");
+      cell(row, percent(m.prefix_cache_hit_rate), "number");
       const roles = Object.keys(m.by_role);
       if (roles.includes("decode")) {
         for (const role of roles) {
@@ -54,7 +55,7 @@
           cell(line, "  " + m.name + " · " + role, "fleet-role");
           for (let i = 0; i < 5; i++) cell(line, "");
           timings(line, m.by_role[role]);
-          for (let i = 0; i < 3; i++) cell(line, "");
+          for (let i = 0; i < 4; i++) cell(line, "");
         }
       }
     }
@@ -88,6 +89,22 @@
     }
   }
 
+  function renderEvents(deployments, events) {
+    const body = document.querySelector("#fleet-events tbody");
+    body.replaceChildren();
+    for (const d of deployments) {
+      for (const e of events[d.id] || []) {
+        const row = body.insertRow();
+        row.dataset.deployment = d.name;
+        cell(row, d.name);
+        cell(row, new Date(e.at).toLocaleTimeString());
+        cell(row, e.action);
+        cell(row, e.replicas_before + " → " + e.replicas_after, "number");
+        cell(row, e.reason);
+      }
+    }
+  }
+
   function renderWorkers(workers) {
     const body = document.querySelector("#fleet-workers tbody");
     body.replaceChildren();
@@ -106,12 +123,14 @@
       cell(row, w.queued, "number");
       cell(row, w.tokens_per_second, "number");
       cell(row, percent(w.kv_cache_usage), "number");
+      cell(row, percent(w.prefix_cache_hit_rate), "number");
       cell(row, mebibytes(w.memory_bytes), "number");
     }
   }
 
   function render(snapshot) {
     renderDeployments(snapshot.deployments);
+    renderEvents(snapshot.deployments, snapshot.deployment_events || {});
     renderModels(snapshot.models);
     renderWorkers(snapshot.workers);
     document.body.dataset.fleetAt = snapshot.at;

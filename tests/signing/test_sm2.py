@@ -7,7 +7,7 @@ import base64
 import pytest
 from gmssl import sm2 as gmssl_sm2
 
-from portal.signed import sm2
+from signing import sm2
 from tests.signed.conftest import (
     GO_INFER_SM2_PRIVATE_BASE64,
     GO_INFER_SM2_PRIVATE_HEX,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from portal.signed.canonical import candidate_strings, canonical_string, format_number, sha256_sign_data
 from portal.signed.client import sign_body
+from signing.canonical import candidate_strings, canonical_string, format_number, sha256_sign_data
 from tests.signed.conftest import GO_INFER_APP_ID, GO_INFER_SECRET
 
 VECTOR_BODY = {

@@ -1,0 +1,62 @@
+"""The cache-aware policy's prefix index and its bounded-load choice (pure, no database)."""
+
+from __future__ import annotations
+
+import random
+
+from registry.services.prefix_index import BLOCK_CHARS, PrefixIndex, choose
+
+SYSTEM = "You are the help desk of a small library. " * 20  # 840 characters
+RNG = random.Random(7)
+
+
+def test_a_conversations_next_turn_matches_the_worker_that_served_it():
+    index = PrefixIndex()
+    turn1 = SYSTEM + "user: When do you open?"
+    index.record(turn1, worker=1)
+    index.record("Another system prompt entirely. " * 30, worker=2)
+    turn2 = turn1 + "assistant: At nine.user: And close?"
+    found = index.matches(turn2)
+    assert set(found) == {1}
+    assert found[1] == len(turn1) // BLOCK_CHARS * BLOCK_CHARS
+
+
+def test_a_shared_prefix_matches_every_worker_sent_it_as_deep_as_each_went():
+    index = PrefixIndex()
+    index.record(SYSTEM + "user: a question about opening hours", worker=1)
+    index.record(SYSTEM + "user: a question about late fees, rather longer than the other" * 3, worker=2)
+    found = index.matches(SYSTEM + "user: a question about late fees, rather longer than the other" * 3)
+    assert found[2] > found[1] >= len(SYSTEM) // BLOCK_CHARS * BLOCK_CHARS - BLOCK_CHARS
+    assert index.matches("x" + SYSTEM) == {}  # a different first character: nothing in common
+
+
+def test_the_index_is_bounded_and_forgets_the_oldest_prefixes_first():
+    index = PrefixIndex(max_blocks=20)
+    index.record("a" * BLOCK_CHARS * 15, worker=1)
+    index.record("b" * BLOCK_CHARS * 15, worker=2)
+    assert len(index) == 20
+    assert index.matches("b" * BLOCK_CHARS * 15) == {2: 15 * BLOCK_CHARS}
+    assert index.matches("a" * BLOCK_CHARS * 15) == {1: 5 * BLOCK_CHARS}  # its first blocks stayed
+
+
+def test_a_worker_that_leaves_leaves_the_index():
+    index = PrefixIndex()
+    index.record(SYSTEM, worker=1)
+    index.record(SYSTEM, worker=2)
+    index.keep_only([2])
+    assert set(index.matches(SYSTEM)) == {2}
+    index.keep_only([])
+    assert len(index) == 0
+
+
+def test_the_longest_match_wins_within_the_slack_then_the_least_loaded():
+    matches = {10: 640, 11: 128}
+    chosen = choose([3, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG)
+    assert chosen.worker_index == 0
+    assert chosen.reason == "prefix 640 chars on worker 10"
+    over = choose([4, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG)  # 4 > 1 + 2: too loaded
+    assert over.worker_index in (1, 2)
+    assert over.reason.startswith("prefix on worker 10 but it carries 4: least loaded")
+    cold = choose([2, 0], [10, 11], {}, slack=2, rng=RNG)
+    assert cold.worker_index == 1
+    assert cold.reason == "no prefix match: least loaded, worker 11"
