@@ -35,6 +35,7 @@ from portal.gateway.streaming import ChatStream
 from registry.services.cache import forget_all
 from registry.services.dispatch import list_online_models
 from registry.services.last_used import LastUsedThrottle
+from registry.services.prefix_index import PrefixIndex
 from registry.services.usage_stream import UsageStream
 from registry.services.usage_writer import UsageWriter
 from registry.services.versions import VersionWatch
@@ -55,6 +56,11 @@ class Gateway:
         self.key_touches = LastUsedThrottle()  # last_used_at writes of API keys
         self.app_touches = LastUsedThrottle()  # and of app credentials
         self.credential_warnings: dict[str, float] = {}  # worker identity → when its 401 was logged
+        self.prefixes: dict[int, PrefixIndex] = {}  # served model id → its prompts' prefixes (cache_aware)
+
+    def prefix_index(self, model_id: int) -> PrefixIndex:
+        """The prefix index of a cache-aware model (one per served model, each bounded)."""
+        return self.prefixes.setdefault(model_id, PrefixIndex())
 
     async def admit(
         self, door: str, caller: Caller, body: Any, *, stream: bool = False, request_id: str | None = None

@@ -22,8 +22,9 @@ from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid, model_not_found, not_allowed
 from portal.gateway.limits import LimitExceeded, Reservation, TokenEstimate, estimate, reserve
 from portal.gateway.ticket import Ticket
-from registry.models import ModelTask, UsageStatus
+from registry.models import DispatchPolicy, ModelTask, UsageStatus
 from registry.services.dispatch import MAX_MODEL_NAME_LENGTH, ResolvedModel, aresolve_model, valid_model_name
+from registry.services.prefix_index import prompt_text
 
 if TYPE_CHECKING:
     from portal.gateway.gateway import Gateway
@@ -155,6 +156,9 @@ async def admit(
         ticket.finish(UsageStatus.CANCELLED)
         raise
     ticket.prompt_estimate = cost.prompt
+    if model.dispatch_policy == DispatchPolicy.CACHE_AWARE and isinstance(request, protocol.GenerateRequest):
+        tools = getattr(request, "tools", None)
+        ticket.prompt_key = prompt_text(request.messages, tools.functions if tools else None, request.prompts)
     ticket.choices = getattr(request, "n", 1)
     body = for_worker(merged, model, door, stream=stream)
     return Prepared(door=door, model=model, request=request, estimate=cost, body=body, ticket=ticket)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from portal.gateway.errors import GatewayError
-from portal.gateway.figures import usage_counts
+from portal.gateway.figures import cached_count, usage_counts
 from portal.gateway.limits import Reservation
 from portal.gateway.queue import QueueTerms
 from portal.gateway.tasks import spawn
@@ -47,6 +47,7 @@ class Ticket:
     streamed: bool = False  # its first token came as the first event of a stream
     choices: int = 1  # completions generated side by side (n), for the time between tokens
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
+    prompt_key: str = ""  # what the prompt starts with, for the cache-aware policy ("" under others)
     role_label: str = "both"  # its role: "decode" when it continues from a prefill worker
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
     # The task adding its record to the shared buffer (Redis); None when it stays in memory.
@@ -93,6 +94,7 @@ class Ticket:
         counts = usage_counts(usage)
         if counts is not None:
             self.entry.prompt_tokens, self.entry.completion_tokens = counts
+            self.entry.cached_tokens = cached_count(usage)
             self.usage_known = True
 
     def finish(self, status: str = UsageStatus.OK, error: GatewayError | None = None) -> None:

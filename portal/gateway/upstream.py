@@ -31,6 +31,7 @@ from registry.services.dispatch import (
     choose_worker,
     with_prefill_workers,
 )
+from registry.services.prefix_index import PrefixIndex, route
 
 if TYPE_CHECKING:
     from portal.gateway.gateway import Gateway
@@ -104,6 +105,7 @@ async def pick_worker(
     skip: set[int],
     busy: set[int],
     last_error: GatewayError | None,
+    prefixes: tuple[PrefixIndex, dict[int, int]] | None = None,
 ) -> Any:
     """The next worker to try for `model`, waiting in the queue while every one is busy.
 
@@ -111,11 +113,14 @@ async def pick_worker(
     busy since it last waited. A new request queues behind this portal's queued
     ones rather than take a slot before them. A model with no online worker
     waits too when workers are coming (`demand.workers_coming`: a cold start,
-    or workers re-registering). Raise GatewayError when no worker is left, or
-    when the queue's time is up.
+    or workers re-registering). `prefixes`: the model's prefix index and this
+    prompt's matches, under the cache-aware policy. Raise GatewayError when no
+    worker is left, or when the queue's time is up.
     """
     while True:
         candidates = await aget_candidates(served_model_id=model.id)
+        if prefixes is not None:
+            prefixes[0].follow(c.id for c in candidates)
         coming = None if candidates or last_error else await demand.workers_coming(model)
         if coming is not None and not place.queued:
             place.timeout = coming
@@ -123,7 +128,10 @@ async def pick_worker(
         if not others_waiting:
             usable = gateway.counters.with_local_counts(candidates, skip | busy)
             try:
-                chosen = choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
+                matches = prefixes[1] if prefixes is not None else None
+                chosen = choose_worker(
+                    usable, model.dispatch_policy, allow_full=place.queued, matches=matches
+                )
                 return with_prefill_workers(chosen, usable)
             except NoWorkerAvailable as exc:
                 if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
@@ -260,10 +268,18 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
         terms=ticket.queue,
     )
     tries = _Tries(gateway=gateway)
+    key = ticket.prompt_key
+    index = gateway.prefix_index(model.id) if key else None
+    prefixes = (index, index.matches(key)) if index is not None else None
     demand.arrived(model.name)
     try:
         while True:
-            worker = await pick_worker(gateway, model, place, tries.failed, tries.busy, tries.last_error)
+            worker = await pick_worker(
+                gateway, model, place, tries.failed, tries.busy, tries.last_error, prefixes
+            )
+            if prefixes is not None:
+                prefixes[0].record(key, worker.id)
+                ticket.entry.route = route(worker.id, worker.identity, prefixes[1])
             demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:

@@ -46,7 +46,9 @@ class UsageEntry:
     served_model_id: int | None = None
     worker_id: int | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, served by the worker's prefix cache
     completion_tokens: int = 0
+    route: str = ""  # why dispatch chose the worker (cache_aware)
     time_to_first_token_ms: float | None = None
     total_time_ms: float | None = None
     status: str = UsageStatus.OK
