@@ -61,7 +61,9 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def completion_body(request: GenerationRequest, top_logprobs: int) -> dict[str, Any]:
+def completion_body(
+    request: GenerationRequest, top_logprobs: int, reuse_prompts: bool = True
+) -> dict[str, Any]:
     """The llama.cpp completion request for `request` (pure: unit-tested without llama.cpp).
 
     Every sampler is set, because llama.cpp's defaults differ from the
@@ -87,9 +89,10 @@ def completion_body(request: GenerationRequest, top_logprobs: int) -> dict[str, 
         "ignore_eos": params.ignore_eos,
         "logprobs": top_logprobs,
         "stream": True,
+        # --prefix-cache-mb 0 turns reuse off, a slot's own prompt too.
         # A cached prompt is evaluated along another path (its last token alone) whose logits
         # differ in the last bits, enough to change a sample: a seeded request repeats only without it.
-        "cache_prompt": params.seed is None,
+        "cache_prompt": reuse_prompts and params.seed is None,
     }
     if params.seed is not None:
         body["seed"] = params.seed % SEED_MODULUS
@@ -259,7 +262,7 @@ class LlamaCppEngine(Engine):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
         rid = request.request_id
-        body = completion_body(request, max(1, request.params.logprobs or 0))
+        body = completion_body(request, max(1, request.params.logprobs or 0), self.config.prefix_cache_mb > 0)
 
         def hand_over(item: dict[str, Any] | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending

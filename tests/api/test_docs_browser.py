@@ -9,23 +9,18 @@ pipeline declares. Screenshots go to test-artifacts/docs/ (git-ignored).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser import Pages
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
+pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "docs"
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-if not CHROMIUM.exists():
-    print(f"browser tests skipped: {CHROMIUM} is not installed")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 OPERATIONS = {
     "/v1/chat/completions",
@@ -39,12 +34,14 @@ OPERATIONS = {
 
 
 @pytest.fixture
-def portal() -> Iterator[PortalProcess]:
+def portal(chromium: Any) -> Iterator[PortalProcess]:
     with start_portal() as process:
         yield process
 
 
-def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(portal: PortalProcess) -> None:
+def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(
+    portal: PortalProcess, pages: Pages
+) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     outside: list[str] = []
     served: list[str] = []
@@ -58,33 +55,25 @@ def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(portal: P
             outside.append(url)
             route.abort()
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 1600})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.route("**/*", loopback_only)
+    page = pages.open(1280, 1600)
+    page.route("**/*", loopback_only)
 
-        page.goto(f"{portal.url}/api/docs/")
-        page.locator(".opblock-summary-path").first.wait_for(timeout=30_000)
-        paths = "els => els.map(e => e.dataset.path)"
-        listed = set(page.eval_on_selector_all(".opblock-summary-path", paths))
-        page.screenshot(path=str(ARTIFACTS / "1-operations.png"), full_page=True)
+    page.goto(f"{portal.url}/api/docs/")
+    page.locator(".opblock-summary-path").first.wait_for(timeout=30_000)
+    paths = "els => els.map(e => e.dataset.path)"
+    listed = set(page.eval_on_selector_all(".opblock-summary-path", paths))
+    page.screenshot(path=str(ARTIFACTS / "1-operations.png"), full_page=True)
 
-        # The chat operation's request body: the envelope around the example the pipeline declares.
-        page.locator("#operations-signed-signed_chat .opblock-summary").click()
-        body = page.locator("#operations-signed-signed_chat .opblock-body")
-        body.locator(".body-param__example, .microlight").first.wait_for(timeout=10_000)
-        example = body.inner_text()
-        page.screenshot(path=str(ARTIFACTS / "2-signed-chat.png"), full_page=True)
-        browser.close()
+    # The chat operation's request body: the envelope around the example the pipeline declares.
+    page.locator("#operations-signed-signed_chat .opblock-summary").click()
+    body = page.locator("#operations-signed-signed_chat .opblock-body")
+    body.locator(".body-param__example, .microlight").first.wait_for(timeout=10_000)
+    example = body.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "2-signed-chat.png"), full_page=True)
 
     assert listed >= OPERATIONS, f"missing: {OPERATIONS - listed}"
     assert '"What is the capital of France?"' in example
     assert '"signType"' in example
     assert outside == [], f"the page asked for something outside the portal: {outside}"
     assert any("/static/drf_spectacular_sidecar/swagger-ui-dist/" in url for url in served)
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    assert pages.errors == [], f"JavaScript errors on the page: {pages.errors}"

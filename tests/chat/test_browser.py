@@ -9,70 +9,59 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from portal.chat.models import AnswerFormat, AnswerStatus, Message
+from registry.models import Worker
+from tests.browser import PASSWORD, Pages, log_in_to_chat, outside_the_event_loop
 from tests.portal_process import PortalProcess, start_portal
-from tests.processes import REPO_ROOT, start_worker
+from tests.processes import REPO_ROOT, WorkerProcess, start_worker, wait_for
 
-T = TypeVar("T")
-CHROMIUM = Path("/usr/bin/chromium")
+pytest_plugins = ["tests.browser_fixtures"]
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-if not CHROMIUM.exists():
-    print(f"browser tests skipped: {CHROMIUM} is not installed")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+@pytest.fixture(scope="module")
+def smollm2(django_db_setup: None, chromium: Any) -> Iterator[WorkerProcess]:
+    """One SmolLM2 worker for the module (started once Chromium is known to be there).
+
+    Each test's flush deletes its row; its next heartbeat registers it again.
+    """
+    with start_worker(
+        "--model-path", "smollm2-135m-instruct", "--model-names", "smollm2", "--heartbeat-interval", "1",
+        timeout=240,
+    ) as worker:  # fmt: skip
+        yield worker
 
 
-@pytest.fixture
-def portal() -> Iterator[PortalProcess]:
-    get_user_model().objects.create_user("ada", password="browser-pass-123")
-    with (
-        start_worker("--model-path", "smollm2-135m-instruct", "--model-names", "smollm2", timeout=240),
-        start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as process,
-    ):
+@pytest.fixture(scope="module")
+def live_portal(smollm2: WorkerProcess) -> Iterator[PortalProcess]:
+    with start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as process:
         yield process
 
 
 @pytest.fixture
-def page(portal: PortalProcess) -> Iterator[object]:
+def portal(live_portal: PortalProcess, smollm2: WorkerProcess) -> PortalProcess:
+    """The module's portal, with this test's user and the worker registered in this test's database."""
+    get_user_model().objects.create_user("ada", password=PASSWORD)
+    assert wait_for(lambda: Worker.objects.online().filter(address=smollm2.address).exists(), timeout=30)
+    return live_portal
+
+
+@pytest.fixture
+def page(portal: PortalProcess, pages: Pages) -> object:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        yield page
-        browser.close()
-        assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
-def outside_the_event_loop(query: Callable[[], T]) -> T:
-    """Run an ORM query in a thread: Playwright's sync API runs an event loop in this one."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(query).result()
+    return pages.open()
 
 
 def log_in(page, base: str) -> None:
-    page.goto(f"{base}/chat/")
-    assert "/chat/login/" in page.url
-    page.fill("#id_username", "ada")
-    page.fill("#id_password", "browser-pass-123")
-    page.click("#login")
-    page.wait_for_url(f"{base}/chat/")
+    log_in_to_chat(page, base)
     page.wait_for_function("document.querySelector('#model').value === 'smollm2'", timeout=20_000)
 
 

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,16 +22,11 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from registry.models import ServedModel, Worker, WorkerKind, WorkerStatus
+from tests.browser import PASSWORD, Pages, log_in_to_chat
 from tests.portal_process import PortalProcess, start_portal
 
-CHROMIUM = Path("/usr/bin/chromium")
+pytest_plugins = ["tests.browser_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-if not CHROMIUM.exists():
-    print(f"browser tests skipped: {CHROMIUM} is not installed")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 IMG = "<img src=x onerror=window.__pwned=1>"
 SCRIPT = "<script>window.__pwned=1</script>"
@@ -72,8 +66,8 @@ class HostileUpstream(BaseHTTPRequestHandler):
         self._send(200, body.encode(), "text/event-stream")
 
 
-@pytest.fixture
-def upstream() -> Iterator[str]:
+@pytest.fixture(scope="module")
+def upstream(chromium: Any) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), HostileUpstream)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -82,9 +76,16 @@ def upstream() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def live_portal(django_db_setup: None, upstream: str) -> Iterator[PortalProcess]:
+    with start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as process:
+        yield process
+
+
 @pytest.fixture
-def portal(upstream: str) -> Iterator[PortalProcess]:
-    get_user_model().objects.create_user("ada", password="browser-pass-123")
+def portal(live_portal: PortalProcess, upstream: str) -> PortalProcess:
+    """The module's portal, with this test's user and the upstream registered as a remote worker."""
+    get_user_model().objects.create_user("ada", password=PASSWORD)
     worker = Worker.objects.create(
         identity="hostile-remote",
         kind=WorkerKind.REMOTE,
@@ -97,28 +98,14 @@ def portal(upstream: str) -> Iterator[PortalProcess]:
     )
     for name in ("hostile-a", "hostile-b"):
         worker.served_models.add(ServedModel.objects.create(name=name))
-    with start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as process:
-        yield process
+    return live_portal
 
 
 @pytest.fixture
-def page(portal: PortalProcess) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{portal.url}/chat/login/")
-        page.fill("#id_username", "ada")
-        page.fill("#id_password", "browser-pass-123")
-        page.click("#login")
-        page.wait_for_url(f"{portal.url}/chat/")
-        yield page
-        browser.close()
-        assert errors == [], f"JavaScript errors on the page: {errors}"
+def page(portal: PortalProcess, pages: Pages) -> Any:
+    page = pages.open()
+    log_in_to_chat(page, portal.url)
+    return page
 
 
 def assert_nothing_ran(page: Any, region: str) -> None:

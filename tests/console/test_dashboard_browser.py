@@ -5,10 +5,8 @@ Screenshots go to test-artifacts/console/ (git-ignored).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -17,30 +15,25 @@ from django.utils import timezone
 from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction
 from fleet.services.autoscaler import record
 from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
+from tests.browser import PASSWORD, Pages, log_in_to_admin, outside_the_event_loop
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT
 
-T = TypeVar("T")
-CHROMIUM = Path("/usr/bin/chromium")
+pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-if not CHROMIUM.exists():
-    print(f"browser tests skipped: {CHROMIUM} is not installed")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def outside_the_event_loop(query: Callable[[], T]) -> T:
-    """Run an ORM call in a thread: Playwright's sync API runs an event loop in this one."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(query).result()
+@pytest.fixture(scope="module")
+def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
+    with start_portal() as process:
+        yield process
 
 
 @pytest.fixture
-def portal() -> Iterator[PortalProcess]:
-    get_user_model().objects.create_superuser("root", password="browser-pass-123")
+def portal(live_portal: PortalProcess) -> PortalProcess:
+    """The module's portal over this test's three workers and one starting replica."""
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
     for index in range(3):
         register_worker(
             registration=WorkerRegistration(
@@ -54,38 +47,20 @@ def portal() -> Iterator[PortalProcess]:
     node = Node.objects.create(name="node-a", address="127.0.0.1")
     deployment = Deployment.objects.create(name="smollm2", model_path="smollm2-135m-instruct", replicas=1)
     Instance.objects.create(deployment=deployment, node=node, generation=1, state=InstanceState.STARTING)
-    with start_portal() as process:
-        yield process
+    return live_portal
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
+def open_dashboard(pages: Pages, base: str, *, socket_fails: bool = False):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
-
-
-def open_dashboard(browser, base: str, *, socket_fails: bool = False):
-    page = browser.new_page(viewport={"width": 1400, "height": 800})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page = pages.open(1400, 800)
     if socket_fails:
         page.route_web_socket("**/ws/console/fleet/", lambda socket: socket.close())
-    page.goto(f"{base}/admin/login/?next=/admin/console/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "browser-pass-123")
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{base}/admin/console/")
-    return page, errors
+    log_in_to_admin(page, base, "/admin/console/")
+    return page, pages.errors
 
 
-def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, browser) -> None:
-    page, errors = open_dashboard(browser, portal.url)
+def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, pages) -> None:
+    page, errors = open_dashboard(pages, portal.url)
     page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'live'")
     assert page.locator("#fleet-workers tbody tr").count() == 3
     assert "smollm2" in page.locator("#fleet-models tbody").inner_text()
@@ -123,8 +98,8 @@ def test_the_dashboard_updates_live_when_a_heartbeat_arrives(portal, browser) ->
     assert errors == []
 
 
-def test_the_dashboard_polls_when_the_websocket_fails(portal, browser) -> None:
-    page, errors = open_dashboard(browser, portal.url, socket_fails=True)
+def test_the_dashboard_polls_when_the_websocket_fails(portal, pages) -> None:
+    page, errors = open_dashboard(pages, portal.url, socket_fails=True)
     page.wait_for_function("document.querySelector('#fleet-connection').dataset.state === 'polling'")
     outside_the_event_loop(
         lambda: record_heartbeat(

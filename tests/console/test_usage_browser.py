@@ -10,32 +10,33 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from registry.models import ApiKey, UsageRecord, UsageStatus
 from registry.services.rollups import roll_up_usage, utc_today
+from tests.browser import PASSWORD, Pages, log_in_to_admin
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
+pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
 CHARTS = ["requests-per-day", "tokens-per-day", "top-keys", "top-apps", "top-users", "top-models"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-if not CHROMIUM.exists():
-    print(f"browser tests skipped: {CHROMIUM} is not installed")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+@pytest.fixture(scope="module")
+def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
+    with start_portal() as process:
+        yield process
 
 
 @pytest.fixture
-def portal() -> Iterator[tuple[PortalProcess, dict[str, int]]]:
-    """A live portal over two weeks of usage by four keys; yields it and the record counts."""
-    get_user_model().objects.create_superuser("root", password="browser-pass-123")
+def portal(live_portal: PortalProcess) -> tuple[PortalProcess, dict[str, int]]:
+    """The module's portal over two weeks of usage by four keys; returns it and the record counts."""
+    get_user_model().objects.create_superuser("root", password=PASSWORD)
     keys = [
         ApiKey.objects.create(name=f"team-{n}", prefix=f"b{n:07d}", hashed_secret=f"h{n}") for n in range(4)
     ]
@@ -55,56 +56,43 @@ def portal() -> Iterator[tuple[PortalProcess, dict[str, int]]]:
     UsageRecord.objects.bulk_create(rows)
     roll_up_usage()  # past days from the rollup, today raw: the page joins both
     counts = {"all": len(rows), "b0000001": sum(row.api_key == keys[1] for row in rows)}
-    with start_portal() as process:
-        yield process, counts
+    return live_portal, counts
 
 
-def test_usage_charts_render_and_the_csv_streams(portal) -> None:
+def test_usage_charts_render_and_the_csv_streams(portal, pages: Pages) -> None:
     portal, counts = portal
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{portal.url}/admin/login/?next=/admin/")
-        page.fill("#id_username", "root")
-        page.fill("#id_password", "browser-pass-123")
-        page.click("input[type=submit]")
-        page.wait_for_url(f"{portal.url}/admin/")
-        page.screenshot(path=str(ARTIFACTS / "admin-index.png"))
-        page.click("#console-module a[href='/admin/console/usage/']")
-        page.wait_for_url(f"{portal.url}/admin/console/usage/")
+    page = pages.open(1400, 900)
+    log_in_to_admin(page, portal.url, "/admin/")
+    page.screenshot(path=str(ARTIFACTS / "admin-index.png"))
+    page.click("#console-module a[href='/admin/console/usage/']")
+    page.wait_for_url(f"{portal.url}/admin/console/usage/")
 
-        drawn = page.wait_for_function(
-            "(ids) => ids.every((id) => { const c = Chart.getChart('chart-' + id);"
-            " return c && c.canvas.width > 0 && c.data.datasets.length > 0; })",
-            arg=CHARTS,
-            timeout=15_000,
-        )
-        assert drawn
-        per_day = page.evaluate("Chart.getChart('chart-requests-per-day').data")
-        assert len(per_day["labels"]) == 30
-        assert {d["label"] for d in per_day["datasets"]} == {"smollm2", "minilm", "remote-llama"}
-        assert sum(sum(d["data"]) for d in per_day["datasets"]) == counts["all"]
-        assert page.evaluate("Chart.getChart('chart-top-keys').data.labels.length") == 4
-        page.screenshot(path=str(ARTIFACTS / "usage-charts.png"), full_page=True)
+    drawn = page.wait_for_function(
+        "(ids) => ids.every((id) => { const c = Chart.getChart('chart-' + id);"
+        " return c && c.canvas.width > 0 && c.data.datasets.length > 0; })",
+        arg=CHARTS,
+        timeout=15_000,
+    )
+    assert drawn
+    per_day = page.evaluate("Chart.getChart('chart-requests-per-day').data")
+    assert len(per_day["labels"]) == 30
+    assert {d["label"] for d in per_day["datasets"]} == {"smollm2", "minilm", "remote-llama"}
+    assert sum(sum(d["data"]) for d in per_day["datasets"]) == counts["all"]
+    assert page.evaluate("Chart.getChart('chart-top-keys').data.labels.length") == 4
+    page.screenshot(path=str(ARTIFACTS / "usage-charts.png"), full_page=True)
 
-        page.fill("#id_key", "b0000001")
-        page.click("#usage-filters input[type=submit]")
-        page.wait_for_url("**key=b0000001**")
-        page.wait_for_function("Chart.getChart('chart-top-keys') !== undefined")
-        assert page.evaluate("Chart.getChart('chart-top-keys').data.labels") == ["team-1 (b0000001)"]
-        page.screenshot(path=str(ARTIFACTS / "usage-one-key.png"), full_page=True)
+    page.fill("#id_key", "b0000001")
+    page.click("#usage-filters input[type=submit]")
+    page.wait_for_url("**key=b0000001**")
+    page.wait_for_function("Chart.getChart('chart-top-keys') !== undefined")
+    assert page.evaluate("Chart.getChart('chart-top-keys').data.labels") == ["team-1 (b0000001)"]
+    page.screenshot(path=str(ARTIFACTS / "usage-one-key.png"), full_page=True)
 
-        export = page.request.get(f"{portal.url}/admin/console/usage/records.csv?key=b0000001")
-        assert export.ok
-        assert export.headers["content-type"] == "text/csv; charset=utf-8"
-        rows = list(csv.DictReader(io.StringIO(export.text())))
-        assert len(rows) == counts["b0000001"]
-        assert {row["key_prefix"] for row in rows} == {"b0000001"}
-        browser.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    export = page.request.get(f"{portal.url}/admin/console/usage/records.csv?key=b0000001")
+    assert export.ok
+    assert export.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.DictReader(io.StringIO(export.text())))
+    assert len(rows) == counts["b0000001"]
+    assert {row["key_prefix"] for row in rows} == {"b0000001"}
+    assert pages.errors == [], f"JavaScript errors on the page: {pages.errors}"

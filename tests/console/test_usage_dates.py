@@ -136,6 +136,7 @@ async def test_an_export_that_fails_midway_ends_with_a_line_saying_so(
     assert "the database went away" not in text
 
 
+@pytest.mark.processes
 def test_a_real_portal_answers_bad_dates_and_ends_every_export() -> None:
     """daphne, not the test client: before, daily.csv sent its headers for year 9999 and then hung."""
     login = Client()

@@ -163,6 +163,7 @@ def test_no_accepted_extra_options_reach_django_as_settings_or_pythonpath(parts)
     assert django_preparse(options) == (None, None)
 
 
+@pytest.mark.processes
 def test_runworker_with_hostile_values_imports_nothing_of_theirs(tmp_path):
     """The argv shape the agent builds, with a model path and dtype that name an evil settings module."""
     (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
@@ -177,6 +178,7 @@ def test_runworker_with_hostile_values_imports_nothing_of_theirs(tmp_path):
     assert not (tmp_path / "ran").exists(), done.stdout + done.stderr
 
 
+@pytest.mark.processes
 def test_runworker_takes_no_abbreviations():
     argv = [sys.executable, "manage.py", "runworker", "--model-path=x", "--hos=0.0.0.0"]
     done = subprocess.run(
@@ -199,6 +201,7 @@ def test_a_worker_gets_only_what_it_needs_and_a_key_of_its_own(monkeypatch):
     assert environment["DATABASE_URL"]
 
 
+@pytest.mark.processes
 def test_adoption_needs_the_exact_argv_and_the_same_start_time():
     argv = [sys.executable, "-c", "import time; time.sleep(30)", "a/1@vm"]
     process = subprocess.Popen(argv)

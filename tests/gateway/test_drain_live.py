@@ -1,8 +1,10 @@
-"""Drain, resume and remove from the admin, on two real SmolLM2 workers (llama.cpp) behind a real portal.
+"""Drain, resume and remove from the admin, on two real worker processes behind a real portal.
 
 The drained worker finishes the answer it is streaming, takes nothing new,
 reports offline, and serves again once resumed; the portal sends new requests
-to the other worker meanwhile.
+to the other worker meanwhile. What is checked is the workers' lifecycle and
+the portal's routing, not the words: the workers serve the canned engine, at
+a pace that keeps the long answer streaming while the test drains under it.
 """
 
 from __future__ import annotations
@@ -25,17 +27,21 @@ from tests.processes import WorkerProcess, start_worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 MODEL = "smol"
-LONG = 160  # tokens: a few seconds of streaming, long enough to drain under it
+LONG = 160  # tokens: eight seconds of streaming at 0.05 s a token, long enough to drain under it
 
 
-def smol() -> WorkerProcess:
-    args = ["--model-path", "smollm2-135m-instruct", "--model-names", MODEL, "--heartbeat-interval", "0.5"]
-    return start_worker(*args, "--max-concurrency", "2", timeout=240)
+def canned_worker() -> WorkerProcess:
+    args = ["--model-path", "canned", "--backend", "canned", "--canned-token-delay", "0.05", "--model-names"]
+    return start_worker(*args, MODEL, "--heartbeat-interval", "0.5", "--max-concurrency", "2")
 
 
 @pytest.fixture
 def fleet() -> Iterator[tuple[PortalProcess, WorkerProcess, WorkerProcess]]:
-    with smol() as first, smol() as second, start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as portal:
+    with (
+        canned_worker() as first,
+        canned_worker() as second,
+        start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as portal,
+    ):
         yield portal, first, second
 
 

@@ -51,6 +51,8 @@ def test_every_sampler_is_set_because_llama_cpp_defaults_differ_from_openai() ->
     assert (body["stop"], body["stream"], body["logprobs"]) == (["x"], True, 1)
     assert body["cache_prompt"] is False  # a cached prompt's logits differ in the last bits
     assert completion_body(GenerationRequest("r", [1], SamplingParams()), top_logprobs=1)["cache_prompt"]
+    unseeded = GenerationRequest("r", [1], SamplingParams())
+    assert not completion_body(unseeded, top_logprobs=1, reuse_prompts=False)["cache_prompt"]  # cache off
     assert "grammar" not in body
     guided = SamplingParams(guide=Guide("regex", "[a-z]+"))
     grammar = completion_body(GenerationRequest("g", [1], guided), top_logprobs=1)["grammar"]

@@ -1,8 +1,8 @@
-"""Fixtures for the worker's HTTP app served in-process over the canned (fake) engine."""
+"""Fixtures: the worker's HTTP app in-process over the canned (fake) engine; one real SmolLM2 process."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -12,6 +12,7 @@ from inference.engines.base import EngineConfig
 from inference.engines.canned import CannedTokenEngine
 from inference.worker.app import build_app
 from inference.worker.serving import WorkerContext
+from tests.processes import WorkerProcess, start_worker
 
 MakeClient = Callable[..., httpx2.AsyncClient]
 
@@ -53,3 +54,20 @@ async def make_client() -> AsyncIterator[MakeClient]:
 @pytest.fixture
 async def client(make_client: MakeClient) -> httpx2.AsyncClient:
     return make_client()
+
+
+@pytest.fixture(scope="package")
+def smol() -> Iterator[WorkerProcess]:
+    """SmolLM2 served as "smol" by the transformers engine (the one with beam search and prompt logprobs).
+
+    One process for the live tests of this package; they send it requests and
+    change nothing in it. In float32: its seeded and greedy answers repeat
+    whatever else shares the batch. In bfloat16 (the default where the CPU has
+    it) the rounding depends on the batch, and a repeated seeded request
+    diverged after a few tokens.
+    """
+    with start_worker(
+        "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
+        "--backend", "transformers", "--dtype", "float32", "--no-register", timeout=300,
+    ) as worker:  # fmt: skip
+        yield worker

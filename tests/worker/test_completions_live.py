@@ -18,9 +18,7 @@ from transformers import AutoTokenizer
 from inference.loading import resolve_model
 from portal import env
 from tests.processes import WorkerProcess
-from tests.worker.live import smol
 
-__all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 # The model answers "OK." and ends its turn: the next token is its EOS, <|im_end|>.
 ENDS = "<|im_start|>user\nSay OK.<|im_end|>\n<|im_start|>assistant\nOK."

@@ -17,9 +17,8 @@ import pytest
 from openai import BadRequestError
 
 from tests.processes import WorkerProcess
-from tests.worker.live import client, smol
+from tests.worker.live import client
 
-__all__ = ["smol"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.slow
 QUESTION: Any = [{"role": "user", "content": "What is the capital of France?"}]
 # The tools' parameters are closed and bounded (no extra properties, short

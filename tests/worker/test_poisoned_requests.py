@@ -4,20 +4,20 @@ Each poison once gave a 500 to every request in the batch on main (a token
 id past the vocabulary, a temperature of 1e-40, a seed of 2**64). Now the
 poisoned request gets a 400 naming the field (or, for the tiny temperature,
 a greedy answer), the 8 innocent streams finish with the same text as their
-solo greedy runs, and the worker stays up.
+solo greedy runs, and the worker stays up. The worker is the package's
+float32 SmolLM2 (conftest.py), whose greedy answers do not depend on the batch.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.processes import WorkerProcess, start_worker
+from tests.processes import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,6 @@ QUESTIONS = [
     "Describe a busy market.",
 ]
 TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def smol() -> Iterator[WorkerProcess]:
-    with start_worker(
-        "--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--device", "cpu",
-        "--no-register", "--max-concurrency", "16", timeout=300,
-    ) as worker:  # fmt: skip
-        yield worker
 
 
 def chat_body(question: str, **extra: Any) -> dict[str, Any]:

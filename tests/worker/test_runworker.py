@@ -1,4 +1,8 @@
-"""`manage.py runworker` as a real process on loopback (canned engine): lifecycle in the registry."""
+"""`manage.py runworker` as a real process on loopback (canned engine): lifecycle in the registry.
+
+The registry tests start a worker each (its row is what they check); the
+stream tests share one unregistered worker, idle again after each test.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -15,8 +20,9 @@ from django.core.management import get_commands, load_command_class
 
 from registry.models import ModelTask, ServedModel, Worker, WorkerStatus
 from registry.services.workers import expire_stale_workers
-from tests.processes import run_command, start_worker, wait_for
+from tests.processes import WorkerProcess, run_command, start_worker, wait_for
 
+pytestmark = pytest.mark.processes
 CANNED = ("--model-path", "canned", "--backend", "canned")
 
 
@@ -166,59 +172,68 @@ def test_sweep_workers_command_marks_expired_rows_offline() -> None:
     assert Worker.objects.get(identity="sweep-1").status == WorkerStatus.OFFLINE
 
 
-def test_client_disconnect_aborts_the_generation() -> None:
+@pytest.fixture(scope="module")
+def streaming_worker() -> Iterator[WorkerProcess]:
     with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
-        body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
-        with httpx2.Client(timeout=30) as client:
-            with client.stream("POST", f"{worker.address}/v1/completions", json=body) as response:
-                assert response.status_code == 200
-                lines = response.iter_lines()  # kept: a dropped iterator closes the stream
-                assert next(lines).startswith("data: ")
-                assert status(worker.address)["in_flight"] == 1
-            # Leaving the block closed the connection mid-stream; 2000 tokens would take 40 s.
-            assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
-            with pytest.raises(httpx2.ReadTimeout):
-                client.post(f"{worker.address}/v1/completions", json={**body, "stream": False}, timeout=0.5)
-            assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
+        yield worker
 
 
-def test_abort_endpoint_ends_a_stream_with_finish_reason_abort() -> None:
-    with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
-        body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
-        headers = {"X-Request-Id": "abort-me"}
-        with (
-            httpx2.Client(timeout=30) as client,
-            client.stream("POST", f"{worker.address}/v1/completions", json=body, headers=headers) as response,
-        ):
+@pytest.fixture
+def worker(streaming_worker: WorkerProcess) -> WorkerProcess:
+    """The module's stream worker, running and with nothing in flight."""
+    assert streaming_worker.proc.poll() is None, streaming_worker.output
+    assert wait_for(lambda: status(streaming_worker.address)["in_flight"] == 0, timeout=5)
+    return streaming_worker
+
+
+def test_client_disconnect_aborts_the_generation(worker: WorkerProcess) -> None:
+    body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
+    with httpx2.Client(timeout=30) as client:
+        with client.stream("POST", f"{worker.address}/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept: a dropped iterator closes the stream
+            assert next(lines).startswith("data: ")
+            assert status(worker.address)["in_flight"] == 1
+        # Leaving the block closed the connection mid-stream; 2000 tokens would take 40 s.
+        assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
+        with pytest.raises(httpx2.ReadTimeout):
+            client.post(f"{worker.address}/v1/completions", json={**body, "stream": False}, timeout=0.5)
+        assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
+
+
+def test_abort_endpoint_ends_a_stream_with_finish_reason_abort(worker: WorkerProcess) -> None:
+    body = {"model": "canned", "prompt": "hi", "max_tokens": 2000, "stream": True}
+    headers = {"X-Request-Id": "abort-me"}
+    with (
+        httpx2.Client(timeout=30) as client,
+        client.stream("POST", f"{worker.address}/v1/completions", json=body, headers=headers) as response,
+    ):
+        lines = response.iter_lines()
+        next(lines)
+        assert client.post(f"{worker.address}/abort/abort-me").json()["aborted"] is True
+        payloads = [line[6:] for line in lines if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]"
+    assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "abort"
+    assert status(worker.address)["in_flight"] == 0
+
+
+def test_abort_after_the_stream_was_dropped_answers_the_usage_consumed(worker: WorkerProcess) -> None:
+    body = {"model": "canned", "prompt": "hi there", "max_tokens": 2000, "stream": True}
+    headers = {"X-Request-Id": "dropped-1"}
+    with httpx2.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{worker.address}/v1/completions", json=body, headers=headers
+        ) as response:
             lines = response.iter_lines()
-            next(lines)
-            assert client.post(f"{worker.address}/abort/abort-me").json()["aborted"] is True
-            payloads = [line[6:] for line in lines if line.startswith("data: ")]
-        assert payloads[-1] == "[DONE]"
-        assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "abort"
-        assert status(worker.address)["in_flight"] == 0
-
-
-def test_abort_after_the_stream_was_dropped_answers_the_usage_consumed() -> None:
-    with start_worker(*CANNED, "--no-register", "--canned-token-delay", "0.02") as worker:
-        body = {"model": "canned", "prompt": "hi there", "max_tokens": 2000, "stream": True}
-        headers = {"X-Request-Id": "dropped-1"}
-        with httpx2.Client(timeout=30) as client:
-            with client.stream(
-                "POST", f"{worker.address}/v1/completions", json=body, headers=headers
-            ) as response:
-                lines = response.iter_lines()
-                read = [next(lines) for _ in range(6)]  # three text chunks and the blank lines between
-            # What the portal does when its client leaves: drop the stream, then abort.
-            aborted = client.post(f"{worker.address}/abort/dropped-1")
-            assert aborted.status_code == 200, aborted.text
-            usage = aborted.json()["usage"]
-            assert usage["prompt_tokens"] == 2
-            assert (
-                len([line for line in read if line.startswith("data: ")]) <= usage["completion_tokens"] < 2000
-            )
-            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-            assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
-            later = client.post(f"{worker.address}/abort/dropped-1").json()
-            assert later == {"id": "dropped-1", "aborted": False, "usage": later["usage"]}
-            assert later["usage"]["completion_tokens"] >= usage["completion_tokens"]
+            read = [next(lines) for _ in range(6)]  # three text chunks and the blank lines between
+        # What the portal does when its client leaves: drop the stream, then abort.
+        aborted = client.post(f"{worker.address}/abort/dropped-1")
+        assert aborted.status_code == 200, aborted.text
+        usage = aborted.json()["usage"]
+        assert usage["prompt_tokens"] == 2
+        assert len([line for line in read if line.startswith("data: ")]) <= usage["completion_tokens"] < 2000
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert wait_for(lambda: status(worker.address)["in_flight"] == 0, timeout=3)
+        later = client.post(f"{worker.address}/abort/dropped-1").json()
+        assert later == {"id": "dropped-1", "aborted": False, "usage": later["usage"]}
+        assert later["usage"]["completion_tokens"] >= usage["completion_tokens"]

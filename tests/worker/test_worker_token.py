@@ -33,6 +33,7 @@ def test_any_other_bind_needs_a_token(host: str) -> None:
         check_exposure(host, None)
 
 
+@pytest.mark.processes
 def test_a_worker_started_with_the_token_from_the_environment_requires_it() -> None:
     env = subprocess_env({"WORKER_TOKEN": "env-s3cret"})
     with start_worker(*CANNED, env=env) as worker, httpx2.Client(timeout=30) as client:
@@ -47,6 +48,7 @@ def test_a_worker_started_with_the_token_from_the_environment_requires_it() -> N
         assert client.post(f"{worker.address}/v1/completions", json=body, headers=good).status_code == 200
 
 
+@pytest.mark.processes
 def test_the_worker_token_option_overrides_the_environment() -> None:
     env = subprocess_env({"WORKER_TOKEN": "env-s3cret"})
     with start_worker(*CANNED, "--worker-token", "cli-s3cret", env=env) as worker:
