@@ -16,7 +16,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from registry.models import ModelTask, ServedModel, Worker, WorkerIntent, WorkerKind, WorkerStatus
+from registry.models import (
+    DispatchPolicy,
+    ModelTask,
+    ServedModel,
+    Worker,
+    WorkerIntent,
+    WorkerKind,
+    WorkerStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +98,12 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
     )
     served = []
     for name in reg.model_names:
-        model, created = ServedModel.objects.get_or_create(name=name, defaults={"task": reg.task})
+        # A model a worker brings is dispatched cache-aware when it generates: prompts repeat.
+        policy = (
+            DispatchPolicy.CACHE_AWARE if reg.task == ModelTask.GENERATE else DispatchPolicy.LEAST_INFLIGHT
+        )
+        defaults = {"task": reg.task, "dispatch_policy": policy}
+        model, created = ServedModel.objects.get_or_create(name=name, defaults=defaults)
         if not created and model.task != reg.task:
             logger.warning(
                 "Served model %s is a %s model; worker %s says %s", name, model.task, reg.identity, reg.task
