@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 
 import httpx2
 import pytest
@@ -84,3 +86,25 @@ async def test_a_streamed_answer_records_its_cached_tokens(upstream):
     await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="s1")
     assert (record.prompt_tokens, record.cached_tokens, record.route) == (40, 32, "")
+
+
+async def test_requests_arriving_together_see_each_others_choices(upstream):
+    model = await ServedModel.objects.acreate(name="tiny", dispatch_policy=DispatchPolicy.LEAST_INFLIGHT)
+    for name in ("w1", "w2"):
+        await sync_to_async(add_worker)(model, name)
+    arrived: list[str] = []
+    everyone = asyncio.Event()
+
+    async def held(request: httpx2.Request) -> httpx2.Response:
+        arrived.append(request.url.host)
+        if len(arrived) == 8:
+            everyone.set()
+        await everyone.wait()  # every request is in flight at once
+        return httpx2.Response(200, json=chat_result())
+
+    upstream(held)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    await asyncio.wait_for(
+        asyncio.gather(*(relay.chat_completion(dict(body), caller=CALLER) for _ in range(8))), timeout=30
+    )
+    assert sorted(Counter(arrived).values()) == [4, 4]
