@@ -201,7 +201,7 @@ async def routing_run(portal, workers, policy: str, shared: bool, system_words: 
     )
     name = f"bench-{policy}-{shared}"
     key = manage(env, "createapikey", "--name", name)
-    await asyncio.sleep(2)
+    await asyncio.sleep(6)  # another process's change reaches the portal's cached model within its TTL
     headers = {"Authorization": f"Bearer {key.split()[-1]}"}
     before = await statuses(workers)
     run = Run()
@@ -238,7 +238,7 @@ async def routing_run(portal, workers, policy: str, shared: bool, system_words: 
 
 def routes(env: dict[str, str], key_name: str) -> str:
     """How the cache-aware policy chose, from the run's usage records: prefix hits / no match / busier."""
-    time.sleep(3)  # the portal writes its usage records within a second or two
+    time.sleep(6)  # the portal writes its usage records within a few seconds
     return manage(
         env,
         "shell",
