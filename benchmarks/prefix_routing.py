@@ -80,8 +80,8 @@ WORDS = [
 
 
 ROUTING_HEADER = (
-    "\n| engine | prompts | policy | follow-up TTFT p50 | p90 | tok/s | hit rate | split | failed |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "\n| engine | prompts | policy | follow-up TTFT p50 | p90 | tok/s | hit rate | split | routes: prefix / "
+    "none / busier | failed |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -191,14 +191,17 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def routing_run(portal, workers, policy: str, shared: bool, system_words: int, turns: int, env) -> dict:
+    # save(), not update(): the portals hear of the change through the registry's version.
     manage(
         env,
         "shell",
         "-c",
-        "from registry.models import ServedModel; "
-        f"ServedModel.objects.filter(name='smol').update(dispatch_policy='{policy}')",
+        "from registry.models import ServedModel; m = ServedModel.objects.get(name='smol'); "
+        f"m.dispatch_policy = '{policy}'; m.save()",
     )
-    key = manage(env, "createapikey", "--name", f"bench-{policy}-{shared}")
+    name = f"bench-{policy}-{shared}"
+    key = manage(env, "createapikey", "--name", name)
+    await asyncio.sleep(6)  # another process's change reaches the portal's cached model within its TTL
     headers = {"Authorization": f"Bearer {key.split()[-1]}"}
     before = await statuses(workers)
     run = Run()
@@ -229,7 +232,22 @@ async def routing_run(portal, workers, policy: str, shared: bool, system_words: 
         "hit": cached / prompt if prompt else 0.0,
         "split": served,
         "failed": run.failed,
+        "routes": routes(env, name),
     }
+
+
+def routes(env: dict[str, str], key_name: str) -> str:
+    """How the cache-aware policy chose, from the run's usage records: prefix hits / no match / busier."""
+    time.sleep(6)  # the portal writes its usage records within a few seconds
+    return manage(
+        env,
+        "shell",
+        "-c",
+        "from registry.models import UsageRecord as U; "
+        f"r = list(U.objects.filter(api_key__name='{key_name}').values_list('route', flat=True)); "
+        "print(sum(x.startswith('prefix') for x in r), '/', sum('no prefix' in x for x in r), '/', "
+        "sum('busier' in x for x in r))",
+    )
 
 
 async def statuses(workers) -> list[dict]:
@@ -297,7 +315,7 @@ def main() -> None:
                     print(
                         f"| {engine} | {prompts} | {policy} | {f['p50'] * 1000:.0f} ms | "
                         f"{f['p90'] * 1000:.0f} ms | {f['tok_s']:.1f} | {f['hit']:.0%} | "
-                        f"{f['split'][0]:.0f} / {f['split'][1]:.0f} | {f['failed']} |",
+                        f"{f['split'][0]:.0f} / {f['split'][1]:.0f} | {f['routes']} | {f['failed']} |",
                         flush=True,
                     )
 

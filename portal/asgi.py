@@ -11,8 +11,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 django_asgi_app = get_asgi_application()
 
 from portal import lifecycle  # noqa: E402
+from portal.gateway.gateway import current  # noqa: E402
 from portal.handlers import APIHandler, route_by_path  # noqa: E402
 
+current()  # build this process's gateway (its live state, for every door) before the first request
 lifecycle.install()
 
 # /health too: probes need no sessions or CSRF, and send the pod's IP as Host (no ALLOWED_HOSTS check).

@@ -13,7 +13,7 @@ import sys
 
 from django.conf import settings
 
-from registry.services import usage
+from portal.gateway.gateway import current
 
 logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 20.0  # below the usual stop grace periods (systemd 90 s, Kubernetes 30 s)
@@ -29,9 +29,7 @@ def install() -> None:
     def start() -> None:
         if settings.REDIS_URL:
             # Take up the stream at once: records a dead portal left wait for no request here.
-            from registry.services import usage_stream
-
-            usage_stream.current()
+            current().usage.stream()
 
     def drain() -> Deferred:
         return Deferred.fromFuture(asyncio.ensure_future(_drain()))
@@ -43,6 +41,6 @@ def install() -> None:
 async def _drain() -> None:
     try:
         async with asyncio.timeout(DRAIN_SECONDS):
-            await usage.flush_pending()
+            await current().usage.flush()
     except Exception:
         logger.exception("usage records not drained at shutdown")

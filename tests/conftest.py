@@ -11,7 +11,8 @@ import redis
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
-from registry.services import usage, usage_stream
+from portal.gateway.gateway import Gateway, install
+from registry.services import usage
 from tests.processes import TEST_REDIS_URL
 
 DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
@@ -55,17 +56,14 @@ def _close_thread_connections(django_db_setup: None, django_db_blocker: Any) -> 
 
 
 @pytest.fixture(autouse=True)
-def _fresh_usage_queue() -> Iterator[None]:
-    """Start each test with an empty usage queue.
+def gateway() -> Iterator[Gateway]:
+    """A fresh gateway for each test: empty counters, limit stores, queues, usage buffer and lookups.
 
-    A test that ends before its queue is flushed would otherwise leave records
+    A test that ends before its usage is flushed would otherwise leave records
     for the next test's flush, pointing at rows its database no longer has.
     """
-    usage._buffer.clear()
-    usage_stream._current = None
-    yield
-    usage._buffer.clear()
-    usage_stream._current = None
+    yield install(Gateway())
+    install(Gateway())
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ from channels.db import database_sync_to_async
 from django.http import HttpRequest
 
 from portal.api.errors import unauthorized
-from portal.gateway.upstream import spawn
+from portal.gateway.gateway import current
+from portal.gateway.tasks import spawn
 from registry.models import ApiKey
-from registry.services.keys import KeyInfo, KeyRejected, aauthenticate_secret, last_used
+from registry.services.keys import KeyInfo, KeyRejected, aauthenticate_secret
 from registry.services.last_used import touch_last_used
 
 
@@ -26,11 +27,13 @@ class ApiKeyAuthentication:
             raise unauthorized(
                 "Missing API key: send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
             )
+        gateway = current()
+        await gateway.watch.check()  # an admin change reaches the key's cached lookup within a second
         try:
             info = await aauthenticate_secret(secret)
         except KeyRejected as exc:
             raise unauthorized(str(exc), code=exc.code) from None
-        if last_used.due(info.id):
+        if gateway.key_touches.due(info.id):
             # last_used_at is bookkeeping: written in the background, at most once a minute per key.
             spawn(database_sync_to_async(touch_last_used)(model=ApiKey, row_id=info.id))
         return info

@@ -1,14 +1,17 @@
 """OpenAIView: a lean async request lifecycle for `/v1`, with DRF-style policy classes.
 
-It subclasses DRF's APIView so that drf-spectacular documents the endpoints,
-but runs its own async `dispatch`: adrf would run the whole `initial()` step
+It subclasses DRF's APIView so that drf-spectacular documents the endpoints
+(its security scheme comes from `authentication_classes`, which the view's
+`dispatch` uses too, as it uses `throttle_classes`), but runs its own async
+`dispatch`: adrf would run the whole `initial()` step
 through Django's single sync thread, on every request. Here authentication,
 the key's limits and the model permission are awaited on the event loop, and
 every failure is answered in OpenAI's error shape.
 
-A handler reserves its request against the key's limits (`reserve`) once it
-knows the body and model; the relay settles the reservation when the request
-ends, and `dispatch` releases one that the relay never took over.
+A handler admits its body through the gateway (`admit`: the model resolved
+and permitted, the key's limits reserved, the body parsed, once each); the
+gateway settles the reservation when the request ends. A request without a
+body (the model list) reserves through `reserve`, and `dispatch` releases it.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from django.http.response import HttpResponseBase
 from rest_framework.views import APIView
 
 from portal.api.authentication import ApiKeyAuthentication
-from portal.api.errors import allowed_methods, error_response, forbidden, method_not_allowed, too_large
+from portal.api.errors import allowed_methods, error_response, method_not_allowed, too_large
 from portal.api.throttling import KeyRateThrottle
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid
-from portal.gateway.limits import Reservation
-from portal.gateway.prepare import resolve_requested_model
-from registry.services.dispatch import ResolvedModel
+from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded, Reservation
+from portal.gateway.prepare import Prepared
 from registry.services.keys import KeyInfo
 
 logger = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class OpenAIView(APIView):
                 return allowed_methods(self.allowed_methods)
             if handler is None:
                 return method_not_allowed(request, self.allowed_methods)
-            self.key = await ApiKeyAuthentication().authenticate(request)
+            self.key = await self.authenticator.authenticate(request)
             return await handler(request, *args, **kwargs)
         except GatewayError as exc:
             return error_response(exc)
@@ -94,12 +97,27 @@ class OpenAIView(APIView):
             return error_response(GatewayError("Internal error.", status_code=500, error_type="server_error"))
 
     @property
-    def throttle(self) -> KeyRateThrottle:
-        return KeyRateThrottle()
+    def authenticator(self) -> ApiKeyAuthentication:
+        """The policy `authentication_classes` names (one: every `/v1` request carries a key)."""
+        (policy,) = self.authentication_classes
+        return policy()  # type: ignore[return-value]
 
-    async def reserve(self, body: dict[str, Any] | None = None, model: ResolvedModel | None = None) -> None:
-        """Reserve this request against the key's limits (429 when one refuses it)."""
-        self.reservation = await self.throttle.reserve(self.key, body, model)
+    @property
+    def throttle(self) -> KeyRateThrottle:
+        """The policy `throttle_classes` names: the key's quota and its 429."""
+        (policy,) = self.throttle_classes
+        return policy()  # type: ignore[return-value]
+
+    async def reserve(self) -> None:
+        """Reserve this request (it generates nothing) against the key's limits; 429 when one refuses it."""
+        self.reservation = await self.throttle.reserve(self.key)
+
+    async def admit(self, door: str, body: dict[str, Any], *, stream: bool) -> Prepared:
+        """`body` admitted through the gateway as this key: 403, 404, 400, or 429 in OpenAI's shape."""
+        try:
+            return await current().admit(door, self.caller, body, stream=stream, request_id=self.request_id)
+        except LimitExceeded as exc:
+            raise self.throttle.refusal(exc) from None
 
     @property
     def caller(self) -> Caller:
@@ -107,7 +125,9 @@ class OpenAIView(APIView):
         return Caller(
             source="api",
             api_key_id=key.id,
-            reservation=self.reservation,
+            quota=self.throttle.quota(key),
+            allowed_model_ids=key.allowed_model_ids,
+            model_first=True,
             queue_priority=key.queue_priority,
             max_queued=key.max_queued,
         )
@@ -117,7 +137,7 @@ class OpenAIView(APIView):
 
         Standard JSON only: no NaN or Infinity, no nesting deeper than Python
         parses, no lone surrogates (they cannot be sent on as UTF-8). Its fields
-        are checked once, by the relay (`portal/gateway/prepare.py`), for every
+        are checked once, by the gateway (`portal/gateway/prepare.py`), for every
         front door; the views' serializers document them in the schema.
         """
         limit = settings.GATEWAY_MAX_BODY_BYTES
@@ -141,13 +161,6 @@ class OpenAIView(APIView):
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object.", param=None)
         return body
-
-    async def check_model(self, body: dict[str, Any]) -> ResolvedModel:
-        """The requested model; 400 for a malformed name, 404 for an unknown one, 403 for one not allowed."""
-        model = await resolve_requested_model(body)
-        if not self.key.allows(model.id):
-            raise forbidden(f"This API key may not use the model '{body['model']}'.")
-        return model
 
 
 def _refuse_constant(name: str) -> Any:

@@ -3,17 +3,17 @@
 A DRF-style policy over `portal.gateway.limits`, the limiter every door
 shares: it reserves the request against the key's quota before dispatch and
 answers a refusal in OpenAI's shape (429, Retry-After when waiting helps).
-The relay settles the reservation when the request ends.
+The gateway reserves a request against `quota` when it admits it, and
+settles the reservation when the request ends. `OpenAIView.throttle_classes`
+names this class: the view takes its policy from there.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
 from portal.api.errors import rate_limited
-from portal.gateway.limits import LimitExceeded, Quota, Reservation, TokenEstimate, estimate, reserve
-from registry.services.dispatch import ResolvedModel
+from portal.gateway.errors import GatewayError
+from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded, Quota, Reservation, TokenEstimate, reserve
 from registry.services.keys import KeyInfo
 
 
@@ -27,16 +27,17 @@ def key_quota(key: KeyInfo) -> Quota:
 
 
 class KeyRateThrottle:
-    """Reserve a request against its key's limits, or refuse it with 429."""
+    """A key's limits: the quota the gateway reserves a request against, and a refusal's 429."""
 
-    async def reserve(
-        self, key: KeyInfo, body: dict[str, Any] | None = None, model: ResolvedModel | None = None
-    ) -> Reservation:
-        """Reserve `body` (nothing to generate when None) with `model`'s defaults for max_tokens."""
-        cost = TokenEstimate() if body is None else estimate(body, model.default_params if model else None)
-        if model is not None:
-            cost = replace(cost, model=model.name)  # refusals are counted against the model
+    def quota(self, key: KeyInfo) -> Quota:
+        return key_quota(key)
+
+    def refusal(self, exc: LimitExceeded) -> GatewayError:
+        return rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param)
+
+    async def reserve(self, key: KeyInfo) -> Reservation:
+        """Reserve a request that generates nothing (the model list); the gateway reserves the others."""
         try:
-            return await reserve(key_quota(key), cost)
+            return await reserve(current().limits, self.quota(key), TokenEstimate())
         except LimitExceeded as exc:
-            raise rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param) from None
+            raise self.refusal(exc) from None

@@ -1,4 +1,4 @@
-"""The `/v1` endpoints: thin async views over the gateway relay."""
+"""The `/v1` endpoints: thin async views over the gateway (admit, then run or stream)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from portal.api import serializers as s
 from portal.api.base import OpenAIView
 from portal.api.schema import OpenAIViewSchema, body_schema
 from portal.gateway import relay
+from portal.gateway.gateway import current
+from portal.gateway.prepare import CHAT, COMPLETION, EMBEDDING
 from portal.gateway.streaming import ChatStream
-from registry.services.dispatch import aresolve_model
 
 ERRORS = {
     code: OpenApiResponse(s.ErrorSerializer, description=text)
@@ -63,17 +64,15 @@ class _GenerationView(OpenAIView):
     """A chat or text completion, streamed as server-sent events when `stream` is true."""
 
     schema = OpenAIViewSchema()
-    unary = staticmethod(relay.chat_completion)
-    streaming = staticmethod(relay.stream_chat_completion)
+    door = CHAT
 
     async def post(self, request: HttpRequest) -> HttpResponseBase:
         body = self.read_body(request)
-        await self.reserve(body, await self.check_model(body))
-        if body.get("stream"):
-            stream = self.streaming(body, caller=self.caller, request_id=self.request_id)
-            await stream.open()
-            return EventStreamResponse(stream)
-        return JsonResponse(await self.unary(body, caller=self.caller, request_id=self.request_id))
+        stream = bool(body.get("stream"))
+        prepared = await self.admit(self.door, body, stream=stream)
+        if stream:
+            return EventStreamResponse(await current().stream(prepared))
+        return JsonResponse(await current().run(prepared))
 
 
 class EventStreamResponse(StreamingHttpResponse):
@@ -117,8 +116,7 @@ class ChatCompletionsView(_GenerationView):
 class CompletionsView(_GenerationView):
     """OpenAI (legacy) text completions."""
 
-    unary = staticmethod(relay.completion)
-    streaming = staticmethod(relay.stream_completion)
+    door = COMPLETION
 
     @extend_schema(
         operation_id="create_completion",
@@ -143,9 +141,8 @@ class EmbeddingsView(OpenAIView):
         responses={200: s.EmbeddingResponseSerializer, **ERRORS},
     )
     async def post(self, request: HttpRequest) -> HttpResponseBase:
-        body = self.read_body(request)
-        await self.reserve(body, await self.check_model(body))
-        return JsonResponse(await relay.embeddings(body, caller=self.caller, request_id=self.request_id))
+        prepared = await self.admit(EMBEDDING, self.read_body(request), stream=False)
+        return JsonResponse(await current().run(prepared))
 
 
 class ModelsView(OpenAIView):
@@ -154,12 +151,5 @@ class ModelsView(OpenAIView):
     @extend_schema(operation_id="list_models", responses={200: s.ModelListSerializer, 401: ERRORS[401]})
     async def get(self, request: HttpRequest) -> HttpResponseBase:
         await self.reserve()  # a request like any other for requests per minute
-        models: list[dict[str, Any]] = await relay.list_models()
-        if self.key.allowed_model_ids is not None:
-            allowed = {m["id"] for m in models if await self._allowed(m)}
-            models = [m for m in models if m["id"] in allowed]
-        return JsonResponse({"object": "list", "data": models})
-
-    async def _allowed(self, model: dict[str, Any]) -> bool:
-        resolved = await aresolve_model(name=model["id"])
-        return resolved is not None and self.key.allows(resolved.id)
+        rows = [row for row in await current().list_models() if self.key.allows(row["id"])]
+        return JsonResponse({"object": "list", "data": relay.openai_models(rows)})

@@ -28,8 +28,8 @@ from portal.chat.body import page_params
 from portal.chat.owners import Owner, owner_for
 from portal.chat.services import ChatError
 from portal.chat.streaming import stream_answer
-from portal.gateway import relay
-from registry.models import ModelTask, ServedModel
+from portal.gateway.gateway import current
+from registry.models import ModelTask
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,13 @@ MAX_ID = 2**63 - 1  # a database id (bigint)
 
 
 async def available_models() -> list[str]:
-    """Return the names of generation models that have an online worker, via the relay."""
-    models = await relay.list_models()
-    embedders = await database_sync_to_async(_embedding_model_names)()
-    return sorted({str(m["id"]) for m in models if str(m.get("root") or m["id"]) not in embedders})
+    """Return the names (aliases included) of generation models that have an online worker."""
+    rows = await current().list_models()
+    return sorted({name for row in rows if row["task"] != ModelTask.EMBED for name in _names(row)})
 
 
-def _embedding_model_names() -> set[str]:
-    return set(ServedModel.objects.filter(task=ModelTask.EMBED).values_list("name", flat=True))
+def _names(row: dict[str, Any]) -> list[str]:
+    return [row["name"], *row["aliases"]]
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):

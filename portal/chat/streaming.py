@@ -1,6 +1,6 @@
-"""Stream one answer through the gateway relay and measure it.
+"""Stream one answer through the gateway and measure it.
 
-The chat page uses the same relay as the REST API (dispatch, failover, usage
+The chat page uses the same gateway as the REST API (dispatch, failover, usage
 record, abort on the worker); this module only turns its chunks into text for
 the page and figures for the answer. Stopping races the next chunk against a
 stop event, so a stop is honoured even while the worker is silent.
@@ -25,9 +25,13 @@ from django.conf import settings
 from portal.chat.answers import Answer
 from portal.chat.body import answer_format, request_body
 from portal.chat.owners import Owner
-from portal.gateway import relay
+from portal.gateway.caller import Caller, new_request_id
+from portal.gateway.errors import GatewayError
 from portal.gateway.figures import count
-from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
+from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded, Quota
+from portal.gateway.prepare import CHAT
+from portal.gateway.streaming import ChatStream
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +124,6 @@ async def _relay_chunks(
         answer.status = "stopped"
 
 
-async def _reserve(answer: Answer, owner: Owner, body: dict[str, Any]) -> Reservation | None:
-    """Reserve the answer against the user's limits; None (and `answer` failed) when one refuses it."""
-    try:
-        return await reserve(chat_quota(owner), await aestimate(body))
-    except LimitExceeded as exc:
-        # Waiting helps (429, retryable) unless the answer alone exceeds the limit.
-        status = 429 if exc.retry_after is not None else 400
-        _fail(answer, message=exc.message, code="rate_limited", status_code=status)
-        return None
-
-
 async def stream_answer(
     *,
     model: str,
@@ -148,27 +141,32 @@ async def stream_answer(
     """
     answer = Answer(model_name=model, answer_format=answer_format(params))
     body = request_body(model=model, messages=messages, params=params)
-    reservation = await _reserve(answer, owner, body)
-    if reservation is None:
-        return answer
-    caller = relay.Caller(source="chat", user_id=owner.user_id, reservation=reservation)
-    stream = relay.stream_chat_completion(body, caller=caller)
+    caller = Caller(source="chat", user_id=owner.user_id, quota=chat_quota(owner))
+    gateway, request_id = current(), new_request_id()
     started = time.monotonic()
     progress = _Progress()
+    stream: ChatStream | None = None
     try:
-        await stream.open()
+        prepared = await gateway.admit(CHAT, caller, body, stream=True, request_id=request_id)
+        stream = await gateway.stream(prepared)
         await _relay_chunks(aiter(stream), answer=answer, progress=progress, emit=emit, stop=stop)
-    except relay.GatewayError as exc:
+    except LimitExceeded as exc:
+        # Waiting helps (429, retryable) unless the answer alone exceeds the limit.
+        status = 429 if exc.retry_after is not None else 400
+        _fail(answer, message=exc.message, code="rate_limited", status_code=status)
+        return answer
+    except GatewayError as exc:
         _fail(answer, message=exc.message, code=str(exc.code or exc.error_type), status_code=exc.status_code)
     except Exception:
         # Whatever broke, the page must show an error rather than wait forever.
         logger.exception("chat stream failed for model %s", model)
         _fail(answer, message="The answer failed unexpectedly.", code="internal_error", status_code=502)
     finally:
-        # Closing aborts the request on the worker when it has not finished.
-        await stream.aclose()
+        if stream is not None:
+            await stream.aclose()  # aborts the request on the worker when it has not finished
     first_at = progress.first_at
     _finish_figures(answer, stream, pieces=progress.pieces, first_at=first_at, end=time.monotonic())
+    answer.request_id = request_id
     if answer.time_to_first_token_ms is None and first_at is not None:
         answer.time_to_first_token_ms = round((first_at - started) * 1000, 1)
     logger.info(

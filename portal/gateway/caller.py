@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from portal.gateway.limits import Reservation
+from portal.gateway.limits import Quota, Reservation
 from portal.gateway.queue import QueueTerms
 from registry.services.dispatch import MAX_MODEL_NAME_LENGTH
 from registry.services.usage import UsageEntry
@@ -15,8 +15,10 @@ from registry.services.usage import UsageEntry
 class Caller:
     """Who is asking; becomes the usage record's key/app/user and the source.
 
-    `reservation` is what the door reserved against the caller's limits; the
-    request's Ticket settles it with the real usage when the request ends.
+    `quota` is what the gateway reserves the request against when it admits
+    it (`reservation`, when a door reserved already); the request's Ticket
+    settles it with the real usage when the request ends. `allowed_model_ids`:
+    the models it may use (None: every one).
     """
 
     source: str = "api"  # "api" | "signed" | "chat"
@@ -24,8 +26,16 @@ class Caller:
     app_credential_id: int | None = None
     user_id: int | None = None
     reservation: Reservation | None = field(default=None, compare=False, repr=False)
+    quota: Quota | None = None
+    allowed_model_ids: frozenset[int] | None = None
+    # True (the OpenAI API): a model it cannot use (400, 403, 404) is refused before its limits, and
+    # unrecorded. False (the signed API, the chat page): limits first, every refusal recorded but theirs.
+    model_first: bool = False
     queue_priority: int = 0  # an API key's place in the shared queue (0-9, higher first)
     max_queued: int | None = None  # its cap on requests waiting there; None: QUEUE_MAX_PER_CALLER
+
+    def may_use(self, model_id: int) -> bool:
+        return self.allowed_model_ids is None or model_id in self.allowed_model_ids
 
     @property
     def queue_terms(self) -> QueueTerms:

@@ -63,6 +63,17 @@ def model_not_found(name: str) -> GatewayError:
     )
 
 
+def not_allowed(name: str) -> GatewayError:
+    """The caller may not use the model it named (an API key's allowed models)."""
+    return GatewayError(
+        f"This API key may not use the model '{name}'.",
+        status_code=403,
+        error_type="permission_error",
+        param="model",
+        code="forbidden",
+    )
+
+
 def no_worker(message: str, *, retry_after: int = 2) -> GatewayError:
     return GatewayError(
         message,

@@ -33,10 +33,26 @@ def usage_counts(usage: Any) -> tuple[int, int] | None:
     return count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
 
 
-def clean_usage(usage: Any) -> dict[str, int] | None:
+def cached_count(usage: Any) -> int:
+    """`prompt_tokens_details.cached_tokens` of an OpenAI `usage` object, at most its prompt tokens."""
+    counts = usage_counts(usage)
+    details = usage.get("prompt_tokens_details") if counts is not None else None
+    if counts is None or not isinstance(details, dict):
+        return 0
+    return min(count(details.get("cached_tokens")), counts[0])
+
+
+def clean_usage(usage: Any) -> dict[str, Any] | None:
     """An OpenAI `usage` object with only coerced counts; None when there is none."""
     counts = usage_counts(usage)
     if counts is None:
         return None
     prompt, completion = counts
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    clean: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached := cached_count(usage):
+        clean["prompt_tokens_details"] = {"cached_tokens": cached}
+    return clean

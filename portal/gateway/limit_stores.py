@@ -35,7 +35,7 @@ from django.conf import settings
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from portal.gateway.per_loop import PerLoop, redis_client
+from portal.gateway.per_loop import Loops, redis_client
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
 
@@ -295,9 +295,9 @@ class RedisStore:
     `outage`; `fallback` then counts this process's share.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, loops: Loops) -> None:
         self.url = url
-        self._per_loop = PerLoop(self._connect)
+        self._loops = loops
         self.outage = Outage()
         self.fallback = FallbackStore()
         self._unsettled: deque[tuple[str, tuple[int, int, int, str]]] = deque(maxlen=UNSETTLED_MAX)
@@ -307,7 +307,7 @@ class RedisStore:
         return client.register_script(RESERVE_LUA), client.register_script(SETTLE_LUA)
 
     def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
-        return self._per_loop.get()
+        return self._loops.get(("limits", self.url), self._connect)
 
     @staticmethod
     def prefix(subject: str) -> str:
@@ -358,35 +358,31 @@ class RedisStore:
                 return
 
 
-_memory = MemoryStore()
-_redis: RedisStore | None = None
-
-
-def _redis_store(url: str) -> RedisStore:
-    global _redis
-    if _redis is None or _redis.url != url:
-        _redis = RedisStore(url)
-    return _redis
-
-
-def limit_store() -> LimitStore:
-    """Redis when REDIS_URL is set (its fallback while it fails), this process's memory otherwise.
+class LimitStores:
+    """Where this process counts: its memory without REDIS_URL, Redis (and its fallback) with it.
 
     REDIS_URL is read at call time.
     """
-    url = settings.REDIS_URL
-    if not url:
-        return _memory
-    store = _redis_store(url)
-    return store.fallback if store.outage.skip() else store
 
+    def __init__(self, loops: Loops) -> None:
+        self.memory = MemoryStore()
+        self._loops = loops
+        self._redis: RedisStore | None = None
 
-def fallback_store() -> LimitStore:
-    """Where to count after the Redis store failed: this process's share of each limit."""
-    url = settings.REDIS_URL
-    return _redis_store(url).fallback if url else _memory
+    def redis(self, url: str) -> RedisStore:
+        if self._redis is None or self._redis.url != url:
+            self._redis = RedisStore(url, self._loops)
+        return self._redis
 
+    def store(self) -> LimitStore:
+        """Redis when REDIS_URL is set (its fallback while it fails), this process's memory otherwise."""
+        url = settings.REDIS_URL
+        if not url:
+            return self.memory
+        store = self.redis(url)
+        return store.fallback if store.outage.skip() else store
 
-def memory_store() -> MemoryStore:
-    """This process's store (tests inspect and clear it)."""
-    return _memory
+    def fallback(self) -> LimitStore:
+        """Where to count after the Redis store failed: this process's share of each limit."""
+        url = settings.REDIS_URL
+        return self.redis(url).fallback if url else self.memory

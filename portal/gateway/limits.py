@@ -32,27 +32,17 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
 
 from inference.sampling import DEFAULT_MAX_TOKENS
-from portal.gateway.limit_stores import (
-    IN_FLIGHT,
-    OK,
-    RPM,
-    TOO_LARGE,
-    LimitStore,
-    Quota,
-    fallback_store,
-    limit_store,
-)
+from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, LimitStore, LimitStores, Quota
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
-from registry.services.dispatch import aresolve_model, valid_model_name
 
-__all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "aestimate", "estimate", "reserve"]
+__all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "estimate", "reserve"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,15 +291,6 @@ def estimate(body: Any, defaults: Mapping[str, Any] | None = None) -> TokenEstim
     return TokenEstimate(prompt=prompt, completions=completions, max_tokens=max_tokens, source=source)
 
 
-async def aestimate(body: Any) -> TokenEstimate:
-    """`estimate`, with the defaults of the model the body names (looked up through the model cache)."""
-    name = body.get("model") if isinstance(body, dict) else None
-    model = await aresolve_model(name=name) if isinstance(name, str) and valid_model_name(name) else None
-    if model is None:
-        return estimate(body)
-    return replace(estimate(body, model.default_params), model=model.name)
-
-
 @dataclass
 class Reservation:
     """One request's hold on its quota until `settle`; the relay's Ticket settles it on every path."""
@@ -369,8 +350,8 @@ def _refusal(quota: Quota, outcome: str, retry_after: int, cost: TokenEstimate) 
     return LimitExceeded(outcome, message, retry_after=retry_after)
 
 
-async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
-    """Reserve one request of `cost` against `quota`; raise LimitExceeded when a limit refuses it."""
+async def reserve(stores: LimitStores, quota: Quota, cost: TokenEstimate) -> Reservation:
+    """Reserve one request of `cost` against `quota` in `stores`; raise LimitExceeded when one refuses it."""
     if not quota.limited:
         return Reservation(quota, cost)
     tokens = cost.total if quota.tokens_per_minute else 0
@@ -378,11 +359,11 @@ async def reserve(quota: Quota, cost: TokenEstimate) -> Reservation:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=TOO_LARGE)
         raise _too_large(quota, cost)
     flight_id = uuid.uuid4().hex if quota.max_in_flight else ""
-    store = limit_store()
+    store = stores.store()
     try:
         admission = await store.reserve(quota, tokens, flight_id)
     except (redis.RedisError, OSError):  # the store logged it; count this portal's share meanwhile
-        store = fallback_store()
+        store = stores.fallback()
         admission = await store.reserve(quota, tokens, flight_id)
     if admission.outcome != OK:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=admission.outcome)

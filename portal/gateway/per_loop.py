@@ -1,7 +1,11 @@
-"""The portal's Redis connections: one client per running event loop, every wait on it bounded.
+"""State tied to an event loop, in one place: the gateway's `Loops`.
 
-redis.asyncio connections belong to the loop that opened them, hence
-`PerLoop`. Every client the gateway opens (the limits, the queue) comes from
+An httpx or redis.asyncio connection, a semaphore, a usage stream's writer
+belong to the loop that made them. Daphne runs one loop; tests run one per
+test. `Loops.get(key, make)` holds `make()`'s value per running loop, keyed
+by what it is, and drops the values of closed loops.
+
+Every Redis client the gateway opens (the limits, the queue) comes from
 `redis_client`: a command that gets no answer within REDIS_TIMEOUT_SECONDS
 fails with a TimeoutError, once (no retries), so that a stalled Redis costs a
 request that long and the caller's fallback takes over, never a hang.
@@ -10,8 +14,8 @@ request that long and the caller's fallback takes over, never a hang.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 from django.conf import settings
@@ -29,18 +33,32 @@ def redis_client(url: str) -> redis.asyncio.Redis:
     )
 
 
-class PerLoop(Generic[T]):
-    """`make()`'s value for the running loop, made on first use; those of closed loops are dropped."""
+class Loops:
+    """Values per running event loop, made on first use; those of closed loops are dropped."""
 
-    def __init__(self, make: Callable[[], T]) -> None:
-        self._make = make
-        self._values: dict[asyncio.AbstractEventLoop, T] = {}
+    def __init__(self) -> None:
+        self._values: dict[asyncio.AbstractEventLoop, dict[Hashable, Any]] = {}
 
-    def get(self) -> T:
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        values = self._here()
+        if key not in values:
+            values[key] = make()
+        return cast(T, values[key])
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._here()[key] = value
+
+    def pop(self, key: Hashable) -> Any:
+        return self._here().pop(key, None)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._here())
+
+    def _here(self) -> dict[Hashable, Any]:
         loop = asyncio.get_running_loop()
-        value = self._values.get(loop)
-        if value is None:
+        values = self._values.get(loop)
+        if values is None:
             for old in [other for other in self._values if other.is_closed()]:
                 del self._values[old]
-            value = self._values[loop] = self._make()
-        return value
+            values = self._values[loop] = {}
+        return values

@@ -35,7 +35,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from portal.gateway.errors import GatewayError, no_worker
-from portal.gateway.per_loop import PerLoop, redis_client
+from portal.gateway.per_loop import Loops, redis_client
 from portal.metrics import instruments
 
 logger = logging.getLogger(__name__)
@@ -169,13 +169,16 @@ class _Connection(NamedTuple):
 class RedisQueues:
     """The queues in Redis, shared by every portal: one script call per step."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, loops: Loops) -> None:
         self.url = url
-        self._per_loop = PerLoop(self._connect)
+        self._loops = loops
 
     def _connect(self) -> _Connection:
         client = redis_client(self.url)  # bounded waits (REDIS_TIMEOUT_SECONDS)
         return _Connection(client, client.register_script(ENTER_LUA), client.register_script(POSITION_LUA))
+
+    def _here(self) -> _Connection:
+        return self._loops.get(("queue", self.url), self._connect)
 
     @staticmethod
     def _keys(model_id: int, terms: QueueTerms) -> list[str]:
@@ -187,63 +190,64 @@ class RedisQueues:
     ) -> int | None:
         keys = [*self._keys(model_id, terms), "portal:queue:{q}:arrivals"]
         args = (member, MAX_PRIORITY - terms.priority, cap, PLACE_TTL_MS, "" if order is None else order)
-        answer = await self._per_loop.get().enter(keys=keys, args=args)
+        answer = await self._here().enter(keys=keys, args=args)
         return int(answer) or None
 
     async def position(self, model_id: int, member: str, terms: QueueTerms) -> int:
-        script = self._per_loop.get().position
+        script = self._here().position
         return int(await script(keys=self._keys(model_id, terms), args=(member, PLACE_TTL_MS)))
 
     async def leave(self, model_id: int, member: str, terms: QueueTerms) -> None:
         queue, alive, caller = self._keys(model_id, terms)
-        async with self._per_loop.get().client.pipeline(transaction=False) as pipe:
+        async with self._here().client.pipeline(transaction=False) as pipe:
             for key in (queue, alive, caller):
                 pipe.zrem(key, member)
             await pipe.execute()
 
 
-_local = LocalQueues()
-_redis: RedisQueues | None = None
-_wakers: set[asyncio.Future[None]] = set()
-_waiting_here: Counter[int] = Counter()  # this portal's queued requests per model, whatever the backend
+class Queues:
+    """This process's way into the queues: the backend, its own queued count per model, its wakers."""
 
+    def __init__(self, loops: Loops) -> None:
+        self.local = LocalQueues()
+        self._loops = loops
+        self._redis: RedisQueues | None = None
+        self._wakers: set[asyncio.Future[None]] = set()
+        self._waiting_here: Counter[int] = Counter()  # queued requests per model, whatever the backend
 
-def shared_queues() -> Backend:
-    """Redis when REDIS_URL is set, this process otherwise (read at call time)."""
-    global _redis
-    url = settings.REDIS_URL
-    if not url:
-        return _local
-    if _redis is None or _redis.url != url:
-        _redis = RedisQueues(url)
-    return _redis
+    def shared(self) -> Backend:
+        """Redis when REDIS_URL is set, this process otherwise (read at call time)."""
+        url = settings.REDIS_URL
+        if not url:
+            return self.local
+        if self._redis is None or self._redis.url != url:
+            self._redis = RedisQueues(url, self._loops)
+        return self._redis
 
+    def waiting_here(self, model_id: int) -> int:
+        """Requests of this portal queued for the model: a new arrival queues behind them."""
+        return self._waiting_here[model_id]
 
-def local_queues() -> LocalQueues:
-    return _local
+    def count(self, model_id: int, step: int) -> None:
+        self._waiting_here[model_id] += step
+        if self._waiting_here[model_id] <= 0:
+            del self._waiting_here[model_id]
 
+    def wake(self) -> None:
+        """A request ended on this portal: a slot may have freed, the queued heads try again now."""
+        for waker in self._wakers:
+            if not waker.done():
+                waker.set_result(None)
 
-def waiting_here(model_id: int) -> int:
-    """Requests of this portal queued for the model: a new arrival queues behind them."""
-    return _waiting_here[model_id]
-
-
-def wake() -> None:
-    """A request ended on this portal: a slot may have freed, the queued heads try again now."""
-    for waker in _wakers:
-        if not waker.done():
-            waker.set_result(None)
-
-
-async def _sleep_until_woken(seconds: float) -> None:
-    waker = asyncio.get_running_loop().create_future()
-    _wakers.add(waker)
-    try:
-        await asyncio.wait_for(waker, timeout=max(0.0, seconds))
-    except TimeoutError:
-        pass
-    finally:
-        _wakers.discard(waker)
+    async def sleep_until_woken(self, seconds: float) -> None:
+        waker = asyncio.get_running_loop().create_future()
+        self._wakers.add(waker)
+        try:
+            await asyncio.wait_for(waker, timeout=max(0.0, seconds))
+        except TimeoutError:
+            pass
+        finally:
+            self._wakers.discard(waker)
 
 
 class Place:
@@ -254,8 +258,16 @@ class Place:
     """
 
     def __init__(
-        self, *, model_id: int, model_name: str, timeout: float, member: str, terms: QueueTerms
+        self,
+        queues: Queues,
+        *,
+        model_id: int,
+        model_name: str,
+        timeout: float,
+        member: str,
+        terms: QueueTerms,
     ) -> None:
+        self.queues = queues
         self.model_id = model_id
         self.model_name = model_name
         self.timeout = timeout
@@ -301,15 +313,13 @@ class Place:
         backend, self.backend = self.backend, None
         if backend is None:
             return
-        _waiting_here[self.model_id] -= 1
-        if _waiting_here[self.model_id] <= 0:
-            del _waiting_here[self.model_id]
+        self.queues.count(self.model_id, -1)
         instruments.queued(self.model_name).dec()
         try:
             await backend.leave(self.model_id, self.member, self.terms)
         except RedisError as exc:  # the place expires by itself
             logger.warning("could not leave the request queue in Redis: %s", exc)
-        wake()
+        self.queues.wake()
 
     async def close(self) -> None:
         """The request got its worker or ended: leave, and count the time it spent queued."""
@@ -323,12 +333,12 @@ class Place:
         cap = 0 if not first else self.terms.max_queued
         if cap is None:
             cap = settings.QUEUE_MAX_PER_CALLER
-        backend = shared_queues()
+        backend = self.queues.shared()
         try:
             order = await backend.enter(self.model_id, self.member, self.terms, cap, self._order)
         except RedisError as exc:
             logger.warning("the request queue in Redis cannot be reached (%s): queueing in this portal", exc)
-            backend = _local
+            backend = self.queues.local
             order = await backend.enter(self.model_id, self.member, self.terms, cap, self._order)
         if order is None:
             raise GatewayError(
@@ -339,7 +349,7 @@ class Place:
                 retry_after=2,
             )
         if self.backend is None:
-            _waiting_here[self.model_id] += 1
+            self.queues.count(self.model_id, 1)
             instruments.queued(self.model_name).inc()
         self.backend, self._order = backend, order
         if first:
@@ -355,4 +365,4 @@ class Place:
             return -1
 
     async def _sleep(self) -> None:
-        await _sleep_until_woken(min(POLL_SECONDS, self._deadline - time.monotonic()))
+        await self.queues.sleep_until_woken(min(POLL_SECONDS, self._deadline - time.monotonic()))

@@ -12,26 +12,24 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from portal.gateway.caller import Caller, new_request_id
-from portal.gateway.client import get_client
 from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
 from portal.gateway.figures import clean_usage
-from portal.gateway.limits import estimate_prompt_tokens
-from portal.gateway.prepare import prepare, wants_usage
-from portal.gateway.ticket import Ticket
+from portal.gateway.prepare import Prepared
 from portal.gateway.upstream import (
     WorkerDied,
     error_from_response,
     timeout_seconds,
     with_failover,
-    worker_headers,
-    worker_url,
 )
+from portal.gateway.worker_calls import worker_headers, worker_url
 from registry.models import UsageStatus
+
+if TYPE_CHECKING:
+    from portal.gateway.gateway import Gateway
 
 DONE = b"data: [DONE]\n\n"
 READ_TO_END_SECONDS = 1.0
@@ -54,17 +52,16 @@ def _has_content(payload: str) -> bool:
 class ChatStream:
     """Async iterator of OpenAI chunk dicts for a streaming chat (or text) completion."""
 
-    def __init__(self, body: Any, endpoint: str, *, caller: Caller, request_id: str | None = None) -> None:
-        self.request_id = request_id or new_request_id()
+    def __init__(self, gateway: Gateway, prepared: Prepared) -> None:
+        self._gateway = gateway
+        self._prepared = prepared
+        self.request_id = prepared.request_id
         self.worker_identity: str | None = None
         self.usage: dict | None = None
         self.time_to_first_token_ms: float | None = None
-        self._body = body
-        self._endpoint = endpoint
-        self._include_usage = isinstance(body, dict) and wants_usage(body)
-        name = str(body.get("model") or "") if isinstance(body, dict) else ""
-        entry = caller.usage_entry(request_id=self.request_id, endpoint=endpoint, model_name=name)
-        self._ticket = Ticket(entry, reservation=caller.reservation, queue=caller.queue_terms, streamed=True)
+        self._endpoint = prepared.door
+        self._include_usage = prepared.include_usage
+        self._ticket = prepared.ticket
         self._response: httpx2.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._first: str | None = None
@@ -72,13 +69,9 @@ class ChatStream:
 
     async def open(self) -> None:
         """Dispatch and read the first event; raise GatewayError if no worker could start it."""
+        prepared = self._prepared
         try:
-            model, out = await prepare(self._body, self._endpoint, stream=True)
-            self._ticket.entry.served_model_id, self._ticket.entry.model_name = model.id, model.name
-            self._ticket.prompt_estimate = estimate_prompt_tokens(out)
-            n = out.get("n")
-            self._ticket.choices = n if isinstance(n, int) and n > 0 else 1
-            await with_failover(model, self._ticket, lambda worker: self._attempt(worker, out))
+            await with_failover(prepared.model, self._ticket, lambda w: self._attempt(w, prepared.body))
         except GatewayError as exc:
             await self._close_response()
             self._ticket.finish(UsageStatus.ERROR, exc)
@@ -98,7 +91,7 @@ class ChatStream:
 
     async def _start(self, worker: Any, out: dict[str, Any]) -> None:
         """Send the request and hold its first event; raise on a refusal or an early death."""
-        client = get_client()
+        client = self._gateway.client
         url, headers = worker_url(worker, self._endpoint), worker_headers(worker, self.request_id)
         request = client.build_request("POST", url, json=out, headers=headers)
         response = await client.send(request, stream=True)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from portal.gateway import counters, queue
 from portal.gateway.errors import GatewayError
-from portal.gateway.figures import usage_counts
+from portal.gateway.figures import cached_count, usage_counts
 from portal.gateway.limits import Reservation
 from portal.gateway.queue import QueueTerms
 from portal.gateway.tasks import spawn
-from portal.gateway.upstream import abort_request
+from portal.gateway.worker_calls import abort_request
 from portal.metrics import instruments
 from registry.models import UsageStatus, WorkerKind
-from registry.services.usage import UsageEntry, schedule_usage
+from registry.services.usage import UsageEntry
+
+if TYPE_CHECKING:
+    from portal.gateway.gateway import Gateway
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Ticket:
     estimate plus one token per content chunk relayed.
     """
 
+    gateway: Gateway
     entry: UsageEntry
     reservation: Reservation | None = None
     queue: QueueTerms = field(default_factory=QueueTerms)  # how it waits when every worker is busy
@@ -44,15 +47,21 @@ class Ticket:
     streamed: bool = False  # its first token came as the first event of a stream
     choices: int = 1  # completions generated side by side (n), for the time between tokens
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
+    prompt_key: str = ""  # what the prompt starts with, for the cache-aware policy ("" under others)
     role_label: str = "both"  # its role: "decode" when it continues from a prefill worker
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
     # The task adding its record to the shared buffer (Redis); None when it stays in memory.
     _recording: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.reservation is not None:
-            self.reservation.claimed = True
-            self.prompt_estimate = self.reservation.estimate.prompt
+        self.hold(self.reservation)
+
+    def hold(self, reservation: Reservation | None) -> None:
+        """Settle `reservation` when the request ends (it is this ticket's to settle now)."""
+        self.reservation = reservation
+        if reservation is not None:
+            reservation.claimed = True
+            self.prompt_estimate = reservation.estimate.prompt
 
     def assign(self, worker: Any) -> None:
         """Count the request against `worker` until it ends or moves to another worker."""
@@ -61,15 +70,15 @@ class Ticket:
         self.entry.worker_id = worker.id
         self.worker_label = worker.identity
         self.role_label = "decode" if getattr(worker, "prefill_from", ()) else "both"
-        counters.acquire(worker.id)
+        self.gateway.counters.acquire(worker.id)
         self._in_flight = instruments.start_in_flight(self.model_label, worker.identity)
 
     def release(self) -> None:
         if self.worker is not None:
-            counters.release(self.worker.id)
+            self.gateway.counters.release(self.worker.id)
             self._in_flight.dec()
             self.worker = None
-            queue.wake()  # a slot may have freed: the heads of the queues try again
+            self.gateway.queues.wake()  # a slot may have freed: the heads of the queues try again
 
     @property
     def model_label(self) -> str:
@@ -85,6 +94,7 @@ class Ticket:
         counts = usage_counts(usage)
         if counts is not None:
             self.entry.prompt_tokens, self.entry.completion_tokens = counts
+            self.entry.cached_tokens = cached_count(usage)
             self.usage_known = True
 
     def finish(self, status: str = UsageStatus.OK, error: GatewayError | None = None) -> None:
@@ -117,7 +127,7 @@ class Ticket:
 
     async def _abort_then_record(self, worker: Any) -> None:
         try:
-            usage = await abort_request(worker, self.entry.request_id)
+            usage = await abort_request(self.gateway, worker, self.entry.request_id)
             if not self.usage_known:
                 self.set_usage(usage)
         finally:
@@ -126,7 +136,7 @@ class Ticket:
     def _record(self) -> None:
         if not self.usage_known:
             self._estimate_usage()
-        self._recording = schedule_usage(entry=self.entry)
+        self._recording = self.gateway.usage.schedule(self.entry)
         if self.reservation is not None:
             self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
         self._observe()

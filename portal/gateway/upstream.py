@@ -1,4 +1,4 @@
-"""Talking to one worker: its URLs, headers, error answers, the abort call, and failover between workers."""
+"""Failover between workers: a worker's error answers, the queue's wait, and the next worker to try."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 from django.conf import settings
 
-from inference.protocol.headers import PREFILL_WORKERS
-from portal.gateway import counters, demand, queue
-from portal.gateway.client import get_client
+from portal.gateway import demand, queue
 from portal.gateway.errors import (
     GatewayError,
     credentials_refused,
@@ -23,8 +21,7 @@ from portal.gateway.errors import (
     worker_failed,
     worker_timeout,
 )
-from portal.gateway.figures import clean_usage
-from portal.gateway.tasks import spawn
+from portal.gateway.ticket import Ticket
 from portal.metrics import instruments
 from registry.models import WorkerKind
 from registry.services.dispatch import (
@@ -34,48 +31,24 @@ from registry.services.dispatch import (
     choose_worker,
     with_prefill_workers,
 )
+from registry.services.prefix_index import PrefixIndex, route
 
 if TYPE_CHECKING:
-    from portal.gateway.ticket import Ticket
+    from portal.gateway.gateway import Gateway
 
-__all__ = ["spawn"]  # re-exported: callers outside the gateway start background work through it
 logger = logging.getLogger(__name__)
 
 # Timeouts before the request left this portal: the worker never saw it, another may take it.
 NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
-ABORT_TIMEOUT_SECONDS = 2.0
 COLD_POLL_SECONDS = 0.25  # how often the head of a model's queue looks for a worker that is coming
 CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most this often
 LOGGED_WORKERS_CAP = 10_000
 FAILOVER_FAULTS = ("busy", "misrouted", "worker", "credentials")  # another worker may serve the request
 T = TypeVar("T")
-# Worker identity → when this process last logged its refusal of the portal's credentials.
-_credentials_logged: dict[str, float] = {}
 
 
 class WorkerDied(Exception):
     """The worker broke before its first answer: another worker may take the request."""
-
-
-def worker_url(worker: Any, endpoint: str) -> str:
-    """Our workers serve `/v1/...`; a remote endpoint is registered with its `/v1` base already."""
-    base = worker.address.rstrip("/")
-    return f"{base}/{endpoint}" if worker.kind == WorkerKind.REMOTE else f"{base}/v1/{endpoint}"
-
-
-def _authorization(worker: Any) -> dict[str, str]:
-    # Our workers answer only the portal (WORKER_TOKEN); a remote endpoint gets the key registered for it.
-    remote = worker.kind == WorkerKind.REMOTE
-    secret = worker.remote_api_key if remote else settings.WORKER_TOKEN
-    return {"Authorization": f"Bearer {secret}"} if secret else {}
-
-
-def worker_headers(worker: Any, request_id: str) -> dict[str, str]:
-    """Headers of every call to `worker`; `request_id` is always one the portal made."""
-    headers = {"X-Request-Id": request_id, **_authorization(worker)}
-    if worker.kind == WorkerKind.LOCAL and getattr(worker, "prefill_from", ()):
-        headers[PREFILL_WORKERS] = ",".join(worker.prefill_from)  # a decode worker: where to prefill
-    return headers
 
 
 def _error_fields(content: bytes) -> tuple[str, str, Any, Any]:
@@ -125,35 +98,14 @@ def error_from_response(status: int, content: bytes) -> GatewayError:
     return error
 
 
-async def abort_request(worker: Any, request_id: str) -> dict[str, int] | None:
-    """Tell our worker to stop `request_id`; return its usage so far when the worker reports it.
-
-    The worker answers `{"id", "aborted", "usage"}`, a request that has just
-    finished included. A remote endpoint stops when its connection closes and
-    reports nothing: None, as for a worker that cannot be reached.
-    """
-    if worker.kind == WorkerKind.REMOTE:
-        return None
-    url = f"{worker.address.rstrip('/')}/abort/{request_id}"
-    try:
-        response = await get_client().post(
-            url, headers=worker_headers(worker, request_id), timeout=ABORT_TIMEOUT_SECONDS
-        )
-        answer = response.json() if response.status_code == 200 else None
-    except (httpx2.HTTPError, ValueError) as exc:
-        logger.info("abort of request %s on %s failed: %s", request_id, worker.address, exc)
-        return None
-    return clean_usage(answer.get("usage")) if isinstance(answer, dict) else None
-
-
-def abort_on_worker(worker: Any, request_id: str) -> None:
-    """Stop the request on our worker in the background, not waiting for its answer."""
-    if worker.kind != WorkerKind.REMOTE:
-        spawn(abort_request(worker, request_id))
-
-
 async def pick_worker(
-    model: ResolvedModel, place: queue.Place, skip: set[int], busy: set[int], last_error: GatewayError | None
+    gateway: Gateway,
+    model: ResolvedModel,
+    place: queue.Place,
+    skip: set[int],
+    busy: set[int],
+    last_error: GatewayError | None,
+    prefixes: tuple[PrefixIndex, dict[int, int]] | None = None,
 ) -> Any:
     """The next worker to try for `model`, waiting in the queue while every one is busy.
 
@@ -161,19 +113,25 @@ async def pick_worker(
     busy since it last waited. A new request queues behind this portal's queued
     ones rather than take a slot before them. A model with no online worker
     waits too when workers are coming (`demand.workers_coming`: a cold start,
-    or workers re-registering). Raise GatewayError when no worker is left, or
-    when the queue's time is up.
+    or workers re-registering). `prefixes`: the model's prefix index and this
+    prompt's matches, under the cache-aware policy. Raise GatewayError when no
+    worker is left, or when the queue's time is up.
     """
     while True:
         candidates = await aget_candidates(served_model_id=model.id)
+        if prefixes is not None:
+            prefixes[0].follow(c.id for c in candidates)
         coming = None if candidates or last_error else await demand.workers_coming(model)
         if coming is not None and not place.queued:
             place.timeout = coming
-        others_waiting = place.enabled and not place.queued and queue.waiting_here(model.id) > 0
+        others_waiting = place.enabled and not place.queued and gateway.queues.waiting_here(model.id) > 0
         if not others_waiting:
-            usable = counters.with_local_counts(candidates, skip | busy)
+            usable = gateway.counters.with_local_counts(candidates, skip | busy)
             try:
-                chosen = choose_worker(usable, model.dispatch_policy, allow_full=place.queued)
+                matches = prefixes[1] if prefixes is not None else None
+                chosen = choose_worker(
+                    usable, model.dispatch_policy, allow_full=place.queued, matches=matches
+                )
                 return with_prefill_workers(chosen, usable)
             except NoWorkerAvailable as exc:
                 if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
@@ -213,6 +171,7 @@ def _none_left(
 class _Tries:
     """What one request's failover has learnt so far: whom to skip, and the last worker's error."""
 
+    gateway: Gateway = field(repr=False)
     failed: set[int] = field(default_factory=set)  # failed this request: not asked again
     busy: set[int] = field(default_factory=set)  # refused it as busy since it last waited
     suspects: list[int] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
@@ -232,11 +191,11 @@ class _Tries:
             # A worker refusing the token says nothing of the request: it costs no attempt.
             self.failures += fault != "credentials"
         if fault in ("misrouted", "credentials"):
-            counters.exclude(worker.id)
+            self.gateway.counters.exclude(worker.id)
         elif fault == "worker":
             self.suspects.append(worker.id)
         if fault == "credentials":
-            _count_credentials_refused(worker)
+            _count_credentials_refused(self.gateway, worker)
         self.last_error, self.left = error, (worker.identity, fault)
 
     def broke(self, worker: Any, exc: Exception) -> None:
@@ -244,7 +203,7 @@ class _Tries:
 
         A stale keep-alive socket to a killed worker reads as ReadError.
         """
-        counters.exclude(worker.id)
+        self.gateway.counters.exclude(worker.id)
         self.failed.add(worker.id)
         self.failures += 1
         self.last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
@@ -252,23 +211,26 @@ class _Tries:
 
     def served(self) -> None:
         for suspect in self.suspects:
-            counters.exclude(suspect)  # another worker served what it failed: the fault was its own
+            self.gateway.counters.exclude(
+                suspect
+            )  # another worker served what it failed: the fault was its own
 
 
-def _count_credentials_refused(worker: Any) -> None:
+def _count_credentials_refused(gateway: Gateway, worker: Any) -> None:
     """Count a worker's 401/403 in /metrics; warn about it at most once a minute per worker.
 
     What a half-done token rotation looks like: the worker holds another
     WORKER_TOKEN (or the remote endpoint another key). The token is never logged.
     """
     instruments.record_worker_auth_failure(worker=worker.identity)
+    logged = gateway.credential_warnings
     now = time.monotonic()
-    last = _credentials_logged.get(worker.identity)
+    last = logged.get(worker.identity)
     if last is not None and now - last < CREDENTIALS_LOG_SECONDS:
         return
-    if len(_credentials_logged) >= LOGGED_WORKERS_CAP:
-        _credentials_logged.clear()
-    _credentials_logged[worker.identity] = now
+    if len(logged) >= LOGGED_WORKERS_CAP:
+        logged.clear()
+    logged[worker.identity] = now
     secret = "its remote_api_key" if worker.kind == WorkerKind.REMOTE else "the portal's WORKER_TOKEN"
     logger.warning(
         "Worker %s at %s refused %s (401/403); it is left out of dispatch for a while. "
@@ -296,18 +258,28 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     answers do not count against its attempts. A move to another worker is
     counted (portal_dispatch_failovers) against the one left.
     """
+    gateway = ticket.gateway
     place = queue.Place(
+        gateway.queues,
         model_id=model.id,
         model_name=model.name,
         timeout=model.queue_timeout,
         member=ticket.entry.request_id,
         terms=ticket.queue,
     )
-    tries = _Tries()
+    tries = _Tries(gateway=gateway)
+    key = ticket.prompt_key
+    index = gateway.prefix_index(model.id) if key else None
+    prefixes = (index, index.matches(key)) if index is not None else None
     demand.arrived(model.name)
     try:
         while True:
-            worker = await pick_worker(model, place, tries.failed, tries.busy, tries.last_error)
+            worker = await pick_worker(
+                gateway, model, place, tries.failed, tries.busy, tries.last_error, prefixes
+            )
+            if prefixes is not None:
+                prefixes[0].record(key, worker.id)
+                ticket.entry.route = route(worker.id, worker.identity, prefixes[1])
             demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:

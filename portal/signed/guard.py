@@ -12,7 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
-from portal.gateway.limits import LimitExceeded, Quota, Reservation, aestimate, reserve
+from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded, Quota, Reservation, estimate, reserve
 from portal.signed.envelope import Code, SignedApiError
 from portal.signed.replay import refuse_replay
 from registry.services.credentials import CredentialSnapshot
@@ -34,20 +35,29 @@ async def admit(*, app_id: str, replay_key: str | None) -> None:
         await refuse_replay(app_id=app_id, replay_key=replay_key)
 
 
-async def reserve_for_app(credential: CredentialSnapshot, params: dict[str, Any]) -> Reservation:
-    """Reserve the request against the app's limits, as every door does (`portal.gateway.limits`).
-
-    Requests and tokens per minute and requests in flight; the tokens are the
-    pipeline parameters' prompt plus max_tokens. A refusal is code 9807.
-    """
-    quota = Quota(
+def app_quota(credential: CredentialSnapshot) -> Quota:
+    """The app's limits: requests and tokens per minute, requests in flight."""
+    return Quota(
         subject=f"app:{credential.id}",
         requests_per_minute=credential.requests_per_minute,
         tokens_per_minute=credential.tokens_per_minute,
         max_in_flight=credential.max_in_flight,
     )
+
+
+def rate_limited(exc: LimitExceeded) -> SignedApiError:
+    """A limit's refusal as code 9807."""
+    later = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
+    return SignedApiError(Code.RATE_LIMITED, exc.message + later)
+
+
+async def reserve_for_app(credential: CredentialSnapshot, params: dict[str, Any]) -> Reservation:
+    """Reserve a pipeline that does not reserve itself against the app's limits (`portal.gateway.limits`).
+
+    The tokens are the parameters' prompt bound (they generate nothing); a
+    pipeline relayed to a worker is reserved by the gateway when it admits it.
+    """
     try:
-        return await reserve(quota, await aestimate(params))
+        return await reserve(current().limits, app_quota(credential), estimate(params))
     except LimitExceeded as exc:
-        later = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
-        raise SignedApiError(Code.RATE_LIMITED, exc.message + later) from None
+        raise rate_limited(exc) from None

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,9 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from portal.gateway.figures import usage_counts
-from portal.gateway.upstream import spawn
+from portal.gateway.gateway import current
+from portal.gateway.limits import LimitExceeded
+from portal.gateway.tasks import spawn
 from portal.signed.envelope import (
     Code,
     SignedApiError,
@@ -28,7 +30,7 @@ from portal.signed.envelope import (
     error_body,
     success_body,
 )
-from portal.signed.guard import admit, check_timestamp, reserve_for_app
+from portal.signed.guard import admit, app_quota, check_timestamp, rate_limited, reserve_for_app
 from portal.signed.intake import read_request
 from portal.signed.loader import aget_ready_pipeline
 from portal.signed.pipelines.base import (
@@ -41,16 +43,9 @@ from portal.signed.pipelines.base import (
 from portal.signed.policies import SignaturePolicy
 from registry.models import AppCredential
 from registry.services.credentials import CredentialSnapshot, aget_credential
-from registry.services.last_used import LastUsedThrottle, touch_last_used
+from registry.services.last_used import touch_last_used
 
 logger = logging.getLogger(__name__)
-
-_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-_last_used = LastUsedThrottle()
 
 
 def new_request_id() -> str:
@@ -60,15 +55,14 @@ def new_request_id() -> str:
 
 def _inference_slots() -> asyncio.Semaphore:
     """SIGNED_MAX_WORKERS concurrent inferences per portal process (one semaphore per event loop)."""
-    loop = asyncio.get_running_loop()
-    semaphore = _semaphores.get(loop)
-    if semaphore is None:
-        semaphore = _semaphores[loop] = asyncio.Semaphore(max(1, int(settings.SIGNED_MAX_WORKERS)))
-    return semaphore
+    return current().loops.get(
+        "signed-slots", lambda: asyncio.Semaphore(max(1, int(settings.SIGNED_MAX_WORKERS)))
+    )
 
 
 async def find_app(app_id: str) -> CredentialSnapshot:
     """Return the enabled app with this appId, or refuse it (9805)."""
+    await current().watch.check()  # an admin change reaches the cached lookup within a second
     credential = await aget_credential(app_id)
     if credential is None or not credential.enabled:
         raise SignedApiError(Code.UNKNOWN_APP, "unknown or disabled appId")
@@ -92,7 +86,7 @@ async def authenticate(
             Code.SIGN_TYPE_NOT_ALLOWED, f"unknown signType: {request.sign_type} (accepted: {accepted})"
         )
     await policy.authenticate_signed(request, credential)
-    if _last_used.due(credential.id):
+    if current().app_touches.due(credential.id):
         # Bookkeeping in the background, at most once a minute per app.
         spawn(database_sync_to_async(touch_last_used)(model=AppCredential, row_id=credential.id))
     return policy
@@ -106,6 +100,8 @@ async def run_pipeline(pipeline: Pipeline, params: dict[str, Any], context: Pipe
                 return await pipeline.infer(params, context=context)
     except (TimeoutError, InferenceTimedOut) as exc:
         raise SignedApiError(Code.TIMEOUT, "no result within the time allowed") from exc
+    except LimitExceeded as exc:
+        raise rate_limited(exc) from None
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
     except InferenceFailed as exc:
@@ -132,10 +128,12 @@ async def _serve(
         params = pipeline.api_entry(request.data)
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
-    reservation = await reserve_for_app(credential, params)
     context = PipelineContext(
         request_id=request_id, app_id=credential.app_id, app_credential_id=credential.id
     )
+    if pipeline.reserves_itself:  # the gateway reserves it against the app's quota, and settles it
+        return await run_pipeline(pipeline, params, replace(context, quota=app_quota(credential)))
+    reservation = await reserve_for_app(credential, params)
     # Settled with the result's usage; a refusal or failure used nothing, while a request that
     # timed out or was cancelled may have generated all it reserved.
     used = reservation.estimate.total

@@ -8,6 +8,9 @@ It is an LRU with a size cap: a flood of distinct keys (random API keys,
 unknown model names) evicts the least recently used entries, one at a time,
 and never grows the process. While the database is away, a value past
 `max_stale` is still served rather than the request failing.
+
+Every cache of the process is forgotten at once by `forget_all`: after an
+admin change (the registry version moved) and when a fresh gateway starts.
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from django.db import DatabaseError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+# Every cache made in this process (weakly: a cache that nothing uses any more goes with it).
+_every: weakref.WeakSet[RefreshingCache[Any]] = weakref.WeakSet()
+
+
+def forget_all() -> None:
+    """Forget every cached lookup of this process: the next read goes to the database."""
+    for cache in list(_every):
+        cache.clear()
 
 
 @dataclass
@@ -56,6 +68,7 @@ class RefreshingCache(Generic[T]):
         self._max_entries = max_entries
         self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
         self._loading: dict[Hashable, asyncio.Future[T]] = {}
+        _every.add(self)
 
     async def get(self, key: Hashable) -> T:
         entry = self._entries.get(key)
@@ -78,6 +91,9 @@ class RefreshingCache(Generic[T]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def forget(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -12,8 +12,7 @@ import base64
 import functools
 import logging
 import secrets
-import time
-from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -23,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 
 from registry.models import AppCredential
-from registry.services import versions
+from registry.services.cache import RefreshingCache
 from signing.sm2 import normalize_public_key
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,6 @@ _HKDF_INFO = b"app secret at rest"
 # Lookups kept per process, unknown app ids included: an LRU, so a flood of made-up ids only
 # evicts the oldest entries.
 CREDENTIAL_CACHE_ENTRIES = 10_000
-_cache: OrderedDict[str, tuple[float, CredentialSnapshot | None]] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -124,15 +122,6 @@ def create_app_credential(
     return credential, plain_secret
 
 
-def set_app_secret(*, credential: AppCredential, secret: str | None = None) -> str:
-    """Replace an app's secret (a new one is generated when not given) and return it."""
-    plain_secret = secret or generate_secret()
-    credential.secret_ciphertext = encrypt_secret(plain_secret)
-    credential.save(update_fields=["secret_ciphertext"])
-    forget_cached_credential(credential.app_id)
-    return plain_secret
-
-
 def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
     """Build the snapshot, or None (logged) when the stored secret cannot be decrypted."""
     try:
@@ -154,12 +143,26 @@ def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
     )
 
 
+async def _load_credential(app_id: Hashable) -> CredentialSnapshot | None:
+    credential = await AppCredential.objects.filter(app_id=str(app_id)).afirst()
+    return None if credential is None else snapshot_of(credential)
+
+
+# A changed app is forgotten at once in this process, and in others through the registry version.
+_cache: RefreshingCache[CredentialSnapshot | None] = RefreshingCache(
+    _load_credential,
+    ttl=lambda: float(settings.API_KEY_CACHE_SECONDS),
+    max_stale=lambda: float(settings.API_KEY_CACHE_SECONDS),  # expired: read again before it is served
+    max_entries=CREDENTIAL_CACHE_ENTRIES,
+)
+
+
 def forget_cached_credential(app_id: str | None = None) -> None:
     """Drop one app (or all) from this process's lookup cache, after a change."""
     if app_id is None:
         _cache.clear()
     else:
-        _cache.pop(app_id, None)
+        _cache.forget(app_id)
 
 
 async def aget_credential(app_id: str) -> CredentialSnapshot | None:
@@ -168,16 +171,4 @@ async def aget_credential(app_id: str) -> CredentialSnapshot | None:
     Misses are cached too, so a flood of unknown app ids does not reach the database.
     A disabled app is returned as such; the caller refuses it.
     """
-    await versions.watch.check()
-    now = time.monotonic()
-    hit = _cache.get(app_id)
-    if hit is not None and hit[0] > now:
-        _cache.move_to_end(app_id)
-        return hit[1]
-    credential = await AppCredential.objects.filter(app_id=app_id).afirst()
-    snapshot = None if credential is None else snapshot_of(credential)
-    _cache[app_id] = (now + float(settings.API_KEY_CACHE_SECONDS), snapshot)
-    _cache.move_to_end(app_id)
-    while len(_cache) > CREDENTIAL_CACHE_ENTRIES:
-        _cache.popitem(last=False)
-    return snapshot
+    return await _cache.get(app_id)

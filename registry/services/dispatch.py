@@ -11,7 +11,7 @@ a malformed model name is answered without a lookup and never cached.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,13 +21,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from registry.models import DispatchPolicy, ServedModel, Worker, WorkerKind, WorkerStatus
-from registry.services import versions
+from registry.services import prefix_index
 from registry.services.cache import RefreshingCache
 
 _RNG = random.Random()
 MAX_MODEL_NAME_LENGTH = 200  # ServedModel.name and ModelAlias.name
 MODEL_CACHE_ENTRIES = 2_000  # names asked for, unknown ones included
 CANDIDATE_CACHE_ENTRIES = 1_000  # served models with candidates
+PREFIX_SLACK = 2  # requests a worker holding the prefix may carry over the least loaded one
 
 
 class NoWorkerAvailable(Exception):
@@ -113,11 +114,14 @@ def choose_worker(
     *,
     rng: random.Random | None = None,
     allow_full: bool = False,
+    matches: Mapping[int, int] | None = None,
 ) -> WorkerSnapshot:
     """Pick the worker for one request by `policy`; raise NoWorkerAvailable, never return None.
 
     lottery: random, weighted by speed. shortest_queue: lowest (queued + local in-flight) / speed.
-    least_inflight (default): lowest load. Full workers are skipped, unless `allow_full` (the
+    cache_aware: the longest prefix match (`matches`: worker id → characters, from the model's
+    `PrefixIndex`) unless it carries PREFIX_SLACK requests more than the least loaded, then the
+    least loaded. least_inflight (default): lowest load. Full workers are skipped, unless `allow_full` (the
     head of the request queue asks the least loaded one even so: the figures may be a heartbeat old).
     """
     rng = rng or _RNG
@@ -134,6 +138,9 @@ def choose_worker(
     speeds = _speeds(open_)
     if policy == DispatchPolicy.LOTTERY:
         return rng.choices(open_, weights=speeds, k=1)[0]
+    if policy == DispatchPolicy.CACHE_AWARE:
+        loads = [c.load for c in open_]
+        return open_[prefix_index.choose(loads, [c.id for c in open_], matches or {}, PREFIX_SLACK, rng)]
     if policy == DispatchPolicy.SHORTEST_QUEUE:
         index = _lowest(open_, lambda i: (open_[i].queued + open_[i].local_in_flight) / speeds[i], rng)
         return open_[index]
@@ -215,7 +222,6 @@ async def aresolve_model(*, name: str) -> ResolvedModel | None:
     """
     if not valid_model_name(name):
         return None
-    await versions.watch.check()
     return await _model_cache.get(name)
 
 
@@ -252,12 +258,12 @@ def list_online_models(*, on_demand: Collection[str] = ()) -> list[dict[str, Any
         .prefetch_related("aliases")
     )
     return [
-        {"name": m.name, "created": m.created_at, "aliases": [a.name for a in m.aliases.all()]}
+        {
+            "id": m.id,
+            "name": m.name,
+            "task": m.task,
+            "created": m.created_at,
+            "aliases": [a.name for a in m.aliases.all()],
+        }
         for m in models
     ]
-
-
-def clear_caches() -> None:
-    """Forget cached models and candidates (tests, and after an admin change)."""
-    _candidate_cache.clear()
-    _model_cache.clear()

@@ -24,9 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
-from registry.services import versions
 from registry.services.cache import RefreshingCache
-from registry.services.last_used import LastUsedThrottle
 
 # Lookups kept per process: enough for every live key; random secrets only evict the oldest.
 KEY_CACHE_ENTRIES = 10_000
@@ -150,14 +148,12 @@ _cache: RefreshingCache[KeyInfo | None] = RefreshingCache(
     max_stale=lambda: 3 * settings.API_KEY_CACHE_SECONDS,
     max_entries=KEY_CACHE_ENTRIES,
 )
-last_used = LastUsedThrottle()
 
 
 async def aauthenticate_secret(secret: str) -> KeyInfo:
     """The live key for `secret`, or KeyRejected saying why (messages never echo the secret)."""
     if not secret.startswith("sk-") or len(secret) > MAX_SECRET_LENGTH:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
-    await versions.watch.check()
     info = await _cache.get(hash_secret(secret))
     if info is None:
         raise KeyRejected("Invalid API key.", code="invalid_api_key")
@@ -166,13 +162,3 @@ async def aauthenticate_secret(secret: str) -> KeyInfo:
     if info.expires_at is not None and info.expires_at <= timezone.now():
         raise KeyRejected("This API key has expired.", code="expired_api_key")
     return info
-
-
-def revoke_api_key(*, key: ApiKey) -> None:
-    key.revoked_at = timezone.now()
-    key.save(update_fields=["revoked_at"])
-
-
-def clear_cache() -> None:
-    _cache.clear()
-    last_used.clear()

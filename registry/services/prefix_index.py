@@ -17,20 +17,29 @@ own, so a match is a likelihood, not a promise: a miss costs a prefill.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 
 BLOCK_CHARS = 64  # about 16 tokens of English, the engines' block
 MAX_BLOCKS = 100_000  # per model: ~6 MB of text prefixes' keys
-MIN_SLACK = 2  # requests a matched worker may carry over the least loaded one
 
 
-@dataclass(frozen=True)
-class Choice:
-    worker_index: int
-    reason: str  # why, for the usage record: "prefix 1,216 chars on w1" or "least loaded …"
+def prompt_text(
+    messages: list[dict] | None, tools: tuple[dict, ...] | None, prompts: tuple[str | tuple[int, ...], ...]
+) -> str:
+    """What a request's prompt starts with, as text in its order: the tools, then each message or prompt.
+
+    A conversation's next turn appends messages, so its text extends the last turn's.
+    """
+    parts = [json.dumps(tools, sort_keys=True)] if tools else []
+    for message in messages or ():
+        content = message.get("content")
+        parts.append(f"{message.get('role')}\n{content if isinstance(content, str) else json.dumps(content)}")
+    # A batch of completion prompts (a scoring harness's) is keyed by its first.
+    parts.extend(p if isinstance(p, str) else ",".join(map(str, p)) for p in prompts[:1])
+    return "\x1e".join(parts)
 
 
 def _keys(text: str) -> list[int]:
@@ -47,6 +56,7 @@ class PrefixIndex:
     def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
         self.max_blocks = max_blocks
         self._blocks: OrderedDict[int, set[int]] = OrderedDict()
+        self._live: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -72,6 +82,13 @@ class PrefixIndex:
         while len(self._blocks) > self.max_blocks:
             self._blocks.popitem(last=False)
 
+    def follow(self, workers: Iterable[int]) -> None:
+        """The model's online workers now: forget those that left (their caches are gone or going)."""
+        live = frozenset(workers)
+        if not self._live <= live:
+            self.keep_only(live)
+        self._live = live
+
     def keep_only(self, workers: Iterable[int]) -> None:
         """Forget every worker not in `workers` (gone offline, drained, removed)."""
         live = set(workers)
@@ -84,15 +101,19 @@ class PrefixIndex:
 
 
 def choose(
-    loads: list[int], ids: list[int], matches: dict[int, int], slack: int, rng: random.Random
-) -> Choice:
-    """The open worker (by index) for a prompt: the longest match within `slack` of the least load."""
+    loads: list[int], ids: list[int], matches: Mapping[int, int], slack: int, rng: random.Random
+) -> int:
+    """The worker (by index) for a prompt: the longest match within `slack` of the least load."""
     least = min(loads)
     best = max(range(len(ids)), key=lambda i: (matches.get(ids[i], 0), -loads[i]))
-    matched = matches.get(ids[best], 0)
-    if matched and loads[best] <= least + slack:
-        return Choice(best, f"prefix {matched} chars on worker {ids[best]}")
-    idle = [i for i, load in enumerate(loads) if load == least]
-    index = rng.choice(idle)
-    why = "no prefix match" if not matched else f"prefix on worker {ids[best]} but it carries {loads[best]}"
-    return Choice(index, f"{why}: least loaded, worker {ids[index]}")
+    if matches.get(ids[best], 0) and loads[best] <= least + slack:
+        return best
+    return rng.choice([i for i, load in enumerate(loads) if load == least])
+
+
+def route(worker_id: int, identity: str, matches: Mapping[int, int]) -> str:
+    """Why `choose` sent a request to this worker, for its usage record."""
+    if matched := matches.get(worker_id, 0):
+        return f"prefix of {matched} chars on {identity}"
+    held = max(matches.values(), default=0)
+    return f"least loaded ({f'the {held}-char match was busier' if held else 'no prefix match'})"[:200]

@@ -1,20 +1,12 @@
-"""Usage records: one row per request through the portal, written off the request path.
+"""Usage records: one row per request through the portal, and how a batch of them is written.
 
-A finished request's record goes to a buffer and is written in batches:
-- with REDIS_URL, a Redis stream (`usage_stream`), added to before the
-  response's last bytes leave, so a portal killed with -9 loses nothing that
-  its clients saw finish; every portal writes the stream to the database;
-- without it (the embedded default: one portal, SQLite), this process's
-  memory, written every USAGE_FLUSH_SECONDS and drained on shutdown.
-
-A batch the database cannot take (it is down, or restarting) is kept and
-retried, never dropped.
+The buffers that hold records until then are `usage_writer` (this process's
+memory) and `usage_stream` (Redis). A batch the database cannot take (it is
+down, or restarting) raises DATABASE_AWAY for the caller to keep and retry.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import (
     DatabaseError,
@@ -55,7 +46,9 @@ class UsageEntry:
     served_model_id: int | None = None
     worker_id: int | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, served by the worker's prefix cache
     completion_tokens: int = 0
+    route: str = ""  # why dispatch chose the worker (cache_aware)
     time_to_first_token_ms: float | None = None
     total_time_ms: float | None = None
     status: str = UsageStatus.OK
@@ -129,67 +122,3 @@ def write_batch(entries: list[UsageEntry]) -> None:
 # the request path, and the writer keeps its own database connection.
 _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-writer")
 write_batch_async = sync_to_async(write_batch, thread_sensitive=False, executor=_WRITER)
-
-_buffer: list[UsageEntry] = []
-_flusher: asyncio.Task[None] | None = None
-_flush_now: asyncio.Event | None = None  # cuts the flusher's wait short (shutdown, tests)
-
-
-async def _write_buffer() -> None:
-    """Write the in-memory buffer until it is empty, waiting out a database that is away."""
-    delay = settings.USAGE_FLUSH_SECONDS
-    while _buffer:
-        batch = _buffer[:]
-        _buffer.clear()
-        try:
-            await write_batch_async(batch)
-            delay = settings.USAGE_FLUSH_SECONDS
-        except DATABASE_AWAY as exc:
-            _buffer[:0] = batch  # kept, in order, ahead of what came meanwhile
-            delay = min(max(delay, 0.5) * 2, RETRY_SECONDS_MAX)
-            logger.warning("%d usage records wait for the database: %s", len(_buffer), exc)
-            await asyncio.sleep(delay)
-
-
-async def _flush_after_delay(flush_now: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(flush_now.wait(), settings.USAGE_FLUSH_SECONDS)
-    await _write_buffer()
-
-
-def buffer_in_memory(entry: UsageEntry) -> None:
-    """Queue the record in this process; a background task writes the queue in batches."""
-    global _flusher, _flush_now
-    _buffer.append(entry)
-    loop = asyncio.get_running_loop()
-    if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
-        _flush_now = asyncio.Event()
-        _flusher = loop.create_task(_flush_after_delay(_flush_now))
-
-
-def schedule_usage(*, entry: UsageEntry) -> asyncio.Task[None] | None:
-    """Buffer the record; the response never waits for the database, and one INSERT carries many.
-
-    With REDIS_URL, returns the task adding it to the shared stream: await it
-    before the response ends so that the record outlives this process.
-    """
-    entry.created_at = entry.created_at or timezone.now()
-    if settings.REDIS_URL:
-        from registry.services import usage_stream
-
-        return usage_stream.add(entry)
-    buffer_in_memory(entry)
-    return None
-
-
-async def flush_pending() -> None:
-    """Write what this process holds now (tests, shutdown): its memory buffer and its stream share."""
-    if _flusher is not None and not _flusher.done() and _flusher.get_loop() is asyncio.get_running_loop():
-        assert _flush_now is not None
-        _flush_now.set()
-        await _flusher
-    await _write_buffer()
-    if settings.REDIS_URL:
-        from registry.services import usage_stream
-
-        await usage_stream.drain()

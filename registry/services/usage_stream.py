@@ -8,6 +8,8 @@ before it died is claimed by another after USAGE_CLAIM_SECONDS; the database ski
 request ids it already holds (a unique index, checked inside the INSERT), so a
 claim after a write that was not yet acknowledged, or while it is still under
 way, does not count a request twice.
+
+The gateway holds one `UsageStream` per event loop (`usage_writer.UsageWriter`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -54,7 +57,9 @@ def decode(fields: dict[bytes, bytes]) -> usage.UsageEntry:
 class UsageStream:
     """This process's side of the stream, on one event loop: its adds and its writer task."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, fallback: Callable[[usage.UsageEntry], None]) -> None:
+        self.url = url
+        self.fallback = fallback  # where a record goes while Redis is away: this process's memory
         # The writer's reads wait up to BLOCK_MS by design: their client waits longer than that.
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=BLOCK_MS / 1000 + 4)
         # A response's last bytes wait for its add: a stalled Redis holds them REDIS_TIMEOUT_SECONDS at
@@ -74,7 +79,7 @@ class UsageStream:
         except RedisError as exc:
             # Redis is away: this process still writes the record, only a kill -9 meanwhile loses it.
             logger.warning("usage record %s kept in memory, Redis failed: %s", entry.request_id, exc)
-            usage.buffer_in_memory(entry)
+            self.fallback(entry)
 
     def start_writer(self) -> None:
         if not self.stopping and (self.writer is None or self.writer.done()):
@@ -150,24 +155,3 @@ class UsageStream:
         async with self.lock:
             while await self._cycle(block_ms=None):
                 pass
-
-
-_current: UsageStream | None = None
-
-
-def current() -> UsageStream:
-    """This process's stream on the running loop, its writer started."""
-    global _current
-    if _current is None or _current.loop is not asyncio.get_running_loop():
-        _current = UsageStream(str(settings.REDIS_URL))
-    _current.start_writer()
-    return _current
-
-
-def add(entry: usage.UsageEntry) -> asyncio.Task[None]:
-    """Add the record to the stream in a task; the response awaits it before its last bytes."""
-    return asyncio.get_running_loop().create_task(current().add(entry))
-
-
-async def drain() -> None:
-    await current().drain()

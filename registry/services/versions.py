@@ -17,6 +17,8 @@ import time
 from asgiref.sync import sync_to_async
 from django.core.cache import cache
 
+from registry.services.cache import forget_all
+
 logger = logging.getLogger(__name__)
 
 VERSION_KEY = "registry:version"
@@ -37,15 +39,14 @@ def bump_version() -> None:
 
 
 def forget_cached_lookups() -> None:
-    from registry.services import credentials, dispatch, keys
-
-    dispatch.clear_caches()
-    keys.clear_cache()
-    credentials.forget_cached_credential()
+    forget_all()
 
 
 class VersionWatch:
-    """Forget cached lookups when another process bumped the version; checks at most once a second."""
+    """Forget cached lookups when another process bumped the version; checks at most once a second.
+
+    The portal's gateway holds one and checks it before a request's lookups.
+    """
 
     def __init__(self) -> None:
         self._seen: int | None = None
@@ -64,6 +65,3 @@ class VersionWatch:
         if self._seen is not None and version != self._seen:
             forget_cached_lookups()
         self._seen = version
-
-
-watch = VersionWatch()

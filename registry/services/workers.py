@@ -12,12 +12,19 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from registry.models import ModelTask, ServedModel, Worker, WorkerIntent, WorkerKind, WorkerStatus
+from registry.models import (
+    DispatchPolicy,
+    ModelTask,
+    ServedModel,
+    Worker,
+    WorkerIntent,
+    WorkerKind,
+    WorkerStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +98,12 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
     )
     served = []
     for name in reg.model_names:
-        model, created = ServedModel.objects.get_or_create(name=name, defaults={"task": reg.task})
+        # A model a worker brings is dispatched cache-aware when it generates: prompts repeat.
+        policy = (
+            DispatchPolicy.CACHE_AWARE if reg.task == ModelTask.GENERATE else DispatchPolicy.LEAST_INFLIGHT
+        )
+        defaults = {"task": reg.task, "dispatch_policy": policy}
+        model, created = ServedModel.objects.get_or_create(name=name, defaults=defaults)
         if not created and model.task != reg.task:
             logger.warning(
                 "Served model %s is a %s model; worker %s says %s", name, model.task, reg.identity, reg.task
@@ -179,10 +191,3 @@ def expire_stale_workers() -> int:
     if count:
         logger.info("Marked %d stale worker(s) offline", count)
     return count
-
-
-aregister_worker = sync_to_async(register_worker)
-arecord_heartbeat = sync_to_async(record_heartbeat)
-amark_draining = sync_to_async(mark_draining)
-amark_offline = sync_to_async(mark_offline)
-aexpire_stale_workers = sync_to_async(expire_stale_workers)

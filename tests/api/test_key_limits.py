@@ -10,11 +10,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
-from portal.gateway.limit_stores import memory_store
+from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import ApiKey, ModelTask, ServedModel
 from registry.services import keys
-from registry.services.dispatch import clear_caches
+from registry.services.cache import forget_all
 from tests.api.test_views import CHAT, error_of, make_key, post
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
@@ -26,9 +26,9 @@ EMBEDDING = {"model": "mini", "input": "!" * 240}  # 242 tokens for MiniLM; its 
 
 @pytest.fixture(autouse=True)
 def _no_key_cache():
-    keys.clear_cache()
+    forget_all()
     yield
-    keys.clear_cache()
+    forget_all()
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ async def test_a_stream_in_progress_holds_its_token_reservation(worker):
     assert error_of(second)["code"] == "rate_limit_exceeded"
     assert 0 < int(second.headers["Retry-After"]) <= 61
     await finish(first)
-    assert memory_store().used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 142
+    assert current().limits.memory.used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 142
     assert (await post("/v1/chat/completions", STREAM, secret)).status_code == 200
 
 
@@ -98,14 +98,16 @@ async def test_an_input_that_may_cost_more_than_the_keys_tokens_per_minute_is_re
     assert "up to 244" in error["message"]
     assert "Retry-After" not in response.headers
     assert not embedder  # no worker was asked
-    assert memory_store().used(f"key:{await key_id(secret)}") == 0
+    assert current().limits.memory.used(f"key:{await key_id(secret)}") == 0
 
 
 async def test_an_input_within_the_limit_is_counted_with_the_workers_usage(embedder):
     secret = await make_key(tokens_per_minute=300)
     assert (await post("/v1/embeddings", EMBEDDING, secret)).status_code == 200
     await drain()
-    assert memory_store().used(f"key:{await key_id(secret)}") == 242  # reserved 244, settled with 242
+    assert (
+        current().limits.memory.used(f"key:{await key_id(secret)}") == 242
+    )  # reserved 244, settled with 242
     refused = await post("/v1/embeddings", EMBEDDING, secret)  # 242 + 244 > 300
     assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limit_exceeded")
 
@@ -151,7 +153,7 @@ async def test_a_refused_request_frees_its_in_flight_slot(worker):
     assert (await post("/v1/chat/completions", {**CHAT, "temperature": 9}, secret)).status_code == 400
     assert (await post("/v1/chat/completions", {**CHAT, "model": "ghost"}, secret)).status_code == 404
     await drain()
-    assert memory_store().in_flight(f"key:{await key_id(secret)}") == 0
+    assert current().limits.memory.in_flight(f"key:{await key_id(secret)}") == 0
     assert (await post("/v1/chat/completions", CHAT, secret)).status_code == 200
 
 
@@ -182,8 +184,8 @@ async def test_deleting_a_keys_only_model_never_widens_it(worker, served_model):
     other = await ServedModel.objects.acreate(name="other")
     secret = await make_key(model_names=["other"])
     await other.adelete()
-    keys.clear_cache()
-    clear_caches()
+    forget_all()
+    forget_all()
     response = await post("/v1/chat/completions", CHAT, secret)
     assert response.status_code == 403
     listed = await AsyncClient().get("/v1/models", headers={"Authorization": f"Bearer {secret}"})

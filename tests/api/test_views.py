@@ -20,6 +20,7 @@ from django.utils import timezone
 from fleet.models import Deployment
 from registry.models import ApiKey, ServedModel
 from registry.services import keys
+from registry.services.cache import forget_all
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,9 +29,9 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture(autouse=True)
 def _no_key_cache():
-    keys.clear_cache()
+    forget_all()
     yield
-    keys.clear_cache()
+    forget_all()
 
 
 async def make_key(**kwargs) -> str:
@@ -62,14 +63,15 @@ async def test_invalid_revoked_and_expired_keys_are_401(served_model):
     assert (await post("/v1/chat/completions", CHAT, "sk-nope-nope")).status_code == 401
     secret = await make_key()
     key = await ApiKey.objects.aget(prefix=secret.split("-")[1])
-    await sync_to_async(keys.revoke_api_key)(key=key)
+    key.revoked_at = timezone.now()  # as the admin's revoke action does
+    await key.asave(update_fields=["revoked_at"])
     response = await post("/v1/chat/completions", CHAT, secret)
     assert (response.status_code, error_of(response)["code"]) == (401, "revoked_api_key")
     expired = await make_key(expires_in_days=1)
     await ApiKey.objects.filter(prefix=expired.split("-")[1]).aupdate(
         expires_at=timezone.now() - timedelta(1)
     )
-    keys.clear_cache()
+    forget_all()
     response = await post("/v1/chat/completions", CHAT, expired)
     assert (response.status_code, error_of(response)["code"]) == (401, "expired_api_key")
 
@@ -162,7 +164,7 @@ async def test_an_unreachable_database_is_503_with_retry_after_not_500(served_mo
     async def away(key: object) -> None:
         raise OperationalError("connection refused")
 
-    keys.clear_cache()  # the key is not known yet: its lookup needs the database
+    forget_all()  # the key is not known yet: its lookup needs the database
     monkeypatch.setattr(keys._cache, "_load", away)
     response = await post("/v1/chat/completions", CHAT, secret)
     assert response.status_code == 503

@@ -11,14 +11,6 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 
 from portal.chat.consumers import ChatConsumer
-from portal.gateway import counters
-from registry.services.dispatch import clear_caches
-
-
-@pytest.fixture(autouse=True)
-def _fresh_gateway_state() -> None:
-    clear_caches()
-    counters.reset()
 
 
 @pytest.fixture

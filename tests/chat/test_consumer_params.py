@@ -17,9 +17,9 @@ from asgiref.sync import sync_to_async
 
 from portal.chat.models import AnswerFormat, Conversation, Message
 from tests.chat.conftest import receive_until
-from tests.gateway.conftest import _fresh_gateway_state, add_worker, chunk, served_model, sse, upstream
+from tests.gateway.conftest import add_worker, chunk, served_model, sse, upstream
 
-__all__ = ["_fresh_gateway_state", "served_model", "upstream"]
+__all__ = ["served_model", "upstream"]
 pytestmark = pytest.mark.django_db(transaction=True)
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 

@@ -6,33 +6,18 @@ failover, error mapping, usage); end-to-end tests use real worker processes.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx2
 import pytest
 from django.utils import timezone
 
-from portal.gateway import client as gateway_client
-from portal.gateway import counters
-from portal.gateway.limit_stores import memory_store
+from portal.gateway.gateway import Gateway
 from registry.models import ModelAlias, ServedModel, Worker, WorkerStatus
-from registry.services.dispatch import clear_caches
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_gateway_state() -> Iterator[None]:
-    clear_caches()
-    counters.reset()
-    memory_store().clear()
-    yield
-    clear_caches()
-    counters.reset()
-    memory_store().clear()
 
 
 @pytest.fixture
@@ -76,8 +61,8 @@ def chunk(text: str | None = None, usage: dict | None = None) -> dict:
 
 
 @pytest.fixture
-def upstream() -> Iterator[Callable[[Handler], list[httpx2.Request]]]:
-    """Install `handler` as every worker; return the list of requests it received."""
+def upstream(gateway: Gateway) -> Callable[[Handler], list[httpx2.Request]]:
+    """Install `handler` as every worker (the test's gateway sends to it); return its requests."""
 
     def install(handler: Handler) -> list[httpx2.Request]:
         seen: list[httpx2.Request] = []
@@ -86,9 +71,7 @@ def upstream() -> Iterator[Callable[[Handler], list[httpx2.Request]]]:
             seen.append(request)
             return handler(request)
 
-        loop = asyncio.get_running_loop()
-        gateway_client._clients[loop] = httpx2.AsyncClient(transport=httpx2.MockTransport(record))
+        gateway.use_transport(httpx2.MockTransport(record))
         return seen
 
-    yield install
-    gateway_client._clients.clear()
+    return install

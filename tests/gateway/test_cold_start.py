@@ -20,8 +20,9 @@ from django.utils import timezone
 from fleet.models import Deployment, ModelDemand
 from portal.gateway import demand, queue, relay
 from portal.gateway.errors import GatewayError
+from portal.gateway.gateway import current
 from registry.models import Worker, WorkerIntent, WorkerStatus
-from registry.services import dispatch
+from registry.services.cache import forget_all
 from tests.gateway.conftest import add_worker, chat_result
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}
@@ -69,7 +70,7 @@ async def test_a_request_for_a_cold_model_waits_until_its_worker_registers(serve
     result = await asyncio.wait_for(waiting, 10)
     assert result["choices"][0]["message"]["content"] == "hi"
     await demand_row(waiting=0, in_flight=0)  # the end is written too
-    assert queue.waiting_here(served_model.id) == 0
+    assert current().queues.waiting_here(served_model.id) == 0
 
 
 async def test_past_the_cold_start_timeout_it_answers_503_with_retry_after(served_model, upstream):
@@ -113,7 +114,7 @@ async def test_a_request_waits_for_workers_that_vanished_a_moment_ago(served_mod
     # Its heartbeat expired (a database outage) a moment ago: the list of workers is empty for a while.
     gone = timezone.now() - timedelta(seconds=20)
     await Worker.objects.filter(pk=worker.pk).aupdate(status=WorkerStatus.OFFLINE, last_heartbeat=gone)
-    dispatch.clear_caches()
+    forget_all()
     waiting = asyncio.create_task(relay.chat_completion(dict(BODY), caller=caller()))
     await asyncio.sleep(1.0)
     assert not waiting.done()  # no 503 no_worker_available

@@ -17,7 +17,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from portal.gateway import limit_stores
-from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore, memory_store
+from portal.gateway.gateway import current
+from portal.gateway.limit_stores import MemoryStore, Quota, RedisStore
 from portal.gateway.limits import (
     CHAT_TOKENS,
     MESSAGE_TOKENS,
@@ -38,12 +39,6 @@ REDIS_URL = TEST_REDIS_URL
 REFUSED_URL = "redis://127.0.0.1:1/0"  # nothing listens: every connect is refused at once
 
 
-@pytest.fixture(autouse=True)
-def _fresh_redis_store(monkeypatch) -> None:
-    """Each test meets Redis without the last one's outage."""
-    monkeypatch.setattr(limit_stores, "_redis", None)
-
-
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
     """Run a test against each store, through the settings that choose it."""
@@ -51,9 +46,9 @@ def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
         settings.REDIS_URL = request.getfixturevalue("redis_url")
     else:
         settings.REDIS_URL = None
-    memory_store().clear()
+    current().limits.memory.clear()
     yield request.param
-    memory_store().clear()
+    current().limits.memory.clear()
 
 
 def cost(tokens: int) -> TokenEstimate:
@@ -63,7 +58,7 @@ def cost(tokens: int) -> TokenEstimate:
 async def used_tokens(subject: str, backend: str) -> int:
     await drain()  # settling runs in the background
     if backend == "memory":
-        return memory_store().used(subject)
+        return current().limits.memory.used(subject)
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     window = int(time.time() // limit_stores.WINDOW_SECONDS)
     counts = [client.get(RedisStore.prefix(subject) + f":tpm:{w}") for w in (window - 1, window)]
@@ -72,7 +67,9 @@ async def used_tokens(subject: str, backend: str) -> int:
 
 async def test_concurrent_requests_cannot_all_pass_a_tokens_per_minute_check(backend):
     quota = Quota("key:1", tokens_per_minute=100)
-    outcomes = await asyncio.gather(*(reserve(quota, cost(30)) for _ in range(10)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(reserve(current().limits, quota, cost(30)) for _ in range(10)), return_exceptions=True
+    )
     passed = [o for o in outcomes if not isinstance(o, BaseException)]
     refused = [o for o in outcomes if isinstance(o, LimitExceeded)]
     assert (len(passed), len(refused)) == (3, 7)
@@ -82,18 +79,18 @@ async def test_concurrent_requests_cannot_all_pass_a_tokens_per_minute_check(bac
 
 async def test_settling_replaces_the_reservation_by_the_tokens_used(backend):
     quota = Quota("key:2", tokens_per_minute=100)
-    first = await reserve(quota, cost(90))
+    first = await reserve(current().limits, quota, cost(90))
     with pytest.raises(LimitExceeded):
-        await reserve(quota, cost(20))
+        await reserve(current().limits, quota, cost(20))
     first.settle(15)
     assert await used_tokens("key:2", backend) == 15
-    await reserve(quota, cost(80))
+    await reserve(current().limits, quota, cost(80))
     assert await used_tokens("key:2", backend) == 95
 
 
 async def test_a_request_larger_than_the_limit_is_refused_for_good(backend):
     with pytest.raises(LimitExceeded) as info:
-        await reserve(Quota("key:3", tokens_per_minute=100), TokenEstimate(5, 1, 200))
+        await reserve(current().limits, Quota("key:3", tokens_per_minute=100), TokenEstimate(5, 1, 200))
     assert info.value.reason == "too_large"
     assert info.value.retry_after is None
     assert "max_tokens" in info.value.message
@@ -103,37 +100,40 @@ async def test_a_request_larger_than_the_limit_is_refused_for_good(backend):
 async def test_requests_per_minute_count_every_reservation(backend):
     quota = Quota("key:4", requests_per_minute=2)
     for _ in range(2):
-        (await reserve(quota, cost(0))).settle(0)
+        (await reserve(current().limits, quota, cost(0))).settle(0)
     with pytest.raises(LimitExceeded) as info:
-        await reserve(quota, cost(0))
+        await reserve(current().limits, quota, cost(0))
     assert info.value.reason == "rpm"
 
 
 async def test_in_flight_slots_are_held_until_settled(backend):
     quota = Quota("key:5", max_in_flight=2)
-    first, _ = await reserve(quota, cost(0)), await reserve(quota, cost(0))
+    first, _ = (
+        await reserve(current().limits, quota, cost(0)),
+        await reserve(current().limits, quota, cost(0)),
+    )
     with pytest.raises(LimitExceeded) as info:
-        await reserve(quota, cost(0))
+        await reserve(current().limits, quota, cost(0))
     assert (info.value.reason, info.value.retry_after) == ("in_flight", 1)
     first.settle(0)
     await drain()
-    await reserve(quota, cost(0))
+    await reserve(current().limits, quota, cost(0))
 
 
 async def test_a_refused_reservation_counts_nothing(backend):
     quota = Quota("key:6", requests_per_minute=5, tokens_per_minute=50, max_in_flight=1)
-    held = await reserve(quota, cost(40))
+    held = await reserve(current().limits, quota, cost(40))
     for tokens in (5, 20):  # in flight full, then tokens too
         with pytest.raises(LimitExceeded):
-            await reserve(quota, cost(tokens))
+            await reserve(current().limits, quota, cost(tokens))
     held.settle(40)
     await drain()
-    (await reserve(quota, cost(10))).settle(10)
+    (await reserve(current().limits, quota, cost(10))).settle(10)
     assert await used_tokens("key:6", backend) == 50
 
 
 async def test_settling_twice_counts_once(backend):
-    reservation = await reserve(Quota("key:7", tokens_per_minute=100), cost(50))
+    reservation = await reserve(current().limits, Quota("key:7", tokens_per_minute=100), cost(50))
     reservation.settle(10)
     reservation.settle(0)
     assert await used_tokens("key:7", backend) == 10
@@ -141,7 +141,7 @@ async def test_settling_twice_counts_once(backend):
 
 async def test_unlimited_quota_reserves_without_the_store(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: any call would fail
-    reservation = await reserve(Quota("key:8"), cost(10**9))
+    reservation = await reserve(current().limits, Quota("key:8"), cost(10**9))
     reservation.settle(5)
     assert (reservation.tokens, reservation.flight_id) == (0, "")
 
@@ -151,9 +151,9 @@ async def test_a_refused_redis_falls_back_to_this_portals_share_of_each_limit(se
     fallbacks = REGISTRY.get_sample_value("portal_limits_fallback_total", {"door": "api"}) or 0
     quota = Quota("key:9", requests_per_minute=4, tokens_per_minute=100)
     started = time.monotonic()
-    reservations = [await reserve(quota, cost(10)) for _ in range(2)]
+    reservations = [await reserve(current().limits, quota, cost(10)) for _ in range(2)]
     with pytest.raises(LimitExceeded) as info:
-        await reserve(quota, cost(10))  # 2 requests a minute are this portal's half of 4
+        await reserve(current().limits, quota, cost(10))  # 2 requests a minute are this portal's half of 4
     assert info.value.reason == "rpm"
     assert time.monotonic() - started < 3  # a refused Redis answers at once; the margin is for load
     assert all(r.tokens == 10 for r in reservations)
@@ -168,27 +168,27 @@ async def test_a_request_within_the_limit_but_beyond_this_portals_share_may_retr
     settings.REDIS_URL, settings.PORTAL_COUNT = REFUSED_URL, 4
     quota = Quota("key:14", tokens_per_minute=100)
     with pytest.raises(LimitExceeded) as info:
-        await reserve(quota, cost(30))  # fits 100, not this portal's 25
+        await reserve(current().limits, quota, cost(30))  # fits 100, not this portal's 25
     assert info.value.reason == "tpm"
     assert 0 < (info.value.retry_after or 0) <= 61
     with pytest.raises(LimitExceeded) as too_large:
-        await reserve(quota, cost(101))
+        await reserve(current().limits, quota, cost(101))
     assert (too_large.value.reason, too_large.value.retry_after) == ("too_large", None)
 
 
 async def test_settling_a_fallback_reservation_frees_its_slot_in_this_process(settings):
     settings.REDIS_URL = REFUSED_URL
     quota = Quota("key:15", max_in_flight=1, tokens_per_minute=100)
-    held = await reserve(quota, cost(40))
+    held = await reserve(current().limits, quota, cost(40))
     with pytest.raises(LimitExceeded):
-        await reserve(quota, cost(1))
+        await reserve(current().limits, quota, cost(1))
     held.settle(7)
     await drain()
-    store = limit_stores._redis
+    store = current().limits.redis(REFUSED_URL)
     assert store is not None
     assert store.fallback.used("key:15", window=held.window) == 7
     assert store.fallback.in_flight("key:15") == 0
-    (await reserve(quota, cost(1))).settle(1)
+    (await reserve(current().limits, quota, cost(1))).settle(1)
 
 
 def test_memory_in_flight_entries_of_a_dead_request_expire():
@@ -214,7 +214,7 @@ def test_memory_counts_forget_old_minutes():
 
 async def test_redis_in_flight_entries_expire_when_their_portal_dies(redis_url, monkeypatch):
     monkeypatch.setattr(limit_stores, "IN_FLIGHT_LEASE_SECONDS", 1)
-    store = RedisStore(redis_url)
+    store = RedisStore(redis_url, current().loops)
     quota = Quota("key:12", max_in_flight=1)
     assert (await store.reserve(quota, 0, "dead-portal")).outcome == "ok"
     assert (await store.reserve(quota, 0, "next")).outcome == "in_flight"
@@ -225,7 +225,7 @@ async def test_redis_in_flight_entries_expire_when_their_portal_dies(redis_url, 
 
 
 async def test_redis_counts_are_shared_between_portal_copies(redis_url):
-    first, second = RedisStore(redis_url), RedisStore(redis_url)
+    first, second = RedisStore(redis_url, current().loops), RedisStore(redis_url, current().loops)
     quota = Quota("key:13", requests_per_minute=2, tokens_per_minute=100)
     assert (await first.reserve(quota, 60, "")).outcome == "ok"
     assert (await second.reserve(quota, 60, "")).outcome == "tpm"
@@ -331,6 +331,8 @@ def test_reservation_is_prompt_plus_n_times_max_tokens_with_fallbacks():
 
 async def test_a_prompt_alone_beyond_the_limit_is_refused_naming_its_field():
     with pytest.raises(LimitExceeded) as info:
-        await reserve(Quota("key:16", tokens_per_minute=100), estimate({"input": "!" * 240}))
+        await reserve(
+            current().limits, Quota("key:16", tokens_per_minute=100), estimate({"input": "!" * 240})
+        )
     assert (info.value.reason, info.value.param, info.value.retry_after) == ("too_large", "input", None)
     assert info.value.message.startswith("This request's input may take up to 244 tokens")

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from portal.gateway import limit_stores
+from portal.gateway.gateway import current
 from portal.gateway.limit_stores import Quota, RedisStore
 from portal.gateway.limits import LimitExceeded, TokenEstimate, reserve
 from portal.gateway.tasks import drain
@@ -65,7 +66,7 @@ def redis_count(url: str, subject: str, kind: str) -> int:
 async def timed_reserve(quota: Quota) -> tuple[float, str]:
     started = time.monotonic()
     try:
-        (await reserve(quota, TokenEstimate(prompt=1))).settle(1)
+        (await reserve(current().limits, quota, TokenEstimate(prompt=1))).settle(1)
         await drain()  # the settling runs in the background
         outcome = "ok"
     except LimitExceeded as exc:
@@ -77,7 +78,6 @@ async def timed_reserve(quota: Quota) -> tuple[float, str]:
 def limits_on(settings, private_redis: PrivateRedis, monkeypatch) -> PrivateRedis:
     settings.REDIS_URL, settings.PORTAL_COUNT = private_redis.url, 2
     monkeypatch.setattr(limit_stores, "RETRY_SECONDS", 0.5)
-    monkeypatch.setattr(limit_stores, "_redis", None)
     return private_redis
 
 
@@ -104,7 +104,7 @@ async def test_a_stalled_redis_costs_one_reservation_its_timeout_and_the_limits_
 
 async def test_slots_held_in_redis_are_freed_once_it_answers_again(limits_on):
     quota = Quota("key:held", max_in_flight=2)
-    held = await reserve(quota, TokenEstimate())
+    held = await reserve(current().limits, quota, TokenEstimate())
     flights = f"{RedisStore.prefix('key:held')}:flight"
     client = redis.Redis.from_url(limits_on.url, socket_timeout=2)
     assert client.zcard(flights) == 1
@@ -115,7 +115,9 @@ async def test_slots_held_in_redis_are_freed_once_it_answers_again(limits_on):
     finally:
         resume(limits_on)
     await asyncio.sleep(0.6)
-    (await reserve(quota, TokenEstimate())).settle(0)  # Redis answers: the kept settling is replayed
+    (await reserve(current().limits, quota, TokenEstimate())).settle(
+        0
+    )  # Redis answers: the kept settling is replayed
     await drain()
     assert client.zcard(flights) == 0
 

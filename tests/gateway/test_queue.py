@@ -15,9 +15,10 @@ from asgiref.sync import sync_to_async
 
 from portal.gateway import queue, relay
 from portal.gateway.errors import GatewayError
+from portal.gateway.gateway import current
 from portal.gateway.queue import LocalQueues, QueueTerms, RedisQueues
 from registry.models import ServedModel
-from registry.services import dispatch
+from registry.services.cache import forget_all
 from tests.gateway.conftest import add_worker, chat_result
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}
@@ -31,7 +32,7 @@ async def backend(request: Any) -> AsyncIterator[queue.Backend]:
     if request.param == "memory":
         yield LocalQueues()
     else:
-        yield RedisQueues(request.getfixturevalue("redis_url"))
+        yield RedisQueues(request.getfixturevalue("redis_url"), current().loops)
 
 
 async def heads(backend: queue.Backend, members: dict[str, QueueTerms]) -> list[str]:
@@ -67,7 +68,7 @@ async def test_a_caller_holds_at_most_its_cap_and_a_place_given_up_keeps_its_ord
 
 async def test_a_place_not_renewed_expires_in_redis(redis_url, monkeypatch):
     monkeypatch.setattr(queue, "PLACE_TTL_MS", 200)
-    shared = RedisQueues(redis_url)
+    shared = RedisQueues(redis_url, current().loops)
     await shared.enter(7, "dead-portal", KEY_A, 1, None)
     await shared.enter(7, "alive", KEY_B, 1, None)
     assert await shared.position(7, "alive", KEY_B) == 1
@@ -109,10 +110,10 @@ def caller(key_id: int, priority: int = 0, max_queued: int | None = None) -> rel
 
 async def until_queued(model: ServedModel, count: int) -> None:
     for _ in range(200):
-        if queue.waiting_here(model.id) == count:
+        if current().queues.waiting_here(model.id) == count:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"never {count} queued: {queue._waiting_here}")
+    raise AssertionError(f"never {count} queued: {current().queues._waiting_here}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -130,7 +131,7 @@ async def test_a_request_waits_for_the_busy_worker_and_higher_priority_goes_firs
     release.set()
     await asyncio.wait_for(asyncio.gather(first, plain, urgent), 10)
     assert taken == ["first", "urgent", "plain"]
-    assert queue.local_queues().waiting(served_model.id) == 0
+    assert current().queues.local.waiting(served_model.id) == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -150,7 +151,7 @@ async def test_the_queue_times_out_with_503_and_retry_after_and_zero_refuses_at_
     assert 0.3 <= waited < 2
     served_model.queue_timeout = 0
     await sync_to_async(served_model.save)()
-    dispatch.clear_caches()
+    forget_all()
     started = asyncio.get_running_loop().time()
     with pytest.raises(GatewayError) as info:
         await relay.chat_completion(dict(BODY), caller=caller(2))
@@ -179,7 +180,7 @@ async def test_a_caller_over_its_queue_cap_gets_429_and_a_cancelled_request_leav
     waiting.cancel()  # its client left
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert queue.local_queues().waiting(served_model.id) == 0
-    assert queue.waiting_here(served_model.id) == 0
+    assert current().queues.local.waiting(served_model.id) == 0
+    assert current().queues.waiting_here(served_model.id) == 0
     release.set()
     await first

@@ -9,10 +9,10 @@ import time
 import httpx2
 import pytest
 
-from portal.gateway import counters, relay
+from portal.gateway import relay
+from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import UsageRecord
-from registry.services.usage import flush_pending
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +31,7 @@ async def test_chat_completion_resolves_alias_and_fills_model_defaults(served_mo
     assert sent["stream"] is False
     assert seen[0].headers["X-Request-Id"] == "r1"
     assert str(seen[0].url) == "http://w1:9000/v1/chat/completions"
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="r1")
     assert (record.prompt_tokens, record.completion_tokens, record.status) == (3, 2, "ok")
 
@@ -72,8 +72,8 @@ async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served
         if any(request.url.host == "dead" for request in seen):
             break
     dead_id = (await sync(lambda: served_model.workers.get(identity="dead"))).id
-    assert counters.is_excluded(dead_id)
-    assert counters.in_flight(dead_id) == 0
+    assert current().counters.is_excluded(dead_id)
+    assert current().counters.in_flight(dead_id) == 0
 
 
 async def test_worker_400_is_passed_through_without_failover(served_model, upstream):
@@ -91,15 +91,14 @@ async def test_stream_yields_chunks_and_hides_usage_unless_asked(served_model, u
     await sync(add_worker, served_model, "w1")
     body = sse(chunk("a"), chunk("b"), chunk(None, {"prompt_tokens": 3, "completion_tokens": 2}))
     seen = upstream(lambda r: httpx2.Response(200, content=body))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="s1")
     chunks = [c async for c in stream]
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["a", "b"]
     assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert stream.worker_identity == "w1"
     assert stream.time_to_first_token_ms is not None
     assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="s1")
     assert (record.completion_tokens, record.status) == (2, "ok")
 
@@ -124,8 +123,7 @@ async def test_finished_stream_reads_the_worker_response_to_its_end(served_model
     await sync(add_worker, served_model, "w1")
     worker_stream = _TrailingBytes(sse(chunk("a")))
     upstream(lambda r: httpx2.Response(200, stream=worker_stream))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER)
     events = [e async for e in stream.sse()]
     assert events[-1] == b"data: [DONE]\n\n"
     assert worker_stream.read_to_end
@@ -135,8 +133,7 @@ async def test_upstream_stalling_after_done_still_ends_the_stream_cleanly(served
     await sync(add_worker, served_model, "w1")
     worker_stream = _TrailingBytes(sse(chunk("a")), stall=30)
     upstream(lambda r: httpx2.Response(200, stream=worker_stream))
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER)
     started = time.monotonic()
     events = [e async for e in stream.sse()]
     assert time.monotonic() - started < 5
@@ -148,8 +145,9 @@ async def test_upstream_stalling_after_done_still_ends_the_stream_cleanly(served
 async def test_stream_broken_after_first_chunk_ends_with_an_error_chunk(served_model, upstream):
     await sync(add_worker, served_model, "w1")
     upstream(lambda r: httpx2.Response(200, content=sse(chunk("a"), done=False)))
-    stream = relay.stream_chat_completion({**BODY, "stream_options": {"include_usage": True}}, caller=CALLER)
-    await stream.open()
+    stream = await relay.stream_chat_completion(
+        {**BODY, "stream_options": {"include_usage": True}}, caller=CALLER
+    )
     events = [e async for e in stream.sse()]
     assert events[0].startswith(b'data: {"id"')
     assert b'"error"' in events[1]
@@ -165,14 +163,13 @@ async def test_stream_closed_early_records_cancelled_and_aborts(served_model, up
             else httpx2.Response(200, json={"aborted": True})
         )
     )
-    stream = relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER, request_id="c1")
     async for _ in stream:
         break
     await stream.aclose()
-    assert counters.in_flight(worker.id) == 0
+    assert current().counters.in_flight(worker.id) == 0
     await drain()
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="c1")
     assert record.status == "cancelled"
     assert any(r.url.path == "/abort/c1" for r in seen)

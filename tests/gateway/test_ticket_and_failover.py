@@ -15,13 +15,13 @@ import httpx2
 import pytest
 from asgiref.sync import sync_to_async
 
-from portal.gateway import counters, relay
-from portal.gateway.limit_stores import Quota, memory_store
+from portal.gateway import relay
+from portal.gateway.gateway import current
+from portal.gateway.limit_stores import Quota
 from portal.gateway.limits import estimate, estimate_prompt_tokens, reserve
 from portal.gateway.tasks import drain
 from registry.models import UsageRecord, WorkerKind
 from registry.services import dispatch
-from registry.services.usage import flush_pending
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,8 +40,7 @@ def worker_answer(stream_body: bytes, abort: httpx2.Response) -> Any:
 
 
 async def read_then_leave(caller: relay.Caller, n: int, request_id: str = "cut") -> None:
-    stream = relay.stream_chat_completion(dict(BODY), caller=caller, request_id=request_id)
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=caller, request_id=request_id)
     got = 0
     async for _ in stream:
         got += 1
@@ -49,7 +48,7 @@ async def read_then_leave(caller: relay.Caller, n: int, request_id: str = "cut")
             break
     await stream.aclose()
     await drain()  # the abort, then the record and the settling, run in the background
-    await flush_pending()
+    await current().usage.flush()
 
 
 async def test_stream_left_after_n_tokens_is_recorded_and_counted_with_the_workers_usage(
@@ -60,16 +59,16 @@ async def test_stream_left_after_n_tokens_is_recorded_and_counted_with_the_worke
     abort = httpx2.Response(200, json={"id": "cut", "aborted": True, "usage": usage})
     seen = upstream(worker_answer(sse(chunk("a"), chunk("b"), chunk("c")), abort))
     quota = Quota("key:t1", tokens_per_minute=1000, max_in_flight=1)
-    reservation = await reserve(quota, estimate(BODY, {"max_tokens": 5}))
-    assert memory_store().in_flight("key:t1") == 1
+    reservation = await reserve(current().limits, quota, estimate(BODY, {"max_tokens": 5}))
+    assert current().limits.memory.in_flight("key:t1") == 1
 
     await read_then_leave(relay.Caller(source="api", reservation=reservation), 2)
 
     record = await UsageRecord.objects.aget(request_id="cut")
     assert (record.status, record.prompt_tokens, record.completion_tokens) == ("cancelled", 7, 2)
     # Read in the reservation's own minute: the test may run across a minute boundary.
-    assert memory_store().used("key:t1", window=reservation.window) == 9
-    assert memory_store().in_flight("key:t1") == 0
+    assert current().limits.memory.used("key:t1", window=reservation.window) == 9
+    assert current().limits.memory.in_flight("key:t1") == 0
     assert [r.url.path for r in seen] == ["/v1/chat/completions", "/abort/cut"]
 
 
@@ -79,14 +78,14 @@ async def test_without_usage_from_the_abort_relayed_chunks_and_the_prompt_estima
     await sync_to_async(add_worker)(served_model, "w1")
     gone = httpx2.Response(404, json={"error": {"message": "no such request", "type": "x"}})
     upstream(worker_answer(sse(chunk("a"), chunk("b"), chunk("c")), gone))
-    reservation = await reserve(Quota("key:t2", tokens_per_minute=1000), estimate(BODY))
+    reservation = await reserve(current().limits, Quota("key:t2", tokens_per_minute=1000), estimate(BODY))
 
     await read_then_leave(relay.Caller(source="api", reservation=reservation), 2)
 
     record = await UsageRecord.objects.aget(request_id="cut")
     prompt = estimate_prompt_tokens({**BODY, "max_tokens": 5})
     assert (record.prompt_tokens, record.completion_tokens) == (prompt, 2)
-    assert memory_store().used("key:t2", window=reservation.window) == prompt + 2
+    assert current().limits.memory.used("key:t2", window=reservation.window) == prompt + 2
 
 
 async def test_a_remote_endpoint_is_not_called_to_abort_and_its_stream_is_estimated(served_model, upstream):
@@ -122,7 +121,7 @@ async def test_a_client_error_is_never_retried_elsewhere_nor_excludes_the_worker
     with pytest.raises(relay.GatewayError) as info:
         await relay.chat_completion(dict(BODY), caller=relay.Caller())
     assert (info.value.status_code, len(seen)) == (status, 1)
-    assert not any(counters.is_excluded(w.id) for w in workers)
+    assert not any(current().counters.is_excluded(w.id) for w in workers)
 
 
 async def test_a_5xx_from_two_workers_blames_the_request_and_excludes_neither(served_model, upstream):
@@ -131,7 +130,7 @@ async def test_a_5xx_from_two_workers_blames_the_request_and_excludes_neither(se
     with pytest.raises(relay.GatewayError) as info:
         await relay.chat_completion(dict(BODY), caller=relay.Caller())
     assert (info.value.status_code, len(seen)) == (502, 2)
-    assert not any(counters.is_excluded(w.id) for w in workers)
+    assert not any(current().counters.is_excluded(w.id) for w in workers)
     upstream(lambda r: httpx2.Response(200, json=chat_result()))
     assert (await relay.chat_completion(dict(BODY), caller=relay.Caller()))["choices"]
 
@@ -139,7 +138,7 @@ async def test_a_5xx_from_two_workers_blames_the_request_and_excludes_neither(se
 async def test_a_5xx_then_a_success_elsewhere_excludes_the_failing_worker(served_model, upstream):
     bad = await sync_to_async(add_worker)(served_model, "bad")
     good = await sync_to_async(add_worker)(served_model, "good")
-    counters.acquire(good.id)  # least in flight tries `bad` first
+    current().counters.acquire(good.id)  # least in flight tries `bad` first
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.host == "bad":
@@ -149,14 +148,14 @@ async def test_a_5xx_then_a_success_elsewhere_excludes_the_failing_worker(served
     seen = upstream(handler)
     await relay.chat_completion(dict(BODY), caller=relay.Caller())
     assert [r.url.host for r in seen] == ["bad", "good"]
-    assert counters.is_excluded(bad.id)
-    assert not counters.is_excluded(good.id)
+    assert current().counters.is_excluded(bad.id)
+    assert not current().counters.is_excluded(good.id)
 
 
 async def test_a_busy_worker_is_skipped_but_not_excluded(served_model, upstream):
     busy = await sync_to_async(add_worker)(served_model, "busy")
     free = await sync_to_async(add_worker)(served_model, "free")
-    counters.acquire(free.id)
+    current().counters.acquire(free.id)
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         if request.url.host == "busy":
@@ -166,7 +165,7 @@ async def test_a_busy_worker_is_skipped_but_not_excluded(served_model, upstream)
     seen = upstream(handler)
     await relay.chat_completion(dict(BODY), caller=relay.Caller())
     assert [r.url.host for r in seen] == ["busy", "free"]
-    assert not counters.is_excluded(busy.id)
+    assert not current().counters.is_excluded(busy.id)
 
 
 async def test_a_worker_5xx_that_blames_the_request_is_a_400_without_failover(served_model, upstream):
@@ -186,11 +185,10 @@ async def test_hostile_usage_figures_are_stored_and_shown_as_zero(served_model, 
     upstream(lambda r: httpx2.Response(200, json={**chat_result(), "usage": HOSTILE}))
     await relay.chat_completion(dict(BODY), caller=relay.Caller(), request_id="u1")
     upstream(lambda r: httpx2.Response(200, content=sse(chunk("a"), chunk(None, HOSTILE))))
-    stream = relay.stream_chat_completion(dict(BODY), caller=relay.Caller(), request_id="u2")
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(BODY), caller=relay.Caller(), request_id="u2")
     assert [c async for c in stream]
     assert stream.usage == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    await flush_pending()
+    await current().usage.flush()
     rows = UsageRecord.objects.filter(request_id__in=["u1", "u2"])
     assert [(r.prompt_tokens, r.completion_tokens) async for r in rows] == [(0, 0), (0, 0)]
 
@@ -203,7 +201,7 @@ async def test_a_malformed_model_name_is_a_400_and_never_looked_up_or_cached(ser
     assert (info.value.status_code, info.value.param) == (400, "model")
     assert name not in dispatch._model_cache
     assert not seen
-    await flush_pending()
+    await current().usage.flush()
     record = await UsageRecord.objects.aget(request_id="bad-name")
     assert record.status_code == 400  # written, its model name cut to the column's length
 

@@ -15,8 +15,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from prometheus_client import REGISTRY
 
-from portal.gateway import counters, relay
-from portal.gateway import upstream as gateway_upstream
+from portal.gateway import relay, worker_calls
+from portal.gateway.gateway import current
 from registry.models import WorkerKind
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
@@ -43,11 +43,6 @@ def refused_by(bad: str, status: int = 401, answer: bytes | None = None):
     return handler
 
 
-@pytest.fixture(autouse=True)
-def _forget_logged() -> None:
-    gateway_upstream._credentials_logged.clear()
-
-
 @pytest.mark.parametrize("status", [401, 403])
 async def test_a_refusing_worker_is_failed_over_excluded_and_counted(
     served_model, upstream, settings, status
@@ -55,14 +50,14 @@ async def test_a_refusing_worker_is_failed_over_excluded_and_counted(
     settings.WORKER_TOKEN = TOKEN
     bad = await sync_to_async(add_worker)(served_model, f"bad{status}")
     good = await sync_to_async(add_worker)(served_model, "good")
-    counters.acquire(good.id)  # least in flight tries the bad worker first
+    current().counters.acquire(good.id)  # least in flight tries the bad worker first
     before = auth_failures(bad.identity)
     seen = upstream(refused_by(bad.identity, status))
 
     assert (await relay.chat_completion(dict(BODY), caller=relay.Caller()))["choices"]
     assert [r.url.host for r in seen] == [bad.identity, "good"]
-    assert counters.is_excluded(bad.id)
-    assert not counters.is_excluded(good.id)
+    assert current().counters.is_excluded(bad.id)
+    assert not current().counters.is_excluded(good.id)
     assert auth_failures(bad.identity) == before + 1
 
     seen.clear()
@@ -73,14 +68,13 @@ async def test_a_refusing_worker_is_failed_over_excluded_and_counted(
 async def test_a_stream_fails_over_from_a_refusing_worker_before_its_first_event(served_model, upstream):
     bad = await sync_to_async(add_worker)(served_model, "bad")
     good = await sync_to_async(add_worker)(served_model, "good")
-    counters.acquire(good.id)
+    current().counters.acquire(good.id)
     seen = upstream(refused_by("bad", answer=sse(chunk("a"), chunk("b"))))
-    stream = relay.stream_chat_completion({**BODY, "stream": True}, caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion({**BODY, "stream": True}, caller=relay.Caller())
     assert [c["choices"][0]["delta"]["content"] async for c in stream if c["choices"]] == ["a", "b"]
     assert [r.url.host for r in seen] == ["bad", "good"]
     assert stream.worker_identity == "good"
-    assert counters.is_excluded(bad.id)
+    assert current().counters.is_excluded(bad.id)
 
 
 async def test_with_every_worker_refusing_the_client_gets_503_not_401(served_model, upstream, settings):
@@ -93,7 +87,7 @@ async def test_with_every_worker_refusing_the_client_gets_503_not_401(served_mod
     assert (error.status_code, error.code, error.retry_after) == (503, "no_worker_available", 2)
     assert "No worker could serve this request" in error.to_openai()["error"]["message"]
     assert sorted(r.url.host for r in seen) == ["w1", "w2", "w3"]
-    assert all(counters.is_excluded(w.id) for w in workers)
+    assert all(current().counters.is_excluded(w.id) for w in workers)
 
 
 async def test_a_refusal_is_logged_once_a_minute_per_worker_and_never_with_the_token(
@@ -105,8 +99,8 @@ async def test_a_refusal_is_logged_once_a_minute_per_worker_and_never_with_the_t
         served_model, "remote", kind=WorkerKind.REMOTE, remote_api_key="rk-never-logged"
     )
     good = await sync_to_async(add_worker)(served_model, "good")
-    counters.acquire(good.id)
-    counters.acquire(good.id)  # the two refusing workers are tried first
+    current().counters.acquire(good.id)
+    current().counters.acquire(good.id)  # the two refusing workers are tried first
     upstream(
         lambda r: (
             httpx2.Response(401)
@@ -116,9 +110,9 @@ async def test_a_refusal_is_logged_once_a_minute_per_worker_and_never_with_the_t
     )
     with caplog.at_level(logging.WARNING, logger="portal.gateway.upstream"):
         for _ in range(3):
-            counters.reset()  # forget the exclusions: the refusing workers are asked again
-            counters.acquire(good.id)
-            counters.acquire(good.id)
+            current().counters.forget_exclusions()  # the refusing workers are asked again
+            current().counters.acquire(good.id)
+            current().counters.acquire(good.id)
             assert (await relay.chat_completion(dict(BODY), caller=relay.Caller()))["choices"]
     warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(warnings) == 2, warnings
@@ -135,6 +129,6 @@ def test_the_portal_passes_on_no_prefill_workers_to_a_remote_endpoint():
     remote = WorkerSnapshot(
         id=1, identity="r", address="https://r/v1", kind="remote", prefill_from=("http://p",)
     )
-    assert "X-Prefill-Workers" not in gateway_upstream.worker_headers(remote, "id")
+    assert "X-Prefill-Workers" not in worker_calls.worker_headers(remote, "id")
     local = WorkerSnapshot(id=2, identity="l", address="http://l", prefill_from=("http://p",))
-    assert gateway_upstream.worker_headers(local, "id")["X-Prefill-Workers"] == "http://p"
+    assert worker_calls.worker_headers(local, "id")["X-Prefill-Workers"] == "http://p"

@@ -29,12 +29,13 @@ from portal.metrics.heartbeats import read_workers
 from portal.metrics.views import metrics
 from registry.models import Worker, WorkerStatus
 from registry.services import keys
+from registry.services.cache import forget_all
 from tests.api.test_views import CHAT, make_key, post
-from tests.gateway.conftest import _fresh_gateway_state, add_worker, chunk, served_model, sse, upstream
+from tests.gateway.conftest import add_worker, chunk, served_model, sse, upstream
 from tests.portal_process import start_portal
 from tests.processes import REPO_ROOT, start_worker, wait_for
 
-__all__ = ["_fresh_gateway_state", "served_model", "upstream"]
+__all__ = ["served_model", "upstream"]
 pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 STREAM = {**CHAT, "stream": True}
@@ -42,9 +43,9 @@ STREAM = {**CHAT, "stream": True}
 
 @pytest.fixture(autouse=True)
 def _no_key_cache():
-    keys.clear_cache()
+    forget_all()
     yield
-    keys.clear_cache()
+    forget_all()
 
 
 async def scrape(**extra: Any) -> str:
@@ -150,8 +151,7 @@ async def test_a_failover_counts_against_the_worker_that_failed(served_model, up
 
     upstream(busy_then_served)
     before = await scrape()
-    stream = relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
     assert [chunk async for chunk in stream]
     await drain()
 
@@ -165,8 +165,7 @@ async def test_a_request_is_in_flight_on_its_worker_until_it_ends(served_model, 
     upstream(streamed)
     labels = {"model": "tiny", "worker": "w1"}
     before = value(await scrape(), "portal_requests_in_flight", **labels)
-    stream = relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
-    await stream.open()
+    stream = await relay.stream_chat_completion(dict(STREAM), caller=relay.Caller())
     assert value(await scrape(), "portal_requests_in_flight", **labels) == before + 1
     assert [chunk async for chunk in stream]
     assert value(await scrape(), "portal_requests_in_flight", **labels) == before

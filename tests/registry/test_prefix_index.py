@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from registry.services.prefix_index import BLOCK_CHARS, PrefixIndex, choose
+from registry.services.prefix_index import BLOCK_CHARS, PrefixIndex, choose, prompt_text, route
 
 SYSTEM = "You are the help desk of a small library. " * 20  # 840 characters
 RNG = random.Random(7)
@@ -51,12 +51,28 @@ def test_a_worker_that_leaves_leaves_the_index():
 
 def test_the_longest_match_wins_within_the_slack_then_the_least_loaded():
     matches = {10: 640, 11: 128}
-    chosen = choose([3, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG)
-    assert chosen.worker_index == 0
-    assert chosen.reason == "prefix 640 chars on worker 10"
-    over = choose([4, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG)  # 4 > 1 + 2: too loaded
-    assert over.worker_index in (1, 2)
-    assert over.reason.startswith("prefix on worker 10 but it carries 4: least loaded")
-    cold = choose([2, 0], [10, 11], {}, slack=2, rng=RNG)
-    assert cold.worker_index == 1
-    assert cold.reason == "no prefix match: least loaded, worker 11"
+    assert choose([3, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG) == 0
+    assert route(10, "w10", matches) == "prefix of 640 chars on w10"
+    assert choose([4, 1, 1], [10, 11, 12], matches, slack=2, rng=RNG) in (1, 2)  # 4 > 1 + 2: too loaded
+    assert route(12, "w12", matches) == "least loaded (the 640-char match was busier)"
+    assert choose([2, 0], [10, 11], {}, slack=2, rng=RNG) == 1
+    assert route(11, "w11", {}) == "least loaded (no prefix match)"
+
+
+def test_a_conversation_is_keyed_by_its_tools_and_messages_in_order():
+    first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    longer = [*first, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert prompt_text(longer, None, ()).startswith(prompt_text(first, None, ()))
+    tools = ({"type": "function", "function": {"name": "f"}},)
+    assert prompt_text(first, tools, ()).startswith('[{"function"')
+    assert prompt_text(None, None, ((1, 2, 3), "second")) == "1,2,3"
+
+
+def test_following_the_online_workers_forgets_only_when_one_left():
+    index = PrefixIndex()
+    index.record(SYSTEM, worker=1)
+    index.follow([1])
+    index.follow([1, 2])  # a newcomer: nothing to forget
+    assert set(index.matches(SYSTEM)) == {1}
+    index.follow([2])  # worker 1 went offline: its cache is gone, or going
+    assert index.matches(SYSTEM) == {}

@@ -12,9 +12,10 @@ import redis
 from asgiref.sync import sync_to_async
 from django.db import OperationalError
 
+from portal.gateway.gateway import current
 from registry.models import UsageRecord
 from registry.services import usage, usage_stream
-from registry.services.usage import UsageEntry, flush_pending, schedule_usage
+from registry.services.usage import UsageEntry
 from registry.services.usage_stream import GROUP, STREAM
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,17 +25,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def _writer_stopped_after_each_test() -> AsyncIterator[None]:
     """Stop this process's stream writer inside the test's own loop, before the database is flushed."""
     yield
-    current = usage_stream._current
-    if current is not None:
-        await current.stop_writer()
-        await current.redis.aclose()
-    usage_stream._current = None
+    await current().close()
 
 
 @pytest.fixture
 def stream(redis_url: str, settings) -> redis.Redis:
     settings.REDIS_URL = redis_url
-    usage_stream._current = None
     return redis.Redis.from_url(redis_url)
 
 
@@ -43,7 +39,7 @@ def entry(request_id: str, tokens: int = 1) -> UsageEntry:
 
 
 async def schedule(record: UsageEntry) -> None:
-    recording = schedule_usage(entry=record)
+    recording = current().usage.schedule(record)
     assert recording is not None  # with REDIS_URL, the stream
     await recording
 
@@ -53,13 +49,13 @@ async def stored() -> list[str]:
 
 
 async def test_a_record_is_in_the_stream_once_its_task_is_done(stream):
-    recording = schedule_usage(entry=entry("r1", tokens=7))
+    recording = current().usage.schedule(entry("r1", tokens=7))
     assert recording is not None
-    await usage_stream.current().stop_writer()  # keep it in the stream to look at it
+    await current().usage.stream().stop_writer()  # keep it in the stream to look at it
     await recording
     [(_, fields)] = stream.xrange(STREAM)
     assert usage_stream.decode(fields).completion_tokens == 7
-    await flush_pending()
+    await current().usage.flush()
     assert await stored() == ["r1"]
     assert stream.xlen(STREAM) == 0  # acknowledged and deleted once written
 
@@ -82,7 +78,7 @@ async def test_a_dead_portals_unacknowledged_records_are_claimed_and_written_onc
     # A portal read both, wrote one to the database, and was killed before acknowledging either.
     stream.xreadgroup(GROUP, "dead-portal", {STREAM: ">"})
     await UsageRecord.objects.acreate(request_id="written-not-acknowledged", model_name="m")
-    await usage_stream.drain()
+    await current().usage.stream().drain()
     assert await stored() == ["read-not-written", "written-not-acknowledged"]
     assert stream.xpending(STREAM, GROUP)["pending"] == 0
 
@@ -110,8 +106,7 @@ async def test_entries_wait_in_the_stream_while_the_database_is_away(stream, mon
 
 async def test_a_record_stays_in_memory_when_redis_is_away(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    usage_stream._current = None
     await schedule(entry("m1"))
-    assert [e.request_id for e in usage._buffer] == ["m1"]
-    await usage._write_buffer()
+    assert [e.request_id for e in current().usage.buffer] == ["m1"]
+    await current().usage.write_buffer()
     assert await stored() == ["m1"]

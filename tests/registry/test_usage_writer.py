@@ -3,9 +3,10 @@
 import pytest
 from django.db import OperationalError
 
+from portal.gateway.gateway import current
 from registry.models import UsageRecord
 from registry.services import usage
-from registry.services.usage import UsageEntry, flush_pending, schedule_usage
+from registry.services.usage import UsageEntry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,9 +24,9 @@ def entry(request_id: str, *, completion_tokens: int = 0, worker_id: int | None 
 
 async def test_queued_records_are_written_together():
     for i in range(5):
-        schedule_usage(entry=entry(f"r{i}", completion_tokens=i))
+        current().usage.schedule(entry(f"r{i}", completion_tokens=i))
     assert await UsageRecord.objects.acount() == 0  # nothing written on the request path
-    await flush_pending()
+    await current().usage.flush()
     written = {r async for r in UsageRecord.objects.values_list("request_id", flat=True)}
     assert written == {f"r{i}" for i in range(5)}
     record = await UsageRecord.objects.aget(request_id="r3")
@@ -33,10 +34,10 @@ async def test_queued_records_are_written_together():
 
 
 async def test_a_record_of_a_deleted_worker_is_kept_without_it_and_its_batch_with_it():
-    schedule_usage(entry=entry("good-1"))
-    schedule_usage(entry=entry("dangling", worker_id=987654))  # a worker deleted meanwhile
-    schedule_usage(entry=entry("good-2"))
-    await flush_pending()
+    current().usage.schedule(entry("good-1"))
+    current().usage.schedule(entry("dangling", worker_id=987654))  # a worker deleted meanwhile
+    current().usage.schedule(entry("good-2"))
+    await current().usage.flush()
     written = {r async for r in UsageRecord.objects.values_list("request_id", flat=True)}
     assert written == {"good-1", "dangling", "good-2"}
     assert (await UsageRecord.objects.aget(request_id="dangling")).worker_id is None
@@ -54,8 +55,8 @@ async def test_a_batch_waits_out_a_database_that_is_away_and_loses_nothing(monke
 
     monkeypatch.setattr(usage, "record_usage_batch", away_twice)
     for i in range(3):
-        schedule_usage(entry=entry(f"kept-{i}"))
-    await flush_pending()
+        current().usage.schedule(entry(f"kept-{i}"))
+    await current().usage.flush()
     written = [r async for r in UsageRecord.objects.values_list("request_id", flat=True)]
     assert sorted(written) == ["kept-0", "kept-1", "kept-2"]  # each once, after two refusals
     assert calls == [3, 3, 3]
@@ -63,16 +64,16 @@ async def test_a_batch_waits_out_a_database_that_is_away_and_loses_nothing(monke
 
 async def test_a_request_id_already_stored_is_not_written_again():
     await UsageRecord.objects.acreate(request_id="twice", model_name="m")
-    schedule_usage(entry=entry("twice"))
-    schedule_usage(entry=entry("once"))
-    await flush_pending()
+    current().usage.schedule(entry("twice"))
+    current().usage.schedule(entry("once"))
+    await current().usage.flush()
     assert await UsageRecord.objects.filter(request_id="twice").acount() == 1
     assert await UsageRecord.objects.filter(request_id="once").acount() == 1
 
 
 async def test_the_record_keeps_the_time_its_request_finished():
     finished = entry("timed")
-    schedule_usage(entry=finished)
+    current().usage.schedule(finished)
     assert finished.created_at is not None
-    await flush_pending()
+    await current().usage.flush()
     assert (await UsageRecord.objects.aget(request_id="timed")).created_at == finished.created_at

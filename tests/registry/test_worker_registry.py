@@ -13,7 +13,7 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import Schedule
 
-from registry.models import ModelTask, ServedModel, Worker, WorkerStatus
+from registry.models import DispatchPolicy, ModelTask, ServedModel, Worker, WorkerStatus
 from registry.services.dispatch import get_model, list_candidates, list_online_models
 from registry.services.workers import (
     WorkerRegistration,
@@ -174,3 +174,10 @@ def test_admin_never_shows_a_remote_endpoints_key_and_keeps_it_when_left_blank(a
     assert saved.status_code == 302, saved.context["adminform"].form.errors if saved.context else saved
     worker.refresh_from_db()
     assert worker.remote_api_key == "rk-secret"
+
+
+def test_a_generating_workers_new_model_is_dispatched_cache_aware_an_encoders_by_load() -> None:
+    register_worker(registration=registration(model_names=("chat",)))
+    register_worker(registration=registration(identity="e", model_names=("vectors",), task=ModelTask.EMBED))
+    policies = dict(ServedModel.objects.values_list("name", "dispatch_policy"))
+    assert policies == {"chat": DispatchPolicy.CACHE_AWARE, "vectors": DispatchPolicy.LEAST_INFLIGHT}

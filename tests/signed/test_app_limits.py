@@ -9,14 +9,13 @@ import httpx2
 import pytest
 from asgiref.sync import sync_to_async
 
-from portal.gateway.limit_stores import memory_store
+from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import AppCredential
-from registry.services.usage import flush_pending
-from tests.gateway.conftest import _fresh_gateway_state, add_worker, chat_result, served_model, upstream
+from tests.gateway.conftest import add_worker, chat_result, served_model, upstream
 from tests.signed.conftest import App, post
 
-__all__ = ["_fresh_gateway_state", "served_model", "upstream"]
+__all__ = ["served_model", "upstream"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -32,7 +31,7 @@ def _pipelines(settings) -> None:
 async def _usage_written() -> AsyncIterator[None]:
     yield
     await drain()
-    await flush_pending()
+    await current().usage.flush()
 
 
 async def limit(app: App, **limits: int) -> None:
@@ -63,4 +62,6 @@ async def test_a_chat_is_counted_with_its_real_usage(app: App, served_model, ups
     reply = await post("chat", app.body({"model": "tiny", "prompt": "hi", "max_tokens": 60}))
     assert reply["code"] == 0
     await drain()
-    assert memory_store().used(f"app:{app.credential_id}") == 5  # chat_result's usage, not the 142 reserved
+    assert (
+        current().limits.memory.used(f"app:{app.credential_id}") == 5
+    )  # chat_result's usage, not the 142 reserved

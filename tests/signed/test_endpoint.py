@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from asgiref.sync import sync_to_async
 
+from portal.gateway.gateway import current
 from portal.signed.client import sign_body
 from registry.models import AppCredential, UsageRecord
 from registry.services.credentials import create_app_credential, forget_cached_credential
-from registry.services.usage import flush_pending
 from signing.canonical import sha256_sign_data
 from tests.signed.conftest import (
     GO_INFER_APP_ID,
@@ -43,7 +43,7 @@ def _test_pipelines(settings) -> None:
 async def _usage_written() -> AsyncIterator[None]:
     yield
     # Echo writes usage in the background: finish before the database is flushed.
-    await flush_pending()
+    await current().usage.flush()
 
 
 async def test_sha256_request_is_answered_in_go_infer_envelope(app: App) -> None:
@@ -304,7 +304,7 @@ async def test_failed_inference_is_9998_and_a_crash_does_not_leak_details(app: A
 
 async def test_echo_request_is_recorded_as_signed_usage_of_the_app(app: App) -> None:
     reply = await post("echo", app.body({"text": "count me"}))
-    await flush_pending()
+    await current().usage.flush()
 
     record = await UsageRecord.objects.aget(request_id=reply["data"]["requestId"])
     assert record.source == "signed"

@@ -13,12 +13,12 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.models import Schedule
 
+from portal.gateway.gateway import current
 from portal.signed import replay
 from portal.signed.models import SeenSignature
 from portal.signed.replay import SweepClock, remember_signature, sweep_seen_signatures
 from registry.models import AppCredential
 from registry.services.credentials import forget_cached_credential
-from registry.services.usage import flush_pending
 from registry.tasks import ensure_schedules
 from tests.processes import TEST_REDIS_URL
 from tests.signed.conftest import App, post
@@ -30,7 +30,7 @@ REDIS_URL = TEST_REDIS_URL
 @pytest.fixture(autouse=True)
 async def _usage_written() -> AsyncIterator[None]:
     yield
-    await flush_pending()  # echo writes usage in the background
+    await current().usage.flush()  # echo writes usage in the background
 
 
 async def test_replay_after_400_other_signed_requests_is_still_refused(app: App) -> None:

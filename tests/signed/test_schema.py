@@ -24,17 +24,17 @@ from schemathesis import GenerationMode
 
 from inference.protocol.structured import FIELDS as STRUCTURED_FIELDS
 from portal.api.schema import nullable_optionals
+from portal.gateway.gateway import current
 from portal.signed.loader import get_pipelines
 from portal.signed.pipelines.base import ParamsRefused
 from portal.signed.policies import signature_policies
 from portal.signed.schema import UNDECLARED
 from portal.signed.views import SignedView
 from registry.models import ModelTask, ServedModel
-from registry.services.usage import flush_pending
-from tests.gateway.conftest import _fresh_gateway_state, add_worker, chat_result, served_model, upstream
+from tests.gateway.conftest import add_worker, chat_result, served_model, upstream
 from tests.signed.conftest import App, post
 
-__all__ = ["_fresh_gateway_state", "served_model", "upstream"]
+__all__ = ["served_model", "upstream"]
 BUILT_IN = ["chat", "embedding", "echo"]
 
 
@@ -211,7 +211,7 @@ async def workers(served_model, upstream) -> None:
 @pytest.fixture
 async def _usage_written() -> AsyncIterator[None]:
     yield
-    await flush_pending()
+    await current().usage.flush()
 
 
 ANSWERED = [

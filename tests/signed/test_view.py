@@ -11,6 +11,7 @@ from django.urls import path
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.test import APIRequestFactory
 
+from portal.gateway.gateway import current
 from portal.signed.policies import (
     PlainSignature,
     Sha256Signature,
@@ -20,7 +21,6 @@ from portal.signed.policies import (
 from portal.signed.views import SignedView
 from registry.models import AppCredential
 from registry.services.credentials import forget_cached_credential
-from registry.services.usage import flush_pending
 from tests.signed.conftest import App, post
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,7 +45,7 @@ def _pipelines(settings) -> None:
 @pytest.fixture(autouse=True)
 async def _usage_written() -> AsyncIterator[None]:
     yield
-    await flush_pending()  # echo writes usage in the background
+    await current().usage.flush()  # echo writes usage in the background
 
 
 def test_the_endpoint_is_a_drf_view_accepting_sha256_sm2_and_plain() -> None:

@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from portal.gateway.limit_stores import Quota
+
 
 @dataclass(frozen=True)
 class PipelineContext:
@@ -26,6 +28,7 @@ class PipelineContext:
     request_id: str
     app_id: str
     app_credential_id: int
+    quota: Quota | None = None  # the app's limits, for a pipeline that reserves itself
 
 
 class ParamsRefused(Exception):
@@ -47,6 +50,8 @@ class Pipeline:
     # OpenAPI 3.0 schema objects (draft-4 JSON Schema with `nullable`); empty means undeclared.
     data_schema: ClassVar[dict[str, Any]] = {}
     result_schema: ClassVar[dict[str, Any]] = {}
+    # True: `infer` reserves against `context.quota` itself (through the gateway); else the service does.
+    reserves_itself: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._init_lock = threading.Lock()
@@ -69,27 +74,6 @@ class Pipeline:
     async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
         """Run and return the result fields; raise InferenceFailed or InferenceTimedOut."""
         raise NotImplementedError
-
-
-def optional_number(
-    data: dict[str, Any], key: str, *, kind: type = float, low: float | None = None
-) -> int | float | None:
-    """Read an optional number field, refusing a wrong type (booleans are not numbers)."""
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ParamsRefused(f"{key} must be a number")
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        raise ParamsRefused(f"{key} must be an integer")
-    if low is not None and value < low:
-        raise ParamsRefused(f"{key} must be at least {low:g}")
-    if kind is int:
-        return int(value)
-    try:
-        return float(value)
-    except OverflowError:  # an integer of hundreds of digits: JSON allows it, a float cannot hold it
-        raise ParamsRefused(f"{key} is out of range") from None
 
 
 def optional_string(data: dict[str, Any], key: str) -> str | None:

@@ -16,9 +16,9 @@ from inference.errors import InvalidRequest
 from inference.protocol import CHAT_FIELDS, parse_chat
 from inference.protocol.fields import SAMPLING
 from inference.protocol.structured import FIELDS as STRUCTURED_FIELDS
-from portal.gateway import relay
-from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext, optional_string
-from portal.signed.pipelines.relayed import call_relay, default_model
+from portal.gateway.prepare import CHAT
+from portal.signed.pipelines.base import ParamsRefused, PipelineContext, optional_string
+from portal.signed.pipelines.relayed import Relayed, call_relay, default_model
 from registry.models import ModelTask
 
 GO_INFER = {
@@ -84,7 +84,7 @@ def _messages(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": prompt}]
 
 
-class ChatPipeline(Pipeline):
+class ChatPipeline(Relayed):
     path = "chat"
     data_schema = _data_schema()
     result_schema = {
@@ -112,7 +112,8 @@ class ChatPipeline(Pipeline):
         body = {k: v for k, v in data.items() if k in OPENAI_FIELDS and v is not None}
         body["messages"] = _messages(data)
         try:
-            # The model is resolved later (the default chat model when absent): check the rest now.
+            # go-infer's ApiEntry refuses bad parameters before any work: the model is resolved
+            # later (the default chat model when absent), so a stand-in names it here.
             parse_chat({"model": "default", **body}, strict=True)
         except InvalidRequest as exc:
             raise ParamsRefused(str(exc)) from None
@@ -121,7 +122,7 @@ class ChatPipeline(Pipeline):
     async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
         body = {"model": params.get("model") or await default_model(ModelTask.GENERATE), **params}
         body["stream"] = False
-        result = await call_relay(relay.chat_completion, body, context=context)
+        result = await call_relay(CHAT, body, context=context)
         choice = (result.get("choices") or [{}])[0]
         return {
             "answer": (choice.get("message") or {}).get("content") or "",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from portal.gateway.gateway import current
 from portal.signed.pipelines.base import Pipeline, PipelineContext
-from registry.services.usage import UsageEntry, schedule_usage
+from registry.services.usage import UsageEntry
 
 
 class EchoPipeline(Pipeline):
@@ -37,7 +38,7 @@ class EchoPipeline(Pipeline):
             app_credential_id=context.app_credential_id,
             total_time_ms=0.0,
         )
-        recording = schedule_usage(entry=entry)
+        recording = current().usage.schedule(entry)
         if recording is not None:
             await recording
         return {"echo": params}

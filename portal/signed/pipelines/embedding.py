@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.gateway import relay
-from portal.signed.pipelines.base import ParamsRefused, Pipeline, PipelineContext, optional_string
-from portal.signed.pipelines.relayed import call_relay, default_model
+from portal.gateway.prepare import EMBEDDING
+from portal.signed.pipelines.base import ParamsRefused, PipelineContext, optional_string
+from portal.signed.pipelines.relayed import Relayed, call_relay, default_model
 from registry.models import ModelTask
 
 MAX_TEXTS = 256
 
 
-class EmbeddingPipeline(Pipeline):
+class EmbeddingPipeline(Relayed):
     path = "embedding"
     data_schema = {
         "type": "object",
@@ -72,7 +72,7 @@ class EmbeddingPipeline(Pipeline):
 
     async def infer(self, params: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
         body = {"model": params.get("model") or await default_model(ModelTask.EMBED), **params}
-        result = await call_relay(relay.embeddings, body, context=context)
+        result = await call_relay(EMBEDDING, body, context=context)
         rows = sorted(result.get("data") or [], key=lambda row: row.get("index", 0))
         vectors = [row.get("embedding") for row in rows]
         if len(vectors) != len(params["input"]):

@@ -1,20 +1,34 @@
-"""What the chat and embedding pipelines share: the call through the gateway relay.
+"""What the chat and embedding pipelines share: the call through the gateway.
 
-The relay owns dispatch, failover, cancellation and the usage record; here its
-errors become pipeline errors: a request the gateway refuses (400, 404) is a
-parameter refusal (9701), a timeout is 9997, anything else 9998.
+The gateway admits the body as the app (one resolve, one parse, the app's
+limits reserved) and owns dispatch, failover, cancellation and the usage
+record; here its errors become pipeline errors: a request the gateway
+refuses (400, 404) is a parameter refusal (9701), a timeout is 9997,
+anything else 9998. A limit's refusal (LimitExceeded) passes as it is: the
+service answers it (9807).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from portal.gateway.relay import Caller, GatewayError
-from portal.signed.pipelines.base import InferenceFailed, InferenceTimedOut, ParamsRefused, PipelineContext
+from portal.gateway.caller import Caller
+from portal.gateway.errors import GatewayError
+from portal.gateway.gateway import current
+from portal.signed.pipelines.base import (
+    InferenceFailed,
+    InferenceTimedOut,
+    ParamsRefused,
+    Pipeline,
+    PipelineContext,
+)
 from registry.models import ServedModel
 
-RelayCall = Callable[..., Awaitable[dict[str, Any]]]
+
+class Relayed(Pipeline):
+    """A pipeline answered by a worker through the gateway, which reserves it against the app's quota."""
+
+    reserves_itself: ClassVar[bool] = True
 
 
 async def default_model(task: str) -> str:
@@ -30,11 +44,12 @@ async def default_model(task: str) -> str:
     return names[0]
 
 
-async def call_relay(call: RelayCall, body: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
-    """Send `body` through the relay as the app, mapping gateway errors to pipeline errors."""
-    caller = Caller(source="signed", app_credential_id=context.app_credential_id)
+async def call_relay(door: str, body: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
+    """Send `body` through the gateway's `door` as the app, mapping gateway errors to pipeline errors."""
+    caller = Caller(source="signed", app_credential_id=context.app_credential_id, quota=context.quota)
+    gateway = current()
     try:
-        return await call(body, caller=caller, request_id=context.request_id)
+        return await gateway.run(await gateway.admit(door, caller, body, request_id=context.request_id))
     except GatewayError as exc:
         if exc.status_code == 504:
             raise InferenceTimedOut(exc.message) from exc
