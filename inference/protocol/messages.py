@@ -168,8 +168,3 @@ def _tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:
             entry["id"] = call["id"]
         out.append(entry)
     return out
-
-
-def total_chars(messages: list[dict[str, Any]]) -> int:
-    """Characters of text in a conversation: what the worker bounds before tokenizing."""
-    return sum(len(m["content"]) for m in messages)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from typing import Any
 
 import httpx2
 import pytest
@@ -21,7 +22,7 @@ CALLER = relay.Caller(source="api")
 SYSTEM = "You are the help desk of a small library; answer in one sentence. " * 12
 
 
-def snap(worker_id: int, **kwargs: object) -> WorkerSnapshot:
+def snap(worker_id: int, **kwargs: Any) -> WorkerSnapshot:
     return WorkerSnapshot(
         id=worker_id, identity=f"w{worker_id}", address="", max_concurrency=4, max_queue=4, **kwargs
     )
