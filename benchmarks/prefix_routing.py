@@ -199,7 +199,7 @@ async def routing_run(portal, workers, policy: str, shared: bool, system_words: 
         "from registry.models import ServedModel; m = ServedModel.objects.get(name='smol'); "
         f"m.dispatch_policy = '{policy}'; m.save()",
     )
-    name = f"bench-{policy}-{shared}"
+    name = f"bench-{workers[0].args[workers[0].args.index('--backend') + 1]}-{policy}-{shared}"
     key = manage(env, "createapikey", "--name", name)
     await asyncio.sleep(6)  # another process's change reaches the portal's cached model within its TTL
     headers = {"Authorization": f"Bearer {key.split()[-1]}"}
