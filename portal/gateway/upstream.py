@@ -105,7 +105,7 @@ async def pick_worker(
     skip: set[int],
     busy: set[int],
     last_error: GatewayError | None,
-    prefixes: tuple[PrefixIndex, dict[int, int]] | None = None,
+    prefixes: tuple[PrefixIndex, str, dict[int, int]] | None = None,
 ) -> Any:
     """The next worker to try for `model`, waiting in the queue while every one is busy.
 
@@ -113,8 +113,9 @@ async def pick_worker(
     busy since it last waited. A new request queues behind this portal's queued
     ones rather than take a slot before them. A model with no online worker
     waits too when workers are coming (`demand.workers_coming`: a cold start,
-    or workers re-registering). `prefixes`: the model's prefix index and this
-    prompt's matches, under the cache-aware policy. Raise GatewayError when no
+    or workers re-registering). `prefixes`: the model's prefix index, this
+    prompt's text and its matches, under the cache-aware policy; the workers
+    chosen are recorded in the index as holding it. Raise GatewayError when no
     worker is left, or when the queue's time is up.
     """
     while True:
@@ -128,11 +129,15 @@ async def pick_worker(
         if not others_waiting:
             usable = gateway.counters.with_local_counts(candidates, skip | busy)
             try:
-                matches = prefixes[1] if prefixes is not None else None
+                matches = prefixes[2] if prefixes is not None else None
                 chosen = choose_worker(
                     usable, model.dispatch_policy, allow_full=place.queued, matches=matches
                 )
-                return with_prefill_workers(chosen, usable)
+                paired = with_prefill_workers(chosen, usable, matches)
+                if prefixes is not None:
+                    prefill = [c.id for c in usable if c.address in paired.prefill_from[:1]]
+                    prefixes[0].record(prefixes[1], paired.id, *prefill)
+                return paired
             except NoWorkerAvailable as exc:
                 if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
                     raise _none_left(model, candidates, exc, last_error) from None
@@ -270,7 +275,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     tries = _Tries(gateway=gateway)
     key = ticket.prompt_key
     index = gateway.prefix_index(model.id) if key else None
-    prefixes = (index, index.matches(key)) if index is not None else None
+    prefixes = (index, key, index.matches(key)) if index is not None else None
     demand.arrived(model.name)
     try:
         while True:
@@ -278,8 +283,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
                 gateway, model, place, tries.failed, tries.busy, tries.last_error, prefixes
             )
             if prefixes is not None:
-                prefixes[0].record(key, worker.id)
-                ticket.entry.route = route(worker.id, worker.identity, prefixes[1])
+                ticket.entry.route = route(worker.id, worker.identity, prefixes[2])
             demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:

@@ -150,9 +150,13 @@ def choose_worker(
 MAX_PREFILL_CHOICES = 3
 
 
-def with_prefill_workers(worker: WorkerSnapshot, candidates: list[WorkerSnapshot]) -> WorkerSnapshot:
+def with_prefill_workers(
+    worker: WorkerSnapshot, candidates: list[WorkerSnapshot], matches: Mapping[int, int] | None = None
+) -> WorkerSnapshot:
     """A decode worker paired with the prefill workers it may ask, least loaded first; others as they are.
 
+    Under cache_aware (`matches`), a prefill worker that was sent the prompt's prefix comes first, the
+    longest match first, unless it carries over PREFIX_SLACK requests more than the least loaded.
     Only for the prefill, the decode worker does not need any: without one it prefills itself.
     Both ends are our own workers (`serving_role`): the worker token goes to no remote endpoint.
     """
@@ -161,6 +165,13 @@ def with_prefill_workers(worker: WorkerSnapshot, candidates: list[WorkerSnapshot
     prefills = sorted(
         (c for c in candidates if c.serving_role == "prefill" and not c.is_full), key=lambda c: c.load
     )
+    if matches and prefills:
+        least = prefills[0].load
+        held = sorted(
+            (c for c in prefills if matches.get(c.id) and c.load <= least + PREFIX_SLACK),
+            key=lambda c: -matches[c.id],
+        )
+        prefills = held + [c for c in prefills if c not in held]
     return replace(worker, prefill_from=tuple(c.address for c in prefills[:MAX_PREFILL_CHOICES]))
 
 

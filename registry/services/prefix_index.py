@@ -72,11 +72,11 @@ class PrefixIndex:
                 found[worker] = depth * BLOCK_CHARS
         return found
 
-    def record(self, text: str, worker: int) -> None:
-        """`worker` was sent `text`: it now likely holds every block of it."""
+    def record(self, text: str, *workers: int) -> None:
+        """`workers` were sent `text`: they now likely hold every block of it."""
         keys = _keys(text)
         for key in keys:
-            self._blocks.setdefault(key, set()).add(worker)
+            self._blocks.setdefault(key, set()).update(workers)
         for key in reversed(keys):  # a prefix's first blocks stay the newest: the deepest go first
             self._blocks.move_to_end(key)
         while len(self._blocks) > self.max_blocks:

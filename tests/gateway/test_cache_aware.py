@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from portal.gateway import relay
 from portal.gateway.gateway import current
 from registry.models import DispatchPolicy, ServedModel, UsageRecord
-from registry.services.dispatch import WorkerSnapshot, choose_worker
+from registry.services.dispatch import WorkerSnapshot, choose_worker, with_prefill_workers
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +24,12 @@ SYSTEM = "You are the help desk of a small library; answer in one sentence. " * 
 
 def snap(worker_id: int, **kwargs: Any) -> WorkerSnapshot:
     return WorkerSnapshot(
-        id=worker_id, identity=f"w{worker_id}", address="", max_concurrency=4, max_queue=4, **kwargs
+        id=worker_id,
+        identity=f"w{worker_id}",
+        address=f"http://w{worker_id}",
+        max_concurrency=4,
+        max_queue=4,
+        **kwargs,
     )
 
 
@@ -34,6 +39,22 @@ def test_the_policy_takes_the_longest_match_unless_it_carries_over_two_more_requ
     assert choose_worker([snap(1, in_flight=3), snap(2, in_flight=1)], "cache_aware", matches={1: 64}).id == 1
     busier = [snap(1, in_flight=4), snap(2, in_flight=1), snap(3, in_flight=1)]
     assert choose_worker(busier, DispatchPolicy.CACHE_AWARE, matches={1: 640}).id in (2, 3)
+
+
+def test_a_decode_worker_asks_the_prefill_worker_holding_the_prefix_first():
+    decode = snap(1, role="decode")
+    prefills = [
+        snap(2, role="prefill", in_flight=2),
+        snap(3, role="prefill"),
+        snap(4, role="prefill", in_flight=1),
+    ]
+    paired = with_prefill_workers(decode, [decode, *prefills], matches={2: 640, 4: 128})
+    assert paired.prefill_from == ("http://w2", "http://w4", "http://w3")
+    busy = [snap(2, role="prefill", in_flight=3), snap(3, role="prefill")]  # 3 > 0 + 2: by load
+    assert with_prefill_workers(decode, [decode, *busy], matches={2: 640}).prefill_from == (
+        "http://w3",
+        "http://w2",
+    )
 
 
 def answer(request: httpx2.Request) -> httpx2.Response:

@@ -13,8 +13,8 @@ RNG = random.Random(7)
 def test_a_conversations_next_turn_matches_the_worker_that_served_it():
     index = PrefixIndex()
     turn1 = SYSTEM + "user: When do you open?"
-    index.record(turn1, worker=1)
-    index.record("Another system prompt entirely. " * 30, worker=2)
+    index.record(turn1, 1)
+    index.record("Another system prompt entirely. " * 30, 2)
     turn2 = turn1 + "assistant: At nine.user: And close?"
     found = index.matches(turn2)
     assert set(found) == {1}
@@ -23,8 +23,8 @@ def test_a_conversations_next_turn_matches_the_worker_that_served_it():
 
 def test_a_shared_prefix_matches_every_worker_sent_it_as_deep_as_each_went():
     index = PrefixIndex()
-    index.record(SYSTEM + "user: a question about opening hours", worker=1)
-    index.record(SYSTEM + "user: a question about late fees, rather longer than the other" * 3, worker=2)
+    index.record(SYSTEM + "user: a question about opening hours", 1)
+    index.record(SYSTEM + "user: a question about late fees, rather longer than the other" * 3, 2)
     found = index.matches(SYSTEM + "user: a question about late fees, rather longer than the other" * 3)
     assert found[2] > found[1] >= len(SYSTEM) // BLOCK_CHARS * BLOCK_CHARS - BLOCK_CHARS
     assert index.matches("x" + SYSTEM) == {}  # a different first character: nothing in common
@@ -32,8 +32,8 @@ def test_a_shared_prefix_matches_every_worker_sent_it_as_deep_as_each_went():
 
 def test_the_index_is_bounded_and_forgets_the_oldest_prefixes_first():
     index = PrefixIndex(max_blocks=20)
-    index.record("a" * BLOCK_CHARS * 15, worker=1)
-    index.record("b" * BLOCK_CHARS * 15, worker=2)
+    index.record("a" * BLOCK_CHARS * 15, 1)
+    index.record("b" * BLOCK_CHARS * 15, 2)
     assert len(index) == 20
     assert index.matches("b" * BLOCK_CHARS * 15) == {2: 15 * BLOCK_CHARS}
     assert index.matches("a" * BLOCK_CHARS * 15) == {1: 5 * BLOCK_CHARS}  # its first blocks stayed
@@ -41,8 +41,8 @@ def test_the_index_is_bounded_and_forgets_the_oldest_prefixes_first():
 
 def test_a_worker_that_leaves_leaves_the_index():
     index = PrefixIndex()
-    index.record(SYSTEM, worker=1)
-    index.record(SYSTEM, worker=2)
+    index.record(SYSTEM, 1)
+    index.record(SYSTEM, 2)
     index.keep_only([2])
     assert set(index.matches(SYSTEM)) == {2}
     index.keep_only([])
@@ -70,7 +70,7 @@ def test_a_conversation_is_keyed_by_its_tools_and_messages_in_order():
 
 def test_following_the_online_workers_forgets_only_when_one_left():
     index = PrefixIndex()
-    index.record(SYSTEM, worker=1)
+    index.record(SYSTEM, 1)
     index.follow([1])
     index.follow([1, 2])  # a newcomer: nothing to forget
     assert set(index.matches(SYSTEM)) == {1}
