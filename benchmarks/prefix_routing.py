@@ -275,7 +275,7 @@ async def routing_part(engine: str, args: argparse.Namespace, tmp: str) -> list[
     first = start_worker(*worker_args(engine, "smol", "--worker-id", "w1"), env=env, timeout=300)
     second = start_worker(*worker_args(engine, "smol", "--worker-id", "w2"), env=env, timeout=300)
     with first, second, PortalProcess(free_port(), env) as portal:
-        for shared in (False, True):
+        for shared in [p == "shared" for p in args.prompts.split(",")]:
             for policy in ("least_inflight", "cache_aware"):
                 figures = await routing_run(
                     portal, [first, second], policy, shared, args.system_words, args.turns, env
@@ -293,6 +293,9 @@ def main() -> None:
     parser.add_argument("--prefix-words", type=int, default=1400, help="about 1,500 tokens")
     parser.add_argument("--system-words", type=int, default=1120, help="about 1,200 tokens")
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument(
+        "--prompts", default="distinct,shared", help="routing loads: distinct, shared or both"
+    )
     args = parser.parse_args()
     engines = args.engines.split(",")
     with tempfile.TemporaryDirectory(prefix="prefix-bench-") as tmp:
