@@ -47,6 +47,19 @@ FAILOVER_FAULTS = ("busy", "misrouted", "worker", "credentials")  # another work
 T = TypeVar("T")
 
 
+@dataclass
+class PrefixLookup:
+    """A cache-aware request's prompt text against its model's index, and what it matched last."""
+
+    index: PrefixIndex
+    text: str
+    matches: dict[int, int] = field(default_factory=dict)
+
+    def match(self) -> dict[int, int]:
+        self.matches = self.index.matches(self.text)
+        return self.matches
+
+
 class WorkerDied(Exception):
     """The worker broke before its first answer: another worker may take the request."""
 
@@ -105,7 +118,7 @@ async def pick_worker(
     skip: set[int],
     busy: set[int],
     last_error: GatewayError | None,
-    prefixes: tuple[PrefixIndex, str, dict[int, int]] | None = None,
+    prefixes: PrefixLookup | None = None,
 ) -> Any:
     """The next worker to try for `model`, waiting in the queue while every one is busy.
 
@@ -113,15 +126,16 @@ async def pick_worker(
     busy since it last waited. A new request queues behind this portal's queued
     ones rather than take a slot before them. A model with no online worker
     waits too when workers are coming (`demand.workers_coming`: a cold start,
-    or workers re-registering). `prefixes`: the model's prefix index, this
-    prompt's text and its matches, under the cache-aware policy; the workers
-    chosen are recorded in the index as holding it. Raise GatewayError when no
+    or workers re-registering). `prefixes`: the model's prefix index and this
+    prompt's text, under the cache-aware policy: matched just before the choice
+    (requests arriving together see each other's), and the workers chosen are
+    recorded as holding it. Raise GatewayError when no
     worker is left, or when the queue's time is up.
     """
     while True:
         candidates = await aget_candidates(served_model_id=model.id)
         if prefixes is not None:
-            prefixes[0].follow(c.id for c in candidates)
+            prefixes.index.follow(c.id for c in candidates)
         coming = None if candidates or last_error else await demand.workers_coming(model)
         if coming is not None and not place.queued:
             place.timeout = coming
@@ -129,14 +143,14 @@ async def pick_worker(
         if not others_waiting:
             usable = gateway.counters.with_local_counts(candidates, skip | busy)
             try:
-                matches = prefixes[2] if prefixes is not None else None
+                matches = prefixes.match() if prefixes is not None else None
                 chosen = choose_worker(
                     usable, model.dispatch_policy, allow_full=place.queued, matches=matches
                 )
                 paired = with_prefill_workers(chosen, usable, matches)
                 if prefixes is not None:
                     prefill = [c.id for c in usable if c.address in paired.prefill_from[:1]]
-                    prefixes[0].record(prefixes[1], paired.id, *prefill)
+                    prefixes.index.record(prefixes.text, paired.id, *prefill)
                 return paired
             except NoWorkerAvailable as exc:
                 if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
@@ -274,8 +288,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     )
     tries = _Tries(gateway=gateway)
     key = ticket.prompt_key
-    index = gateway.prefix_index(model.id) if key else None
-    prefixes = (index, key, index.matches(key)) if index is not None else None
+    prefixes = PrefixLookup(gateway.prefix_index(model.id), key) if key else None
     demand.arrived(model.name)
     try:
         while True:
@@ -283,7 +296,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
                 gateway, model, place, tries.failed, tries.busy, tries.last_error, prefixes
             )
             if prefixes is not None:
-                ticket.entry.route = route(worker.id, worker.identity, prefixes[2])
+                ticket.entry.route = route(worker.id, worker.identity, prefixes.matches)
             demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:

@@ -130,3 +130,34 @@ async def test_requests_arriving_together_see_each_others_choices(upstream):
         asyncio.gather(*(relay.chat_completion(dict(body), caller=CALLER) for _ in range(8))), timeout=30
     )
     assert sorted(Counter(arrived).values()) == [4, 4]
+
+
+async def test_a_shared_prompt_arriving_at_once_is_matched_and_still_spread(upstream):
+    model = await ServedModel.objects.acreate(name="tiny", dispatch_policy=DispatchPolicy.CACHE_AWARE)
+    for name in ("w1", "w2"):
+        await sync_to_async(add_worker)(model, name)
+    arrived: list[str] = []
+    everyone = asyncio.Event()
+
+    async def held(request: httpx2.Request) -> httpx2.Response:
+        arrived.append(request.url.host)
+        if len(arrived) == 8:
+            everyone.set()
+        await everyone.wait()
+        return httpx2.Response(200, json=chat_result())
+
+    upstream(held)
+    ask = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                relay.chat_completion({"model": "tiny", "messages": ask}, caller=CALLER, request_id=f"r{i}")
+                for i in range(8)
+            )
+        ),
+        timeout=30,
+    )
+    assert min(Counter(arrived).values()) >= 3  # within the bounded load: neither worker takes it all
+    await current().usage.flush()
+    routes = [r async for r in UsageRecord.objects.values_list("route", flat=True)]
+    assert routes.count("least loaded (no prefix match)") == 1  # the others saw the first one's choice
