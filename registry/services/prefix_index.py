@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 BLOCK_CHARS = 64  # about 16 tokens of English, the engines' block
+ROUTE_CHARS = 200  # UsageRecord.route: a long worker identity must not overflow it
 MAX_BLOCKS = 100_000  # per model: ~6 MB of text prefixes' keys
 
 
@@ -114,6 +115,8 @@ def choose(
 def route(worker_id: int, identity: str, matches: Mapping[int, int]) -> str:
     """Why `choose` sent a request to this worker, for its usage record."""
     if matched := matches.get(worker_id, 0):
-        return f"prefix of {matched} chars on {identity}"
-    held = max(matches.values(), default=0)
-    return f"least loaded ({f'the {held}-char match was busier' if held else 'no prefix match'})"[:200]
+        reason = f"prefix of {matched} chars on {identity}"
+    else:
+        held = max(matches.values(), default=0)
+        reason = f"least loaded ({f'the {held}-char match was busier' if held else 'no prefix match'})"
+    return reason[:ROUTE_CHARS]

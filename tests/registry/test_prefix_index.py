@@ -57,6 +57,7 @@ def test_the_longest_match_wins_within_the_slack_then_the_least_loaded():
     assert route(12, "w12", matches) == "least loaded (the 640-char match was busier)"
     assert choose([2, 0], [10, 11], {}, slack=2, rng=RNG) == 1
     assert route(11, "w11", {}) == "least loaded (no prefix match)"
+    assert len(route(10, "w" * 500, matches)) == 200  # fits UsageRecord.route whatever the identity
 
 
 def test_a_conversation_is_keyed_by_its_tools_and_messages_in_order():
