@@ -110,8 +110,9 @@ async def test_a_streamed_answer_records_its_cached_tokens(upstream):
     assert (record.prompt_tokens, record.cached_tokens, record.route) == (40, 32, "")
 
 
-async def test_requests_arriving_together_see_each_others_choices(upstream):
-    model = await ServedModel.objects.acreate(name="tiny", dispatch_policy=DispatchPolicy.LEAST_INFLIGHT)
+async def eight_at_once(upstream, policy: str, messages: list[dict[str, str]]) -> list[str]:
+    """Send 8 requests together to two workers, each held until all 8 arrived; the hosts they reached."""
+    model = await ServedModel.objects.acreate(name="tiny", dispatch_policy=policy)
     for name in ("w1", "w2"):
         await sync_to_async(add_worker)(model, name)
     arrived: list[str] = []
@@ -125,38 +126,22 @@ async def test_requests_arriving_together_see_each_others_choices(upstream):
         return httpx2.Response(200, json=chat_result())
 
     upstream(held)
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
-    await asyncio.wait_for(
-        asyncio.gather(*(relay.chat_completion(dict(body), caller=CALLER) for _ in range(8))), timeout=30
+    body = {"model": "tiny", "messages": messages}
+    sends = (relay.chat_completion(dict(body), caller=CALLER, request_id=f"r{i}") for i in range(8))
+    await asyncio.wait_for(asyncio.gather(*sends), timeout=30)
+    return arrived
+
+
+async def test_requests_arriving_together_see_each_others_choices(upstream):
+    arrived = await eight_at_once(
+        upstream, DispatchPolicy.LEAST_INFLIGHT, [{"role": "user", "content": "hi"}]
     )
     assert sorted(Counter(arrived).values()) == [4, 4]
 
 
 async def test_a_shared_prompt_arriving_at_once_is_matched_and_still_spread(upstream):
-    model = await ServedModel.objects.acreate(name="tiny", dispatch_policy=DispatchPolicy.CACHE_AWARE)
-    for name in ("w1", "w2"):
-        await sync_to_async(add_worker)(model, name)
-    arrived: list[str] = []
-    everyone = asyncio.Event()
-
-    async def held(request: httpx2.Request) -> httpx2.Response:
-        arrived.append(request.url.host)
-        if len(arrived) == 8:
-            everyone.set()
-        await everyone.wait()
-        return httpx2.Response(200, json=chat_result())
-
-    upstream(held)
     ask = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
-    await asyncio.wait_for(
-        asyncio.gather(
-            *(
-                relay.chat_completion({"model": "tiny", "messages": ask}, caller=CALLER, request_id=f"r{i}")
-                for i in range(8)
-            )
-        ),
-        timeout=30,
-    )
+    arrived = await eight_at_once(upstream, DispatchPolicy.CACHE_AWARE, ask)
     assert min(Counter(arrived).values()) >= 3  # within the bounded load: neither worker takes it all
     await current().usage.flush()
     routes = [r async for r in UsageRecord.objects.values_list("route", flat=True)]
