@@ -42,7 +42,7 @@ CODE_MEANINGS: dict[Code, str] = {
     Code.OK: "success",
     Code.BAD_SIGNATURE: "bad signature",
     Code.BAD_FIELD: "missing, wrong-typed or malformed field (the message names it), or a body that is "
-    "not JSON",
+    "not JSON or not sent as application/json",
     Code.TIMESTAMP_OUTSIDE_WINDOW: "timestamp more than SIGNED_TIMESTAMP_WINDOW seconds from the server time",
     Code.SIGN_TYPE_NOT_ALLOWED: "signType unknown or not allowed for this app",
     Code.REPLAYED: "replay: this exact signature was accepted before, inside the window",

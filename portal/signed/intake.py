@@ -2,8 +2,9 @@
 
 Unauthenticated clients choose the body, and checking and canonicalising a
 1 MiB one costs a tenth of a second or more, so the work goes cheapest first:
-the size is capped (9809); the appId is read at a glance, from the body's
-leading or trailing scalar members, and looked up, so that an unknown app is
+a body declared as anything but JSON is refused (9801); the size is capped
+(9809); the appId is read at a glance, from the body's leading or trailing
+scalar members, and looked up, so that an unknown app is
 refused (9805) before the body is parsed at all; only when the glance cannot
 see it is the body parsed first — once, and that parse is reused — and still
 looked up before it is canonicalised. Parsing and canonicalising run in a
@@ -38,6 +39,8 @@ App = TypeVar("App")
 
 # Parsing and canonicalising this much takes ~2 ms at worst (many tiny keys): fine on the loop.
 INLINE_BYTES = 16 * 1024
+# application/json and its structured-syntax kin (application/problem+json and the like).
+JSON_MEDIA_TYPE = re.compile(r"^application/([\w.+-]+\+)?json$")
 # How much of each end of the body the glance reads.
 _GLANCE_BYTES = 4096
 _SCALAR = json.JSONDecoder()
@@ -103,13 +106,14 @@ async def off_loop_if_large(size: int, func: Callable[..., T], *args: object) ->
 
 
 async def read_request(
-    body: bytes, *, max_bytes: int, find_app: Callable[[str], Awaitable[App]]
+    body: bytes, *, content_type: str, max_bytes: int, find_app: Callable[[str], Awaitable[App]]
 ) -> tuple[App, SignedRequest]:
-    """Refuse an oversized body, find the caller, then parse and check the body (off the loop when big).
+    """Refuse a non-JSON or oversized body, find the caller, then parse and check it (off the loop when big).
 
     `find_app(app_id)` returns the app or raises (9805 for an unknown one); it
     is awaited before the body is parsed whenever the glance sees the appId.
     """
+    check_content_type(content_type)
     if len(body) > max_bytes:
         raise SignedApiError(Code.BODY_TOO_LARGE, f"the body is larger than {max_bytes} bytes")
     app_id = glance_app_id(body)
@@ -124,6 +128,13 @@ async def read_request(
     if request.app_id != app_id:  # a duplicate key: the glance saw the first, the parse kept the last
         raise SignedApiError(Code.BAD_FIELD, "malformed field: appId (given twice, with different values)")
     return app, request
+
+
+def check_content_type(content_type: str) -> None:
+    """Refuse a body declared as anything but JSON (9801); a body declared as nothing is read as JSON."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type and not JSON_MEDIA_TYPE.match(media_type):
+        raise SignedApiError(Code.BAD_FIELD, f"the body is sent as {media_type}; send it as application/json")
 
 
 def _read_fields(body: bytes, fields: dict[str, Any] | None) -> SignedRequest:

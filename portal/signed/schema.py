@@ -35,7 +35,8 @@ REQUEST_ID_PATTERN = "^[0-9]{8}[0-9a-f]{32}$"
 
 DESCRIPTION = """go-infer compatible signed request. The string to sign is every top-level key but \
 `signData`, sorted by byte order, as `k=v&`, then `key=<secret>`; `data` is written as compact JSON \
-with sorted keys (portal/signed/README.md has the details, `portal/signed/client.py` signs).
+with sorted keys (portal/signed/README.md has the details, `portal/signed/client.py` signs). \
+The body is JSON, sent as `application/json` (or with no Content-Type); any other type is refused (9801).
 
 The reply is always HTTP 200: `code` 0 is success, any other code a refusal whose `data.msg` says \
 why. An exact replay of an accepted signature inside the timestamp window is refused (9804)."""

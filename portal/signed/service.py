@@ -150,7 +150,7 @@ async def _serve(
 
 
 async def handle_signed_request(
-    *, body: bytes, path: str, policies: Sequence[SignaturePolicy]
+    *, body: bytes, content_type: str, path: str, policies: Sequence[SignaturePolicy]
 ) -> dict[str, Any]:
     """Answer one request with the envelope; every refusal is a code, never an exception.
 
@@ -160,7 +160,9 @@ async def handle_signed_request(
     app_id = ""
     try:
         max_bytes = int(settings.SIGNED_MAX_BODY_BYTES)
-        credential, request = await read_request(body, max_bytes=max_bytes, find_app=find_app)
+        credential, request = await read_request(
+            body, content_type=content_type, max_bytes=max_bytes, find_app=find_app
+        )
         policy = await authenticate(request, credential, policies)
         # Like go-infer, the appId is echoed only once the signature proved it.
         app_id = credential.app_id

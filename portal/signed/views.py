@@ -45,5 +45,7 @@ class SignedView(APIView):
         # One byte past the cap is enough to refuse an oversized body without copying all of it.
         body = request.read(int(settings.SIGNED_MAX_BODY_BYTES) + 1)
         policies = signature_policies(self.get_authenticators())
-        reply = await handle_signed_request(body=body, path=pipeline, policies=policies)
+        reply = await handle_signed_request(
+            body=body, content_type=request.content_type or "", path=pipeline, policies=policies
+        )
         return JsonResponse(reply, json_dumps_params={"ensure_ascii": False})

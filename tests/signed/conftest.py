@@ -65,9 +65,11 @@ def app(transactional_db: None) -> App:
     return App(credential.app_id, secret, credential.pk, private_key)
 
 
-async def post(pipeline: str, body: dict[str, Any] | bytes) -> dict[str, Any]:
+async def post(
+    pipeline: str, body: dict[str, Any] | bytes, content_type: str = "application/json"
+) -> dict[str, Any]:
     """POST to the endpoint with Django's async test client; every answer must be HTTP 200 JSON."""
     payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8")
-    response = await AsyncClient().post(f"/api/{pipeline}", data=payload, content_type="application/json")
+    response = await AsyncClient().post(f"/api/{pipeline}", data=payload, content_type=content_type)
     assert response.status_code == 200
     return dict(response.json())

@@ -81,6 +81,27 @@ async def test_malformed_app_id_is_9801_without_any_lookup(
     assert lookups == []
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+async def test_a_body_sent_as_anything_but_json_is_9801_without_any_lookup(
+    content_type: str, lookups: list[str]
+) -> None:
+    reply = await post("echo", b'{"appId": "some-app", "data": {}}', content_type=content_type)
+
+    assert reply["code"] == 9801
+    assert content_type in reply["data"]["msg"]
+    assert "application/json" in reply["data"]["msg"]
+    assert lookups == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["", "application/json", "Application/JSON; charset=utf-8", "application/vnd.x+json"]
+)
+def test_json_or_undeclared_bodies_are_read(content_type: str) -> None:
+    intake.check_content_type(content_type)  # no refusal
+
+
 async def test_well_formed_app_ids_reach_the_lookup(lookups: list[str]) -> None:
     for app_id in ("3EA25569454745D01219080B779F021F", "a" * 128, "app-1.prod_2"):
         reply = await post(
