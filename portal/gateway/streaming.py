@@ -49,6 +49,22 @@ def _has_content(payload: str) -> bool:
     return False
 
 
+async def _event_batches(response: httpx2.Response) -> AsyncIterator[list[str]]:
+    """The stream's `data:` payloads, "[DONE]" included, grouped by the read that completed them.
+
+    Lines end in LF or CRLF (a bare CR is not a line end here: workers do not send it).
+    """
+    rest = b""
+    async for chunk in response.aiter_bytes():
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        batch = [line[5:].strip().decode("utf-8", "replace") for line in lines if line.startswith(b"data:")]
+        if batch:
+            yield batch
+    if rest.startswith(b"data:"):  # the last line, without its line end
+        yield [rest[5:].strip().decode("utf-8", "replace")]
+
+
 class ChatStream:
     """Async iterator of OpenAI chunk dicts for a streaming chat (or text) completion."""
 
@@ -63,9 +79,9 @@ class ChatStream:
         self._include_usage = prepared.include_usage
         self._ticket = prepared.ticket
         self._response: httpx2.Response | None = None
-        self._lines: AsyncIterator[str] | None = None
-        self._first: str | None = None
-        self._payloads: AsyncIterator[str] | None = None
+        self._batches: AsyncIterator[list[str]] | None = None
+        self._first: list[str] | None = None
+        self._payloads: AsyncIterator[list[str]] | None = None
 
     async def open(self) -> None:
         """Dispatch and read the first event; raise GatewayError if no worker could start it."""
@@ -100,30 +116,22 @@ class ChatStream:
             content = await response.aread()
             await self._close_response()
             raise error_from_response(response.status_code, content)
-        self._lines = response.aiter_lines()
-        first = await self._next_payload()
+        self._batches = _event_batches(response)
+        first = await anext(self._batches, None)
         if first is None:
             raise WorkerDied("the stream ended before its first event")
         self._first = first
         self._ticket.first_token()
         self.time_to_first_token_ms = self._ticket.entry.time_to_first_token_ms
 
-    async def _next_payload(self) -> str | None:
-        """The next `data:` payload, "[DONE]" included; None at the end of the stream."""
-        assert self._lines is not None
-        async for line in self._lines:
-            if line.startswith("data:"):
-                return line[5:].strip()
-        return None
-
     async def _read_to_end(self) -> None:
         # The response's last chunk follows [DONE]: a response read to its end returns its
         # connection to the pool, one closed before is dropped and the next request reconnects.
         # Bounded: an upstream that stalls after [DONE] only costs its connection.
-        assert self._lines is not None
+        assert self._batches is not None
         with contextlib.suppress(httpx2.HTTPError, TimeoutError):
             async with asyncio.timeout(READ_TO_END_SECONDS):
-                async for _ in self._lines:
+                async for _ in self._batches:
                     pass
 
     def _note(self, payload: str) -> bool:
@@ -146,23 +154,35 @@ class ChatStream:
                 return self._include_usage or bool(chunk.get("choices"))
         return True
 
-    def payloads(self) -> AsyncIterator[str]:
-        """The events' JSON text as the worker sent it (no re-encoding), ending at [DONE]."""
+    def payloads(self) -> AsyncIterator[list[str]]:
+        """The events' JSON text as the worker sent it (no re-encoding), in batches, up to [DONE].
+
+        A batch is what one read from the worker completed: several events at once
+        under load, so that they reach the client in one write.
+        """
         if self._payloads is None:
             self._payloads = self._iterate()
         return self._payloads
 
-    async def _iterate(self) -> AsyncIterator[str]:
-        if self._first is None:
+    async def _iterate(self) -> AsyncIterator[list[str]]:
+        if self._first is None or self._batches is None:
             raise RuntimeError("ChatStream.open() must be awaited before iterating.")
-        payload: str | None = self._first
+        batch: list[str] | None = self._first
+        done = False
         try:
-            while payload is not None and payload != "[DONE]":
-                if self._note(payload):
-                    self._ticket.chunks += _has_content(payload)
-                    yield payload
-                payload = await self._next_payload()
-            if payload is None:
+            while batch is not None and not done:
+                relayed = []
+                for payload in batch:
+                    if payload == "[DONE]":
+                        done = True
+                        break
+                    if self._note(payload):
+                        relayed.append(payload)
+                if relayed:
+                    yield relayed
+                if not done:
+                    batch = await anext(self._batches, None)
+            if not done:
                 raise WorkerDied("the worker closed the stream before [DONE]")
             self._ticket.finish()
             await self._ticket.recorded()
@@ -171,23 +191,31 @@ class ChatStream:
             error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx2.TimeoutException) else None
             error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")
             self._ticket.finish(UsageStatus.ERROR, error)
-            yield json.dumps(error.to_openai())
+            yield [json.dumps(error.to_openai())]
         finally:
             # Reaching here unfinished means the consumer left early: abort and record it as cancelled.
             self._ticket.finish(UsageStatus.CANCELLED)
             await self._close_response()
 
+    def _relaying(self, payload: str) -> None:
+        # Counted as it goes out: a stream cut short is billed for the chunks its client got.
+        self._ticket.chunks += _has_content(payload)
+
     def __aiter__(self) -> AsyncIterator[dict]:
         return self._dicts()
 
     async def _dicts(self) -> AsyncIterator[dict]:
-        async for payload in self.payloads():
-            yield json.loads(payload)
+        async for batch in self.payloads():
+            for payload in batch:
+                self._relaying(payload)
+                yield json.loads(payload)
 
     async def sse(self) -> AsyncIterator[bytes]:
-        """Server-sent events for the client, ending with `data: [DONE]`."""
-        async for payload in self.payloads():
-            yield b"data: " + payload.encode() + b"\n\n"
+        """Server-sent events for the client, a batch per write, ending with `data: [DONE]`."""
+        async for batch in self.payloads():
+            for payload in batch:
+                self._relaying(payload)
+            yield b"".join(b"data: " + payload.encode() + b"\n\n" for payload in batch)
         yield DONE
 
     async def aclose(self) -> None:

@@ -118,6 +118,29 @@ class _TrailingBytes(httpx2.AsyncByteStream):
         self.read_to_end = True
 
 
+class _Reads(httpx2.AsyncByteStream):
+    """A worker's stream delivered in the given reads."""
+
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = reads
+
+    async def __aiter__(self):
+        for part in self.reads:
+            yield part
+
+
+async def test_events_one_read_completes_reach_the_client_in_one_write(served_model, upstream):
+    await sync(add_worker, served_model, "w1")
+    events = sse(chunk("a"), chunk("b"), chunk("c")).replace(b"\n", b"\r\n")  # CRLF line ends too
+    cut = events.index(b'"b"') + 1  # a read that ends inside an event
+    upstream(lambda r: httpx2.Response(200, stream=_Reads(events[:cut], events[cut:])))
+    stream = await relay.stream_chat_completion(dict(BODY), caller=CALLER)
+    writes = [e async for e in stream.sse()]
+    assert writes[0] == sse(chunk("a"), done=False)
+    assert writes[1] == sse(chunk("b"), chunk("c"), done=False)
+    assert writes[2:] == [b"data: [DONE]\n\n"]
+
+
 async def test_finished_stream_reads_the_worker_response_to_its_end(served_model, upstream):
     # httpx2 drops (instead of pooling) a connection whose response was closed unread.
     await sync(add_worker, served_model, "w1")
