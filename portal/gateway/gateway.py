@@ -27,6 +27,7 @@ from portal.gateway import send
 from portal.gateway.caller import Caller
 from portal.gateway.client import make_client
 from portal.gateway.counters import Counters
+from portal.gateway.demand import Demand
 from portal.gateway.limit_stores import LimitStores
 from portal.gateway.per_loop import Loops
 from portal.gateway.prepare import Prepared, admit
@@ -49,6 +50,7 @@ class Gateway:
         self.loops = Loops()
         self.transport = transport  # in place of the network (tests)
         self.counters = Counters()
+        self.demand = Demand()  # this portal's load per model, for the fleet's scheduler
         self.limits = LimitStores(self.loops)
         self.queues = Queues(self.loops)
         self.usage = UsageWriter(lambda url, make: self.loops.get(("usage-stream", url), make))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx2
 from django.conf import settings
 
-from portal.gateway import demand, queue
+from portal.gateway import queue
 from portal.gateway.errors import (
     GatewayError,
     credentials_refused,
@@ -125,7 +125,7 @@ async def pick_worker(
     `skip`: workers that failed this request; `busy`: those that refused it as
     busy since it last waited. A new request queues behind this portal's queued
     ones rather than take a slot before them. A model with no online worker
-    waits too when workers are coming (`demand.workers_coming`: a cold start,
+    waits too when workers are coming (`Demand.workers_coming`: a cold start,
     or workers re-registering). `prefixes`: the model's prefix index and this
     prompt's text, under the cache-aware policy: matched just before the choice
     (requests arriving together see each other's), and the workers chosen are
@@ -136,7 +136,7 @@ async def pick_worker(
         candidates = await aget_candidates(served_model_id=model.id)
         if prefixes is not None:
             prefixes.index.follow(c.id for c in candidates)
-        coming = None if candidates or last_error else await demand.workers_coming(model)
+        coming = None if candidates or last_error else await gateway.demand.workers_coming(model)
         if coming is not None and not place.queued:
             place.timeout = coming
         others_waiting = place.enabled and not place.queued and gateway.queues.waiting_here(model.id) > 0
@@ -155,7 +155,7 @@ async def pick_worker(
             except NoWorkerAvailable as exc:
                 if coming is None and not (place.enabled and candidates and (exc.all_full or busy)):
                     raise _none_left(model, candidates, exc, last_error) from None
-        demand.waiting(model.name, place.member)
+        gateway.demand.waiting(model.name, place.member)
         await _wait_turn(model, place, cold=coming is not None)
         busy.clear()
 
@@ -289,7 +289,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
     tries = _Tries(gateway=gateway)
     key = ticket.prompt_key
     prefixes = PrefixLookup(gateway.prefix_index(model.id), key) if key else None
-    demand.arrived(model.name)
+    gateway.demand.arrived(model.name)
     try:
         while True:
             worker = await pick_worker(
@@ -297,7 +297,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             )
             if prefixes is not None:
                 ticket.entry.route = route(worker.id, worker.identity, prefixes.matches)
-            demand.stopped_waiting(model.name, place.member)
+            gateway.demand.stopped_waiting(model.name, place.member)
             await place.leave()  # the next in line may go while this one tries its worker
             if tries.left is not None and tries.left[0] != worker.identity:
                 instruments.record_failover(model=model.name, worker=tries.left[0], reason=tries.left[1])
@@ -317,7 +317,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             if tries.last_error is not None and tries.failures >= max(1, settings.GATEWAY_MAX_ATTEMPTS):
                 raise tries.last_error
     finally:
-        demand.finished(model.name, place.member)
+        gateway.demand.finished(model.name, place.member)
         await place.close()
 
 

@@ -9,7 +9,6 @@ a model nobody deploys is refused at once, as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx2
@@ -27,13 +26,6 @@ from tests.gateway.conftest import add_worker, chat_result
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_demand() -> Iterator[None]:
-    demand.clear()
-    yield
-    demand.clear()
 
 
 def caller(key_id: int = 1) -> relay.Caller:
@@ -124,7 +116,7 @@ async def test_a_request_waits_for_workers_that_vanished_a_moment_ago(served_mod
 
 
 async def test_workers_silent_for_over_a_minute_or_drained_by_an_operator_are_not_waited_for(
-    served_model, upstream
+    served_model, upstream, gateway
 ):
     worker = await sync_to_async(add_worker)(served_model, "w1")
     long_ago = timezone.now() - timedelta(seconds=demand.REREGISTER_WINDOW + 5)
@@ -133,7 +125,7 @@ async def test_workers_silent_for_over_a_minute_or_drained_by_an_operator_are_no
         with pytest.raises(GatewayError) as info:
             await relay.chat_completion(dict(BODY), caller=caller())
         assert info.value.code == "no_worker_available"
-        demand.clear()
+        gateway.demand = demand.Demand()  # what it learnt of the workers is cached
         await Worker.objects.filter(pk=worker.pk).aupdate(
             last_heartbeat=timezone.now(), intent=WorkerIntent.REMOVE
         )
