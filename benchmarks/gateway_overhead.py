@@ -8,8 +8,14 @@ each concurrency level streams the same chat requests to the worker directly
 and through the portal. Two engines: the canned-token engine (a named fake,
 no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU
 (llama.cpp unless `--backend` says otherwise).
-Reported: added TTFT p50/p95 (portal − direct) and throughput ratio portal ÷ direct,
-for arrivals spread over time (independent users) and in synchronized waves.
+Beside them, a bare relay (`benchmarks/bare_relay.py`: daphne and a pooled
+httpx2 client, nothing else), the floor of any relay on this stack.
+Reported: added TTFT p50/p95 (portal − direct), the bare relay's added p50,
+and throughput ratios portal ÷ direct and bare ÷ direct, for arrivals spread
+over time (independent users) and in synchronized waves. The client, the
+relays and the worker share the machine's cores: at high concurrency the
+ratios measure how much CPU a relay takes from the others as much as its
+latency.
 """
 
 from __future__ import annotations
@@ -111,11 +117,44 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
+def start_bare_relay(env: dict[str, str], upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "benchmarks.bare_relay:app",
+    ]
+    process = subprocess.Popen(  # no access log
+        command,
+        cwd=REPO,
+        env={**env, "UPSTREAM": upstream},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx2.get(f"{url}/ready", timeout=1)
+            return process, url
+        except httpx2.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the bare relay did not start") from None
+            time.sleep(0.2)
+
+
 def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: argparse.Namespace) -> None:
     name = worker_args[worker_args.index("--model-names") + 1]
     with start_worker(*worker_args, env=env, timeout=300) as worker:
         portal = PortalProcess(free_port(), env)
         portal.wait_ready(60)
+        bare, bare_url = start_bare_relay(env, worker.address)
         try:
             # Limits far above the load: the rate-limit path runs on every request, as in production.
             limits = ("--rpm", "1000000", "--tpm", "1000000000")
@@ -131,8 +170,9 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
             single = asyncio.run(measure(f"{worker.address}/v1/chat/completions", body, {}, 1, 4))
             spread = single.seconds / 4  # one request's duration: arrivals spread over it
             print(f"\n== {label}: {args.max_tokens} tokens per request")
-            header = ("arrivals", "c", "direct p50", "portal p50", "added p50", "added p95", "ratio")
-            print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6}".format(*header))
+            header = ("arrivals", "c", "direct p50", "portal p50", "added p50", "added p95", "ratio",
+                      "bare added p50", "bare ratio")  # fmt: skip
+            print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6} {:>15} {:>10}".format(*header))
             for level in args.levels:
                 total = max(4 * level, args.requests_per_level)  # each client sends 4 or more
                 for arrivals, offset in (("spread", spread), ("waves", 0.0)):
@@ -144,14 +184,22 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
                     relayed = asyncio.run(
                         measure(f"{portal.url}/v1/chat/completions", body, auth, level, total, offset)
                     )
+                    floor = asyncio.run(
+                        measure(f"{bare_url}/v1/chat/completions", body, {}, level, total, offset)
+                    )
                     added50 = relayed.pct(0.5) - direct.pct(0.5)
                     added95 = relayed.pct(0.95) - direct.pct(0.95)
                     ratio = relayed.throughput / direct.throughput
                     print(
                         f"{arrivals:>8} {level:>3} {direct.pct(0.5):>9.1f}ms {relayed.pct(0.5):>9.1f}ms "
-                        f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f}"
+                        f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f} "
+                        f"{floor.pct(0.5) - direct.pct(0.5):>13.1f}ms "
+                        f"{floor.throughput / direct.throughput:>10.3f}",
+                        flush=True,
                     )
         finally:
+            bare.terminate()
+            bare.wait(10)
             portal.stop()
 
 
