@@ -24,7 +24,7 @@ from fleet.kube.spec import cluster_config, desired_object
 from fleet.models import Deployment, Instance, Node
 from fleet.options import OptionError
 from inference.management.commands.runworker import Command as RunWorker
-from tests.deploy.test_k8s_manifests import KUBERNETES_VERSIONS
+from tests.deploy.test_k8s_manifests import KUBERNETES_VERSIONS, by_name, of_kind
 
 CONFIG = ClusterConfig(namespace="models", image="registry.example/modelportal:1", drain_timeout=45)
 SECRET_NAMES = {"DATABASE_URL", "WORKER_TOKEN", "SECRET_KEY", "REDIS_URL"}
@@ -162,3 +162,38 @@ def test_a_pod_replica_is_known_by_its_pod_in_its_worker_id():
     instance = Instance.objects.create(deployment=row, node=node, generation=1, pod="worker-smol-abc")
     assert instance.identity == worker_id(row, "models", "worker-smol-abc")
     assert instance.identity == "smol/worker-smol-abc@kubernetes/models"
+
+
+def test_the_worker_secret_template_holds_what_the_pods_reference():
+    secret = by_name("Secret", cluster_config().secret)
+    container = container_of(render(deployment()))
+    referenced = {
+        v["valueFrom"]["secretKeyRef"]["key"]
+        for v in container["env"]
+        if "secretKeyRef" in v.get("valueFrom", {})
+    }
+    assert referenced == set(secret["stringData"]) == SECRET_NAMES
+
+
+def test_the_agents_role_allows_its_calls_in_its_namespace_only():
+    rules = {
+        (group, resource): set(rule["verbs"])
+        for rule in by_name("Role", "runkubeagent")["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+        ("apps", "deployments/scale"): {"get", "patch", "update"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "events"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+    }
+    assert not of_kind("ClusterRole")
+    assert not of_kind("ClusterRoleBinding")
+    binding = by_name("RoleBinding", "runkubeagent")
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "runkubeagent"}]
+    agent = by_name("Deployment", "runkubeagent")["spec"]["template"]["spec"]
+    assert agent["serviceAccountName"] == "runkubeagent"
+    assert agent["containers"][0]["command"] == ["python", "manage.py", "runkubeagent"]
