@@ -94,7 +94,7 @@ def reconcile() -> None:
         # Those with requests waiting first (higher priority first): they may evict idle ones.
         for deployment in sorted(Deployment.objects.all(), key=fleet.urgency):
             if deployment.runs_on == RunsOn.KUBERNETES:
-                _leave_agents(deployment, fleet)
+                _reconcile_kube(deployment, fleet)
             else:
                 _reconcile_one(deployment, fleet)
 
@@ -132,12 +132,14 @@ def _stop(instance: Instance) -> None:
         instance.save(update_fields=["wanted", "updated_at"])
 
 
-def _leave_agents(deployment: Deployment, fleet: _Fleet) -> None:
-    """Stop the replicas agents run of a deployment moved to Kubernetes (its pods are runkubeagent's)."""
+def _reconcile_kube(deployment: Deployment, fleet: _Fleet) -> None:
+    """Stop what agents still run of a deployment moved to Kubernetes; name a cold one's models."""
     for instance in fleet.instances[deployment.pk]:
         if instance.wanted and not instance.node.name.startswith(KUBE_NODE_PREFIX):
             _stop(instance)
             fleet.reserved[instance.node_id] -= instance.memory_bytes
+    if deployment.cold:
+        _name_models(deployment)
 
 
 def _reconcile_one(deployment: Deployment, fleet: _Fleet) -> None:

@@ -8,9 +8,11 @@ without such a node.
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from fleet.kube.agent import KubeAgent, KubeAgentOptions
 from fleet.kube.backend import FIELD_MANAGER, PodWatch
@@ -18,6 +20,8 @@ from fleet.kube.render import ClusterConfig, object_name, render_deployment
 from fleet.kube.status import pod_replica
 from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.services import deployments, leases
+from fleet.services.scheduler import reconcile
+from registry.models import ServedModel
 from tests.fleet.kube.conftest import NAMESPACE
 from tests.processes import wait_for
 
@@ -145,3 +149,36 @@ def test_pods_become_the_replica_states_the_admin_shows():
     ready["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert (pod_replica(ready).state, pod_replica(ready).wanted) == ("stopping", False)  # type: ignore[union-attr]
     assert pod_replica({"metadata": {"name": "not-ours"}}) is None
+
+
+@pytest.mark.django_db
+def test_the_scheduler_places_no_replica_of_a_kubernetes_deployment_and_stops_the_agents_ones():
+    node = Node.objects.create(
+        name="node-a", address="127.0.0.1", memory_bytes=16 * 2**30,
+        expires_at=timezone.now() + timedelta(seconds=30),
+    )  # fmt: skip
+    cluster_node = Node.objects.create(
+        name=f"kubernetes/{NAMESPACE}", address="", expires_at=timezone.now() + timedelta(seconds=30)
+    )
+    row = deployments.create_deployment(name="echo", model_path="canned", backend="canned", replicas=2)
+    reconcile()
+    assert Instance.objects.filter(deployment=row, node=node, wanted=True).count() == 2
+    Deployment.objects.filter(pk=row.pk).update(runs_on="kubernetes")
+    pod = Instance.objects.create(deployment=row, node=cluster_node, generation=1, pod="worker-echo-1")
+    reconcile()
+    assert not Instance.objects.filter(deployment=row, node=node, wanted=True).exists()  # agents drain theirs
+    assert Instance.objects.get(pk=pod.pk).wanted  # the pod's row is runkubeagent's
+    assert Instance.objects.filter(deployment=row).count() == 3  # nothing placed on the cluster's node
+
+    cold = deployments.create_deployment(
+        name="cold",
+        model_path="canned",
+        backend="canned",
+        runs_on="kubernetes",
+        min_replicas=0,
+        max_replicas=2,
+    )
+    Deployment.objects.filter(pk=cold.pk).update(replicas=0)
+    reconcile()
+    assert ServedModel.objects.filter(name="cold").exists()  # a request for it queues: a cold start
+    assert not Instance.objects.filter(deployment=cold).exists()
