@@ -118,15 +118,14 @@ class KubeAgent:
             wanted.add(name)
             current = existing.get(name)
             try:
-                # A new object starts at its replicas; afterwards they are the scale subresource's.
-                rendered = desired_object(
-                    deployment, self.config, replicas=None if current else deployment.replicas
-                )
+                rendered = desired_object(deployment, self.config, replicas=None)
             except OptionError as exc:
                 self.set_pending(deployment, f"Refused: {exc}")
                 continue
             text = json.dumps(rendered, sort_keys=True)
             if current is None or self.applied.get(name) != text:
+                if current is None:  # a new object starts at its replicas; then they are the scale's
+                    rendered["spec"] = {"replicas": deployment.replicas, **rendered["spec"]}
                 self.api.apply(rendered)
                 self.applied[name] = text
                 logger.info("Applied %s (generation %d)", name, deployment.generation)

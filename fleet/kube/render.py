@@ -68,6 +68,9 @@ class ClusterConfig:
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0
     model_cache: str = "/srv/portal/var/models"
+    # A PersistentVolumeClaim for the model cache (ReadWriteMany where replicas span nodes): a model
+    # converted once is not converted again at each pod's start, as it is in an emptyDir.
+    model_cache_claim: str = ""
 
 
 def _digest(text: str) -> str:
@@ -192,12 +195,18 @@ def labels(deployment: Deployment) -> dict[str, str]:
     }
 
 
+def _cache_volume(config: ClusterConfig) -> dict[str, Any]:
+    if config.model_cache_claim:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_claim}}
+    return {"name": "model-cache", "emptyDir": {}}
+
+
 def _pod_spec(deployment: Deployment, config: ClusterConfig, memory_bytes: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": math.ceil(_drain_timeout(deployment, config)) + GRACE_AFTER_DRAIN,
         "automountServiceAccountToken": False,  # a worker talks to the database, never to the cluster
         "containers": [_container(deployment, config, memory_bytes)],
-        "volumes": [{"name": "model-cache", "emptyDir": {}}],
+        "volumes": [_cache_volume(config)],
     }
     if deployment.required_labels:
         spec["nodeSelector"] = {str(k): str(v) for k, v in deployment.required_labels.items()}

@@ -19,6 +19,7 @@ def cluster_config(*, namespace: str | None = None, image: str | None = None) ->
         secret=settings.KUBE_SECRET,
         drain_timeout=settings.WORKER_DRAIN_TIMEOUT,
         heartbeat_interval=settings.HEARTBEAT_INTERVAL,
+        model_cache_claim=settings.KUBE_MODEL_CACHE_CLAIM,
     )
 
 

@@ -5,7 +5,8 @@ makes pods of each Deployment's template, rolling with maxSurge 1 and
 maxUnavailable 0 by readiness. The kubelet plays the node `node-1`: for each
 pod it starts a real process, `manage.py runworker` with the pod's
 arguments and environment (values, `fieldRef`, `secretKeyRef`, `$(VAR)`
-expansion), on a loopback address of its own (127.0.1.N: the pod IP; the
+expansion; an emptyDir is a folder of the pod, a claim a folder of the
+test), on a loopback address of its own (127.0.1.N: the pod IP; the
 worker binds it instead of 0.0.0.0, as a pod's network namespace would only
 show it that one), probes `/health` for readiness, restarts a container that
 exited after a back-off (CrashLoopBackOff meanwhile, its last lines as the
@@ -71,8 +72,11 @@ class Container:
 
 
 class Cluster:
-    def __init__(self, namespace: str, image_env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, namespace: str, image_env: dict[str, str], log_dir: Path, claims: dict[str, Path] | None = None
+    ) -> None:
         self.namespace, self.image_env, self.log_dir = namespace, image_env, log_dir
+        self.claims = claims or {}  # PersistentVolumeClaim → the folder that is its volume
         self.store = Store.__new__(Store)  # built on the loop (its Condition binds to it)
         self.containers: dict[str, Container] = {}
         self.loop = asyncio.new_event_loop()
@@ -287,6 +291,7 @@ class Cluster:
         except LookupError as exc:
             container.error = str(exc)
             return
+        env = {name: self.mounted(pod, value) for name, value in env.items()}
         args = [self.expand(arg, env) for arg in spec.get("args", [])]
         args = [f"--host={container.ip}" if a == "--host=0.0.0.0" else a for a in args]
         assert spec["command"] == ["python", "manage.py", "runworker"], spec["command"]
@@ -300,6 +305,21 @@ class Cluster:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         container.ready, container.started = False, now_text()
+
+    def mounted(self, pod: dict[str, Any], value: str) -> str:
+        """A path under a volume's mountPath, where the volume is here (pods share one filesystem)."""
+        (spec,) = pod["spec"]["containers"]
+        folders = {}
+        for volume in pod["spec"].get("volumes", []):
+            if "emptyDir" in volume:
+                folders[volume["name"]] = self.log_dir / pod["metadata"]["name"] / volume["name"]
+            elif "persistentVolumeClaim" in volume:
+                folders[volume["name"]] = self.claims[volume["persistentVolumeClaim"]["claimName"]]
+        for mount in spec.get("volumeMounts", []):
+            if mount["name"] in folders and value.startswith(mount["mountPath"]):
+                folders[mount["name"]].mkdir(parents=True, exist_ok=True)
+                return str(folders[mount["name"]]) + value[len(mount["mountPath"]) :]
+        return value
 
     @staticmethod
     def expand(arg: str, env: dict[str, str]) -> str:

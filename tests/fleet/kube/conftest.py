@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from fleet.kube.backend import KubeApi, api_client
 from tests.fleet.kube.cluster import Cluster
 from tests.processes import subprocess_env
 
 NAMESPACE = "models"
+MODEL_CACHE_CLAIM = "model-cache"
 WORKER_TOKEN = secrets.token_urlsafe(24)
 # What the image holds beside the pod's own environment: the interpreter's paths and the test settings.
 IMAGE_VARIABLES = (
@@ -25,7 +27,9 @@ IMAGE_VARIABLES = (
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     env = subprocess_env()
     image = {name: env[name] for name in IMAGE_VARIABLES if name in env}
-    running = Cluster(NAMESPACE, image | {"HEARTBEAT_INTERVAL": "1"}, tmp_path)
+    # The claim of the model cache is the cache the other tests fill: SmolLM2 is converted once.
+    claims = {MODEL_CACHE_CLAIM: Path(settings.MODEL_CACHE_DIR)}
+    running = Cluster(NAMESPACE, image | {"HEARTBEAT_INTERVAL": "1"}, tmp_path, claims)
     running.start()
     try:
         yield running

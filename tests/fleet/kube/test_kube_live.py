@@ -21,8 +21,8 @@ from fleet.services import deployments
 from registry.models import Worker
 from registry.services.keys import create_api_key
 from tests.fleet.kube.cluster import Cluster, kill_container
-from tests.fleet.kube.conftest import NAMESPACE, WORKER_TOKEN, add_worker_secret
-from tests.fleet.test_agent_live import stream_until
+from tests.fleet.kube.conftest import MODEL_CACHE_CLAIM, NAMESPACE, WORKER_TOKEN, add_worker_secret
+from tests.fleet.test_agent_live import chat, stream_until
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import REPO_ROOT, database_url, subprocess_env, wait_for
 
@@ -45,8 +45,8 @@ def kube_agent(cluster: Cluster, tmp_path: Path) -> Iterator[Path]:
     command += ["--kubeconfig", str(config), "--interval", "0.5"]
     with open(log, "wb") as out:
         agent = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=subprocess_env({"HEARTBEAT_INTERVAL": "1"}), stdout=out,
-            stderr=subprocess.STDOUT,
+            command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env=subprocess_env({"HEARTBEAT_INTERVAL": "1", "KUBE_MODEL_CACHE_CLAIM": MODEL_CACHE_CLAIM}),
         )  # fmt: skip
     yield log
     agent.terminate()
@@ -121,3 +121,13 @@ def test_deployments_on_a_cluster_scale_roll_restart_and_show_a_crash_loop(porta
     assert looping.detail.startswith("CrashLoopBackOff: exited with code 1 (Error)"), looping.detail
     assert "does not split prefill from decode" in looping.log_tail, looping.log_tail
     assert str(deployments.summarize(broken, [looping])) == "0/1 ready, 1 failed"
+
+
+@pytest.mark.slow
+def test_a_smollm2_deployment_on_the_cluster_answers_through_the_portal(portal, kube_agent, cluster):
+    _, secret = create_api_key(name="smol")
+    deployments.create_deployment(
+        name="smol", model_path="smollm2-135m-instruct", backend="llamacpp", replicas=1, runs_on="kubernetes"
+    )
+    assert wait_for(lambda: serving("smol", 1), timeout=180, interval=0.5), kube_agent.read_text()[-3000:]
+    assert "Paris" in chat(portal, secret, "smol")

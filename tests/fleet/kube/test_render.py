@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import kubernetes_validate
@@ -132,6 +133,13 @@ def test_drain_rolling_update_and_placement_become_the_pod_spec():
         "limits": {"nvidia.com/gpu": "2"},
     }
     assert container_of(plain)["resources"] == {"requests": {"memory": "3072Mi"}}
+    assert plain["spec"]["template"]["spec"]["volumes"] == [{"name": "model-cache", "emptyDir": {}}]
+    claimed = render_deployment(
+        ROWS["plain"], replace(CONFIG, model_cache_claim="models"), memory_bytes=2**30, replicas=1
+    )
+    (volume,) = claimed["spec"]["template"]["spec"]["volumes"]
+    assert volume == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}}
+    kubernetes_validate.validate(claimed, KUBERNETES_VERSIONS[0], strict=True)
 
 
 def test_an_option_outside_the_allow_list_is_refused():
