@@ -189,7 +189,7 @@ class KubeAgent:
             workers.mark_offline(identity=instance.identity, error=replica.detail)
         again = crashed_now or instance.restarts != replica.restarts or not instance.log_tail
         if replica.crashed and again:
-            fields["log_tail"] = self.api.log_tail(replica.pod, previous=True)
+            fields["log_tail"] = self.api.log_tail(replica.pod, previous=replica.restarts > 0)
         changed = {k: v for k, v in fields.items() if getattr(instance, k) != v}
         if changed:
             Instance.objects.filter(pk=instance.pk).update(**changed, updated_at=timezone.now())

@@ -37,7 +37,7 @@ class PodReplica:
     restarts: int
     detail: str
     started_at: datetime | None
-    crashed: bool  # it has exited at least once: its previous log holds why
+    crashed: bool  # its container has exited at least once: a log says why
 
 
 def _time(text: str | None) -> datetime | None:
@@ -112,5 +112,5 @@ def pod_replica(pod: dict[str, Any]) -> PodReplica | None:
         restarts=restarts,
         detail=detail[:500],
         started_at=started,
-        crashed=bool(last) or state in ("crashed", "failed"),
+        crashed=bool(last) or (status is not None and "terminated" in (status.get("state") or {})),
     )
