@@ -117,7 +117,7 @@ class DeploymentForm(forms.ModelForm):
             "max_replicas", "idle_seconds", "target_queue_wait", "target_in_flight", "scale_up_after",
             "cooldown", "priority",
             "cold_start_timeout", "max_concurrency", "dtype", "threads", "max_model_len", "extra_args",
-            "placement", "required_labels", "memory_per_replica",
+            "runs_on", "placement", "required_labels", "memory_per_replica",
         )  # fmt: skip
         widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
 

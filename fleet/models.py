@@ -92,6 +92,15 @@ class Placement(models.TextChoices):
     PACK = "pack", "Pack (fill one node before the next)"
 
 
+class RunsOn(models.TextChoices):
+    AGENTS = "agents", "Node agents (runagent)"
+    KUBERNETES = "kubernetes", "Kubernetes (runkubeagent)"
+
+
+# The node row that stands for a namespace of a cluster: its replicas are pods, not agent processes.
+KUBE_NODE_PREFIX = "kubernetes/"
+
+
 class Deployment(models.Model):
     """A model an operator wants served by `replicas` workers; the fleet makes it so.
 
@@ -177,6 +186,12 @@ class Deployment(models.Model):
         blank=True,
         help_text="More runworker options from an allow-list (how a worker serves, never where or as whom), "
         "e.g. --max-queue 128.",
+    )
+    runs_on = models.CharField(
+        max_length=16,
+        choices=RunsOn.choices,
+        default=RunsOn.AGENTS,
+        help_text="Who realises the replicas: the node agents, or runkubeagent as a Kubernetes Deployment.",
     )
     placement = models.CharField(max_length=16, choices=Placement.choices, default=Placement.SPREAD)
     required_labels = models.JSONField(
@@ -293,6 +308,7 @@ class Instance(models.Model):
         null=True, blank=True, help_text="The process's start time (clock ticks after boot): pids are reused."
     )
     command = models.JSONField(default=list, blank=True, help_text="The worker's exact argv.")
+    pod = models.CharField(max_length=253, blank=True, help_text="Kubernetes: the pod this replica is.")
     restarts = models.PositiveIntegerField(default=0)
     crashes_in_a_row = models.PositiveIntegerField(default=0)
     next_start_at = models.DateTimeField(null=True, blank=True)
@@ -313,14 +329,22 @@ class Instance(models.Model):
 
     @property
     def identity(self) -> str:
-        """The worker's --worker-id: its Worker row and its process's command line carry it."""
-        return f"{self.deployment.name}/{self.pk}@{self.node.name}"
+        """The worker's --worker-id: its Worker row and its process's command line carry it.
+
+        A pod's worker cannot know the row's id (one template makes every pod): it names its pod.
+        """
+        return f"{self.deployment.name}/{self.pod or self.pk}@{self.node.name}"
 
 
 class SchedulerLock(models.Model):
-    """One row that every scheduler run updates first: runs on any number of agents take turns."""
+    """One row that every scheduler run updates first: runs on any number of agents take turns.
+
+    It also holds the Kubernetes backend's lease: one `runkubeagent` of several acts at a time.
+    """
 
     last_run_at = models.DateTimeField(null=True, blank=True)
+    kube_leader = models.CharField(max_length=255, blank=True, help_text="The runkubeagent acting now.")
+    kube_lease_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"scheduler run at {self.last_run_at}"

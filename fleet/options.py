@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from inference.loading import HUB_ID, PACKAGED_MODELS
+
+if TYPE_CHECKING:
+    from fleet.models import Deployment
 
 # Options the agent sets from the deployment's own fields or from the node.
 MANAGED_FLAGS = frozenset({
@@ -84,6 +88,23 @@ def option(flag: str, value: object) -> str:
     text = str(value)
     _check_value(flag, text)
     return f"{flag}={text}"
+
+
+def deployment_fields(deployment: Deployment) -> list[tuple[str, object]]:
+    """The options a deployment's own fields set, as (flag, value): where and as whom are the caller's."""
+    fields: list[tuple[str, object]] = [
+        ("--model-path", deployment.model_path),
+        ("--model-names", ",".join(deployment.served_names)),
+        ("--backend", deployment.backend),
+        ("--role", deployment.role),
+        ("--max-concurrency", deployment.max_concurrency),
+        ("--dtype", deployment.dtype),
+    ]
+    if deployment.threads:
+        fields.append(("--threads", deployment.threads))
+    if deployment.max_model_len:
+        fields.append(("--max-model-len", deployment.max_model_len))
+    return fields
 
 
 def check_worker_argv(argv: Sequence[str], *, prefix: Iterable[str]) -> None:

@@ -60,6 +60,13 @@ WORKER_TOKEN_FALLBACKS: list[str] = env.list("WORKER_TOKEN_FALLBACKS", default=[
 # Hub organisations whose models a deployment may name (e.g. "HuggingFaceTB,BAAI"); none by default:
 # deployments serve the packaged models and the nodes' catalogues only.
 FLEET_HUB_ORGS: list[str] = env.list("FLEET_HUB_ORGS", default=[])
+# Kubernetes (runkubeagent, deploy export --k8s): the namespace workers run in, their image, and the
+# Secret they read DATABASE_URL, WORKER_TOKEN, SECRET_KEY (the workers' own) and REDIS_URL from.
+KUBE_NAMESPACE: str = env.str("KUBE_NAMESPACE", default="default")
+KUBE_WORKER_IMAGE: str = env.str("KUBE_WORKER_IMAGE", default="modelportal")
+KUBE_SECRET: str = env.str("KUBE_SECRET", default="worker-secrets")
+# A PersistentVolumeClaim the workers keep their model cache in; empty: an emptyDir per pod.
+KUBE_MODEL_CACHE_CLAIM: str = env.str("KUBE_MODEL_CACHE_CLAIM", default="")
 # Gateway
 GATEWAY_MAX_ATTEMPTS: int = env.int("GATEWAY_MAX_ATTEMPTS", default=3)
 GATEWAY_CONNECT_TIMEOUT: float = env.float("GATEWAY_CONNECT_TIMEOUT", default=3.0)

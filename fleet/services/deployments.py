@@ -79,21 +79,8 @@ def worker_command(instance: Instance, *, port: int, host: str, address: str | N
     Every option is one `--flag=value` element, from the allow-list (`fleet.options`).
     """
     deployment = instance.deployment
-    fields: list[tuple[str, object]] = [
-        ("--model-path", deployment.model_path),
-        ("--model-names", ",".join(deployment.served_names)),
-        ("--backend", deployment.backend),
-        ("--role", deployment.role),
-        ("--max-concurrency", deployment.max_concurrency),
-        ("--dtype", deployment.dtype),
-        ("--host", host),
-        ("--port", port),
-        ("--worker-id", instance.identity),
-    ]
-    if deployment.threads:
-        fields.append(("--threads", deployment.threads))
-    if deployment.max_model_len:
-        fields.append(("--max-model-len", deployment.max_model_len))
+    fields = [*options.deployment_fields(deployment), ("--host", host), ("--port", port)]
+    fields.append(("--worker-id", instance.identity))
     if address:
         fields.append(("--worker-address", address))
     extra = parse_extra_options(deployment.extra_args)

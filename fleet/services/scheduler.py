@@ -13,6 +13,10 @@ deployments that may scale to zero are evicted for it (`fleet.autoscale`).
 Rolling to a new generation surges by one: start a new replica, wait until it
 is ready, then stop an old one, so that the ready count never drops below
 `replicas`. A failed new replica stops the roll and the old ones keep serving.
+
+A deployment that runs on Kubernetes is autoscaled here like any other, but
+its replicas are the cluster's pods (`fleet.kube`): the scheduler places none
+and only stops what agents still run of it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ from django.utils import timezone
 
 from fleet.autoscale import Victim, evictable, plan_eviction
 from fleet.catalogue import estimate_memory, weights_bytes
-from fleet.models import Backend, Deployment, Instance, InstanceState, Node, ScaleAction, SchedulerLock
+from fleet.models import (
+    KUBE_NODE_PREFIX,
+    Backend,
+    Deployment,
+    Instance,
+    InstanceState,
+    Node,
+    RunsOn,
+    ScaleAction,
+    SchedulerLock,
+)
 from fleet.placement import NodeSnapshot, Want, place_replicas
 from fleet.services.autoscaler import ModelLoad, autoscale, demand_of, model_loads, record
 from registry.models import ServedModel
@@ -62,7 +76,7 @@ def reconcile() -> None:
     with transaction.atomic():
         SchedulerLock.objects.filter(pk=1).update(last_run_at=timezone.now())
         _forget_lost_nodes()
-        nodes = list(Node.objects.online())
+        nodes = list(Node.objects.online().exclude(name__startswith=KUBE_NODE_PREFIX))
         instances = list(Instance.objects.select_related("deployment", "node"))
         by_deployment: dict[int, list[Instance]] = defaultdict(list)
         for instance in instances:
@@ -79,7 +93,10 @@ def reconcile() -> None:
             autoscale(deployment, by_deployment[deployment.pk], fleet.demand[deployment.pk], now)
         # Those with requests waiting first (higher priority first): they may evict idle ones.
         for deployment in sorted(Deployment.objects.all(), key=fleet.urgency):
-            _reconcile_one(deployment, fleet)
+            if deployment.runs_on == RunsOn.KUBERNETES:
+                _reconcile_kube(deployment, fleet)
+            else:
+                _reconcile_one(deployment, fleet)
 
 
 @dataclass
@@ -113,6 +130,16 @@ def _stop(instance: Instance) -> None:
     if instance.wanted:
         instance.wanted = False
         instance.save(update_fields=["wanted", "updated_at"])
+
+
+def _reconcile_kube(deployment: Deployment, fleet: _Fleet) -> None:
+    """Stop what agents still run of a deployment moved to Kubernetes; name a cold one's models."""
+    for instance in fleet.instances[deployment.pk]:
+        if instance.wanted and not instance.node.name.startswith(KUBE_NODE_PREFIX):
+            _stop(instance)
+            fleet.reserved[instance.node_id] -= instance.memory_bytes
+    if deployment.cold:
+        _name_models(deployment)
 
 
 def _reconcile_one(deployment: Deployment, fleet: _Fleet) -> None:
@@ -155,7 +182,8 @@ def _evict_for(deployment: Deployment, fleet: _Fleet) -> bool:
     by_node = {n.pk: n.name for n in fleet.nodes}
     victims: dict[str, Deployment] = {}
     candidates = []
-    for other in Deployment.objects.filter(min_replicas=0, replicas__gt=0).exclude(pk=deployment.pk):
+    elastic = Deployment.objects.filter(min_replicas=0, replicas__gt=0, runs_on=RunsOn.AGENTS)
+    for other in elastic.exclude(pk=deployment.pk):
         demand = fleet.demand.get(other.pk, ModelLoad())
         if demand.waiting or demand.in_flight:
             continue  # serving: never evicted

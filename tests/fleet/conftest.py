@@ -22,6 +22,7 @@ FORM = {
     "dtype": "auto",
     "threads": "",
     "max_model_len": "",
+    "runs_on": "agents",
     "placement": "spread",
     "required_labels": "{}",
     "memory_per_replica": str(2**30),

@@ -10,7 +10,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from fleet.models import Backend, Deployment, Instance, InstanceState, Placement
+from fleet.models import Backend, Deployment, Instance, InstanceState, Placement, RunsOn
+from fleet.options import OptionError
 from fleet.services import deployments, scheduler
 
 OPTION_FIELDS = (
@@ -46,7 +47,7 @@ SCALING_OPTIONS = (
 
 
 class Command(BaseCommand):
-    help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait."
+    help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait, export."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         verbs = parser.add_subparsers(dest="verb", required=True)
@@ -68,6 +69,7 @@ class Command(BaseCommand):
             sub.add_argument("--max-model-len", type=int)
             sub.add_argument("--extra-args", help="More runworker options, quoted: '--max-queue 128'.")
             sub.add_argument("--placement", choices=Placement.values)
+            sub.add_argument("--runs-on", choices=RunsOn.values, help="agents (default) or kubernetes.")
             sub.add_argument("--labels", help="Node labels required, e.g. zone=a,gpu=a100.")
             sub.add_argument("--memory", type=int, help="Bytes per replica (default: estimated).")
             if verb == "create":
@@ -84,6 +86,10 @@ class Command(BaseCommand):
         verbs.add_parser("list", help="Every deployment with its replicas, as JSON lines.")
         wait = verbs.add_parser("wait", help="Wait until every deployment has its replicas ready.")
         wait.add_argument("--timeout", type=float, default=300.0)
+        export = verbs.add_parser("export", help="Print what a backend applies for a deployment (YAML).")
+        export.add_argument("--k8s", metavar="NAME", required=True, help="The Kubernetes objects of NAME.")
+        export.add_argument("--namespace", help="Default: KUBE_NAMESPACE.")
+        export.add_argument("--image", help="The workers' image (default: KUBE_WORKER_IMAGE).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         verb = options["verb"]
@@ -93,6 +99,8 @@ class Command(BaseCommand):
             self.list()
         elif verb == "wait":
             self.wait(options["timeout"])
+        elif verb == "export":
+            self.export(options)
         else:
             deployment = self.get(options["name"])
             if verb == "scale":
@@ -104,7 +112,7 @@ class Command(BaseCommand):
             scheduler.reconcile()
             if verb == "delete":
                 self.delete(deployment)
-        if verb not in ("list", "wait", "delete"):
+        if verb not in ("list", "wait", "delete", "export"):
             self.stdout.write(f"{options['name']}: {self.summary(self.get(options['name']))}")
 
     def get(self, name: str) -> Deployment:
@@ -125,6 +133,7 @@ class Command(BaseCommand):
             *OPTION_FIELDS,
             "replicas",
             "placement",
+            "runs_on",
             "extra_args",
             "min_replicas",
             "max_replicas",
@@ -145,6 +154,20 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         scheduler.reconcile()
+
+    def export(self, options: dict[str, Any]) -> None:
+        """The objects runkubeagent applies, replicas included (a GitOps tool has no scale calls)."""
+        import yaml
+
+        from fleet.kube.spec import cluster_config, desired_object
+
+        deployment = self.get(options["k8s"])
+        config = cluster_config(namespace=options["namespace"], image=options["image"])
+        try:
+            rendered = desired_object(deployment, config, replicas=deployment.replicas)
+        except OptionError as exc:
+            raise CommandError(f"{deployment.name}: {exc}") from None
+        self.stdout.write(yaml.safe_dump(rendered, sort_keys=False), ending="")
 
     def summary(self, deployment: Deployment) -> str:
         summary = deployments.summarize(deployment, list(deployment.instances.all()))
