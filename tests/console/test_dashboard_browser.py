@@ -167,3 +167,21 @@ def test_the_dashboard_shows_failures_apart_and_the_last_hour(portal, pages) -> 
         assert canvases.count() == 2
         assert canvases.first.evaluate("canvas => Chart.getChart(canvas).data.datasets[0].data.length") == 60
         page.screenshot(path=str(ARTIFACTS / f"dashboard-figures-{width}.png"), full_page=True)
+
+
+def test_a_new_keys_secret_shows_in_monospace_with_a_copy_button(portal, pages) -> None:
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/registry/apikey/add/")
+        assert page.locator("#id_all_models").is_checked()
+        assert page.locator("#id_revoked_at_0").count() == 0
+        page.fill("#id_name", f"laptop-{width}")
+        page.click("input[name=_save]")
+        secret = page.locator("#key-secret")
+        assert secret.inner_text().startswith("sk-")
+        assert "monospace" in secret.evaluate("element => getComputedStyle(element).fontFamily")
+        page.click(".key-copy")
+        page.wait_for_function("document.querySelector('.key-copy').textContent !== 'Copy'", timeout=5_000)
+        assert page.locator(".key-copy").inner_text() in ("Copied", "Selected: press Ctrl+C")
+        assert "All models" in page.locator("#result_list").inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"key-added-{width}.png"), full_page=True)
