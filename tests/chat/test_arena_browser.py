@@ -1,5 +1,8 @@
-"""The arena in a real Chromium on the default install's footing: what it needs before Battle,
-no names in anonymous mode, the chat page's sampling settings; at desktop and phone width.
+"""The arena and the chat page's layout in a real Chromium, at desktop and phone width.
+
+The arena on the default install's footing: what it needs before Battle, no
+names in anonymous mode, the chat page's sampling settings. The chat page: full
+conversation titles, a conversation list that folds away at phone width.
 
 The portal is live; its models are workers registered without a process (the
 page only lists them), and a battle's websocket is answered by the test.
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
+from portal.chat.models import Conversation
 from registry.services.workers import WorkerRegistration, register_worker
 from tests.browser import PASSWORD, log_in_to_chat
 from tests.portal_process import PortalProcess, start_portal
@@ -43,6 +47,38 @@ def portal(live_portal: PortalProcess) -> PortalProcess:
         )
     )
     return live_portal
+
+
+TITLE = "Trip to Lisbon in May, cheap"
+
+
+@pytest.fixture
+def conversation(portal: PortalProcess) -> Conversation:
+    return Conversation.objects.create(user=get_user_model().objects.get(username="ada"), title=TITLE)
+
+
+def test_the_chat_page_shows_whole_titles_and_folds_the_list_on_a_phone(conversation, portal, pages) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width, height in SIZES:
+        page = pages.open(width, height)
+        log_in_to_chat(page, portal.url)
+        link = page.locator("#conversations li a").first
+        assert link.get_attribute("title") == TITLE
+        assert link.evaluate("a => a.scrollWidth <= a.clientWidth") or width < 600  # not cut at desktop width
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        sidebar = page.locator("#sidebar")
+        if width < 600:
+            assert sidebar.bounding_box()["x"] + sidebar.bounding_box()["width"] <= 0  # folded away
+            assert page.locator("#thread").bounding_box()["width"] >= width - 2
+            page.click("#toggle-sidebar")
+            page.wait_for_function("document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+            assert link.is_visible()
+            page.screenshot(path=str(ARTIFACTS / f"chat-layout-{width}-list.png"))
+            page.mouse.click(width - 20, height // 2)  # beside the list: it folds away again
+            page.wait_for_function("document.getElementById('sidebar').getBoundingClientRect().right <= 0")
+        else:
+            assert page.locator("#toggle-sidebar").is_hidden()
+        page.screenshot(path=str(ARTIFACTS / f"chat-layout-{width}.png"))
 
 
 def test_with_one_chat_model_the_arena_says_what_it_needs_before_battle(portal, pages) -> None:
