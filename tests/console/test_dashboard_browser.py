@@ -185,3 +185,18 @@ def test_a_new_keys_secret_shows_in_monospace_with_a_copy_button(portal, pages) 
         assert page.locator(".key-copy").inner_text() in ("Copied", "Selected: press Ctrl+C")
         assert "All models" in page.locator("#result_list").inner_text()
         page.screenshot(path=str(ARTIFACTS / f"key-added-{width}.png"), full_page=True)
+
+
+def test_a_workers_page_shows_its_figures_by_section_and_drains_from_a_button(portal, pages) -> None:
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/registry/worker/")
+        page.click("text=node2@http://127.0.0.1:9102")
+        page.locator("#worker-drain").wait_for()
+        sections = page.locator("fieldset h2").all_inner_texts()
+        assert sections[:4] == ["Serving", "Now", "Capacity", "Process"]
+        assert "minilm" in page.locator("fieldset").first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"worker-page-{width}.png"), full_page=True)
+    page.click("#worker-drain")
+    page.wait_for_url(portal.url + "/admin/registry/worker/")
+    assert "1 worker(s) draining" in page.locator(".messagelist").inner_text()
