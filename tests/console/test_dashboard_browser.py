@@ -163,6 +163,7 @@ def test_the_dashboard_shows_failures_apart_and_the_last_hour(portal, pages) -> 
         assert row.locator(".fleet-apart").inner_text() == "1 · 1 · 1"
         card = page.locator(".fleet-trend[data-model='smollm2']")
         assert card.get_attribute("data-requests") == "6"
+        assert page.locator(".fleet-trend[data-model='minilm'] .fleet-trend-idle").is_visible()
         canvases = card.locator("canvas")
         assert canvases.count() == 2
         assert canvases.first.evaluate("canvas => Chart.getChart(canvas).data.datasets[0].data.length") == 60

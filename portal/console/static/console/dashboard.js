@@ -104,6 +104,10 @@
       card.append(caption, box);
       charts[key] = canvas;
     }
+    const idle = document.createElement("p");
+    idle.className = "fleet-trend-idle";
+    idle.textContent = "No requests in the last hour.";
+    card.appendChild(idle);
     document.getElementById("fleet-trends").appendChild(card);
     if (typeof Chart === "undefined") return { card: card };
     return {
@@ -124,7 +128,9 @@
     for (const m of models) {
       if (!trends.has(m.name)) trends.set(m.name, trendCard(m.name));
       const entry = trends.get(m.name);
-      entry.card.dataset.requests = m.last_hour.requests.reduce((a, b) => a + b, 0);
+      const total = m.last_hour.requests.reduce((a, b) => a + b, 0);
+      entry.card.dataset.requests = total;
+      entry.card.classList.toggle("idle", total === 0);  // no bare axes: say there is nothing yet
       for (const key of ["requests", "ttft_p50_ms"]) {
         if (!entry[key]) continue;
         entry[key].data.datasets[0].data = m.last_hour[key];
