@@ -74,7 +74,7 @@
   function sparkline(canvas, type, label, color) {
     return new Chart(canvas, {
       type: type,
-      data: { labels: MINUTE_LABELS, datasets: [{ label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: 0, borderWidth: 1.5, spanGaps: false }] },
+      data: { labels: MINUTE_LABELS, datasets: [{ label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: type === "line" ? 1.5 : 0, borderWidth: 1.5, spanGaps: false }] },
       options: {
         animation: false,
         maintainAspectRatio: false,
