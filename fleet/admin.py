@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html
 
 from fleet.models import Deployment, DeploymentEvent, Instance, Node
@@ -150,6 +151,14 @@ class DeploymentForm(forms.ModelForm):
         return cleaned
 
 
+def _stop_first(names: list[str]) -> str:
+    listed = ", ".join(f"“{name}”" for name in names)
+    return (
+        f"{listed} still running: stop it first (the Stop action scales it to 0 and its workers drain), "
+        "then delete it once its replicas are gone."
+    )
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     form = DeploymentForm
@@ -193,6 +202,30 @@ class DeploymentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Deployment | None = None) -> bool:
         # Stop first: a deployment goes once its agents have stopped every replica.
         return super().has_delete_permission(request, obj) and (obj is None or not obj.instances.exists())
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> Any:
+        """A deployment with replicas left: say what to do, on its page, rather than "no permission"."""
+        running = Deployment.objects.filter(pk=object_id, instances__isnull=False).first()
+        if running is not None and super().has_delete_permission(request, running):
+            self.message_user(request, _stop_first([running.name]), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:fleet_deployment_change", args=[running.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        entry = actions.get("delete_selected")
+        if entry is not None:
+            delete, name, description = entry
+
+            def delete_stopped(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Deployment]) -> Any:
+                running = queryset.filter(instances__isnull=False).distinct().values_list("name", flat=True)
+                if running:
+                    self.message_user(request, _stop_first(sorted(running)), messages.ERROR)
+                    return None
+                return delete(modeladmin, request, queryset)
+
+            actions["delete_selected"] = (delete_stopped, name, description)
+        return actions
 
     @admin.action(description="Restart: replace every replica, one at a time")
     def restart(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

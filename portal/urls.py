@@ -5,11 +5,20 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from portal.chat import views as chat_views
+from portal.front import views as front_views
 from portal.health.views import health
 from portal.metrics.views import metrics
 from portal.signed.views import SignedView
 
+# The admin is the portal's console: branded as the portal, its "View site" going to the front door.
+admin.site.site_header = "Model portal"
+admin.site.site_title = "Model portal"
+admin.site.index_title = "Console"
+admin.site.site_url = "/"
+
 urlpatterns = [
+    path("", front_views.home, name="home"),
+    path("favicon.ico", front_views.favicon, name="favicon"),
     path("admin/console/", include("portal.console.urls")),
     path("admin/", admin.site.urls),
     path("v1/", include("portal.api.urls")),

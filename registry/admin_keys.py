@@ -15,6 +15,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from registry.models import ApiKey, ServedModel, UsageRecord
 from registry.services.keys import assign_secret
@@ -23,22 +24,65 @@ from registry.services.versions import bump_version
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = (
-        "name", "prefix", "owner", "all_models", "requests_per_minute", "tokens_per_minute", "max_in_flight",
-        "created_at", "last_used_at", "expires_at", "revoked_at",
-    )  # fmt: skip
+    # Few columns, so that the list fits a laptop's width; the rest is on the key's page.
+    list_display = ("name", "prefix", "owner", "scope", "limits", "last_used_at", "expires_at", "state")
     list_filter = ("all_models", "revoked_at", "expires_at")
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     filter_horizontal = ("allowed_models",)
     actions = ["revoke"]
 
+    class Media:
+        css = {"all": ("registry/keys.css",)}
+        js = ("registry/keys.js",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        return super().get_queryset(request).select_related("owner").prefetch_related("allowed_models")
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # A quick save makes a key that works: every model, unless narrowed below.
+        return {"all_models": True, **super().get_changeform_initial_data(request)}
+
+    def get_exclude(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        # A key is revoked by the list's action or on its own page, never at birth.
+        return ("revoked_at",) if obj is None else super().get_exclude(request, obj)
+
+    @admin.display(description="Models")
+    def scope(self, key: ApiKey) -> str:
+        if key.all_models:
+            return "All models"
+        names = sorted(model.name for model in key.allowed_models.all())
+        return ", ".join(names) if names else "No model (none chosen)"
+
+    @admin.display(description="Limits")
+    def limits(self, key: ApiKey) -> str:
+        parts = [
+            f"{key.requests_per_minute} req/min" if key.requests_per_minute else "",
+            f"{key.tokens_per_minute} tok/min" if key.tokens_per_minute else "",
+            f"{key.max_in_flight} at once" if key.max_in_flight else "",
+        ]
+        return " · ".join(part for part in parts if part) or "—"
+
+    @admin.display(description="State")
+    def state(self, key: ApiKey) -> str:
+        if key.revoked_at is not None:
+            return "revoked"
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form: ModelForm, change: bool) -> None:
         if not change:
             secret = assign_secret(key=obj)
             # Shown once: the message lives in the session until the next page renders it.
             messages.warning(
-                request, f"The new key's secret (copy it now, it will not be shown again): {secret}"
+                request,
+                format_html(
+                    'The new key\'s secret: <code class="key-secret" id="key-secret">{}</code> '
+                    '<button type="button" class="key-copy" data-copy="key-secret">Copy</button> '
+                    "Copy it now: it will not be shown again.",
+                    secret,
+                ),
             )
         super().save_model(request, obj, form, change)
 

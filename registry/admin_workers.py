@@ -56,6 +56,36 @@ REGISTERED = (
     "heartbeat_interval",
 )
 ROLES = (("both", "both"), ("prefill", "prefill"), ("decode", "decode"))
+# A worker's page, in the order an operator reads it: where it is and what it serves, how it is now,
+# what it may take, and its process. A field no section names goes to the first one.
+SECTIONS = (
+    ("Serving", ("identity", "address", "served_models", "backend", "device", "role", "kind", "model_path")),
+    (
+        "Now",
+        (
+            "live_status",
+            "heartbeat_age_display",
+            "in_flight",
+            "queued",
+            "tokens_per_second",
+            "kv_cache_usage",
+            "memory_display",
+            "speed",
+            "last_error",
+        ),
+    ),
+    ("Capacity", ("max_concurrency", "max_queue", "max_model_len", "heartbeat_interval")),
+    ("Process", ("pid", "hostname", "registered_at", "last_heartbeat", "expires_at", "status", "intent")),
+)
+SHOWN_INSTEAD = {"memory_bytes": "memory_display"}  # raw figures a section shows in readable units
+
+
+def readable_bytes(count: int | None) -> str:
+    """1536 MiB → "1.5 GiB"; under a GiB in MiB; "—" when unknown."""
+    if count is None:
+        return "—"
+    mebibytes = count / 2**20
+    return f"{mebibytes / 1024:.1f} GiB" if mebibytes >= 1024 else f"{mebibytes:.0f} MiB"
 
 
 class ModelAliasInline(admin.TabularInline):
@@ -133,6 +163,7 @@ class WorkerForm(forms.ModelForm):
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
     form = WorkerForm
+    change_form_template = "admin/registry/worker/change_form.html"  # with drain and resume buttons
     list_display = (
         "identity",
         "live_status",
@@ -158,14 +189,35 @@ class WorkerAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Worker | None = None) -> tuple[str, ...]:
         """Our worker's own registration owns what it says of itself; a remote endpoint stays remote."""
+        shown = ("live_status", "heartbeat_age_display", "memory_display")  # figures of its page
         if obj is not None and obj.kind == WorkerKind.LOCAL:
-            return LIVE_FIGURES + REGISTERED
-        return (*LIVE_FIGURES, "kind")
+            return LIVE_FIGURES + REGISTERED + shown
+        return (*LIVE_FIGURES, "kind", *shown)
 
     def get_fields(self, request: HttpRequest, obj: Worker | None = None) -> Any:
         if obj is not None and obj.kind == WorkerKind.LOCAL:
             return [f for f in self.fields if f != "remote_api_key"]
         return self.fields
+
+    def get_fieldsets(self, request: HttpRequest, obj: Worker | None = None) -> Any:
+        """A worker's page by section (SECTIONS); adding a remote endpoint keeps the plain form."""
+        if obj is None:
+            return super().get_fieldsets(request, obj)
+        fields = [SHOWN_INSTEAD.get(name, name) for name in self.get_fields(request, obj)]
+        placed = {"live_status", "heartbeat_age_display"}
+        sections = []
+        for title, names in SECTIONS:
+            shown = [name for name in names if name in fields or name in placed]
+            sections.append((title, {"fields": shown}))
+            placed.update(shown)
+        rest = [name for name in fields if name not in placed]
+        if rest:
+            sections[0][1]["fields"].extend(rest)  # remote_api_key, or a field added later
+        return sections
+
+    @admin.display(description="Memory")
+    def memory_display(self, obj: Worker) -> str:
+        return readable_bytes(obj.memory_bytes)
 
     @admin.display(description="Status", ordering="status")
     def live_status(self, obj: Worker) -> str:

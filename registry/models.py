@@ -294,6 +294,7 @@ class UsageRecord(models.Model):
     route = models.CharField(max_length=200, blank=True, help_text="Why dispatch chose this worker.")
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
     total_time_ms = models.FloatField(null=True, blank=True)
+    streamed = models.BooleanField(default=False, help_text="Answered as a stream of events.")
     status = models.CharField(max_length=16, choices=UsageStatus.choices, default=UsageStatus.OK)
     status_code = models.PositiveSmallIntegerField(default=200)
     error = models.TextField(blank=True)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 
 from inference.protocol import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS
 from portal.api import serializers as s
@@ -100,11 +100,66 @@ class EventStreamResponse(StreamingHttpResponse):
             await stream.aclose()
 
 
+# Request examples that succeed as they are on the default install (its two models); Swagger's
+# "Try it out" starts from the first, instead of a body generated from the schema's extremes.
+CHAT_MODEL, EMBEDDING_MODEL = "smollm2-135m-instruct", "all-minilm-l6-v2"
+HELLO = [{"role": "user", "content": "Say hello in French."}]
+CHAT_EXAMPLES = [
+    OpenApiExample(
+        "A question", value={"model": CHAT_MODEL, "messages": HELLO, "max_tokens": 64}, request_only=True
+    ),
+    OpenApiExample(
+        "Streamed",
+        value={"model": CHAT_MODEL, "messages": HELLO, "max_tokens": 64, "stream": True},
+        request_only=True,
+    ),
+    OpenApiExample(
+        "An answer that follows a JSON schema",
+        value={
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
+            "max_tokens": 64,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "capital",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
+                },
+            },
+        },
+        request_only=True,
+    ),
+]
+COMPLETION_EXAMPLES = [
+    OpenApiExample(
+        "A prompt to continue",
+        value={"model": CHAT_MODEL, "prompt": "The capital of France is", "max_tokens": 16},
+        request_only=True,
+    ),
+]
+EMBEDDING_EXAMPLES = [
+    OpenApiExample(
+        "One text", value={"model": EMBEDDING_MODEL, "input": "The quick brown fox."}, request_only=True
+    ),
+    OpenApiExample(
+        "Several texts",
+        value={"model": EMBEDDING_MODEL, "input": ["The quick brown fox.", "A lazy dog."]},
+        request_only=True,
+    ),
+]
+
+
 class ChatCompletionsView(_GenerationView):
     """OpenAI chat completions."""
 
     @extend_schema(
         operation_id="create_chat_completion",
+        summary="Answer a conversation (chat completion)",
+        examples=CHAT_EXAMPLES,
         request={"application/json": body_schema(CHAT_FIELDS)},
         responses={**answers(s.CompletionResponseSerializer), **ERRORS},
         description="OpenAI chat completions; `stream: true` answers with server-sent chunks.\n\n" + UNSTATED,
@@ -120,6 +175,8 @@ class CompletionsView(_GenerationView):
 
     @extend_schema(
         operation_id="create_completion",
+        summary="Continue a prompt (legacy text completion)",
+        examples=COMPLETION_EXAMPLES,
         request={"application/json": body_schema(COMPLETION_FIELDS)},
         responses={**answers(s.CompletionResponseSerializer), **ERRORS},
         description="OpenAI (legacy) text completions; `stream: true` answers with server-sent chunks.\n\n"
@@ -137,6 +194,8 @@ class EmbeddingsView(OpenAIView):
 
     @extend_schema(
         operation_id="create_embeddings",
+        summary="Embed texts as vectors",
+        examples=EMBEDDING_EXAMPLES,
         request={"application/json": body_schema(EMBEDDING_FIELDS)},
         responses={200: s.EmbeddingResponseSerializer, **ERRORS},
     )
@@ -148,7 +207,11 @@ class EmbeddingsView(OpenAIView):
 class ModelsView(OpenAIView):
     """Models with at least one online worker, aliases included (only those this key may use)."""
 
-    @extend_schema(operation_id="list_models", responses={200: s.ModelListSerializer, 401: ERRORS[401]})
+    @extend_schema(
+        operation_id="list_models",
+        summary="List the models online",
+        responses={200: s.ModelListSerializer, 401: ERRORS[401]},
+    )
     async def get(self, request: HttpRequest) -> HttpResponseBase:
         await self.reserve()  # a request like any other for requests per minute
         rows = [row for row in await current().list_models() if self.key.allows(row["id"])]

@@ -7,8 +7,8 @@ its websocket all send the same thing.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -16,17 +16,11 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from fleet.selectors import list_deployment_rows, list_recent_events
-from registry.models import ServedModel, UsageRecord, UsageStatus, Worker, WorkerStatus
+from portal.console.trends import empty_trend, hourly_trends, percentile
+from portal.metrics import outcomes
+from registry.models import ServedModel, UsageRecord, Worker, WorkerStatus
 
 WINDOW = timedelta(minutes=5)
-
-
-def percentile(values: list[float], share: float) -> float | None:
-    """The nearest-rank percentile of `values` (None when empty)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(0, math.ceil(share * len(ordered)) - 1)], 1)
 
 
 def _worker_row(worker: Worker, now: Any) -> dict[str, Any]:
@@ -69,64 +63,81 @@ def _timings(ttft: list[float], gaps: list[float]) -> dict[str, float | None]:
     }
 
 
+@dataclass
+class _Tally:
+    """One model's requests in the window, sorted by outcome, with the timings each figure counts."""
+
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(outcomes.OUTCOMES, 0))
+    prompted: int = 0
+    cached: int = 0
+    latency: list[float] = field(default_factory=list)  # successful requests only
+    ttft: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # by serving role
+    gaps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # streamed requests only
+
+    def add(self, record: tuple[Any, ...]) -> None:
+        _name, code, first, total, tokens, role, prompt, reused, streamed = record
+        kind = outcomes.outcome(code)
+        self.outcomes[kind] += 1
+        self.prompted += prompt
+        self.cached += reused
+        role = "decode" if role == "decode" else "both"
+        if first is not None:
+            self.ttft[role].append(first)
+        if kind != outcomes.OK:
+            return
+        if total is not None:
+            self.latency.append(total)
+        if streamed and (gap := _token_gap(first, total, tokens)) is not None:
+            self.gaps[role].append(gap)
+
+    def figures(self, minutes: float) -> dict[str, Any]:
+        requests = sum(self.outcomes.values())
+        every = _timings(self.ttft["both"] + self.ttft["decode"], self.gaps["both"] + self.gaps["decode"])
+        roles = {role: _timings(self.ttft[role], self.gaps[role]) for role in ("both", "decode")}
+        return {
+            "requests_per_minute": round(requests / minutes, 1),
+            **every,
+            "latency_p50_ms": percentile(self.latency, 0.5),
+            "latency_p95_ms": percentile(self.latency, 0.95),
+            # Server-side failures only; the client's errors, limit refusals and cancels are counted apart.
+            "error_rate": round(self.outcomes[outcomes.SERVER_ERROR] / requests, 3) if requests else None,
+            "outcomes": dict(self.outcomes),
+            "prefix_cache_hit_rate": round(self.cached / self.prompted, 3) if self.prompted else None,
+            "by_role": {role: figures for role, figures in roles.items() if self.ttft[role]},
+        }
+
+
 def _model_rows(now: Any) -> list[dict[str, Any]]:
     """Each model's last five minutes; TTFT and inter-token latency also per serving role (both, decode)."""
     live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
     recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
-        "model_name", "status", "time_to_first_token_ms", "total_time_ms", "completion_tokens",
-        "worker__role", "prompt_tokens", "cached_tokens",
+        "model_name", "status_code", "time_to_first_token_ms", "total_time_ms", "completion_tokens",
+        "worker__role", "prompt_tokens", "cached_tokens", "streamed",
     )  # fmt: skip
-    requests: dict[str, int] = defaultdict(int)
-    errors: dict[str, int] = defaultdict(int)
-    prompted: dict[str, int] = defaultdict(int)
-    cached: dict[str, int] = defaultdict(int)
-    latency: dict[str, list[float]] = defaultdict(list)
-    ttft: dict[tuple[str, str], list[float]] = defaultdict(list)
-    gaps: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for name, status, first, total, tokens, role, prompt, reused in recent.iterator(chunk_size=5000):
-        requests[name] += 1
-        prompted[name] += prompt
-        cached[name] += reused
-        errors[name] += status != UsageStatus.OK
-        key = (name, "decode" if role == "decode" else "both")
-        if first is not None:
-            ttft[key].append(first)
-        if total is not None:
-            latency[name].append(total)
-        if (gap := _token_gap(first, total, tokens)) is not None:
-            gaps[key].append(gap)
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
+    for record in recent.iterator(chunk_size=5000):
+        tallies[record[0]].add(record)
+    trends = hourly_trends(now)
     minutes = WINDOW.total_seconds() / 60
-    rows = []
-    for model in models:
-        name = model.name
-        roles = {role: _timings(ttft[(name, role)], gaps[(name, role)]) for role in ("both", "decode")}
-        every = _timings(
-            ttft[(name, "both")] + ttft[(name, "decode")], gaps[(name, "both")] + gaps[(name, "decode")]
-        )
-        rows.append(
-            {
-                "name": name,
-                "task": model.task,
-                "enabled": model.enabled,
-                "dispatch_policy": model.dispatch_policy,
-                "online_replicas": model.online,
-                "requests_per_minute": round(requests[name] / minutes, 1),
-                **every,
-                "latency_p50_ms": percentile(latency[name], 0.5),
-                "latency_p95_ms": percentile(latency[name], 0.95),
-                "error_rate": round(errors[name] / requests[name], 3) if requests[name] else None,
-                "prefix_cache_hit_rate": round(cached[name] / prompted[name], 3) if prompted[name] else None,
-                "by_role": {role: figures for role, figures in roles.items() if ttft[(name, role)]},
-            }
-        )
-    return rows
+    return [
+        {
+            "name": model.name,
+            "task": model.task,
+            "enabled": model.enabled,
+            "dispatch_policy": model.dispatch_policy,
+            "online_replicas": model.online,
+            **tallies[model.name].figures(minutes),
+            "last_hour": trends.get(model.name) or empty_trend(),
+        }
+        for model in models
+    ]
 
 
 def fleet_snapshot() -> dict[str, Any]:
     """Deployments and their newest scaling events, workers and models as the dashboard shows them.
 
-    Seven queries.
+    A fixed number of queries, whatever the fleet and the traffic.
     """
     now = timezone.now()
     workers = Worker.objects.prefetch_related("served_models").order_by("identity")

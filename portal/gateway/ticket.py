@@ -54,6 +54,7 @@ class Ticket:
     _recording: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.entry.streamed = self.streamed
         self.hold(self.reservation)
 
     def hold(self, reservation: Reservation | None) -> None:

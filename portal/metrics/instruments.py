@@ -26,7 +26,9 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, multiprocess, values
+
+from portal.metrics.outcomes import outcome
 
 # Time to first token: from a few ms (a warm small model) to tens of seconds (a long prompt, a queue).
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -53,11 +55,18 @@ def _check_mode() -> None:
 
 
 _check_mode()
+disable_created_metrics()  # a `_created` series per counter and histogram says nothing a scraper uses
 
 REQUESTS = Counter(
     "portal_requests",
     "Requests the gateway answered (dispatched, failed or refused by a limit), by HTTP status.",
     ["model", "worker", "status"],
+)
+OUTCOMES = Counter(
+    "portal_request_outcomes",
+    "Requests by outcome: ok; server_error (5xx: a worker's fault, no worker, a timeout), the only "
+    "one an error rate should count; client_error (4xx); limited (429); cancelled (499).",
+    ["model", "outcome"],
 )
 PROMPT_TOKENS = Counter("portal_prompt_tokens", "Prompt tokens of finished requests.", ["model", "worker"])
 COMPLETION_TOKENS = Counter(
@@ -189,6 +198,7 @@ def record_request(
 ) -> None:
     """Observe one finished request (times in seconds; None: not measured)."""
     _requests(model, worker, status).inc()
+    OUTCOMES.labels(model, outcome(status)).inc()
     series = _series(model, worker)
     if prompt_tokens:
         series.prompt_tokens.inc(prompt_tokens)

@@ -51,6 +51,7 @@ class UsageEntry:
     route: str = ""  # why dispatch chose the worker (cache_aware)
     time_to_first_token_ms: float | None = None
     total_time_ms: float | None = None
+    streamed: bool = False
     status: str = UsageStatus.OK
     status_code: int = 200
     error: str = ""

@@ -77,3 +77,20 @@ def test_the_docs_page_lists_every_operation_with_the_internet_cut_off(
     assert outside == [], f"the page asked for something outside the portal: {outside}"
     assert any("/static/drf_spectacular_sidecar/swagger-ui-dist/" in url for url in served)
     assert pages.errors == [], f"JavaScript errors on the page: {pages.errors}"
+
+    # A /v1 operation: its summary, and "Try it out" starts from an example that works as it is.
+    chat = page.locator("#operations-v1-create_chat_completion")
+    assert "Answer a conversation" in chat.locator(".opblock-summary").inner_text()
+    chat.locator(".opblock-summary").click()
+    chat.locator(".try-out__btn").click()
+    editor = chat.locator("textarea.body-param__text")
+    editor.wait_for(timeout=10_000)
+    tried = editor.input_value()
+    assert '"smollm2-135m-instruct"' in tried
+    assert "Say hello in French." in tried
+    assert "9223372036854776000" not in tried
+    for width, height in ((1400, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        editor.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f"3-chat-example-{width}.png"))
+    assert pages.errors == [], f"JavaScript errors on the page: {pages.errors}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from io import StringIO
 
 import pytest
@@ -51,7 +52,9 @@ def test_admin_shows_a_new_keys_secret_once(admin_client):
     key = ApiKey.objects.get(name="from-admin")
     shown = [str(m) for m in response.context["messages"] if f"sk-{key.prefix}-" in str(m)]
     assert len(shown) == 1
-    secret = shown[0].split(": ")[-1]
+    found = re.search(r'id="key-secret">([^<]+)</code>', shown[0])
+    assert found is not None
+    secret = found.group(1)
     assert key.hashed_secret == hashlib.sha256(secret.encode()).hexdigest()
     again = admin_client.get(f"/admin/registry/apikey/{key.id}/change/")
     assert secret not in again.content.decode()
@@ -63,3 +66,20 @@ def test_usage_admin_lists_totals_per_key_and_model(admin_client):
     page = admin_client.get("/admin/registry/usagerecord/").content.decode()
     assert 'id="usage-totals-per-model"' in page
     assert "<td>m1</td><td>2</td><td>4</td><td>5</td>" in page
+
+
+def test_a_new_key_is_for_every_model_by_default_and_its_form_has_no_revocation(admin_client):
+    form = admin_client.get("/admin/registry/apikey/add/").content.decode()
+    assert re.search(r'<input type="checkbox" name="all_models"[^>]* checked', form)
+    assert 'name="revoked_at' not in form
+    ServedModel.objects.create(name="m1")
+    narrow = ApiKey.objects.create(name="narrow", prefix="p1", hashed_secret="h1", requests_per_minute=60)
+    narrow.allowed_models.add(ServedModel.objects.get(name="m1"))
+    ApiKey.objects.create(name="wide", prefix="p2", hashed_secret="h2", all_models=True)
+    listing = admin_client.get("/admin/registry/apikey/").content.decode()
+    assert "All models" in listing
+    assert "60 req/min" in listing
+    assert '<td class="field-scope">m1</td>' in listing
+    assert "Revoked at" not in listing
+    edit = admin_client.get(f"/admin/registry/apikey/{narrow.id}/change/").content.decode()
+    assert 'name="revoked_at' in edit

@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from inference.errors import InvalidRequest
-from inference.protocol import parse_chat
+from inference.protocol import parse_chat, parse_completion, parse_embedding
 from registry.services import keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -107,3 +107,26 @@ def test_a_null_schema_in_response_format_reads_as_absent_as_the_schema_says():
     guide = parse_chat({**body, "response_format": format_}, strict=True).params.guide
     assert guide is not None
     assert json.loads(guide.spec) == {}
+
+
+async def test_every_v1_operation_has_a_summary_and_examples_the_parser_and_the_schema_accept():
+    paths = (await schema())["paths"]
+    parsers = {
+        "/v1/chat/completions": parse_chat,
+        "/v1/completions": parse_completion,
+        "/v1/embeddings": parse_embedding,
+    }
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            assert all(operation.get("summary") for operation in operations.values()), path
+    for path, parse in parsers.items():
+        content = paths[path]["post"]["requestBody"]["content"]["application/json"]
+        validator = jsonschema.Draft4Validator(content["schema"])
+        examples = [example["value"] for example in content["examples"].values()]
+        assert examples, path
+        for body in examples:
+            assert validator.is_valid(body), (path, body)
+            parse(body, strict=True)  # refused with InvalidRequest otherwise
+    chat = paths["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    formats = [example["value"].get("response_format", {}) for example in chat["examples"].values()]
+    assert {"type": "json_schema"}.items() <= max(formats, key=len).items()

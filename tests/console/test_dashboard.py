@@ -101,11 +101,11 @@ def test_first_token_and_inter_token_latency_are_shown_per_serving_role() -> Non
     both, decode = add_worker(1), add_worker(2)
     Worker.objects.filter(pk=decode.pk).update(role="decode")
     rows = [
-        (both, 100.0, 1100.0, 11),
-        (decode, 300.0, 800.0, 11),
-        (both, 500.0, 500.0, 5),
-    ]  # the last not streamed
-    for index, (worker, first, total, tokens) in enumerate(rows):
+        (both, 100.0, 1100.0, 11, True),
+        (decode, 300.0, 800.0, 11, True),
+        (both, 500.0, 600.0, 5, False),
+    ]  # the last not streamed: no time between tokens
+    for index, (worker, first, total, tokens, streamed) in enumerate(rows):
         UsageRecord.objects.create(
             request_id=f"role-{index}",
             model_name="smol",
@@ -114,6 +114,7 @@ def test_first_token_and_inter_token_latency_are_shown_per_serving_role() -> Non
             time_to_first_token_ms=first,
             total_time_ms=total,
             completion_tokens=tokens,
+            streamed=streamed,
         )
     smol = next(m for m in fleet_snapshot()["models"] if m["name"] == "smol")
     assert smol["by_role"]["both"]["ttft_p95_ms"] == 500.0
@@ -143,11 +144,11 @@ def test_the_dashboard_renders_in_a_bounded_number_of_queries(workers, django_as
         Instance.objects.create(deployment=deployments[index % 7], node=node, generation=1)
         record(deployments[index % 7], ScaleAction.UP, 2, "a burst", timezone.now())
     staff = client_for(staff=True)
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):
         page = staff.get(URL)
     assert page.status_code == 200
     assert "fleet-workers" in page.content.decode()
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(10):  # with the last hour's trends
         data = staff.get(URL + "fleet.json").json()
     assert len(data["workers"]) == workers
     assert sum(len(d["instances"]) for d in data["deployments"]) == workers

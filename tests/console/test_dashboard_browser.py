@@ -1,4 +1,4 @@
-"""The fleet dashboard in a real Chromium against a live portal: live updates, then the polling fallback.
+"""The fleet dashboard and the front door in a real Chromium against a live portal.
 
 Screenshots go to test-artifacts/console/ (git-ignored).
 """
@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/console/ (git-ignored).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from fleet.models import Deployment, Instance, InstanceState, Node, ScaleAction
 from fleet.services.autoscaler import record
+from registry.models import UsageRecord
 from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
 from tests.browser import PASSWORD, Pages, log_in_to_admin, outside_the_event_loop
 from tests.portal_process import PortalProcess, start_portal
@@ -112,3 +114,90 @@ def test_the_dashboard_polls_when_the_websocket_fails(portal, pages) -> None:
     )
     page.screenshot(path=str(ARTIFACTS / "dashboard-polling.png"), full_page=True)
     assert errors == []
+
+
+def test_the_front_door_lists_the_models_online_and_the_admin_is_branded(portal, pages) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    icons: list[int] = []
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        page.on("response", lambda r: icons.append(r.status) if "favicon" in r.url else None)
+        page.goto(portal.url + "/")
+        models = page.locator("#front-models tbody")
+        assert "smollm2" in models.inner_text()
+        assert "minilm" in models.inner_text()
+        assert page.locator("#go-console").count() == 0  # a visitor sees no console link
+        assert f'base_url="{portal.url}/v1"' in page.locator("#front-snippet").inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing runs off the side
+        page.screenshot(path=str(ARTIFACTS / f"front-{width}.png"), full_page=True)
+    log_in_to_admin(page, portal.url, "/admin/")
+    assert page.locator("#site-name").inner_text() == "Model portal"
+    assert page.title() == "Console | Model portal"
+    page.click("text=View site")
+    page.wait_for_url(portal.url + "/")
+    page.click("#go-console")
+    page.wait_for_url(portal.url + "/admin/")
+    assert icons
+    assert set(icons) == {200}
+
+
+def test_the_dashboard_shows_failures_apart_and_the_last_hour(portal, pages) -> None:
+    def traffic() -> None:
+        now = timezone.now()
+        for index, code in enumerate((200, 200, 400, 429, 499, 502)):
+            UsageRecord.objects.create(
+                request_id=f"b{index}",
+                model_name="smollm2",
+                status_code=code,
+                time_to_first_token_ms=150.0 + index,
+                total_time_ms=900.0,
+                created_at=now - timedelta(seconds=10 + index),
+            )
+
+    outside_the_event_loop(traffic)
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/console/")
+        row = page.locator("#fleet-models tr[data-model='smollm2']")
+        assert row.locator(".fleet-error-rate").inner_text() == "17%"  # the 502 alone
+        assert row.locator(".fleet-apart").inner_text() == "1 · 1 · 1"
+        card = page.locator(".fleet-trend[data-model='smollm2']")
+        assert card.get_attribute("data-requests") == "6"
+        assert page.locator(".fleet-trend[data-model='minilm'] .fleet-trend-idle").is_visible()
+        canvases = card.locator("canvas")
+        assert canvases.count() == 2
+        assert canvases.first.evaluate("canvas => Chart.getChart(canvas).data.datasets[0].data.length") == 60
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-figures-{width}.png"), full_page=True)
+
+
+def test_a_new_keys_secret_shows_in_monospace_with_a_copy_button(portal, pages) -> None:
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/registry/apikey/add/")
+        assert page.locator("#id_all_models").is_checked()
+        assert page.locator("#id_revoked_at_0").count() == 0
+        page.fill("#id_name", f"laptop-{width}")
+        page.click("input[name=_save]")
+        secret = page.locator("#key-secret")
+        assert secret.inner_text().startswith("sk-")
+        assert "monospace" in secret.evaluate("element => getComputedStyle(element).fontFamily")
+        page.click(".key-copy")
+        page.wait_for_function("document.querySelector('.key-copy').textContent !== 'Copy'", timeout=5_000)
+        assert page.locator(".key-copy").inner_text() in ("Copied", "Selected: press Ctrl+C")
+        assert "All models" in page.locator("#result_list").inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"key-added-{width}.png"), full_page=True)
+
+
+def test_a_workers_page_shows_its_figures_by_section_and_drains_from_a_button(portal, pages) -> None:
+    for width, height in ((1400, 900), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/registry/worker/")
+        page.click("text=node2@http://127.0.0.1:9102")
+        page.locator("#worker-drain").wait_for()
+        sections = page.locator("fieldset h2").all_inner_texts()
+        assert sections[:4] == ["Serving", "Now", "Capacity", "Process"]
+        assert "minilm" in page.locator("fieldset").first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / f"worker-page-{width}.png"), full_page=True)
+    page.click("#worker-drain")
+    page.wait_for_url(portal.url + "/admin/registry/worker/")
+    assert "1 worker(s) draining" in page.locator(".messagelist").inner_text()

@@ -39,10 +39,25 @@ def test_restart_and_stop_actions(staff, node):
     assert not deployment.instances.filter(wanted=True).exists()
 
 
-def test_a_deployment_with_replicas_left_cannot_be_deleted(staff, node):
+def test_a_deployment_with_replicas_left_cannot_be_deleted_and_the_page_says_why(staff, node):
     staff.post(ADD, {**FORM, "name": "echo", "model_path": "canned", "extra_args": ""})
     deployment = Deployment.objects.get(name="echo")
-    assert staff.get(f"/admin/fleet/deployment/{deployment.pk}/delete/").status_code == 403
+    page = staff.get(f"/admin/fleet/deployment/{deployment.pk}/delete/", follow=True)
+    assert page.redirect_chain[-1][0] == f"/admin/fleet/deployment/{deployment.pk}/change/"
+    said = [str(m) for m in page.context["messages"]]
+    assert said[-1:] == [
+        "“echo” still running: stop it first (the Stop action scales it to 0 and its workers drain), "
+        "then delete it once its replicas are gone."
+    ]
+    delete = {"action": "delete_selected", "_selected_action": [deployment.pk]}
+    bulk = staff.post("/admin/fleet/deployment/", delete, follow=True)
+    text = bulk.content.decode()
+    assert "stop it first" in text
+    assert "permission" not in text
+    assert Deployment.objects.filter(pk=deployment.pk).exists()
+    Instance.objects.filter(deployment=deployment).delete()  # its agents stopped every replica
+    confirm = staff.post("/admin/fleet/deployment/", delete)
+    assert "Are you sure" in confirm.content.decode()
 
 
 @pytest.mark.parametrize("replicas", [2, 40])

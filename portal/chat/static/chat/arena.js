@@ -41,14 +41,25 @@
     $("stop").hidden = !running;
   }
 
+  // Before any battle, in plain sight: a battle needs two chat models.
+  function showNeeds() {
+    const count = state.models.length;
+    $("arena-needs").hidden = count >= 2;
+    $("send").disabled = count < 2;
+    $("arena-needs-count").textContent = count === 0
+      ? "This portal serves none right now."
+      : "This portal serves one: " + state.models[0] + ".";
+  }
+
   function battle(prompt) {
-    if (!prompt.trim() || state.running) return;
+    if (!prompt.trim() || state.running || state.models.length < 2) return;
     reset();
     const named = mode() === "named";
     const ok = socket.send({
       type: "arena.send", prompt: prompt, anonymous: !named,
       model_a: named ? $("model-a").value : "", model_b: named ? $("model-b").value : "",
-      params: { max_tokens: $("max-tokens").value },
+      // The chat page's sampling settings, so that both answers are as good as they are there.
+      params: { temperature: $("temperature").value, top_p: $("top-p").value, max_tokens: $("max-tokens").value },
     });
     if (!ok) { $("reveal").textContent = "Not connected to the server."; return; }
     setRunning(true);
@@ -67,6 +78,7 @@
       ui.fillModels($("model-a"), m.models);
       ui.fillModels($("model-b"), m.models);
       if (m.models.length > 1 && $("model-a").value === $("model-b").value) $("model-b").value = m.models[1];
+      showNeeds();
     },
     "arena.started": function (m) {
       state.battleId = m.battle_id;
@@ -113,6 +125,10 @@
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); battle($("prompt").value); }
   });
   ui.autoGrow($("prompt"));
+  $("toggle-settings").addEventListener("click", function () {
+    const open = $("settings").classList.toggle("open");
+    $("toggle-settings").setAttribute("aria-expanded", String(open));
+  });
   $("stop").addEventListener("click", function () { socket.send({ type: "arena.stop" }); });
   applyMode();
 })();

@@ -200,6 +200,18 @@
   ui.autoGrow($("prompt"));
   $("stop").addEventListener("click", function () { socket.send({ type: "chat.stop" }); });
   $("toggle-settings").addEventListener("click", function () { $("settings").classList.toggle("open"); });
+  // Phone width: the conversation list slides over the page, opened and closed from the toolbar.
+  function showSidebar(open) {
+    $("layout").classList.toggle("sidebar-open", open);
+    $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+  }
+  $("toggle-sidebar").addEventListener("click", function (event) {
+    event.stopPropagation();
+    showSidebar(!$("layout").classList.contains("sidebar-open"));
+  });
+  document.querySelector(".main").addEventListener("click", function () {
+    if ($("layout").classList.contains("sidebar-open")) showSidebar(false);  // a tap beside the list closes it
+  });
   $("answer-format").addEventListener("change", showFormat);
   $("model").addEventListener("change", function () { localStorage.setItem("chat.model", $("model").value); });
 

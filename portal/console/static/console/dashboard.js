@@ -30,21 +30,26 @@
     cell(row, dash(figures.itl_p95_ms, " ms"), "number");
   }
 
+  // Server failures are the error rate; the client's errors, limit refusals and cancels are shown apart.
+  function apart(o) {
+    return o.client_error + " · " + o.limited + " · " + o.cancelled;
+  }
+
   function renderModels(models) {
     const body = document.querySelector("#fleet-models tbody");
     body.replaceChildren();
     for (const m of models) {
       const row = body.insertRow();
-      cell(row, link(m.name, config.modelAdmin + "?q=" + encodeURIComponent(m.name)));
+      row.dataset.model = m.name;
+      cell(row, link(m.name + (m.enabled ? "" : " (disabled)"), config.modelAdmin + "?q=" + encodeURIComponent(m.name)));
       cell(row, m.task);
-      cell(row, m.enabled ? "yes" : "no");
-      cell(row, m.dispatch_policy);
       cell(row, m.online_replicas, "number");
       cell(row, m.requests_per_minute, "number");
       timings(row, m);
       cell(row, dash(m.latency_p50_ms, " ms"), "number");
       cell(row, dash(m.latency_p95_ms, " ms"), "number");
-      cell(row, percent(m.error_rate), "number");
+      cell(row, percent(m.error_rate), "number fleet-error-rate");
+      cell(row, apart(m.outcomes), "number fleet-apart");
       cell(row, percent(m.prefix_cache_hit_rate), "number");
       const roles = Object.keys(m.by_role);
       if (roles.includes("decode")) {
@@ -53,10 +58,83 @@
           line.dataset.model = m.name;
           line.dataset.role = role;
           cell(line, "  " + m.name + " · " + role, "fleet-role");
-          for (let i = 0; i < 5; i++) cell(line, "");
+          for (let i = 0; i < 3; i++) cell(line, "");
           timings(line, m.by_role[role]);
-          for (let i = 0; i < 4; i++) cell(line, "");
+          for (let i = 0; i < 5; i++) cell(line, "");
         }
+      }
+    }
+    renderTrends(models);
+  }
+
+  // Each model's last hour, a minute a point: two small charts, made once and then fed new points.
+  const trends = new Map();
+  const MINUTE_LABELS = Array.from({ length: 60 }, (_, i) => (i === 59 ? "now" : 59 - i + " min ago"));
+
+  function sparkline(canvas, type, label, color) {
+    return new Chart(canvas, {
+      type: type,
+      data: { labels: MINUTE_LABELS, datasets: [{ label: label, data: [], backgroundColor: color, borderColor: color, pointRadius: type === "line" ? 1.5 : 0, borderWidth: 1.5, spanGaps: false }] },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        scales: { x: { display: false }, y: { beginAtZero: true, ticks: { maxTicksLimit: 3 } } },
+        plugins: { legend: { display: false } },
+      },
+    });
+  }
+
+  function trendCard(name) {
+    const card = document.createElement("div");
+    card.className = "fleet-trend";
+    card.dataset.model = name;
+    const title = document.createElement("h3");
+    title.textContent = name;
+    card.appendChild(title);
+    const charts = {};
+    for (const [key, label, type, color] of [["requests", "Requests/min", "bar", "#417690"], ["ttft_p50_ms", "TTFT p50 (ms)", "line", "#e8a33d"]]) {
+      const caption = document.createElement("p");
+      caption.className = "fleet-trend-label";
+      caption.textContent = label;
+      const box = document.createElement("div");
+      box.className = "fleet-trend-chart";
+      const canvas = document.createElement("canvas");
+      canvas.dataset.series = key;
+      box.appendChild(canvas);
+      card.append(caption, box);
+      charts[key] = canvas;
+    }
+    const idle = document.createElement("p");
+    idle.className = "fleet-trend-idle";
+    idle.textContent = "No requests in the last hour.";
+    card.appendChild(idle);
+    document.getElementById("fleet-trends").appendChild(card);
+    if (typeof Chart === "undefined") return { card: card };
+    return {
+      card: card,
+      requests: sparkline(charts.requests, "bar", "Requests/min", "#417690"),
+      ttft_p50_ms: sparkline(charts.ttft_p50_ms, "line", "TTFT p50 (ms)", "#e8a33d"),
+    };
+  }
+
+  function renderTrends(models) {
+    const names = new Set(models.map((m) => m.name));
+    for (const [name, entry] of trends) {
+      if (!names.has(name)) {
+        entry.card.remove();
+        trends.delete(name);
+      }
+    }
+    for (const m of models) {
+      if (!trends.has(m.name)) trends.set(m.name, trendCard(m.name));
+      const entry = trends.get(m.name);
+      const total = m.last_hour.requests.reduce((a, b) => a + b, 0);
+      entry.card.dataset.requests = total;
+      entry.card.classList.toggle("idle", total === 0);  // no bare axes: say there is nothing yet
+      for (const key of ["requests", "ttft_p50_ms"]) {
+        if (!entry[key]) continue;
+        entry[key].data.datasets[0].data = m.last_hour[key];
+        entry[key].update("none");
       }
     }
   }
