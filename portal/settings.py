@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "registry",
+    "teams",
     "fleet",
     # Before channels: our `runworker` must win over Channels' own.
     "inference",

@@ -40,6 +40,7 @@ class AppCredentialForm(forms.ModelForm):
             "requests_per_minute",
             "tokens_per_minute",
             "max_in_flight",
+            "team",
         ]
 
     def clean_sm2_public_key(self) -> str:

@@ -24,10 +24,10 @@ from registry.services.versions import bump_version
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = (
-        "name", "prefix", "owner", "all_models", "requests_per_minute", "tokens_per_minute", "max_in_flight",
-        "created_at", "last_used_at", "expires_at", "revoked_at",
+        "name", "prefix", "owner", "team", "all_models", "requests_per_minute", "tokens_per_minute",
+        "max_in_flight", "created_at", "last_used_at", "expires_at", "revoked_at",
     )  # fmt: skip
-    list_filter = ("all_models", "revoked_at", "expires_at")
+    list_filter = ("team", "all_models", "revoked_at", "expires_at")
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     filter_horizontal = ("allowed_models",)

@@ -23,6 +23,7 @@ def key_quota(key: KeyInfo) -> Quota:
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
         max_in_flight=key.max_in_flight,
+        budgets=key.budgets,
     )
 
 
