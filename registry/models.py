@@ -408,7 +408,7 @@ def _ranked_by(field: str) -> models.Index:
 
 
 class UsageDaily(UsageDayRollup):
-    """Usage per UTC day, source, model, key, app credential and user: the charts' and exports' source.
+    """Usage per UTC day, source, model, key, app credential, user and team: the charts' and exports' source.
 
     The key, credential and user are ids that outlive their rows (no database
     constraint, nothing done on delete): a deleted key's history stays its own
@@ -434,6 +434,14 @@ class UsageDaily(UsageDayRollup):
         db_constraint=False,
         related_name="+",
     )
+    team = models.ForeignKey(
+        "teams.Team",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["-day", "model_name"]
@@ -447,7 +455,8 @@ class UsageDaily(UsageDayRollup):
                 Coalesce("api_key", 0, output_field=models.BigIntegerField()),
                 Coalesce("app_credential", 0, output_field=models.BigIntegerField()),
                 Coalesce("user", 0, output_field=models.BigIntegerField()),
-                name="usage_daily_one_row_per_group",
+                Coalesce("team", 0, output_field=models.BigIntegerField()),
+                name="usage_daily_one_row_per_group_and_team",
             )
         ]
         indexes = [
@@ -455,6 +464,7 @@ class UsageDaily(UsageDayRollup):
             _ranked_by("api_key"),
             _ranked_by("app_credential"),
             _ranked_by("user"),
+            _ranked_by("team"),
         ]
 
 

@@ -2,6 +2,7 @@
 
 import django.core.validators
 import django.db.models.deletion
+import django.db.models.functions.comparison
 from decimal import Decimal
 from django.db import migrations, models
 
@@ -87,6 +88,51 @@ class Migration(migrations.Migration):
                 on_delete=django.db.models.deletion.SET_NULL,
                 related_name="+",
                 to="teams.team",
+            ),
+        ),
+        migrations.RemoveConstraint(
+            model_name="usagedaily",
+            name="usage_daily_one_row_per_group",
+        ),
+        migrations.AddField(
+            model_name="usagedaily",
+            name="team",
+            field=models.ForeignKey(
+                blank=True,
+                db_constraint=False,
+                null=True,
+                on_delete=django.db.models.deletion.DO_NOTHING,
+                related_name="+",
+                to="teams.team",
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="usagedaily",
+            index=models.Index(
+                condition=models.Q(("team__isnull", False)),
+                fields=["day", "team", "requests", "prompt_tokens", "completion_tokens"],
+                name="usage_daily_top_team",
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="usagedaily",
+            constraint=models.UniqueConstraint(
+                models.F("day"),
+                models.F("source"),
+                models.F("model_name"),
+                django.db.models.functions.comparison.Coalesce(
+                    "api_key", 0, output_field=models.BigIntegerField()
+                ),
+                django.db.models.functions.comparison.Coalesce(
+                    "app_credential", 0, output_field=models.BigIntegerField()
+                ),
+                django.db.models.functions.comparison.Coalesce(
+                    "user", 0, output_field=models.BigIntegerField()
+                ),
+                django.db.models.functions.comparison.Coalesce(
+                    "team", 0, output_field=models.BigIntegerField()
+                ),
+                name="usage_daily_one_row_per_group_and_team",
             ),
         ),
     ]
