@@ -22,6 +22,10 @@ DEBUG: bool = env.bool("DEBUG", default=False)
 SECRET_KEY: str | None = env.str("SECRET_KEY", default=None)
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Browser origins that may call /v1 (CORS), e.g. "https://app.example.com"; "*": any (never with credentials).
+CORS_ALLOWED_ORIGINS: list[str] = env.list("CORS_ALLOWED_ORIGINS", default=[])
+# Whether those origins' requests may carry cookies or HTTP authentication (API keys need not).
+CORS_ALLOW_CREDENTIALS: bool = env.bool("CORS_ALLOW_CREDENTIALS", default=False)
 # HTTPS behind a proxy: on in the production examples (deploy/), off for the loopback default.
 SECURE_COOKIES: bool = env.bool("SECURE_COOKIES", default=False)
 # The header a TLS-terminating proxy sets, e.g. "X-Forwarded-Proto"; empty: trust none.

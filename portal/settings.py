@@ -25,6 +25,19 @@ else:
 
 ALLOWED_HOSTS = env.ALLOWED_HOSTS
 CSRF_TRUSTED_ORIGINS = env.CSRF_TRUSTED_ORIGINS
+# CORS for /v1 only (django-cors-headers, in API_MIDDLEWARE): a browser app on another origin may call it
+# with an API key; a preflight is answered by the middleware, before any authentication.
+CORS_URLS_REGEX = r"^/v1/"
+CORS_ALLOW_ALL_ORIGINS = "*" in env.CORS_ALLOWED_ORIGINS
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else env.CORS_ALLOWED_ORIGINS
+CORS_ALLOW_CREDENTIALS = env.CORS_ALLOW_CREDENTIALS
+if CORS_ALLOW_ALL_ORIGINS and CORS_ALLOW_CREDENTIALS:
+    raise ImproperlyConfigured(
+        "CORS_ALLOW_CREDENTIALS=true with CORS_ALLOWED_ORIGINS=*: credentials are never allowed to any "
+        "origin; name the origins instead."
+    )
+CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"]
+CORS_PREFLIGHT_MAX_AGE = 600
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.SECURE_COOKIES
 if env.SECURE_PROXY_SSL_HEADER:
     # Django reads the header as it appears in META: X-Forwarded-Proto -> HTTP_X_FORWARDED_PROTO.
@@ -42,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "drf_spectacular",
     # Swagger UI's files, served by the portal: /api/docs/ works offline.
@@ -71,7 +85,7 @@ MIDDLEWARE = [
 ]
 
 # The `/v1` API runs with this shorter list (portal/handlers.py): no sessions, CSRF or messages.
-API_MIDDLEWARE: list[str] = []
+API_MIDDLEWARE: list[str] = ["corsheaders.middleware.CorsMiddleware"]
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"

@@ -12,12 +12,20 @@ from datetime import date
 
 import pytest
 import redis
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
 
+from portal.chat.owners import Owner
+from portal.chat.streaming import chat_caller
 from portal.gateway.gateway import current
 from portal.gateway.limit_stores import CALENDAR_LUA, MemoryStore, Quota, month_of, seconds_to_next
 from portal.gateway.limits import LimitExceeded, TokenEstimate, reserve
 from portal.gateway.tasks import drain
+from portal.signed.envelope import Code, SignedApiError
+from portal.signed.guard import reserve_for_app
+from registry.services.credentials import aget_credential, create_app_credential
 from teams.budgets import BudgetLimits
+from teams.services import create_team
 
 TEAM = BudgetLimits("team:budget-test", "team 'research'", tokens_per_day=100)
 
@@ -120,3 +128,35 @@ def test_the_wait_for_a_month_budget_runs_to_the_first_of_the_next_month():
     new_year = 1_798_761_600  # 2027-01-01T00:00:00Z
     assert seconds_to_next("month", new_year - 10) == 11
     assert seconds_to_next("day", new_year - 10) == 11
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_chat_user_spends_their_teams_budget_and_uses_its_models():
+    user = await get_user_model().objects.acreate(username="chatter")
+    team = await sync_to_async(create_team)(name="writers", daily_tokens=50)
+    await team.members.aadd(user)
+    caller = await chat_caller(Owner(user_id=user.id))
+    assert caller.team_id == team.id
+    assert caller.quota is not None
+    assert caller.quota.budgets == (BudgetLimits(f"team:{team.id}", "team 'writers'", tokens_per_day=50),)
+    assert caller.allowed_model_ids is None  # the team allows every model
+    (await reserve(current().limits, caller.quota, cost(50))).settle(50)
+    await drain()
+    with pytest.raises(LimitExceeded, match="team 'writers'"):
+        await reserve(current().limits, caller.quota, cost(1))
+    anonymous = await chat_caller(Owner(session_key="s"))
+    assert anonymous.quota is not None
+    assert (anonymous.team_id, anonymous.quota.budgets) == (None, ())
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_apps_team_budget_is_refused_in_the_signed_envelope():
+    team = await sync_to_async(create_team)(name="apps", monthly_tokens=10)
+    await sync_to_async(create_app_credential)(app_id="budgeted", team=team)
+    snapshot = await aget_credential("budgeted")
+    assert snapshot is not None
+    assert snapshot.team_id == team.id
+    with pytest.raises(SignedApiError) as refused:
+        await reserve_for_app(snapshot, {"prompt": "x" * 20})
+    assert refused.value.code == Code.RATE_LIMITED
+    assert "team 'apps' budget of 10 tokens a month" in str(refused.value)
