@@ -84,6 +84,8 @@ WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 DATABASE_POOL_SIZE: int = env.int("DATABASE_POOL_SIZE", default=0)
 # Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
 USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)
+# Days the audit trail keeps its entries (pruned hourly by qcluster); 0 keeps every entry.
+AUDIT_RETENTION_DAYS: int = env.int("AUDIT_RETENTION_DAYS", default=365)
 
 # Metrics (/metrics)
 # Scrapers send "Authorization: Bearer <METRICS_TOKEN>"; empty: /metrics answers loopback clients only.

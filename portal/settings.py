@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "portal.signed",
     # The console (/admin/console/): its static files (dashboard script, vendored Chart.js).
     "portal.console",
+    # Last: its ready() wraps the admin actions of the models the apps above registered.
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -80,6 +82,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "audit.middleware.AdminActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -230,6 +233,7 @@ WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
 USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
 USAGE_CLAIM_SECONDS = env.USAGE_CLAIM_SECONDS
 USAGE_RETENTION_DAYS = env.USAGE_RETENTION_DAYS
+AUDIT_RETENTION_DAYS = env.AUDIT_RETENTION_DAYS
 METRICS_TOKEN = env.METRICS_TOKEN
 PROMETHEUS_MULTIPROC_DIR = env.PROMETHEUS_MULTIPROC_DIR
 SIGNED_TIMESTAMP_WINDOW = env.SIGNED_TIMESTAMP_WINDOW

@@ -10,6 +10,7 @@ from portal.metrics.views import metrics
 from portal.signed.views import SignedView
 
 urlpatterns = [
+    path("admin/console/audit/", include("audit.urls")),
     path("admin/console/", include("portal.console.urls")),
     path("admin/", admin.site.urls),
     path("v1/", include("portal.api.urls")),

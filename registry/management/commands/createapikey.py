@@ -5,13 +5,14 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.context import AuditedCommand
 from registry.services.keys import create_api_key
 from teams.models import Team
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an API key for the OpenAI-compatible API; the secret is printed once, as the last line."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

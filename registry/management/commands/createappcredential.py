@@ -6,15 +6,16 @@ import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from audit.context import AuditedCommand
 from registry.models import APP_ID_PATTERN, APP_ID_RULE, AppCredential
 from registry.services.credentials import create_app_credential
 from signing.sm2 import InvalidKey
 from teams.models import Team
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an app id and secret for the go-infer compatible signed API."
 
     def add_arguments(self, parser: CommandParser) -> None:

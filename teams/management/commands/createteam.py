@@ -6,8 +6,9 @@ from argparse import ArgumentParser
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.context import AuditedCommand
 from teams.services import create_team
 
 
@@ -21,7 +22,7 @@ def _dollars(text: str) -> Decimal:
     return value.quantize(Decimal("0.01"))
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create a team with budgets: tokens per UTC day and per month, dollars per month."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
