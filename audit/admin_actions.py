@@ -29,6 +29,8 @@ def _audited(func: Action, name: str) -> Action:
         after = {row.pk: snapshot(row) for row in model._default_manager.filter(pk__in=list(rows))}
         for pk, (shown, before) in rows.items():
             old, new = changes(before, after.get(pk))
+            if pk in after and not new:
+                continue  # unchanged (a confirmation page, an action with nothing to do)
             record(acting, action=name, model=model, object_id=pk, object_repr=shown, before=old, after=new)
         return result
 

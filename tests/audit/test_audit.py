@@ -44,10 +44,10 @@ def everything_stored() -> str:
     return json.dumps([[e.before, e.after, e.object_repr] for e in AuditEntry.objects.all()])
 
 
-def post_action(client: Client, model: str, action: str, ids: list[int]) -> None:
+def post_action(client: Client, model: str, action: str, ids: list[int], status: int = 302) -> None:
     url = reverse(f"admin:{model}_changelist")
     response = client.post(url, {"action": action, "_selected_action": [str(i) for i in ids]})
-    assert response.status_code == 302, response.content[:500]
+    assert response.status_code == status, response.content[:500]
 
 
 def test_an_admin_edit_records_who_and_the_fields_before_and_after_but_no_secret(root):
@@ -109,6 +109,9 @@ def test_admin_actions_record_each_row_they_touched(root):
     assert actions[3] == ("enable_models", "m", {"enabled": False}, {"enabled": True})
     assert actions[4][0] == "remove"
     assert all(e.actor_name == "root" for e in entries())
+    post_action(root, "registry_servedmodel", "enable_models", [model.pk])  # enabled already: nothing
+    post_action(root, "registry_servedmodel", "delete_selected", [model.pk], 200)  # confirm?
+    assert len(entries()) == 5
 
 
 def test_fleet_actions_and_an_admin_scale_are_recorded(root):
