@@ -17,6 +17,7 @@ from registry.services.credentials import (
     mask_secret,
 )
 from signing.sm2 import InvalidKey, normalize_public_key
+from teams.admin_scoping import TeamScopedAdmin
 
 
 class AppCredentialForm(forms.ModelForm):
@@ -52,7 +53,7 @@ class AppCredentialForm(forms.ModelForm):
 
 
 @admin.register(AppCredential)
-class AppCredentialAdmin(admin.ModelAdmin):
+class AppCredentialAdmin(TeamScopedAdmin):
     form = AppCredentialForm
     list_display = ["app_id", "name", "masked_secret", "enabled", "allow_plain", "created_at", "last_used_at"]
     list_filter = ["enabled", "allow_plain"]

@@ -19,10 +19,11 @@ from django.utils import timezone
 from registry.models import ApiKey, ServedModel, UsageRecord
 from registry.services.keys import assign_secret
 from registry.services.versions import bump_version
+from teams.admin_scoping import TeamScopedAdmin
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TeamScopedAdmin):
     list_display = (
         "name", "prefix", "owner", "team", "all_models", "requests_per_minute", "tokens_per_minute",
         "max_in_flight", "created_at", "last_used_at", "expires_at", "revoked_at",

@@ -42,6 +42,7 @@ class Team(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("manage_every_team", "Manage the API keys and app credentials of every team")]
 
     def __str__(self) -> str:
         return self.name
