@@ -84,6 +84,22 @@ WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 DATABASE_POOL_SIZE: int = env.int("DATABASE_POOL_SIZE", default=0)
 # Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
 USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)
+# Single sign-on (OpenID Connect): on when OIDC_RP_CLIENT_ID is set; the provider's endpoints are named.
+OIDC_RP_CLIENT_ID: str = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET: str = env.str("OIDC_RP_CLIENT_SECRET", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT: str = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT: str = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT: str = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT: str = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO: str = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES: str = env.str("OIDC_RP_SCOPES", default="openid email profile groups")
+OIDC_GROUPS_CLAIM: str = env.str("OIDC_GROUPS_CLAIM", default="groups")
+# Provider group → portal role ("viewer", "operator", "key manager", "admin"), e.g. "ops=operator,it=admin".
+OIDC_ROLE_GROUPS: dict[str, str] = env.dict("OIDC_ROLE_GROUPS", default={})
+# A provider group "<prefix><team>" makes the user a member of that (existing) team.
+OIDC_TEAM_GROUP_PREFIX: str = env.str("OIDC_TEAM_GROUP_PREFIX", default="team:")
+# Off: the admin's password form is refused and only single sign-on logs in (needs OIDC_RP_CLIENT_ID).
+PASSWORD_LOGIN: bool = env.bool("PASSWORD_LOGIN", default=True)
 # Days the audit trail keeps its entries (pruned hourly by qcluster); 0 keeps every entry.
 AUDIT_RETENTION_DAYS: int = env.int("AUDIT_RETENTION_DAYS", default=365)
 

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "django_q",
     "registry",
     "teams",
+    "mozilla_django_oidc",
     "fleet",
     # Before channels: our `runworker` must win over Channels' own.
     "inference",
@@ -234,6 +235,32 @@ USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
 USAGE_CLAIM_SECONDS = env.USAGE_CLAIM_SECONDS
 USAGE_RETENTION_DAYS = env.USAGE_RETENTION_DAYS
 AUDIT_RETENTION_DAYS = env.AUDIT_RETENTION_DAYS
+
+# Single sign-on (mozilla-django-oidc): on with OIDC_RP_CLIENT_ID; teams.sso maps the groups claim.
+SSO_ENABLED = bool(env.OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_ID = env.OIDC_RP_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = env.OIDC_RP_CLIENT_SECRET
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.OIDC_OP_AUTHORIZATION_ENDPOINT
+OIDC_OP_TOKEN_ENDPOINT = env.OIDC_OP_TOKEN_ENDPOINT
+OIDC_OP_USER_ENDPOINT = env.OIDC_OP_USER_ENDPOINT
+OIDC_OP_JWKS_ENDPOINT = env.OIDC_OP_JWKS_ENDPOINT
+OIDC_RP_SIGN_ALGO = env.OIDC_RP_SIGN_ALGO
+OIDC_RP_SCOPES = env.OIDC_RP_SCOPES
+OIDC_GROUPS_CLAIM = env.OIDC_GROUPS_CLAIM
+OIDC_ROLE_GROUPS = env.OIDC_ROLE_GROUPS
+OIDC_TEAM_GROUP_PREFIX = env.OIDC_TEAM_GROUP_PREFIX
+PASSWORD_LOGIN = env.PASSWORD_LOGIN
+LOGIN_REDIRECT_URL = "/admin/"
+if set(OIDC_ROLE_GROUPS.values()) - {"viewer", "operator", "key manager", "admin"}:
+    raise ImproperlyConfigured("OIDC_ROLE_GROUPS maps to viewer, operator, key manager or admin only.")
+if not PASSWORD_LOGIN and not SSO_ENABLED:
+    raise ImproperlyConfigured(
+        "PASSWORD_LOGIN=false needs single sign-on (OIDC_RP_CLIENT_ID and the OIDC_OP_*)."
+    )
+AUTHENTICATION_BACKENDS = [
+    *(["teams.sso.PortalOIDCBackend"] if SSO_ENABLED else []),
+    *(["django.contrib.auth.backends.ModelBackend"] if PASSWORD_LOGIN else []),
+]
 METRICS_TOKEN = env.METRICS_TOKEN
 PROMETHEUS_MULTIPROC_DIR = env.PROMETHEUS_MULTIPROC_DIR
 SIGNED_TIMESTAMP_WINDOW = env.SIGNED_TIMESTAMP_WINDOW

@@ -1,5 +1,6 @@
 """Top-level URLs of the portal."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -8,8 +9,10 @@ from portal.chat import views as chat_views
 from portal.health.views import health
 from portal.metrics.views import metrics
 from portal.signed.views import SignedView
+from teams.login import login
 
 urlpatterns = [
+    path("admin/login/", login, name="login"),
     path("admin/console/audit/", include("audit.urls")),
     path("admin/console/", include("portal.console.urls")),
     path("admin/", admin.site.urls),
@@ -22,3 +25,5 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("health", health, name="health"),
 ]
+if settings.SSO_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
