@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseForbidden
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -15,14 +16,14 @@ from django.utils.http import url_has_allowed_host_and_scheme
 LOGIN_TEMPLATE = "teams/login.html"
 
 
-def _next(request: HttpRequest) -> str:
-    wanted = request.GET.get("next") or settings.LOGIN_REDIRECT_URL
+def _next(request: HttpRequest, default: str) -> str:
+    wanted = request.GET.get("next") or default
     safe = url_has_allowed_host_and_scheme(wanted, {request.get_host()}, request.is_secure())
-    return wanted if safe else settings.LOGIN_REDIRECT_URL
+    return wanted if safe else default
 
 
-def sso_url(request: HttpRequest) -> str:
-    return reverse("oidc_authentication_init") + "?" + urlencode({"next": _next(request)})
+def sso_url(request: HttpRequest, default: str = "/admin/") -> str:
+    return reverse("oidc_authentication_init") + "?" + urlencode({"next": _next(request, default)})
 
 
 def login(request: HttpRequest) -> HttpResponseBase:
@@ -34,3 +35,13 @@ def login(request: HttpRequest) -> HttpResponseBase:
     if request.method == "POST":
         return HttpResponseForbidden("Password login is off here: sign in with single sign-on.")
     return redirect(sso_url(request))
+
+
+def chat_login(request: HttpRequest) -> HttpResponseBase:
+    """The chat page's login (ordinary accounts): its form with the single sign-on button, or the provider."""
+    if settings.PASSWORD_LOGIN:
+        extra = {"sso_url": sso_url(request, "/chat/")} if settings.SSO_ENABLED else {}
+        return LoginView.as_view(template_name="chat/login.html", extra_context=extra)(request)
+    if request.method == "POST":
+        return HttpResponseForbidden("Password login is off here: sign in with single sign-on.")
+    return redirect(sso_url(request, "/chat/"))

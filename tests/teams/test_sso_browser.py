@@ -116,5 +116,14 @@ def test_a_provider_user_signs_in_and_gets_the_role_and_team_of_their_groups(por
         return user.is_staff, groups, sorted(user.teams.values_list("name", flat=True)), user.email
 
     assert outside_the_event_loop(who) == (True, [OPERATOR], ["blue"], f"{USER}@example.org")
-    refused = httpx2.post(f"{portal.url}/admin/login/", data={"username": USER, "password": "x"}, timeout=10)
-    assert refused.status_code == 403
+    for login in ("/admin/login/", "/chat/login/"):
+        refused = httpx2.post(f"{portal.url}{login}", data={"username": USER, "password": "x"}, timeout=10)
+        assert refused.status_code == 403, login
+    # The chat page's login goes to the provider too (a new browser context: signing in again).
+    chat = pages.open()
+    chat.goto(f"{portal.url}/chat/")
+    chat.wait_for_selector("#provider-login")
+    chat.fill("#provider-username", USER)
+    chat.fill("#provider-password", PASSWORD)
+    chat.click("#provider-submit")
+    chat.wait_for_url(f"{portal.url}/chat/")
