@@ -124,6 +124,8 @@ class DeploymentForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if "model_path" not in self.fields:
+            return  # a user who may only view it: every field is shown read-only
         if self.instance.pk is not None:
             self.fields["name"].disabled = True  # workers' ids carry it
         paths = sorted({e["path"] for node in Node.objects.online() for e in node.catalogue})

@@ -22,6 +22,10 @@ DEBUG: bool = env.bool("DEBUG", default=False)
 SECRET_KEY: str | None = env.str("SECRET_KEY", default=None)
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Browser origins that may call /v1 (CORS), e.g. "https://app.example.com"; "*": any (never with credentials).
+CORS_ALLOWED_ORIGINS: list[str] = env.list("CORS_ALLOWED_ORIGINS", default=[])
+# Whether those origins' requests may carry cookies or HTTP authentication (API keys need not).
+CORS_ALLOW_CREDENTIALS: bool = env.bool("CORS_ALLOW_CREDENTIALS", default=False)
 # HTTPS behind a proxy: on in the production examples (deploy/), off for the loopback default.
 SECURE_COOKIES: bool = env.bool("SECURE_COOKIES", default=False)
 # The header a TLS-terminating proxy sets, e.g. "X-Forwarded-Proto"; empty: trust none.
@@ -87,6 +91,24 @@ WORKER_CACHE_SECONDS: float = env.float("WORKER_CACHE_SECONDS", default=1.0)
 DATABASE_POOL_SIZE: int = env.int("DATABASE_POOL_SIZE", default=0)
 # Raw usage records older than this many days are deleted once rolled up per day; 0: kept forever.
 USAGE_RETENTION_DAYS: int = env.int("USAGE_RETENTION_DAYS", default=90)
+# Single sign-on (OpenID Connect): on when OIDC_RP_CLIENT_ID is set; the provider's endpoints are named.
+OIDC_RP_CLIENT_ID: str = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET: str = env.str("OIDC_RP_CLIENT_SECRET", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT: str = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT: str = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT: str = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT: str = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO: str = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES: str = env.str("OIDC_RP_SCOPES", default="openid email profile groups")
+OIDC_GROUPS_CLAIM: str = env.str("OIDC_GROUPS_CLAIM", default="groups")
+# Provider group → portal role ("viewer", "operator", "key manager", "admin"), e.g. "ops=operator,it=admin".
+OIDC_ROLE_GROUPS: dict[str, str] = env.dict("OIDC_ROLE_GROUPS", default={})
+# A provider group "<prefix><team>" makes the user a member of that (existing) team.
+OIDC_TEAM_GROUP_PREFIX: str = env.str("OIDC_TEAM_GROUP_PREFIX", default="team:")
+# Off: the admin's password form is refused and only single sign-on logs in (needs OIDC_RP_CLIENT_ID).
+PASSWORD_LOGIN: bool = env.bool("PASSWORD_LOGIN", default=True)
+# Days the audit trail keeps its entries (pruned hourly by qcluster); 0 keeps every entry.
+AUDIT_RETENTION_DAYS: int = env.int("AUDIT_RETENTION_DAYS", default=365)
 
 # Metrics (/metrics)
 # Scrapers send "Authorization: Bearer <METRICS_TOKEN>"; empty: /metrics answers loopback clients only.

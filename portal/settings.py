@@ -25,6 +25,19 @@ else:
 
 ALLOWED_HOSTS = env.ALLOWED_HOSTS
 CSRF_TRUSTED_ORIGINS = env.CSRF_TRUSTED_ORIGINS
+# CORS for /v1 only (django-cors-headers, in API_MIDDLEWARE): a browser app on another origin may call it
+# with an API key; a preflight is answered by the middleware, before any authentication.
+CORS_URLS_REGEX = r"^/v1/"
+CORS_ALLOW_ALL_ORIGINS = "*" in env.CORS_ALLOWED_ORIGINS
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else env.CORS_ALLOWED_ORIGINS
+CORS_ALLOW_CREDENTIALS = env.CORS_ALLOW_CREDENTIALS
+if CORS_ALLOW_ALL_ORIGINS and CORS_ALLOW_CREDENTIALS:
+    raise ImproperlyConfigured(
+        "CORS_ALLOW_CREDENTIALS=true with CORS_ALLOWED_ORIGINS=*: credentials are never allowed to any "
+        "origin; name the origins instead."
+    )
+CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"]
+CORS_PREFLIGHT_MAX_AGE = 600
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.SECURE_COOKIES
 if env.SECURE_PROXY_SSL_HEADER:
     # Django reads the header as it appears in META: X-Forwarded-Proto -> HTTP_X_FORWARDED_PROTO.
@@ -42,12 +55,15 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "drf_spectacular",
     # Swagger UI's files, served by the portal: /api/docs/ works offline.
     "drf_spectacular_sidecar",
     "django_q",
     "registry",
+    "teams",
+    "mozilla_django_oidc",
     "fleet",
     # Before channels: our `runworker` must win over Channels' own.
     "inference",
@@ -57,6 +73,8 @@ INSTALLED_APPS = [
     "portal.signed",
     # The console (/admin/console/): its static files (dashboard script, vendored Chart.js).
     "portal.console",
+    # Last: its ready() wraps the admin actions of the models the apps above registered.
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -65,12 +83,13 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "audit.middleware.AdminActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 # The `/v1` API runs with this shorter list (portal/handlers.py): no sessions, CSRF or messages.
-API_MIDDLEWARE: list[str] = []
+API_MIDDLEWARE: list[str] = ["corsheaders.middleware.CorsMiddleware"]
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
@@ -219,6 +238,33 @@ WORKER_CACHE_SECONDS = env.WORKER_CACHE_SECONDS
 USAGE_FLUSH_SECONDS = env.USAGE_FLUSH_SECONDS
 USAGE_CLAIM_SECONDS = env.USAGE_CLAIM_SECONDS
 USAGE_RETENTION_DAYS = env.USAGE_RETENTION_DAYS
+AUDIT_RETENTION_DAYS = env.AUDIT_RETENTION_DAYS
+
+# Single sign-on (mozilla-django-oidc): on with OIDC_RP_CLIENT_ID; teams.sso maps the groups claim.
+SSO_ENABLED = bool(env.OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_ID = env.OIDC_RP_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = env.OIDC_RP_CLIENT_SECRET
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.OIDC_OP_AUTHORIZATION_ENDPOINT
+OIDC_OP_TOKEN_ENDPOINT = env.OIDC_OP_TOKEN_ENDPOINT
+OIDC_OP_USER_ENDPOINT = env.OIDC_OP_USER_ENDPOINT
+OIDC_OP_JWKS_ENDPOINT = env.OIDC_OP_JWKS_ENDPOINT
+OIDC_RP_SIGN_ALGO = env.OIDC_RP_SIGN_ALGO
+OIDC_RP_SCOPES = env.OIDC_RP_SCOPES
+OIDC_GROUPS_CLAIM = env.OIDC_GROUPS_CLAIM
+OIDC_ROLE_GROUPS = env.OIDC_ROLE_GROUPS
+OIDC_TEAM_GROUP_PREFIX = env.OIDC_TEAM_GROUP_PREFIX
+PASSWORD_LOGIN = env.PASSWORD_LOGIN
+LOGIN_REDIRECT_URL = "/admin/"
+if set(OIDC_ROLE_GROUPS.values()) - {"viewer", "operator", "key manager", "admin"}:
+    raise ImproperlyConfigured("OIDC_ROLE_GROUPS maps to viewer, operator, key manager or admin only.")
+if not PASSWORD_LOGIN and not SSO_ENABLED:
+    raise ImproperlyConfigured(
+        "PASSWORD_LOGIN=false needs single sign-on (OIDC_RP_CLIENT_ID and the OIDC_OP_*)."
+    )
+AUTHENTICATION_BACKENDS = [
+    *(["teams.sso.PortalOIDCBackend"] if SSO_ENABLED else []),
+    *(["django.contrib.auth.backends.ModelBackend"] if PASSWORD_LOGIN else []),
+]
 METRICS_TOKEN = env.METRICS_TOKEN
 PROMETHEUS_MULTIPROC_DIR = env.PROMETHEUS_MULTIPROC_DIR
 SIGNED_TIMESTAMP_WINDOW = env.SIGNED_TIMESTAMP_WINDOW

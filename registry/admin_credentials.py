@@ -17,6 +17,7 @@ from registry.services.credentials import (
     mask_secret,
 )
 from signing.sm2 import InvalidKey, normalize_public_key
+from teams.admin_scoping import TeamScopedAdmin
 
 
 class AppCredentialForm(forms.ModelForm):
@@ -40,6 +41,7 @@ class AppCredentialForm(forms.ModelForm):
             "requests_per_minute",
             "tokens_per_minute",
             "max_in_flight",
+            "team",
         ]
 
     def clean_sm2_public_key(self) -> str:
@@ -51,7 +53,7 @@ class AppCredentialForm(forms.ModelForm):
 
 
 @admin.register(AppCredential)
-class AppCredentialAdmin(admin.ModelAdmin):
+class AppCredentialAdmin(TeamScopedAdmin):
     form = AppCredentialForm
     list_display = ["app_id", "name", "masked_secret", "enabled", "allow_plain", "created_at", "last_used_at"]
     list_filter = ["enabled", "allow_plain"]

@@ -20,13 +20,16 @@ from django.utils.html import format_html
 from registry.models import ApiKey, ServedModel, UsageRecord
 from registry.services.keys import assign_secret
 from registry.services.versions import bump_version
+from teams.admin_scoping import TeamScopedAdmin
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TeamScopedAdmin):
     # Few columns, so that the list fits a laptop's width; the rest is on the key's page.
-    list_display = ("name", "prefix", "owner", "scope", "limits", "last_used_at", "expires_at", "state")
-    list_filter = ("all_models", "revoked_at", "expires_at")
+    list_display = (
+        "name", "prefix", "owner", "team", "scope", "limits", "last_used_at", "expires_at", "state",
+    )  # fmt: skip
+    list_filter = ("team", "all_models", "revoked_at", "expires_at")
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     filter_horizontal = ("allowed_models",)
@@ -60,6 +63,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             f"{key.requests_per_minute} req/min" if key.requests_per_minute else "",
             f"{key.tokens_per_minute} tok/min" if key.tokens_per_minute else "",
             f"{key.max_in_flight} at once" if key.max_in_flight else "",
+            f"{key.daily_tokens} tok/day" if key.daily_tokens else "",
+            f"{key.monthly_tokens} tok/month" if key.monthly_tokens else "",
+            f"${key.monthly_budget_usd}/month" if key.monthly_budget_usd else "",
         ]
         return " · ".join(part for part in parts if part) or "—"
 

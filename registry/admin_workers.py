@@ -95,7 +95,11 @@ class ModelAliasInline(admin.TabularInline):
 
 @admin.register(ServedModel)
 class ServedModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "task", "dispatch_policy", "enabled", "online_workers")
+    list_display = (
+        "name", "task", "dispatch_policy", "enabled", "online_workers",
+        "input_price_per_million", "output_price_per_million",
+    )  # fmt: skip
+    list_editable = ("input_price_per_million", "output_price_per_million")
     list_filter = ("task", "dispatch_policy", "enabled")
     search_fields = ("name", "aliases__name")
     inlines = [ModelAliasInline]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -42,6 +43,20 @@ class ServedModel(models.Model):
         default=30.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(3600.0)],
         help_text="Seconds a request waits in the queue when every worker is busy, then 503; 0: 503 at once.",
+    )
+    input_price_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Dollars per million prompt tokens: what money budgets count.",
+    )
+    output_price_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Dollars per million generated tokens.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -217,6 +232,14 @@ class ApiKey(models.Model):
         blank=True,
         help_text="Requests this key may have waiting in the queue at once (empty: QUEUE_MAX_PER_CALLER).",
     )
+    team = models.ForeignKey(
+        "teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="%(class)ss"
+    )
+    daily_tokens = models.PositiveBigIntegerField(null=True, blank=True, help_text="This key's own budget.")
+    monthly_tokens = models.PositiveBigIntegerField(null=True, blank=True, help_text="This key's own budget.")
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="This key's own dollars a month."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -257,6 +280,9 @@ class AppCredential(models.Model):
     max_in_flight = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests this app may have running at once."
     )
+    team = models.ForeignKey(
+        "teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="%(class)ss"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -283,6 +309,7 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
     app_credential = models.ForeignKey(AppCredential, null=True, blank=True, on_delete=models.SET_NULL)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    team = models.ForeignKey("teams.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     model_name = models.CharField(max_length=200)
     served_model = models.ForeignKey(ServedModel, null=True, blank=True, on_delete=models.SET_NULL)
     worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL)
@@ -382,7 +409,7 @@ def _ranked_by(field: str) -> models.Index:
 
 
 class UsageDaily(UsageDayRollup):
-    """Usage per UTC day, source, model, key, app credential and user: the charts' and exports' source.
+    """Usage per UTC day, source, model, key, app credential, user and team: the charts' and exports' source.
 
     The key, credential and user are ids that outlive their rows (no database
     constraint, nothing done on delete): a deleted key's history stays its own
@@ -408,6 +435,14 @@ class UsageDaily(UsageDayRollup):
         db_constraint=False,
         related_name="+",
     )
+    team = models.ForeignKey(
+        "teams.Team",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
 
     class Meta:
         ordering = ["-day", "model_name"]
@@ -421,7 +456,8 @@ class UsageDaily(UsageDayRollup):
                 Coalesce("api_key", 0, output_field=models.BigIntegerField()),
                 Coalesce("app_credential", 0, output_field=models.BigIntegerField()),
                 Coalesce("user", 0, output_field=models.BigIntegerField()),
-                name="usage_daily_one_row_per_group",
+                Coalesce("team", 0, output_field=models.BigIntegerField()),
+                name="usage_daily_one_row_per_group_and_team",
             )
         ]
         indexes = [
@@ -429,6 +465,7 @@ class UsageDaily(UsageDayRollup):
             _ranked_by("api_key"),
             _ranked_by("app_credential"),
             _ranked_by("user"),
+            _ranked_by("team"),
         ]
 
 

@@ -22,6 +22,7 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("signed: sweep seen signatures", "portal.signed.replay.sweep_seen_signatures", 10),
     ("usage: roll up per day", "registry.tasks.roll_up_usage", 10),
     ("usage: prune rolled-up records", "registry.tasks.prune_usage", 60),
+    ("audit: prune old entries", "audit.tasks.prune_audit", 60),
 ]
 
 

@@ -125,6 +125,7 @@ class OpenAIView(APIView):
         return Caller(
             source="api",
             api_key_id=key.id,
+            team_id=key.team_id,
             quota=self.throttle.quota(key),
             allowed_model_ids=key.allowed_model_ids,
             model_first=True,

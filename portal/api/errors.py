@@ -38,14 +38,23 @@ def too_large(limit: int) -> GatewayError:
     )
 
 
-def rate_limited(message: str, *, retry_after: int | None, param: str | None = None) -> GatewayError:
-    """429; without `retry_after` when waiting cannot help (the request alone exceeds the limit)."""
+def rate_limited(
+    message: str, *, retry_after: int | None, param: str | None = None, budget: bool = False
+) -> GatewayError:
+    """429; without `retry_after` when waiting cannot help (the request alone exceeds the limit).
+
+    A budget's refusal (`budget`) has its own code: waiting a minute does not help.
+    """
+    if budget:
+        code = "budget_exceeded"
+    else:
+        code = "rate_limit_exceeded" if retry_after is not None else "request_exceeds_limit"
     return GatewayError(
         message,
         status_code=429,
         error_type="rate_limit_error",
         param=param,
-        code="rate_limit_exceeded" if retry_after is not None else "request_exceeds_limit",
+        code=code,
         retry_after=retry_after,
     )
 

@@ -23,6 +23,7 @@ def key_quota(key: KeyInfo) -> Quota:
         requests_per_minute=key.requests_per_minute,
         tokens_per_minute=key.tokens_per_minute,
         max_in_flight=key.max_in_flight,
+        budgets=key.budgets,
     )
 
 
@@ -33,7 +34,8 @@ class KeyRateThrottle:
         return key_quota(key)
 
     def refusal(self, exc: LimitExceeded) -> GatewayError:
-        return rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param)
+        budget = exc.reason.startswith("budget_")
+        return rate_limited(exc.message, retry_after=exc.retry_after, param=exc.param, budget=budget)
 
     async def reserve(self, key: KeyInfo) -> Reservation:
         """Reserve a request that generates nothing (the model list); the gateway reserves the others."""

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,20 +32,48 @@ from portal.gateway.gateway import current
 from portal.gateway.limits import LimitExceeded, Quota
 from portal.gateway.prepare import CHAT
 from portal.gateway.streaming import ChatStream
+from registry.services.cache import RefreshingCache
+from teams.budgets import MemberTeam, aget_member_team
 
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[str], Awaitable[None]]
 
 
-def chat_quota(owner: Owner) -> Quota:
-    """The limits of one chat user (or anonymous session), from settings; 0 turns one off."""
+def chat_quota(owner: Owner, team: MemberTeam | None = None) -> Quota:
+    """One chat user's (or anonymous session's) limits from settings (0: off), and their team's budgets."""
     who = f"user:{owner.user_id}" if owner.user_id is not None else f"session:{owner.session_key}"
     return Quota(
         subject=f"chat-{who}",
         requests_per_minute=settings.CHAT_USER_RPM,
         tokens_per_minute=settings.CHAT_USER_TPM,
         max_in_flight=settings.CHAT_USER_MAX_IN_FLIGHT,
+        budgets=team.budgets if team is not None else (),
+    )
+
+
+async def _load_member_team(user_id: Hashable) -> MemberTeam:
+    return await aget_member_team(user_id=int(str(user_id)))
+
+
+# A user's team, cached like keys (an admin change reaches it through the registry version).
+_teams: RefreshingCache[MemberTeam] = RefreshingCache(
+    _load_member_team,
+    ttl=lambda: settings.API_KEY_CACHE_SECONDS,
+    max_stale=lambda: 3 * settings.API_KEY_CACHE_SECONDS,
+    max_entries=10_000,
+)
+
+
+async def chat_caller(owner: Owner) -> Caller:
+    """The chat door's caller: the user's limits, and the team whose budget and models they use."""
+    team = MemberTeam() if owner.user_id is None else await _teams.get(owner.user_id)
+    return Caller(
+        source="chat",
+        user_id=owner.user_id,
+        team_id=team.team_id,
+        quota=chat_quota(owner, team),
+        allowed_model_ids=team.allowed_model_ids,
     )
 
 
@@ -141,12 +169,12 @@ async def stream_answer(
     """
     answer = Answer(model_name=model, answer_format=answer_format(params))
     body = request_body(model=model, messages=messages, params=params)
-    caller = Caller(source="chat", user_id=owner.user_id, quota=chat_quota(owner))
     gateway, request_id = current(), new_request_id()
     started = time.monotonic()
     progress = _Progress()
     stream: ChatStream | None = None
     try:
+        caller = await chat_caller(owner)
         prepared = await gateway.admit(CHAT, caller, body, stream=True, request_id=request_id)
         stream = await gateway.stream(prepared)
         await _relay_chunks(aiter(stream), answer=answer, progress=progress, emit=emit, stop=stop)

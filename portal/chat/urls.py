@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from portal.chat import views
+from teams.login import chat_login
 
 app_name = "chat"
 
@@ -11,7 +12,7 @@ urlpatterns = [
     path("", views.chat_page, name="page"),
     path("c/<int:conversation_id>/", views.chat_page, name="conversation"),
     # The admin's login page accepts staff only; chat users are ordinary accounts.
-    path("login/", auth_views.LoginView.as_view(template_name="chat/login.html"), name="login"),
+    path("login/", chat_login, name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="chat:login"), name="logout"),
     path("arena/", views.arena_page, name="arena"),
     path("leaderboard/", views.leaderboard, name="leaderboard"),

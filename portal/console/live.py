@@ -24,6 +24,7 @@ from django.db.models import Count, Max
 from fleet.models import Deployment, DeploymentEvent, Instance
 from portal.console.fleet import fleet_snapshot
 from registry.models import UsageRecord, Worker
+from teams.roles import CONSOLE_PERMISSION
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,17 @@ class FleetWatch:
 watch = FleetWatch()
 
 
+@database_sync_to_async
+def _may_watch(user: Any) -> bool:
+    return bool(user.has_perm(CONSOLE_PERMISSION))
+
+
 class FleetConsumer(AsyncJsonWebsocketConsumer):
     """One open dashboard: a snapshot on connect, then one per change, at most one a second."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not (user.is_active and user.is_staff):
+        if user is None or not (user.is_active and user.is_staff) or not await _may_watch(user):
             await self.close(code=FORBIDDEN_CLOSE_CODE)
             return
         self.last_sent = 0.0

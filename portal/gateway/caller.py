@@ -25,6 +25,7 @@ class Caller:
     api_key_id: int | None = None
     app_credential_id: int | None = None
     user_id: int | None = None
+    team_id: int | None = None  # the team whose budget it spends
     reservation: Reservation | None = field(default=None, compare=False, repr=False)
     quota: Quota | None = None
     allowed_model_ids: frozenset[int] | None = None
@@ -58,6 +59,7 @@ class Caller:
             api_key_id=self.api_key_id,
             app_credential_id=self.app_credential_id,
             user_id=self.user_id,
+            team_id=self.team_id,
         )
 
 

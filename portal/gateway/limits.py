@@ -21,6 +21,13 @@ against its share of every limit (the limit ÷ PORTAL_COUNT), says so in
 /metrics and, once a minute, in its log; when Redis answers again, the
 counting goes back there. An outage of the counter is neither an outage of
 the API nor a way around its limits.
+
+Budgets (a team's, a key's own: tokens per day and per month, dollars per
+month) ride on the same quota and the same store call: the reservation's
+tokens, and its price from the model's prices per million tokens, are
+counted against every budget at once; settling replaces them by the tokens
+used and their price. Across portals a budget is overshot by at most the
+settling of requests already admitted, never by a request it refused.
 """
 
 from __future__ import annotations
@@ -38,9 +45,22 @@ from typing import Any, Literal
 import redis
 
 from inference.sampling import DEFAULT_MAX_TOKENS
-from portal.gateway.limit_stores import IN_FLIGHT, OK, RPM, TOO_LARGE, LimitStore, LimitStores, Quota
+from portal.gateway.limit_stores import (
+    DAY,
+    IN_FLIGHT,
+    MONTH,
+    OK,
+    RPM,
+    TOO_LARGE,
+    USD,
+    LimitStore,
+    LimitStores,
+    Quota,
+    Settlement,
+)
 from portal.gateway.tasks import spawn
 from portal.metrics import instruments
+from teams.budgets import MICRO, price_microusd
 
 __all__ = ["LimitExceeded", "Quota", "Reservation", "TokenEstimate", "estimate", "reserve"]
 
@@ -90,10 +110,20 @@ class TokenEstimate:
     max_tokens: int = 0
     model: str = ""
     source: str = ""
+    input_price: float = 0.0  # the model's dollars per million prompt tokens
+    output_price: float = 0.0  # and per million generated tokens
 
     @property
     def total(self) -> int:
         return self.prompt + self.completions * self.max_tokens
+
+    @property
+    def microusd(self) -> int:
+        """The most the request may cost, in micro-dollars."""
+        return self.price(self.prompt, self.completions * self.max_tokens)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> int:
+        return price_microusd(prompt_tokens, completion_tokens, self.input_price, self.output_price)
 
 
 @dataclass
@@ -298,23 +328,43 @@ class Reservation:
     quota: Quota
     estimate: TokenEstimate
     window: int = 0
-    tokens: int = 0  # reserved against tokens per minute (0 when that limit is off)
+    tokens: int = 0  # reserved against tokens per minute and the budgets (0 when none is on)
     flight_id: str = ""  # its in-flight entry ("" when that limit is off)
     store: LimitStore | None = field(default=None, repr=False)  # where it is counted (None: nowhere)
     claimed: bool = field(default=False, repr=False)  # a Ticket owns the settling now
     settled: bool = field(default=False, repr=False)
+    day: int = 0  # the UTC day and the month its budgets were counted in
+    month: int = 0
+    money: int = 0  # micro-dollars reserved against money budgets (0 when none is on)
 
-    def settle(self, used_tokens: int) -> None:
-        """Free the in-flight slot and count `used_tokens` instead of the reservation (once)."""
+    def settle(self, used_tokens: int, completion_tokens: int = 0) -> None:
+        """Free the in-flight slot and count the tokens used instead of the reservation (once).
+
+        `used_tokens` are prompt tokens (priced as input) and
+        `completion_tokens` generated ones; both count against token limits.
+        """
         if self.settled:
             return
         self.settled = True
-        if self.store is not None and (self.tokens or self.flight_id):
-            spawn(self._settle(self.store, max(0, used_tokens) if self.tokens else 0))
+        if self.store is not None and (self.tokens or self.flight_id or self.money):
+            used, generated = max(0, used_tokens), max(0, completion_tokens)
+            settlement = Settlement(
+                subject=self.quota.subject,
+                window=self.window,
+                reserved=self.tokens,
+                used=used + generated if self.tokens else 0,
+                flight_id=self.flight_id,
+                budgets=tuple(b.subject for b in self.quota.budgets),
+                day=self.day,
+                month=self.month,
+                money_reserved=self.money,
+                money_used=self.estimate.price(used, generated) if self.money else 0,
+            )
+            spawn(self._settle(self.store, settlement))
 
-    async def _settle(self, store: LimitStore, used: int) -> None:
+    async def _settle(self, store: LimitStore, settlement: Settlement) -> None:
         try:
-            await store.settle(self.quota.subject, self.window, self.tokens, used, self.flight_id)
+            await store.settle(settlement)
         except (redis.RedisError, OSError) as exc:  # the store keeps it and retries once Redis answers
             logger.warning("limits: settling for %s is delayed, Redis failed: %s", self.quota.subject, exc)
 
@@ -337,6 +387,31 @@ def _too_large(quota: Quota, cost: TokenEstimate) -> LimitExceeded:
     return LimitExceeded(TOO_LARGE, message, retry_after=None, param=param)
 
 
+def _dollars(microusd: int) -> str:
+    """Dollars with cents, or with as many decimals as a smaller amount needs ($0.0005)."""
+    if microusd % 10_000 == 0:
+        return f"${microusd / MICRO:,.2f}"
+    return f"${microusd / MICRO:,.6f}".rstrip("0")
+
+
+def _budget_refusal(
+    quota: Quota, outcome: str, index: int, retry_after: int, cost: TokenEstimate
+) -> LimitExceeded:
+    budget = quota.budgets[index]
+    if outcome == USD:
+        spent = f"{_dollars(budget.microusd_per_month or 0)} a month"
+        asks = f"this request reserves {_dollars(cost.microusd)}"
+    else:
+        limit = budget.tokens_per_day if outcome == DAY else budget.tokens_per_month
+        spent = f"{limit} tokens a {'day' if outcome == DAY else 'month'}"
+        asks = f"this request reserves {cost.total}"
+    return LimitExceeded(
+        f"budget_{outcome}",
+        f"Budget reached: the {budget.label} budget of {spent} is spent ({asks}).",
+        retry_after=retry_after,
+    )
+
+
 def _refusal(quota: Quota, outcome: str, retry_after: int, cost: TokenEstimate) -> LimitExceeded:
     if outcome == IN_FLIGHT:
         message = f"Too many requests in flight: at most {quota.max_in_flight} at once."
@@ -354,18 +429,31 @@ async def reserve(stores: LimitStores, quota: Quota, cost: TokenEstimate) -> Res
     """Reserve one request of `cost` against `quota` in `stores`; raise LimitExceeded when one refuses it."""
     if not quota.limited:
         return Reservation(quota, cost)
-    tokens = cost.total if quota.tokens_per_minute else 0
+    tokens = cost.total if quota.tokens_per_minute or quota.budgets else 0
+    money = cost.microusd if quota.counts_money else 0
     if quota.tokens_per_minute and tokens > quota.tokens_per_minute:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=TOO_LARGE)
         raise _too_large(quota, cost)
     flight_id = uuid.uuid4().hex if quota.max_in_flight else ""
     store = stores.store()
     try:
-        admission = await store.reserve(quota, tokens, flight_id)
+        admission = await store.reserve(quota, tokens, flight_id, money)
     except (redis.RedisError, OSError):  # the store logged it; count this portal's share meanwhile
         store = stores.fallback()
-        admission = await store.reserve(quota, tokens, flight_id)
+        admission = await store.reserve(quota, tokens, flight_id, money)
     if admission.outcome != OK:
         instruments.record_refusal(subject=quota.subject, model=cost.model, reason=admission.outcome)
+        if admission.outcome in (DAY, MONTH, USD):
+            raise _budget_refusal(quota, admission.outcome, admission.budget, admission.retry_after, cost)
         raise _refusal(quota, admission.outcome, admission.retry_after, cost)
-    return Reservation(quota, cost, window=admission.window, tokens=tokens, flight_id=flight_id, store=store)
+    return Reservation(
+        quota,
+        cost,
+        window=admission.window,
+        tokens=tokens,
+        flight_id=flight_id,
+        store=store,
+        day=admission.day,
+        month=admission.month,
+        money=money,
+    )

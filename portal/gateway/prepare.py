@@ -140,7 +140,7 @@ async def admit(
         if model is not None and not caller.may_use(model.id):
             raise not_allowed(name)
         merged = body if model is None else with_defaults(body, model)
-        cost = estimate(merged) if model is None else replace(estimate(merged), model=model.name)
+        cost = estimate(merged) if model is None else _priced(estimate(merged), model)
         ticket.hold(await _reserve(gateway, caller, cost))
         reserved = True
         if model is None:
@@ -162,6 +162,10 @@ async def admit(
     ticket.choices = getattr(request, "n", 1)
     body = for_worker(merged, model, door, stream=stream)
     return Prepared(door=door, model=model, request=request, estimate=cost, body=body, ticket=ticket)
+
+
+def _priced(cost: TokenEstimate, model: ResolvedModel) -> TokenEstimate:
+    return replace(cost, model=model.name, input_price=model.input_price, output_price=model.output_price)
 
 
 async def _resolve(body: dict[str, Any]) -> tuple[ResolvedModel | None, GatewayError | None]:

@@ -139,7 +139,7 @@ class Ticket:
             self._estimate_usage()
         self._recording = self.gateway.usage.schedule(self.entry)
         if self.reservation is not None:
-            self.reservation.settle(self.entry.prompt_tokens + self.entry.completion_tokens)
+            self.reservation.settle(self.entry.prompt_tokens, self.entry.completion_tokens)
         self._observe()
 
     def _observe(self) -> None:

@@ -42,6 +42,7 @@ def app_quota(credential: CredentialSnapshot) -> Quota:
         requests_per_minute=credential.requests_per_minute,
         tokens_per_minute=credential.tokens_per_minute,
         max_in_flight=credential.max_in_flight,
+        budgets=credential.budgets,
     )
 
 

@@ -129,7 +129,10 @@ async def _serve(
     except ParamsRefused as exc:
         raise SignedApiError(Code.PARAMS_REFUSED, str(exc)) from exc
     context = PipelineContext(
-        request_id=request_id, app_id=credential.app_id, app_credential_id=credential.id
+        request_id=request_id,
+        app_id=credential.app_id,
+        app_credential_id=credential.id,
+        team_id=credential.team_id,
     )
     if pipeline.reserves_itself:  # the gateway reserves it against the app's quota, and settles it
         return await run_pipeline(pipeline, params, replace(context, quota=app_quota(credential)))

@@ -24,6 +24,8 @@ from django.db import transaction
 from registry.models import AppCredential
 from registry.services.cache import RefreshingCache
 from signing.sm2 import normalize_public_key
+from teams.budgets import BudgetLimits, team_budget
+from teams.models import Team
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class CredentialSnapshot:
     requests_per_minute: int | None
     tokens_per_minute: int | None = None
     max_in_flight: int | None = None
+    team_id: int | None = None
+    budgets: tuple[BudgetLimits, ...] = ()  # its team's
 
     def may_call(self, pipeline: str) -> bool:
         """An empty allow list means every pipeline."""
@@ -101,6 +105,7 @@ def create_app_credential(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
     max_in_flight: int | None = None,
+    team: Team | None = None,
 ) -> tuple[AppCredential, str]:
     """Create an app credential and return it with its plain secret (generated when not given)."""
     plain_secret = secret or generate_secret()
@@ -114,6 +119,7 @@ def create_app_credential(
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
         max_in_flight=max_in_flight,
+        team=team,
     )
     with transaction.atomic():
         credential.full_clean()
@@ -140,11 +146,13 @@ def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
         requests_per_minute=credential.requests_per_minute,
         tokens_per_minute=credential.tokens_per_minute,
         max_in_flight=credential.max_in_flight,
+        team_id=credential.team_id,
+        budgets=team_budget(credential.team),
     )
 
 
 async def _load_credential(app_id: Hashable) -> CredentialSnapshot | None:
-    credential = await AppCredential.objects.filter(app_id=str(app_id)).afirst()
+    credential = await AppCredential.objects.filter(app_id=str(app_id)).select_related("team").afirst()
     return None if credential is None else snapshot_of(credential)
 
 

@@ -91,6 +91,8 @@ class ResolvedModel:
     dispatch_policy: str
     default_params: dict[str, Any]
     queue_timeout: float = 0.0  # seconds a request may wait for a busy fleet; 0: refused at once
+    input_price: float = 0.0  # dollars per million prompt tokens (money budgets)
+    output_price: float = 0.0  # dollars per million generated tokens
 
 
 def _speeds(candidates: list[WorkerSnapshot]) -> list[float]:
@@ -209,6 +211,8 @@ def get_model(*, name: str) -> ResolvedModel | None:
         dispatch_policy=model.dispatch_policy,
         default_params=dict(model.default_params or {}),
         queue_timeout=model.queue_timeout,
+        input_price=float(model.input_price_per_million),
+        output_price=float(model.output_price_per_million),
     )
 
 

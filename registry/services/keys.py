@@ -25,6 +25,8 @@ from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
 from registry.services.cache import RefreshingCache
+from teams.budgets import BudgetLimits, budget_of, narrow, team_budget, team_model_ids
+from teams.models import Team
 
 # Lookups kept per process: enough for every live key; random secrets only evict the oldest.
 KEY_CACHE_ENTRIES = 10_000
@@ -55,6 +57,8 @@ class KeyInfo:
     max_in_flight: int | None = None
     queue_priority: int = 0
     max_queued: int | None = None
+    team_id: int | None = None
+    budgets: tuple[BudgetLimits, ...] = ()  # its team's, then its own
 
     def allows(self, served_model_id: int) -> bool:
         return self.allowed_model_ids is None or served_model_id in self.allowed_model_ids
@@ -88,6 +92,7 @@ def create_api_key(
     max_in_flight: int | None = None,
     all_models: bool | None = None,
     owner_id: int | None = None,
+    team: Team | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret (shown once); unknown model names raise ValueError.
 
@@ -103,6 +108,7 @@ def create_api_key(
     key = ApiKey(
         name=name,
         owner_id=owner_id,
+        team=team,
         requests_per_minute=requests_per_minute,
         tokens_per_minute=tokens_per_minute,
         max_in_flight=max_in_flight,
@@ -117,10 +123,23 @@ def create_api_key(
 
 def get_key_info(*, hashed: str) -> KeyInfo | None:
     """The key whose hash is `hashed`, compared in constant time; None when there is none."""
-    key = ApiKey.objects.filter(hashed_secret=hashed).prefetch_related("allowed_models").first()
+    key = (
+        ApiKey.objects.filter(hashed_secret=hashed)
+        .select_related("team")
+        .prefetch_related("allowed_models")
+        .first()
+    )
     if key is None or not hmac.compare_digest(key.hashed_secret, hashed):
         return None
-    allowed = None if key.all_models else frozenset(m.id for m in key.allowed_models.all())
+    own = None if key.all_models else frozenset(m.id for m in key.allowed_models.all())
+    allowed = narrow(own, team_model_ids(key.team))
+    budgets = team_budget(key.team) + budget_of(
+        subject=f"key:{key.id}",
+        label=f"API key '{key.name}'",
+        daily=key.daily_tokens,
+        monthly=key.monthly_tokens,
+        usd=key.monthly_budget_usd,
+    )
     return KeyInfo(
         id=key.id,
         prefix=key.prefix,
@@ -133,6 +152,8 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
         max_in_flight=key.max_in_flight,
         queue_priority=key.queue_priority,
         max_queued=key.max_queued,
+        team_id=key.team_id,
+        budgets=budgets,
     )
 
 

@@ -40,7 +40,7 @@ from registry.models import (
 # Records get their created_at when the usage writer saves them, a second or so
 # after the request ends; an hour covers a stalled writer and skewed clocks.
 FINAL_AFTER = timedelta(hours=1)
-GROUP = ("source", "model_name", "api_key_id", "app_credential_id", "user_id")
+GROUP = ("source", "model_name", "api_key_id", "app_credential_id", "user_id", "team_id")
 # `UsageDailyTotal`'s group: the first fields of GROUP.
 TOTAL_GROUP = GROUP[:2]
 COUNTS = (

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import (
     DatabaseError,
@@ -43,6 +44,7 @@ class UsageEntry:
     api_key_id: int | None = None
     app_credential_id: int | None = None
     user_id: int | None = None
+    team_id: int | None = None  # the team whose budget it spent
     served_model_id: int | None = None
     worker_id: int | None = None
     prompt_tokens: int = 0
@@ -83,7 +85,7 @@ def _without_dangling(entry: UsageEntry) -> UsageEntry:
     """The entry with references to rows deleted since the request (a removed worker) cleared."""
     references: dict[str, type[models.Model]] = {
         "api_key_id": ApiKey, "app_credential_id": AppCredential, "user_id": get_user_model(),
-        "served_model_id": ServedModel, "worker_id": Worker,
+        "served_model_id": ServedModel, "worker_id": Worker, "team_id": apps.get_model("teams", "Team"),
     }  # fmt: skip
     cleared: dict[str, Any] = {
         field: None

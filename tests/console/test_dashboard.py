@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.test import Client
 from django.utils import timezone
 
@@ -50,6 +50,7 @@ def usage(
 
 def client_for(*, staff: bool) -> Client:
     user = get_user_model().objects.create_user("someone", password="pw-123456789", is_staff=staff)
+    user.user_permissions.add(Permission.objects.get(codename="view_worker"))  # the console's (every role's)
     client = Client()
     client.force_login(user)
     return client
@@ -148,7 +149,7 @@ def test_the_dashboard_renders_in_a_bounded_number_of_queries(workers, django_as
         page = staff.get(URL)
     assert page.status_code == 200
     assert "fleet-workers" in page.content.decode()
-    with django_assert_max_num_queries(10):  # with the last hour's trends
+    with django_assert_max_num_queries(12):  # the last hour's trends, the console permission (user, groups)
         data = staff.get(URL + "fleet.json").json()
     assert len(data["workers"]) == workers
     assert sum(len(d["instances"]) for d in data["deployments"]) == workers
@@ -186,7 +187,7 @@ async def test_a_scaling_decision_pushes_a_snapshot_with_its_event(monkeypatch) 
     deployment = await Deployment.objects.acreate(
         name="auto", model_path="canned", min_replicas=1, max_replicas=4
     )
-    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    staff = await database_sync_to_async(get_user_model().objects.create_superuser)("boss")
     socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
     socket.scope["user"] = staff
     assert (await socket.connect())[0]
@@ -219,7 +220,7 @@ async def test_the_websocket_refuses_anyone_but_staff() -> None:
 async def test_the_websocket_sends_an_update_when_a_heartbeat_arrives(monkeypatch) -> None:
     monkeypatch.setattr(live, "POLL_SECONDS", 0.1)
     worker = await database_sync_to_async(add_worker)(1)
-    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    staff = await database_sync_to_async(get_user_model().objects.create_superuser)("boss")
     socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
     socket.scope["user"] = staff
     connected, _ = await socket.connect()
@@ -240,7 +241,7 @@ async def test_the_websocket_sends_an_update_when_a_heartbeat_arrives(monkeypatc
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_burst_of_changes_sends_at_most_one_snapshot_a_second() -> None:
-    staff = await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    staff = await database_sync_to_async(get_user_model().objects.create_superuser)("boss")
     socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
     socket.scope["user"] = staff
     assert (await socket.connect())[0]

@@ -8,8 +8,10 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.context import AuditedCommand
+from audit.services import recorded
 from fleet.models import Backend, Deployment, Instance, InstanceState, Placement, RunsOn
 from fleet.options import OptionError
 from fleet.services import deployments, scheduler
@@ -46,7 +48,7 @@ SCALING_OPTIONS = (
 )
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait, export."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -103,12 +105,13 @@ class Command(BaseCommand):
             self.export(options)
         else:
             deployment = self.get(options["name"])
-            if verb == "scale":
-                deployments.scale(deployment, options["replicas"])
-            elif verb == "restart":
-                deployments.restart(deployment)
-            elif verb in ("stop", "delete"):
-                deployments.scale(deployment, 0)
+            with recorded("stop" if verb == "delete" else verb, deployment):
+                if verb == "scale":
+                    deployments.scale(deployment, options["replicas"])
+                elif verb == "restart":
+                    deployments.restart(deployment)
+                elif verb in ("stop", "delete"):
+                    deployments.scale(deployment, 0)
             scheduler.reconcile()
             if verb == "delete":
                 self.delete(deployment)

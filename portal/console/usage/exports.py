@@ -35,26 +35,27 @@ logger = logging.getLogger(__name__)
 PAGE = 2000
 # The last line of an export an error cut short.
 INCOMPLETE = "# INCOMPLETE: an error stopped this export here; the portal's log says why"
-NAMES = ("api_key__prefix", "api_key__name", "app_credential__app_id", "user__username")
+NAMES = ("api_key__prefix", "api_key__name", "app_credential__app_id", "user__username", "team__name")
 RECORD_FIELDS = (
     "id", "created_at", "request_id", "source", "endpoint", "model_name", "api_key_id", *NAMES[:2],
-    "app_credential_id", NAMES[2], "user_id", NAMES[3], "worker__identity", "prompt_tokens",
-    "completion_tokens", "time_to_first_token_ms", "total_time_ms", "status", "status_code", "error",
+    "app_credential_id", NAMES[2], "user_id", NAMES[3], "team_id", NAMES[4], "worker__identity",
+    "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_time_ms", "status", "status_code",
+    "error",
 )  # fmt: skip
 RECORD_HEADER = (
     "id", "created_at", "request_id", "source", "endpoint", "model", "api_key_id", "key_prefix", "key_name",
-    "app_credential_id", "app_id", "user_id", "username", "worker", "prompt_tokens", "completion_tokens",
-    "ttft_ms", "total_time_ms", "status", "status_code", "error",
+    "app_credential_id", "app_id", "user_id", "username", "team_id", "team", "worker", "prompt_tokens",
+    "completion_tokens", "ttft_ms", "total_time_ms", "status", "status_code", "error",
 )  # fmt: skip
 DAILY_GROUP = (
     "day", "source", "model_name", "api_key_id", *NAMES[:2], "app_credential_id", NAMES[2], "user_id",
-    NAMES[3],
+    NAMES[3], "team_id", NAMES[4],
 )  # fmt: skip
 DAILY_COUNTS = ("requests", "ok", "errors", "cancelled", "prompt_tokens", "completion_tokens")
 SUMS = ("ttft_ms_sum", "ttft_count", "total_time_ms_sum", "total_time_count")
 DAILY_HEADER = (
     "day", "state", "source", "model", "api_key_id", "key_prefix", "key_name", "app_credential_id", "app_id",
-    "user_id", "username", *DAILY_COUNTS, "avg_ttft_ms", "avg_total_time_ms",
+    "user_id", "username", "team_id", "team", *DAILY_COUNTS, "avg_ttft_ms", "avg_total_time_ms",
 )  # fmt: skip
 # A spreadsheet runs a cell that starts with one of these as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -178,6 +179,6 @@ def _daily_line(row: dict[str, Any], state: str) -> list[Any]:
     return [
         row["day"].isoformat(), state, row["source"], row["model_name"], row["api_key_id"], row[NAMES[0]],
         row[NAMES[1]], row["app_credential_id"], row[NAMES[2]], row["user_id"], row[NAMES[3]],
-        *(row[c] or 0 for c in DAILY_COUNTS),
+        row["team_id"], row[NAMES[4]], *(row[c] or 0 for c in DAILY_COUNTS),
         None if ttft is None else round(ttft, 1), None if total is None else round(total, 1),
     ]  # fmt: skip

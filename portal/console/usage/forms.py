@@ -12,6 +12,7 @@ from django.db.models import Model, Q
 
 from registry.models import ApiKey, AppCredential
 from registry.services.rollups import utc_today
+from teams.models import Team
 
 DEFAULT_DAYS = 30
 # The daily series has one point per day, and an export reads every record of the range: a bound
@@ -36,6 +37,7 @@ class UsageFilters:
     api_key_id: int | None = None
     app_credential_id: int | None = None
     user_id: int | None = None
+    team_id: int | None = None
     rank: str = "requests"
 
     def q(self) -> Q:
@@ -44,6 +46,7 @@ class UsageFilters:
         for field, value in (
             ("model_name", self.model), ("source", self.source), ("api_key_id", self.api_key_id),
             ("app_credential_id", self.app_credential_id), ("user_id", self.user_id),
+            ("team_id", self.team_id),
         ):  # fmt: skip
             if value not in ("", None):
                 q &= Q(**{field: value})
@@ -64,6 +67,7 @@ class UsageFilterForm(forms.Form):
     key = forms.CharField(required=False, max_length=40, help_text="Key prefix, or #id.")
     app = forms.CharField(required=False, max_length=130, help_text="App id, or #id.")
     user = forms.CharField(required=False, max_length=150, help_text="Username, or #id.")
+    team = forms.CharField(required=False, max_length=101, help_text="Team name, or #id.")
     rank = forms.ChoiceField(required=False, choices=RANKS, label="Rank by")
 
     def clean_start(self) -> date | None:
@@ -99,6 +103,9 @@ class UsageFilterForm(forms.Form):
     def clean_user(self) -> int | None:
         return _resolve(self.cleaned_data["user"], get_user_model(), "username", "user")
 
+    def clean_team(self) -> int | None:
+        return _resolve(self.cleaned_data["team"], Team, "name", "team")
+
     def filters(self) -> UsageFilters:
         """The filters of a valid form."""
         data = self.cleaned_data
@@ -110,6 +117,7 @@ class UsageFilterForm(forms.Form):
             api_key_id=data["key"],
             app_credential_id=data["app"],
             user_id=data["user"],
+            team_id=data["team"],
             rank=data["rank"] or "requests",
         )
 

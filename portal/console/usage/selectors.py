@@ -31,6 +31,7 @@ from registry.models import (
     UsageRollupDay,
 )
 from registry.services.rollups import COUNTS, day_bounds, usage_aggregates
+from teams.models import Team
 
 TOP = 10
 # The rollup's leaders fetched per top table: more than TOP, so that few
@@ -39,7 +40,13 @@ LEADERS = 100
 # Stacked charts show the busiest models and fold the rest into one series.
 MAX_SERIES = 8
 OTHER = "(other models)"
-DIMENSIONS = {"keys": "api_key_id", "apps": "app_credential_id", "users": "user_id", "models": "model_name"}
+DIMENSIONS = {
+    "teams": "team_id",
+    "keys": "api_key_id",
+    "apps": "app_credential_id",
+    "users": "user_id",
+    "models": "model_name",
+}
 
 
 def unrolled_days(filters: UsageFilters) -> list[date]:
@@ -57,8 +64,9 @@ def rollup_rows(filters: UsageFilters) -> QuerySet[UsageDaily]:
 
 
 def total_rows(filters: UsageFilters) -> QuerySet[UsageDaily] | QuerySet[UsageDailyTotal]:
-    """The rollup rows that sum to the filtered totals: per model, unless filtered to one key, app or user."""
-    if filters.api_key_id is None and filters.app_credential_id is None and filters.user_id is None:
+    """The rollup rows that sum to the filtered totals: per model, unless filtered to one caller or team."""
+    one = (filters.api_key_id, filters.app_credential_id, filters.user_id, filters.team_id)
+    if all(f is None for f in one):
         return UsageDailyTotal.objects.filter(
             filters.q(), day__gte=filters.start, day__lte=filters.end
         ).order_by()
@@ -226,6 +234,8 @@ def _labels(field: str, groups: list[Any]) -> dict[Any, str]:
             found[key.pk] = f"{key.name} ({key.prefix})"
     elif field == "app_credential_id":
         found = dict(AppCredential.objects.filter(pk__in=groups).values_list("pk", "app_id"))
+    elif field == "team_id":
+        found = dict(Team.objects.filter(pk__in=groups).values_list("pk", "name"))
     else:
         users = get_user_model()._default_manager.filter(pk__in=groups)
         found = {user.pk: user.get_username() for user in users}

@@ -29,6 +29,7 @@ class PipelineContext:
     app_id: str
     app_credential_id: int
     quota: Quota | None = None  # the app's limits, for a pipeline that reserves itself
+    team_id: int | None = None  # the app's team, whose budget it spends
 
 
 class ParamsRefused(Exception):

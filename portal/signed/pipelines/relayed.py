@@ -46,7 +46,12 @@ async def default_model(task: str) -> str:
 
 async def call_relay(door: str, body: dict[str, Any], *, context: PipelineContext) -> dict[str, Any]:
     """Send `body` through the gateway's `door` as the app, mapping gateway errors to pipeline errors."""
-    caller = Caller(source="signed", app_credential_id=context.app_credential_id, quota=context.quota)
+    caller = Caller(
+        source="signed",
+        app_credential_id=context.app_credential_id,
+        team_id=context.team_id,
+        quota=context.quota,
+    )
     gateway = current()
     try:
         return await gateway.run(await gateway.admit(door, caller, body, request_id=context.request_id))

@@ -1,16 +1,18 @@
-"""`manage.py createapikey --name NAME [--all-models | --models a,b] [...]`: print a new key's secret once."""
+"""`manage.py createapikey --name NAME [--team T] [--all-models | --models a,b] [...]`: its secret, once."""
 
 from __future__ import annotations
 
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.context import AuditedCommand
 from registry.services.keys import create_api_key
+from teams.models import Team
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an API key for the OpenAI-compatible API; the secret is printed once, as the last line."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -24,6 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=int, default=None, help="Requests per minute.")
         parser.add_argument("--tpm", type=int, default=None, help="Tokens per minute.")
         parser.add_argument("--max-in-flight", type=int, default=None, help="Requests running at once.")
+        parser.add_argument("--team", default=None, help="The team whose budgets and models it shares.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["expires"] is not None and options["expires"] <= 0:
@@ -34,8 +37,14 @@ class Command(BaseCommand):
         names = [m.strip() for m in options["models"].split(",") if m.strip()]
         if options["models"] and not names:
             raise CommandError("--models names no model; use --all-models for every model.")
+        team = None
+        if options["team"] is not None:
+            team = Team.objects.filter(name=options["team"]).first()
+            if team is None:
+                raise CommandError(f"No team is called {options['team']!r} (createteam makes one).")
         try:
             key, secret = create_api_key(
+                team=team,
                 name=options["name"],
                 model_names=names,
                 all_models=not names,

@@ -6,14 +6,16 @@ import re
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from audit.context import AuditedCommand
 from registry.models import APP_ID_PATTERN, APP_ID_RULE, AppCredential
 from registry.services.credentials import create_app_credential
 from signing.sm2 import InvalidKey
+from teams.models import Team
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create an app id and secret for the go-infer compatible signed API."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=int, help="Requests per minute allowed.")
         parser.add_argument("--tpm", type=int, help="Tokens per minute (prompt + max_tokens reserved).")
         parser.add_argument("--max-in-flight", type=int, help="Requests allowed to run at once.")
+        parser.add_argument("--team", default=None, help="The team whose budgets it spends.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         for flag in ("rpm", "tpm", "max_in_flight"):
@@ -38,8 +41,14 @@ class Command(BaseCommand):
             raise CommandError(f"an appId is {APP_ID_RULE}")
         if AppCredential.objects.filter(app_id=app_id).exists():
             raise CommandError(f"app id {app_id!r} already exists")
+        team = None
+        if options["team"] is not None:
+            team = Team.objects.filter(name=options["team"]).first()
+            if team is None:
+                raise CommandError(f"No team is called {options['team']!r} (createteam makes one).")
         try:
             credential, secret = create_app_credential(
+                team=team,
                 app_id=app_id,
                 secret=options["secret"],
                 name=options["name"],
