@@ -92,8 +92,10 @@ print("LISTENING", server.listening_address, flush=True)
 time.sleep(86400)
 """
 TOKEN = secrets.token_urlsafe(16)  # every server's key for this run; WORKER_TOKEN set outside is not used
-# Under llama.cpp's HTTP keep-alive (5 s): a pooled connection is never reused as the server closes it.
-KEEPALIVE_SECONDS = 2.0
+# llama.cpp's HTTP server (cpp-httplib) closes some kept-alive connections after a streamed answer
+# without saying so: the next request sent on one failed with "Server disconnected without sending a
+# response". Every request opens its own connection (on loopback, well under a millisecond), every row alike.
+LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=0)
 
 
 @dataclass
@@ -220,8 +222,7 @@ async def measure(url: str, args: argparse.Namespace) -> list[tuple[int, float, 
     """For each level: (concurrency, wall seconds, answers) of `level` closed-loop users."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
-    limits = httpx2.Limits(max_connections=64, keepalive_expiry=KEEPALIVE_SECONDS)
-    async with httpx2.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await until_healthy(client, url)
         await one_request(client, url, request_body(args.mode, args.model, 8, QUESTIONS[0]))  # warm-up
         for level in args.levels:
