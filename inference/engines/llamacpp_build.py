@@ -14,7 +14,8 @@ first on `sys.path` by `activate`), `llama-server` (the same tree's server,
 for benchmarks) and `build.json`, written last: a folder without it is not a
 build. A build that failed writes `failed.json` and is not tried again by
 itself (`manage.py build_llamacpp --force` does). A lock file keeps two
-processes from building the same key at once.
+processes from building the same key at once; what a killed build left is
+removed by the next one.
 """
 
 from __future__ import annotations
@@ -149,15 +150,16 @@ def build(root: Path, *, jobs: int, force: bool = False, log: TextIO = sys.stdou
     if folder is None:
         raise BuildFailed("A native llama.cpp build is made on x86-64 Linux only.")
     root.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".lock"), "w") as lock:
+    with open(root / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_ready(folder) or (has_failed(folder) and not force):
             return folder
-        shutil.rmtree(folder, ignore_errors=True)
+        for stale in [folder, *root.glob(f".{folder.name}.build-*")]:  # what a killed build left
+            shutil.rmtree(stale, ignore_errors=True)
         folder.mkdir()
         started = time.monotonic()
         try:
-            with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as work:
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder.name}.build-") as work:
                 _build_into(folder, Path(work), jobs, log)
             built = _probe(folder)
         except (OSError, subprocess.CalledProcessError, BuildFailed) as exc:
