@@ -182,7 +182,7 @@ def _build_into(folder: Path, work: Path, jobs: int, log: TextIO) -> None:
         archive.extractall(work, filter="data")
     source = work / f"xllamacpp-{version}"
     env = {**os.environ, "CMAKE_ARGS": NATIVE_CMAKE_ARGS, "NPROC": str(jobs)}
-    run([*pip, "wheel", "--no-deps", "-w", str(work / "wheel"), str(source)], env=env)
+    run([*pip, "wheel", "-v", "--no-deps", "-w", str(work / "wheel"), str(source)], env=env)  # -v: progress
     (wheel,) = (work / "wheel").glob("xllamacpp-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(folder / "site")
