@@ -12,8 +12,8 @@ p50/p95 and the median time per output token.
 
 Servers: `llamacpp`, `transformers-float32`, `transformers-bfloat16` are our
 worker (`runworker --backend …`); `llamacpp` runs the llama.cpp build a worker
-loads here (the native one once `manage.py build_llamacpp` or the agent built
-it), `llamacpp-portable` the portable xllamacpp wheel. `llama.cpp-server` is
+loads here (LLAMACPP_NATIVE as set), `llamacpp-native` the native build
+(`manage.py build_llamacpp` first), `llamacpp-portable` the portable wheel. `llama.cpp-server` is
 xllamacpp's own llama.cpp HTTP server (portable wheel) with the same float16
 GGUF, slots and threads and no worker around it, which shows what the worker
 itself costs; `llama.cpp-server-native` is the `llama-server` binary of the
@@ -72,6 +72,7 @@ QUESTIONS = [
 ]
 SERVERS = (
     "llamacpp",
+    "llamacpp-native",
     "llamacpp-portable",
     "llama.cpp-server",
     "llama.cpp-server-native",
@@ -117,8 +118,8 @@ def server_process(
     else:
         backend, _, variant = kind.partition("-")
         dtype = "auto" if backend == "llamacpp" else variant
-        if variant == "portable":
-            env["LLAMACPP_NATIVE"] = "off"
+        if variant in ("native", "portable"):
+            env["LLAMACPP_NATIVE"] = "auto" if variant == "native" else "off"
         command = [sys.executable, "manage.py", "runworker", "--model-path", model, "--port", "0",
                    "--no-register", "--max-concurrency", str(slots), "--backend", backend,
                    "--dtype", dtype or "auto"]  # fmt: skip
