@@ -123,7 +123,9 @@ def _guides() -> list[tuple[Guide, Any]]:
 async def _follows(engine: LlamaCppEngine, guides: list[tuple[Guide, Any]]) -> None:
     for n, (guide, check) in enumerate(guides):
         question = "What is the capital of France?"
-        request = chat_request(engine, f"g{n}", question, temperature=0.8, seed=n, max_tokens=60, guide=guide)
+        request = chat_request(
+            engine, f"g{n}", question, temperature=0.8, seed=n, max_tokens=120, guide=guide
+        )
         text, deltas = await collect(engine, request)
         assert deltas[-1].finish_reason == "stop", (guide.kind, text)
         if guide.kind == "regex":
