@@ -112,7 +112,7 @@ def _guides() -> list[tuple[Guide, Any]]:
     return [
         (Guide("json_object", "", "response_format"), lambda text: isinstance(json.loads(text), dict)),
         (Guide("json_schema", json.dumps(CITY), "response_format"), valid(CITY)),
-        (Guide("regex", r"[A-Z][a-z]+ is [0-9]{1,3}", "guided_regex"), None),
+        (Guide("regex", r"[A-Z][a-z]{1,12} is [0-9]{1,3}", "guided_regex"), None),  # bounded: it ends
         (Guide("choice", json.dumps(["Paris", "Lyon", "Nice"]), "guided_choice"), None),
         (Guide("grammar", 'root ::= "The answer is " ("yes" | "no") "."', "guided_grammar"), None),
         (forced, call({"get_weather"})),
