@@ -11,9 +11,15 @@ p50/p95 and the median time per output token.
     python benchmarks/worker_throughput.py --in-process   # ours vs transformers' own batching
 
 Servers: `llamacpp`, `transformers-float32`, `transformers-bfloat16` are our
-worker (`runworker --backend …`); `llama.cpp-server` is xllamacpp's own
-llama.cpp HTTP server with the same float16 GGUF, slots and threads and no
-worker around it, which shows what the worker itself costs.
+worker (`runworker --backend …`); `llamacpp` runs the llama.cpp build a worker
+loads here (LLAMACPP_NATIVE as set), `llamacpp-native` the native build
+(`manage.py build_llamacpp` first), `llamacpp-portable` the portable wheel. `llama.cpp-server` is
+xllamacpp's own llama.cpp HTTP server (portable wheel) with the same float16
+GGUF, slots and threads and no worker around it, which shows what the worker
+itself costs; `llama.cpp-server-native` is the `llama-server` binary of the
+native build (same source, same CMake options), what a CPU user would run.
+Every row prints the build it runs. One random token is sent to every
+server (our worker's WORKER_TOKEN, the bare servers' API key).
 Modes: `natural` sends different questions as independent users do, answers
 end at EOS (up to `--tokens`); `fixed` makes every answer exactly `--tokens`
 tokens long (ignore_eos).
@@ -30,9 +36,12 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,18 +70,33 @@ QUESTIONS = [
     "How many days are in a week?",
     "What animal says moo?",
 ]
-SERVERS = ("llamacpp", "llama.cpp-server", "transformers-float32", "transformers-bfloat16")
+SERVERS = (
+    "llamacpp",
+    "llamacpp-native",
+    "llamacpp-portable",
+    "llama.cpp-server",
+    "llama.cpp-server-native",
+    "transformers-float32",
+    "transformers-bfloat16",
+)
 BARE_SERVER = """
 import sys, time, xllamacpp
 params = xllamacpp.CommonParams()
 params.model.path, params.n_parallel = sys.argv[1], int(sys.argv[2])
 params.n_ctx, params.kv_unified = 8192, True  # as our engine sets them
 params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[3])
-params.api_keys, params.verbosity = ["benchmark"], 0
+params.api_keys, params.verbosity = [sys.argv[4]], 0
 server = xllamacpp.Server(params)
+from inference.engines.llamacpp_build import label
+print("Engine: xllamacpp server (" + label(xllamacpp.get_system_info(), native=False) + ")", flush=True)
 print("LISTENING", server.listening_address, flush=True)
 time.sleep(86400)
 """
+TOKEN = secrets.token_urlsafe(16)  # every server's key for this run; WORKER_TOKEN set outside is not used
+# llama.cpp's HTTP server (cpp-httplib) closes some kept-alive connections after a streamed answer
+# without saying so: the next request sent on one failed with "Server disconnected without sending a
+# response". Every request opens its own connection (on loopback, well under a millisecond), every row alike.
+LIMITS = httpx2.Limits(max_connections=64, max_keepalive_connections=0)
 
 
 @dataclass
@@ -87,24 +111,15 @@ def server_process(
     kind: str, model: str, slots: int, threads: int | None = None, timeout: float = 300.0
 ) -> Iterator[str]:
     """Start one server until the block ends; yield its base URL once it is ready."""
-    env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1"}
+    env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1", "WORKER_TOKEN": TOKEN}
     env["TOKENIZERS_PARALLELISM"] = "false"
-    if kind == "llama.cpp-server":
-        from inference.engines.llamacpp_engine import default_threads
-        from inference.loading import gguf_for_llamacpp, packaged_model_path
-
-        gguf = gguf_for_llamacpp(packaged_model_path(model), "auto", cache_dir=cache_dir())
-        command = [
-            sys.executable,
-            "-c",
-            BARE_SERVER,
-            str(gguf),
-            str(slots),
-            str(threads or default_threads()),
-        ]
-        ready = "LISTENING "
+    if kind.startswith("llama.cpp-server"):
+        command, ready = bare_server_command(kind, model, slots, threads)
     else:
-        backend, _, dtype = kind.partition("-")
+        backend, _, variant = kind.partition("-")
+        dtype = "auto" if backend == "llamacpp" else variant
+        if variant in ("native", "portable"):
+            env["LLAMACPP_NATIVE"] = "auto" if variant == "native" else "off"
         command = [sys.executable, "manage.py", "runworker", "--model-path", model, "--port", "0",
                    "--no-register", "--max-concurrency", str(slots), "--backend", backend,
                    "--dtype", dtype or "auto"]  # fmt: skip
@@ -114,24 +129,64 @@ def server_process(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=None, text=True
     )
     try:
-        deadline = time.monotonic() + timeout
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("Engine: "):
-                print(f"  {line.strip()}")
-            if line.startswith(ready):
-                yield line.split()[-1].rstrip("/")
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{kind} did not become ready in time.")
-        else:
-            raise RuntimeError(f"{kind} exited with status {proc.wait()} before it was ready.")
+        yield wait_ready(proc, kind, ready, timeout)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_ready(proc: subprocess.Popen[str], kind: str, ready: str, timeout: float) -> str:
+    """The server's URL from its ready line; its output is drained from then on, so it never blocks."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Engine: "):
+            print(f"  {line.strip()}")
+        if line.startswith(ready):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return line.split()[-1].rstrip("/")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{kind} did not become ready in time.")
+    raise RuntimeError(f"{kind} exited with status {proc.wait()} before it was ready.")
+
+
+def bare_server_command(kind: str, model: str, slots: int, threads: int | None) -> tuple[list[str], str]:
+    """A llama.cpp server without our worker: xllamacpp's (portable), or the native build's llama-server."""
+    from inference.engines.llamacpp_engine import default_threads
+    from inference.loading import gguf_for_llamacpp, packaged_model_path
+
+    gguf = gguf_for_llamacpp(packaged_model_path(model), "auto", cache_dir=cache_dir())
+    threads = threads or default_threads()
+    if kind == "llama.cpp-server":
+        return [sys.executable, "-c", BARE_SERVER, str(gguf), str(slots), str(threads), TOKEN], "LISTENING "
+    binary = native_llama_server()
+    port = free_port()
+    command = [str(binary), "-m", str(gguf), "-np", str(slots), "-c", "8192", "-kvu", "-t", str(threads),
+               "-tb", str(threads), "--api-key", TOKEN, "--host", "127.0.0.1", "--port", str(port),
+               "--no-webui"]  # fmt: skip
+    shell = f'echo "Engine: {binary}"; echo LISTENING http://127.0.0.1:{port}; exec "$@"'
+    # llama-server prints nothing on stdout when it is ready: the URL is handed over at once, and
+    # `measure` waits for /health before the first request.
+    return ["sh", "-c", shell, "llama-server", *command], "LISTENING "
+
+
+def native_llama_server() -> Path:
+    from inference.engines import llamacpp_build
+    from portal import env
+
+    folder = llamacpp_build.current_dir(env.LLAMACPP_BUILD_DIR)
+    if folder is None or not (folder / "llama-server").is_file():
+        raise SystemExit(f"No native llama-server in {folder}: run `python manage.py build_llamacpp` first.")
+    return folder / "llama-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def request_body(mode: str, model: str, tokens: int, question: str) -> dict:
@@ -150,7 +205,7 @@ async def one_request(client: httpx2.AsyncClient, url: str, body: dict) -> Answe
     """Stream one chat answer to the end; time its first token and take the usage it reports."""
     started = time.perf_counter()
     ttft, produced = 0.0, 0
-    headers = {"Authorization": "Bearer benchmark"}  # the bare server's key; our worker has none here
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -168,13 +223,28 @@ async def measure(url: str, args: argparse.Namespace) -> list[tuple[int, float, 
     """For each level: (concurrency, wall seconds, answers) of `level` closed-loop users."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
-    async with httpx2.AsyncClient(timeout=timeout, limits=httpx2.Limits(max_connections=64)) as client:
+    async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
+        await until_healthy(client, url)
         await one_request(client, url, request_body(args.mode, args.model, 8, QUESTIONS[0]))  # warm-up
         for level in args.levels:
             started = time.perf_counter()
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
             results.append((level, time.perf_counter() - started, [a for answers in users for a in answers]))
     return results
+
+
+async def until_healthy(client: httpx2.AsyncClient, url: str, timeout: float = 300.0) -> None:
+    """Wait for /health to answer 200: llama-server listens before its model is loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await client.get(f"{url}/health")).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become healthy in time.")
+        await asyncio.sleep(0.2)  # polling a process we do not control: no event to await
 
 
 async def user(
@@ -298,11 +368,10 @@ def main() -> None:
     for kind in args.servers:
         with server_process(kind, args.model, max(args.levels), args.threads) as url:
             rates[kind] = report(kind, asyncio.run(measure(url, args)))
-    if "llamacpp" in rates and "llama.cpp-server" in rates:
-        ratios = ", ".join(
-            f"c={c}: {rates['llamacpp'][c] / rates['llama.cpp-server'][c]:.2f}" for c in args.levels
-        )
-        print(f"llamacpp worker ÷ bare llama.cpp server, tok/s: {ratios}")
+    for bare in ("llama.cpp-server", "llama.cpp-server-native"):
+        if "llamacpp" in rates and bare in rates:
+            ratios = ", ".join(f"c={c}: {rates['llamacpp'][c] / rates[bare][c]:.2f}" for c in args.levels)
+            print(f"llamacpp worker ÷ {bare}, tok/s: {ratios}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ HANDOFF_MAX_BYTES: int = env.int("HANDOFF_MAX_BYTES", default=1 << 30)
 # Agents: folders whose model folders and .gguf files the admin offers for deployments.
 MODEL_DIRS: list[str] = env.list("MODEL_DIRS", default=[])
 LOG_DIR = Path(env.str("LOG_DIR", default=str(VAR_DIR / "log")))
+# llama.cpp built for this CPU (xllamacpp's sdist, GGML_NATIVE): "auto" builds it in the agent's
+# background on first start and workers load it from their next start; "off": the portable wheel only.
+# Off by default until it is measured faster than the portable wheel (it was not, on a loaded machine).
+LLAMACPP_NATIVE: str = env.str("LLAMACPP_NATIVE", default="off")
+LLAMACPP_BUILD_DIR = Path(env.str("LLAMACPP_BUILD_DIR", default=str(VAR_DIR / "llamacpp")))
 # Shared secret workers require (Authorization: Bearer) on all but /health; empty: none.
 WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None
 # Earlier tokens workers still accept during a rotation (the portal sends WORKER_TOKEN only).
@@ -140,7 +145,8 @@ CHAT_USER_MAX_IN_FLIGHT: int = env.int("CHAT_USER_MAX_IN_FLIGHT", default=0)
 WORKER_SETTINGS = (
     "DATABASE_URL", "DATABASE_POOL_SIZE", "REDIS_URL", "WORKER_TOKEN", "WORKER_TOKEN_FALLBACKS",
     "HEARTBEAT_INTERVAL", "HEARTBEAT_EXPIRY_INTERVALS", "MODEL_CACHE_DIR", "WORKER_DRAIN_TIMEOUT",
-    "PORTAL_VAR_DIR", "LOG_DIR", "LOG_LEVEL", "HANDOFF_MAX_BYTES", "GATEWAY_CONNECT_TIMEOUT",
+    "PORTAL_VAR_DIR", "LOG_DIR", "LLAMACPP_NATIVE", "LLAMACPP_BUILD_DIR", "LOG_LEVEL", "HANDOFF_MAX_BYTES",
+    "GATEWAY_CONNECT_TIMEOUT",
     "GATEWAY_READ_TIMEOUT", "REDIS_TIMEOUT_SECONDS", "DJANGO_SETTINGS_MODULE",
 )  # fmt: skip
 MACHINE_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")

@@ -49,6 +49,7 @@ REGISTERED = (
     "served_models",
     "backend",
     "device",
+    "build",
     "model_path",
     "max_concurrency",
     "max_queue",
@@ -181,6 +182,7 @@ class WorkerAdmin(admin.ModelAdmin):
         "role",
         "backend",
         "device",
+        "build",
     )
     list_filter = ("status", "intent", "kind", "role", "backend", "device", "served_models")
     search_fields = ("identity", "address", "hostname", "served_models__name")

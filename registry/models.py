@@ -131,6 +131,9 @@ class Worker(models.Model):
     )
     backend = models.CharField(max_length=32, blank=True)
     device = models.CharField(max_length=32, blank=True)
+    build = models.CharField(
+        max_length=64, blank=True, help_text="Which build of the engine, e.g. llama.cpp native avx512."
+    )
     model_path = models.CharField(max_length=1000, blank=True)
     role = models.CharField(max_length=16, default="both", help_text="both, prefill or decode.")
     hostname = models.CharField(max_length=255, blank=True)

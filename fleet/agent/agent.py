@@ -34,6 +34,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from fleet import catalogue
+from fleet.agent.native import NativeBuild, restart_llamacpp_deployments
 from fleet.agent.processes import WorkerProcess, free_port, log_tail
 from fleet.models import Instance, InstanceState, Node
 from fleet.options import OptionError, check_model_path, check_worker_argv
@@ -68,6 +69,7 @@ class AgentOptions:
     interval: float = 2.0
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0
+    llamacpp_build_dir: Path | None = None  # where the native llama.cpp is built and cached; None: no build
 
 
 class Agent:
@@ -78,6 +80,11 @@ class Agent:
         self.stop_deadlines: dict[int, float] = {}
         self.stopping = threading.Event()
         self._catalogue_at = 0.0
+        self.native: NativeBuild | None = None
+        if options.llamacpp_build_dir is not None:
+            self.native = NativeBuild(
+                options.llamacpp_build_dir, options.log_dir.parent / "llamacpp-build.log"
+            )
 
     # The loop
 
@@ -86,6 +93,8 @@ class Agent:
             signal.signal(signum, lambda *_: self.stopping.set())
         self.register()
         self.adopt()
+        if self.native is not None:
+            self.native.begin()
         while not self.stopping.is_set():
             self.tick()
             self.stopping.wait(self.options.interval)
@@ -98,9 +107,19 @@ class Agent:
             self.heartbeat()
             scheduler.reconcile()
             self.supervise()
+            self.roll_onto_native()
         except DatabaseError as exc:
             # Workers keep serving through a database outage; the next tick tries again.
             logger.warning("Database unavailable: %s", exc)
+
+    def roll_onto_native(self) -> None:
+        """Once the native llama.cpp build is ready: a rolling restart of this node's llama.cpp workers."""
+        if self.native is not None and self.native.poll():
+            try:
+                restart_llamacpp_deployments(self.mine())
+            except DatabaseError:
+                self.native.pending = True  # the next tick tries again
+                raise
 
     # Node
 
@@ -297,6 +316,8 @@ class Agent:
     def shut_down(self) -> None:
         """Drain every worker this agent runs; their instances wait, pending, for the next agent."""
         logger.info("Stopping %d worker(s)", len(self.processes))
+        if self.native is not None:
+            self.native.stop()
         for process in self.processes.values():
             process.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.options.drain_timeout + 5

@@ -46,6 +46,7 @@ class ModelInfo:
     has_chat_template: bool = True
     vocab_size: int | None = None  # token ids must be below it; None: not checked (canned)
     detail: str = ""  # how it runs, for the start-up line: precision, threads
+    build: str = ""  # which build of the engine runs ("llama.cpp native avx512"), registered for the admin
     disaggregates: bool = False  # `prefill` and `generate` from a hand-off: prefill/decode roles
 
 

@@ -10,9 +10,12 @@ our prompt's token ids; llama.cpp streams OpenAI completion chunks into a
 callback, which hands them to the event loop and returns True to cancel the
 request (abort, or a stop token). Tokenising, the chat template and tool
 prompts stay ours (the Hugging Face tokenizer), so every engine renders the
-same prompt. A grammar is compiled by our llguidance first: llama.cpp logs a
-grammar it cannot compile and generates without it, so only a grammar that
-compiled here is sent, as Lark.
+same prompt. A grammar is compiled by our llguidance first, so that a spec
+that does not compile is refused before a slot, naming its field. The
+portable wheel has llguidance inside and is sent the grammar as Lark; a
+build without it (the native one, `llamacpp_build`) is sent GBNF
+(`inference.engines.gbnf`), and a grammar llama.cpp cannot parse fails its
+request: never generated without its grammar.
 
 llama.cpp's HTTP listener (which xllamacpp always starts, on loopback) is
 locked with a random API key: the worker's own HTTP app, behind WORKER_TOKEN,
@@ -32,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from inference.engines import llamacpp_build
 from inference.engines.admission import Admission
 from inference.engines.base import (
     Delta,
@@ -45,11 +49,12 @@ from inference.engines.base import (
     Usage,
 )
 from inference.engines.checks import check_generation, check_token_ids
+from inference.engines.gbnf import gbnf_text
 from inference.engines.guided import GrammarCompiler, lark_text
 from inference.engines.rate import TokenRate
 from inference.errors import InvalidRequest, ModelLoadError, RequestFailed, WrongTask
 from inference.loading import gguf_limits
-from inference.sampling import SamplingParams
+from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
 
 logger = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ def default_threads() -> int:
 
 
 def completion_body(
-    request: GenerationRequest, top_logprobs: int, reuse_prompts: bool = True
+    request: GenerationRequest, top_logprobs: int, reuse_prompts: bool = True, grammar: str = ""
 ) -> dict[str, Any]:
     """The llama.cpp completion request for `request` (pure: unit-tested without llama.cpp).
 
@@ -96,8 +101,8 @@ def completion_body(
     }
     if params.seed is not None:
         body["seed"] = params.seed % SEED_MODULUS
-    if params.guide is not None:
-        body["grammar"] = lark_text(params.guide)
+    if grammar:
+        body["grammar"] = grammar
     return body
 
 
@@ -150,6 +155,10 @@ class LlamaCppEngine(Engine):
         except RuntimeError as exc:
             raise ModelLoadError(f"llama.cpp could not load {gguf}: {exc}".splitlines()[0]) from exc
         self.vocab_size = int(model_config["vocab_size"])
+        self.build = llamacpp_build.loaded()
+        # The portable wheel reads llguidance's Lark; a build without llguidance, GBNF only.
+        self.llguidance = xllamacpp.json_schema_to_grammar({"type": "object"}).startswith("%llguidance")
+        self._schema_to_grammar = xllamacpp.json_schema_to_grammar
         self.info = ModelInfo(
             task=task,
             backend="llamacpp",
@@ -159,6 +168,7 @@ class LlamaCppEngine(Engine):
             has_chat_template=task == "generate" and bool(getattr(self.tokenizer, "chat_template", None)),
             vocab_size=min(self.vocab_size, len(self.tokenizer)) if self.tokenizer else self.vocab_size,
             detail=f"{gguf.name}, {threads} threads",
+            build=self.build.label,
         )
         # The slots share one KV cache: each request reserves its prompt and max_tokens of it,
         # so that an admitted request never runs out of cache halfway (llama.cpp would fail it).
@@ -242,8 +252,9 @@ class LlamaCppEngine(Engine):
             raise WrongTask("This model serves embeddings; it does not generate text.", field="model")
         check_generation(request, self.info)  # before a slot: a bad request fails alone
         guide = request.params.guide
-        if guide is not None:  # refused here if it does not compile (llama.cpp would drop it)
-            await asyncio.to_thread(self._grammars().compile, guide)
+        grammar = ""
+        if guide is not None:  # refused here if it does not compile, before a slot
+            grammar = await asyncio.to_thread(self.grammar_for, guide)
         rid = request.request_id
         self._known.add(rid)
         try:
@@ -251,18 +262,28 @@ class LlamaCppEngine(Engine):
                 if rid in self._cancelled:  # aborted while it waited
                     yield Delta("", finish_reason="abort", usage=Usage(len(request.prompt_token_ids), 0))
                     return
-                async for delta in self._run(request):
+                async for delta in self._run(request, grammar):
                     yield delta
         finally:
             self._known.discard(rid)
             self._cancelled.discard(rid)
 
-    async def _run(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def grammar_for(self, guide: Guide) -> str:
+        """The grammar llama.cpp is sent for `guide`: Lark where it has llguidance, else GBNF.
+
+        Compiled by our llguidance either way, so that a broken spec is refused
+        here with the field's name (InvalidRequest).
+        """
+        self._grammars().compile(guide)
+        return lark_text(guide) if self.llguidance else gbnf_text(guide, self._schema_to_grammar)
+
+    async def _run(self, request: GenerationRequest, grammar: str = "") -> AsyncIterator[Delta]:
         """Run the request in a pool thread and relay its chunks; cancel it if the consumer leaves."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
         rid = request.request_id
-        body = completion_body(request, max(1, request.params.logprobs or 0), self.config.prefix_cache_mb > 0)
+        reuse = self.config.prefix_cache_mb > 0
+        body = completion_body(request, max(1, request.params.logprobs or 0), reuse, grammar)
 
         def hand_over(item: dict[str, Any] | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
@@ -336,7 +357,9 @@ class ChunkReader:
         if "error" in chunk or not chunk.get("choices"):
             error = chunk.get("error", chunk)
             message = error.get("message", error) if isinstance(error, dict) else error
-            raise InvalidRequest(f"llama.cpp refused the request: {message}")
+            guide = self.params.guide  # a grammar llama.cpp could not parse: the field that sent it
+            field = guide.field if guide is not None and "grammar" in str(message) else None
+            raise InvalidRequest(f"llama.cpp refused the request: {message}", field=field)
         choice = chunk["choices"][0]
         entries = (choice.get("logprobs") or {}).get("content") or []
         ids = tuple(int(entry["id"]) for entry in entries)

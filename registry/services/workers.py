@@ -39,6 +39,7 @@ class WorkerRegistration:
     task: str = ModelTask.GENERATE
     backend: str = ""
     device: str = ""
+    build: str = ""  # which build of the engine: "llama.cpp native avx512"
     model_path: str = ""
     hostname: str = ""
     pid: int | None = None
@@ -79,6 +80,7 @@ def register_worker(*, registration: WorkerRegistration) -> Worker:
             "status": WorkerStatus.ONLINE if serving else WorkerStatus.DRAINING,
             "backend": reg.backend,
             "device": reg.device,
+            "build": reg.build,
             "model_path": reg.model_path,
             "hostname": reg.hostname,
             "pid": reg.pid,

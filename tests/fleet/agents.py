@@ -14,7 +14,13 @@ from fleet.agent.processes import command_line
 from tests.processes import REPO_ROOT, subprocess_env, wait_for
 
 # AGENT_ONLY_SECRET stands for the agent's own secrets, which its workers must not inherit.
-AGENT_ENV = {"HEARTBEAT_INTERVAL": "1", "WORKER_DRAIN_TIMEOUT": "10", "AGENT_ONLY_SECRET": "agent-only"}
+# LLAMACPP_NATIVE off: no agent here starts a native llama.cpp build (minutes of compiling).
+AGENT_ENV = {
+    "HEARTBEAT_INTERVAL": "1",
+    "WORKER_DRAIN_TIMEOUT": "10",
+    "AGENT_ONLY_SECRET": "agent-only",
+    "LLAMACPP_NATIVE": "off",
+}
 
 
 class AgentProcess:

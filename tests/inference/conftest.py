@@ -10,11 +10,15 @@ import pytest
 import pytest_asyncio
 import torch
 
-from inference.engines import create_engine
+from inference.engines import create_engine, llamacpp_build
 from inference.engines.base import Delta, Engine, EngineConfig, GenerationRequest
 from inference.loading import resolve_model
 from inference.sampling import SamplingParams
 from portal import env
+
+# The llama.cpp engine tests run on the build a worker here loads: the native one once it is built.
+if env.LLAMACPP_NATIVE != "off":
+    llamacpp_build.activate(env.LLAMACPP_BUILD_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ llama.cpp cannot do (beam search, prompt logprobs), each a 400 naming its field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ import httpx2
 import jsonschema
 import pytest
 
+from inference.engines import llamacpp_build
+from portal import env
 from tests.processes import WorkerProcess, start_worker
 from tests.worker.live import client
 from tests.worker.test_parameters_live import ASK_WEATHER, TIME, WEATHER
@@ -35,7 +38,12 @@ def llama() -> Iterator[WorkerProcess]:
 
 
 def test_the_worker_says_which_engine_serves_and_answers_paris(llama: WorkerProcess) -> None:
-    assert "Engine: llamacpp on cpu (SmolLM2-135M-Instruct" in llama.output
+    folder = llamacpp_build.current_dir(env.LLAMACPP_BUILD_DIR)
+    native = env.LLAMACPP_NATIVE != "off" and folder is not None and llamacpp_build.is_ready(folder)
+    build = "native" if native else "portable"
+    assert re.search(
+        rf"Engine: llamacpp on cpu \(llama\.cpp {build} \w+, SmolLM2-135M-Instruct", llama.output
+    )
     answer = client(llama).chat.completions.create(
         model="smol", messages=QUESTION, temperature=0, max_tokens=24
     )
@@ -120,6 +128,28 @@ def test_logprobs_and_a_json_schema(llama: WorkerProcess) -> None:
 
 
 @pytest.mark.parametrize(
+    ("extra", "check"),
+    [
+        ({"response_format": {"type": "json_object"}}, lambda text: isinstance(json.loads(text), dict)),
+        ({"guided_regex": "[A-Z][a-z]+ [0-9]{2}"}, lambda text: re.fullmatch("[A-Z][a-z]+ [0-9]{2}", text)),
+        ({"guided_choice": ["Paris", "Rome"]}, lambda text: text in ("Paris", "Rome")),
+        (
+            {"guided_grammar": 'root ::= "It is " ("Paris" | "Rome") "."'},
+            lambda text: text.startswith("It is "),
+        ),
+    ],
+)
+def test_each_structured_output_is_followed_on_the_build_the_worker_loaded(
+    llama: WorkerProcess, extra: dict[str, Any], check: Any
+) -> None:
+    body = {"model": "smol", "messages": QUESTION, "max_tokens": 40, "temperature": 0.7, "seed": 3, **extra}
+    answer = httpx2.post(f"{llama.address}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    text = answer.json()["choices"][0]["message"]["content"]
+    assert check(text), text
+
+
+@pytest.mark.parametrize(
     ("path", "extra", "param"),
     [
         (
@@ -145,7 +175,7 @@ def test_an_embedding_model_served_by_llama_cpp_returns_unit_vectors() -> None:
         "--model-path", "all-minilm-l6-v2", "--model-names", "mini", "--backend", "llamacpp",
         "--no-register", timeout=300,
     ) as worker:  # fmt: skip
-        assert "Engine: llamacpp on cpu (model-" in worker.output
+        assert re.search(r"Engine: llamacpp on cpu \(llama\.cpp \w+ \w+, model-", worker.output)
         answer = client(worker).embeddings.create(model="mini", input=["A cat sleeps.", "A kitten naps."])
         vectors = [item.embedding for item in answer.data]
         assert [len(v) for v in vectors] == [384, 384]

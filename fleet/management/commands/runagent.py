@@ -61,6 +61,7 @@ class Command(BaseCommand):
             interval=options["interval"],
             drain_timeout=settings.WORKER_DRAIN_TIMEOUT,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL,
+            llamacpp_build_dir=settings.LLAMACPP_BUILD_DIR if settings.LLAMACPP_NATIVE == "auto" else None,
         )
         self.stdout.write(f"AGENT READY {agent_options.name}", ending="\n")
         self.stdout.flush()

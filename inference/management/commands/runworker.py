@@ -189,6 +189,10 @@ class Command(BaseCommand):
             raise CommandError("--stream-interval and --max-concurrency must be at least 1.")
         token = options["worker_token"] or settings.WORKER_TOKEN
         check_exposure(options["host"], token)
+        if options["backend"] in ("llamacpp", "auto") and settings.LLAMACPP_NATIVE != "off":
+            from inference.engines import llamacpp_build
+
+            llamacpp_build.activate(settings.LLAMACPP_BUILD_DIR)  # llama.cpp built for this CPU, if ready
         engine = build_engine(engine_config(options), options["backend"])
         info = engine.info
         if options["seed"] is not None and info.backend != "vllm":
@@ -199,7 +203,12 @@ class Command(BaseCommand):
                 f"--role {options['role']}: the {info.backend} engine does not split prefill from decode."
             )
         self.stdout.write(
-            f"Engine: {info.backend} on {info.device}" + (f" ({info.detail})" if info.detail else "")
+            f"Engine: {info.backend} on {info.device}"
+            + (
+                f" ({', '.join(filter(None, (info.build, info.detail)))})"
+                if info.build or info.detail
+                else ""
+            )
         )
         names = [n.strip() for n in options["model_names"].split(",") if n.strip()]
         ctx = WorkerContext(
@@ -232,6 +241,7 @@ class Command(BaseCommand):
             "task": engine.info.task,
             "backend": engine.info.backend,
             "device": engine.info.device,
+            "build": engine.info.build,
             "model_path": options["model_path"],
             "hostname": socket.gethostname(),
             "pid": os.getpid(),

@@ -1,0 +1,216 @@
+"""llama.cpp built for this processor: build xllamacpp from its sdist once, cache it, load it.
+
+The xllamacpp wheel on PyPI is portable (AVX2 at most). Built from its sdist
+with `GGML_NATIVE=ON` it uses what this CPU has (AVX-512, VNNI, BF16). The
+sdist's own build fetches llguidance (GitHub, cargo) and BoringSSL (Google's
+git), which these machines cannot reach, so both are turned off through
+`CMAKE_ARGS` (xllamacpp appends the user's arguments last and links without
+the archives that were not built). Structured outputs then go through
+llama.cpp's GBNF grammars (see `inference.engines.gbnf`).
+
+One build per xllamacpp version and CPU feature set, under
+`<root>/xllamacpp-<version>-<cpu key>/`: `site/` (the unpacked wheel, put
+first on `sys.path` by `activate`), `llama-server` (the same tree's server,
+for benchmarks) and `build.json`, written last: a folder without it is not a
+build. A build that failed writes `failed.json` and is not tried again by
+itself (`manage.py build_llamacpp --force` does). A lock file keeps two
+processes from building the same key at once; what a killed build left is
+removed by the next one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+# CMake options of the native build: no GitHub-fetched parts, this CPU's instructions.
+NATIVE_CMAKE_ARGS = "-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON"
+# The /proc/cpuinfo flags that change what ggml's CPU backend compiles to.
+CPU_FLAGS = (
+    "avx", "avx2", "f16c", "fma", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512cd", "avx512dq",
+    "avx512vl", "avx512_vnni", "avx512_bf16", "avx512vbmi", "avx512_fp16", "amx_tile", "amx_int8",
+    "amx_bf16", "sse3", "ssse3", "sse4_1", "sse4_2",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Build:
+    """Which llama.cpp a process runs: `label` is what the start line and the admin show."""
+
+    label: str  # "llama.cpp native avx512", "llama.cpp portable avx2"
+    native: bool
+    path: Path | None = None  # the cached build's folder (native only)
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's flags (Linux); empty elsewhere, which turns the native build off."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_key(flags: set[str]) -> str:
+    """A short name for the feature set ggml compiles for: its best level and a hash of its flags."""
+    relevant = sorted(flags & set(CPU_FLAGS))
+    level = (
+        "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "avx" if "avx" in flags else "sse"
+    )
+    digest = hashlib.sha256(" ".join([platform.machine(), *relevant]).encode()).hexdigest()[:10]
+    return f"{level}-{digest}"
+
+
+def portable_version() -> str:
+    return importlib.metadata.version("xllamacpp")
+
+
+def build_dir(root: Path, version: str, key: str) -> Path:
+    return root / f"xllamacpp-{version}-{key}"
+
+
+def current_dir(root: Path) -> Path | None:
+    """This machine's build folder for the installed xllamacpp; None where no native build applies."""
+    flags = cpu_flags()
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64") or not flags:
+        return None
+    try:
+        version = portable_version()
+    except importlib.metadata.PackageNotFoundError:  # no xllamacpp installed: nothing to build for
+        return None
+    return build_dir(root, version, cpu_key(flags))
+
+
+def is_ready(folder: Path) -> bool:
+    return (folder / "build.json").is_file()
+
+
+def has_failed(folder: Path) -> bool:
+    return (folder / "failed.json").is_file()
+
+
+def label(system_info: str, native: bool) -> str:
+    """`llama.cpp native avx512` from llama.cpp's system info (`AVX512 = 1 | ...`)."""
+    features = set(re.findall(r"(\w+) = 1", system_info))
+    level = next((x for x in ("AVX512", "AVX2", "AVX") if x in features), "")
+    return f"llama.cpp {'native' if native else 'portable'} {level.lower() or 'generic'}".rstrip()
+
+
+def activate(root: Path) -> bool:
+    """Put this machine's native build first on sys.path if it is ready; True if it was put there.
+
+    Called before anything imports xllamacpp (the worker does it first thing);
+    without a ready build the installed portable wheel loads.
+    """
+    folder = current_dir(root)
+    if "xllamacpp" in sys.modules or folder is None or not is_ready(folder):
+        return False
+    sys.path.insert(0, str(folder / "site"))
+    return True
+
+
+def loaded() -> Build:
+    """The build this process imports: a cached native one (its `site/` beside build.json) or the wheel."""
+    import xllamacpp
+
+    folder = Path(xllamacpp.__file__).parent.parent.parent
+    native = Path(xllamacpp.__file__).parent.parent.name == "site" and is_ready(folder)
+    return Build(label(xllamacpp.get_system_info(), native), native, folder if native else None)
+
+
+class BuildFailed(RuntimeError):
+    pass
+
+
+def build(root: Path, *, jobs: int, force: bool = False, log: TextIO = sys.stdout) -> Path:
+    """Build this machine's native xllamacpp into `root` unless it is there; return its folder.
+
+    Holds `<folder>.lock` while it works: a second caller waits, then finds the build.
+    """
+    folder = current_dir(root)
+    if folder is None:
+        raise BuildFailed("A native llama.cpp build is made on x86-64 Linux only.")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_ready(folder) or (has_failed(folder) and not force):
+            return folder
+        for stale in [folder, *root.glob(f".{folder.name}.build-*")]:  # what a killed build left
+            shutil.rmtree(stale, ignore_errors=True)
+        folder.mkdir()
+        started = time.monotonic()
+        try:
+            with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder.name}.build-") as work:
+                _build_into(folder, Path(work), jobs, log)
+            built = _probe(folder)
+        except (OSError, subprocess.CalledProcessError, BuildFailed) as exc:
+            _write_json(folder / "failed.json", {"error": str(exc), "at": time.time()})
+            raise BuildFailed(f"The native llama.cpp build failed: {exc}") from exc
+        info = {"seconds": round(time.monotonic() - started), "cmake_args": NATIVE_CMAKE_ARGS, "jobs": jobs}
+        info["label"] = built
+        _write_json(folder / "build.json", info)  # last: the folder is a build from now on
+        return folder
+
+
+def _build_into(folder: Path, work: Path, jobs: int, log: TextIO) -> None:
+    """Download the sdist of the installed version, build its wheel natively, unpack it into `folder`."""
+    pip = [sys.executable, "-m", "pip"]
+    version = portable_version()
+    run = _runner(log)
+    run([*pip, "download", "--no-deps", "--no-binary", "xllamacpp", f"xllamacpp=={version}", "-d", str(work)])
+    (sdist,) = work.glob("xllamacpp-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(work, filter="data")
+    source = work / f"xllamacpp-{version}"
+    env = {**os.environ, "CMAKE_ARGS": NATIVE_CMAKE_ARGS, "NPROC": str(jobs)}
+    run([*pip, "wheel", "-v", "--no-deps", "-w", str(work / "wheel"), str(source)], env=env)  # -v: progress
+    (wheel,) = (work / "wheel").glob("xllamacpp-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(folder / "site")
+    server = source / "thirdparty/llama.cpp/build/bin/llama-server"
+    if server.is_file():
+        shutil.copy2(server, folder / "llama-server")
+
+
+def _runner(log: TextIO) -> Callable[..., None]:
+    def run(command: list[str], env: dict[str, str] | None = None) -> None:
+        print("$", " ".join(command), file=log, flush=True)
+        subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+    return run
+
+
+def _probe(folder: Path) -> str:
+    """Import the built module in a fresh interpreter; its label, or BuildFailed if it does not load."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import xllamacpp; print(xllamacpp.get_system_info())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "site")], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise BuildFailed(f"the built xllamacpp does not load: {done.stderr.strip()[-500:]}")
+    return label(done.stdout, native=True)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)

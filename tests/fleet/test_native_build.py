@@ -1,0 +1,78 @@
+"""The agent's native llama.cpp build: started once in the background, then a rolling restart of llama.cpp.
+
+A stand-in command plays the build (the real one compiles for minutes; see
+`manage.py build_llamacpp`): it writes the folder's build.json, or fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from fleet.agent.native import NativeBuild, restart_llamacpp_deployments
+from fleet.models import Deployment, Node
+from fleet.services import deployments
+from fleet.services.scheduler import reconcile
+from inference.engines import llamacpp_build
+from registry.models import Worker
+
+pytest.importorskip("xllamacpp")
+
+
+def stand_in(root: Path, succeed: bool) -> NativeBuild:
+    folder = llamacpp_build.current_dir(root)
+    assert folder is not None, "this machine has no native build folder (x86-64 Linux with xllamacpp)"
+    code = (
+        f"import pathlib; f = pathlib.Path({str(folder)!r}); f.mkdir(parents=True); "
+        "(f / 'build.json').write_text('{}')"
+        if succeed
+        else "raise SystemExit(3)"
+    )
+    return NativeBuild(root, root / "build.log", command=[sys.executable, "-c", code])
+
+
+def test_a_build_is_started_once_and_reported_ready_once(tmp_path: Path) -> None:
+    build = stand_in(tmp_path, succeed=True)
+    build.begin()
+    assert build.process is not None
+    assert build.process.wait(30) == 0
+    assert build.poll() is True
+    assert build.poll() is False  # reported once
+    again = stand_in(tmp_path, succeed=True)
+    again.begin()  # the build is there: nothing is started
+    assert again.process is None
+    assert not again.pending
+
+
+def test_a_failed_build_is_given_up_and_the_portable_wheel_keeps_serving(tmp_path: Path) -> None:
+    build = stand_in(tmp_path, succeed=False)
+    build.begin()
+    assert build.process is not None
+    assert build.process.wait(30) == 3
+    assert build.poll() is False
+    assert not build.pending
+
+
+@pytest.mark.django_db
+def test_only_the_deployments_running_llama_cpp_here_roll() -> None:
+    Node.objects.create(
+        name="a", address="127.0.0.1", memory_bytes=2**34, expires_at=timezone.now() + timedelta(seconds=30)
+    )
+    rows: dict[str, Deployment] = {}
+    for name, backend in (("llama", "llamacpp"), ("auto", "auto"), ("other", "transformers")):
+        rows[name] = deployments.create_deployment(
+            name=name, model_path="canned", backend="canned", replicas=1, memory_per_replica=2**20
+        )
+        reconcile()
+        (instance,) = rows[name].instances.all()
+        Worker.objects.create(identity=instance.identity, address="http://127.0.0.1:1", backend=backend)
+    Worker.objects.filter(identity__startswith="auto/").update(backend="llamacpp")  # auto chose llama.cpp
+    instances = [i for d in rows.values() for i in d.instances.select_related("deployment", "node")]
+    rolled = restart_llamacpp_deployments(instances)
+    assert sorted(d.name for d in rolled) == ["auto", "llama"]
+    generations = {d.name: d.generation for d in Deployment.objects.all()}
+    assert generations == {"llama": 2, "auto": 2, "other": 1}

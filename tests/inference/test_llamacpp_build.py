@@ -1,0 +1,59 @@
+"""The native llama.cpp build cache: once per CPU and version, failures kept, leftovers removed.
+
+The compile itself (minutes) is stood in for; `manage.py build_llamacpp` runs it for real.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inference.engines import llamacpp_build
+
+pytest.importorskip("xllamacpp")
+AVX512 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 1 | AVX512_VNNI = 1 | OPENMP = 1 |"
+
+
+def test_a_build_is_named_by_what_the_cpu_has_and_labelled_by_what_llama_cpp_compiled() -> None:
+    assert llamacpp_build.cpu_key({"avx", "avx2", "avx512f", "lm"}).startswith("avx512-")
+    assert llamacpp_build.cpu_key({"avx", "avx2", "lm"}) == llamacpp_build.cpu_key({"avx", "avx2", "ht"})
+    assert llamacpp_build.cpu_key({"avx", "avx2"}) != llamacpp_build.cpu_key({"avx", "avx2", "avx_vnni"})
+    assert llamacpp_build.label(AVX512, native=True) == "llama.cpp native avx512"
+    assert (
+        llamacpp_build.label("CPU : AVX = 1 | AVX2 = 1 | AVX512 = 0 |", native=False)
+        == "llama.cpp portable avx2"
+    )
+
+
+def test_a_build_is_made_once_and_a_failed_one_is_kept_until_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    failing = [True]
+
+    def stand_in(folder: Path, work: Path, jobs: int, log: object) -> None:
+        calls.append(folder.name)
+        if failing[0]:
+            raise subprocess.CalledProcessError(1, ["pip", "wheel"])
+        (folder / "site").mkdir()
+
+    monkeypatch.setattr(llamacpp_build, "_build_into", stand_in)
+    monkeypatch.setattr(llamacpp_build, "_probe", lambda folder: "llama.cpp native avx512")
+    folder = llamacpp_build.current_dir(tmp_path)
+    assert folder is not None
+    left = tmp_path / f".{folder.name}.build-killed"
+    left.mkdir(parents=True)  # what a killed build leaves
+    with pytest.raises(llamacpp_build.BuildFailed):
+        llamacpp_build.build(tmp_path, jobs=1)
+    assert llamacpp_build.has_failed(folder)
+    assert not left.exists()
+    assert llamacpp_build.build(tmp_path, jobs=1) == folder  # not retried by itself
+    assert len(calls) == 1
+    failing[0] = False
+    llamacpp_build.build(tmp_path, jobs=1, force=True)
+    assert llamacpp_build.is_ready(folder)
+    assert not llamacpp_build.has_failed(folder)
+    llamacpp_build.build(tmp_path, jobs=1, force=True)  # ready: never rebuilt
+    assert len(calls) == 2
