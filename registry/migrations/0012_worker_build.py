@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0009_prefix_cache_and_route'),
+        ('registry', '0011_teams'),
     ]
 
     operations = [
