@@ -10,7 +10,6 @@ import asyncio
 import json
 import time
 import unicodedata
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -35,20 +34,10 @@ from portal.gateway.limits import (
 from portal.gateway.tasks import drain
 from tests.processes import TEST_REDIS_URL
 
+pytest_plugins = ["tests.limit_fixtures"]
+
 REDIS_URL = TEST_REDIS_URL
 REFUSED_URL = "redis://127.0.0.1:1/0"  # nothing listens: every connect is refused at once
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
-    """Run a test against each store, through the settings that choose it."""
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-    else:
-        settings.REDIS_URL = None
-    current().limits.memory.clear()
-    yield request.param
-    current().limits.memory.clear()
 
 
 def cost(tokens: int) -> TokenEstimate:

@@ -7,7 +7,6 @@ Redis script's calendar agrees with Python's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 
 import pytest
@@ -27,19 +26,9 @@ from registry.services.credentials import aget_credential, create_app_credential
 from teams.budgets import BudgetLimits
 from teams.services import create_team
 
+pytest_plugins = ["tests.limit_fixtures"]
+
 TEAM = BudgetLimits("team:budget-test", "team 'research'", tokens_per_day=100)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    else:
-        settings.REDIS_URL = None
-    current().limits.memory.clear()
-    yield request.param
-    current().limits.memory.clear()
 
 
 def cost(tokens: int) -> TokenEstimate:

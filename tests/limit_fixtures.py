@@ -1,0 +1,23 @@
+"""The limiter's store fixture: a plugin the limit and budget test modules name in `pytest_plugins`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from portal.gateway.gateway import current
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
+    """Run a test against each store, through the settings that choose it, each from zero."""
+    if request.param == "redis":
+        settings.REDIS_URL = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    else:
+        settings.REDIS_URL = None
+    current().limits.memory.clear()
+    yield request.param
+    current().limits.memory.clear()
