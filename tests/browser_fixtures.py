@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.browser import ARGS, CHROMIUM, Pages
+from tests.portal_process import PortalProcess, start_portal
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,10 @@ def pages(chromium: Any) -> Iterator[Pages]:
         yield opened
         browser.close()
     assert opened.errors == [], f"JavaScript errors on the page: {opened.errors}"
+
+
+@pytest.fixture(scope="module")
+def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
+    """One portal for the module's tests, which write their own rows (a module may define its own)."""
+    with start_portal() as process:
+        yield process

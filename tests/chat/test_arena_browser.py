@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,19 +21,13 @@ from django.contrib.auth import get_user_model
 from portal.chat.models import Conversation
 from registry.services.workers import WorkerRegistration, register_worker
 from tests.browser import PASSWORD, log_in_to_chat
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess
 from tests.processes import REPO_ROOT
 
 pytest_plugins = ["tests.browser_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "chat"
 SIZES = ((1400, 900), (390, 844))
-
-
-@pytest.fixture(scope="module")
-def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
-    with start_portal() as process:
-        yield process
 
 
 @pytest.fixture

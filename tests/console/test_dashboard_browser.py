@@ -5,9 +5,7 @@ Screenshots go to test-artifacts/console/ (git-ignored).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -18,18 +16,12 @@ from fleet.services.autoscaler import record
 from registry.models import UsageRecord
 from registry.services.workers import WorkerRegistration, record_heartbeat, register_worker
 from tests.browser import PASSWORD, Pages, log_in_to_admin, outside_the_event_loop
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess
 from tests.processes import REPO_ROOT
 
 pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
-    with start_portal() as process:
-        yield process
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -18,19 +16,13 @@ from django.contrib.auth import get_user_model
 from registry.models import ApiKey, UsageRecord, UsageStatus
 from registry.services.rollups import roll_up_usage, utc_today
 from tests.browser import PASSWORD, Pages, log_in_to_admin
-from tests.portal_process import PortalProcess, start_portal
+from tests.portal_process import PortalProcess
 from tests.processes import REPO_ROOT
 
 pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
 CHARTS = ["requests-per-day", "tokens-per-day", "top-keys", "top-apps", "top-users", "top-models"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def live_portal(django_db_setup: None, chromium: Any) -> Iterator[PortalProcess]:
-    with start_portal() as process:
-        yield process
 
 
 @pytest.fixture
