@@ -18,17 +18,19 @@ constrained or refused, never generated without its grammar.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Callable
-
-# Python's regex parser (a private module, stable since 3.11): its tree is what we translate.
-from re import _constants as sre
-from re import _parser as sre_parse
 from typing import Any
 
 from inference.errors import InvalidRequest
 from inference.sampling import Guide
+
+# Python's regex parser (private modules, stable since 3.11, without type stubs): its tree is what
+# we translate.
+sre: Any = importlib.import_module("re._constants")
+sre_parse: Any = importlib.import_module("re._parser")
 
 SPACE_RULE = re.compile(r"^space ::= .*$", re.MULTILINE)
 CATEGORIES = {
