@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from portal.gateway.gateway import current
+from portal.gateway.limit_stores import WINDOW_SECONDS
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -21,3 +23,9 @@ def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
     current().limits.memory.clear()
     yield request.param
     current().limits.memory.clear()
+
+
+def tokens_counted(subject: str) -> int:
+    """`subject`'s tokens in the memory store this minute and the last: a test may cross a minute."""
+    window = int(time.time() // WINDOW_SECONDS)
+    return sum(current().limits.memory.used(subject, window=w) for w in (window - 1, window))

@@ -17,6 +17,7 @@ from registry.services import keys
 from registry.services.cache import forget_all
 from tests.api.test_views import CHAT, error_of, make_key, post
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
+from tests.limit_fixtures import tokens_counted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
@@ -62,7 +63,7 @@ async def test_a_stream_in_progress_holds_its_token_reservation(worker):
     assert error_of(second)["code"] == "rate_limit_exceeded"
     assert 0 < int(second.headers["Retry-After"]) <= 61
     await finish(first)
-    assert current().limits.memory.used(f"key:{await key_id(secret)}") == 5  # the real usage replaced 142
+    assert tokens_counted(f"key:{await key_id(secret)}") == 5  # the real usage replaced 142
     assert (await post("/v1/chat/completions", STREAM, secret)).status_code == 200
 
 
@@ -98,16 +99,14 @@ async def test_an_input_that_may_cost_more_than_the_keys_tokens_per_minute_is_re
     assert "up to 244" in error["message"]
     assert "Retry-After" not in response.headers
     assert not embedder  # no worker was asked
-    assert current().limits.memory.used(f"key:{await key_id(secret)}") == 0
+    assert tokens_counted(f"key:{await key_id(secret)}") == 0
 
 
 async def test_an_input_within_the_limit_is_counted_with_the_workers_usage(embedder):
     secret = await make_key(tokens_per_minute=300)
     assert (await post("/v1/embeddings", EMBEDDING, secret)).status_code == 200
     await drain()
-    assert (
-        current().limits.memory.used(f"key:{await key_id(secret)}") == 242
-    )  # reserved 244, settled with 242
+    assert tokens_counted(f"key:{await key_id(secret)}") == 242  # reserved 244, settled with 242
     refused = await post("/v1/embeddings", EMBEDDING, secret)  # 242 + 244 > 300
     assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limit_exceeded")
 

@@ -32,6 +32,7 @@ from portal.gateway.limits import (
     text_tokens,
 )
 from portal.gateway.tasks import drain
+from tests.limit_fixtures import tokens_counted
 from tests.processes import TEST_REDIS_URL
 
 pytest_plugins = ["tests.limit_fixtures"]
@@ -47,7 +48,7 @@ def cost(tokens: int) -> TokenEstimate:
 async def used_tokens(subject: str, backend: str) -> int:
     await drain()  # settling runs in the background
     if backend == "memory":
-        return current().limits.memory.used(subject)
+        return tokens_counted(subject)
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     window = int(time.time() // limit_stores.WINDOW_SECONDS)
     counts = [client.get(RedisStore.prefix(subject) + f":tpm:{w}") for w in (window - 1, window)]

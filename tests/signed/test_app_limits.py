@@ -13,6 +13,7 @@ from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import AppCredential
 from tests.gateway.conftest import add_worker, chat_result, served_model, upstream
+from tests.limit_fixtures import tokens_counted
 from tests.signed.conftest import App, post
 
 __all__ = ["served_model", "upstream"]
@@ -62,6 +63,4 @@ async def test_a_chat_is_counted_with_its_real_usage(app: App, served_model, ups
     reply = await post("chat", app.body({"model": "tiny", "prompt": "hi", "max_tokens": 60}))
     assert reply["code"] == 0
     await drain()
-    assert (
-        current().limits.memory.used(f"app:{app.credential_id}") == 5
-    )  # chat_result's usage, not the 142 reserved
+    assert tokens_counted(f"app:{app.credential_id}") == 5  # chat_result's usage, not the 142 reserved
