@@ -24,8 +24,11 @@ READY_PREFIX = "WORKER READY "
 
 
 # The Redis database tests may empty; another number keeps a second test run (a developer's,
-# beside a verification run) out of this one's way.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# beside a verification run) out of this one's way. Each pytest-xdist worker (gw0, gw1, ...) takes
+# the next lower number, so parallel workers never empty each other's.
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_REDIS_BASE, _, _REDIS_DB = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rpartition("/")
+TEST_REDIS_URL = f"{_REDIS_BASE}/{int(_REDIS_DB) - _XDIST_INDEX}"
 
 
 def database_url() -> str:

@@ -17,11 +17,11 @@ import pytest
 import redis
 
 from tests.portal_process import free_port
-from tests.processes import REPO_ROOT
+from tests.processes import REPO_ROOT, TEST_REDIS_URL
 
 SCRIPT = REPO_ROOT / "deploy" / "local-cluster.sh"
 PG_URL = "postgres://postgres@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = TEST_REDIS_URL
 
 
 def cluster_env(directory: Path, database: str) -> dict[str, str]:
