@@ -20,8 +20,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from fleet.models import Deployment, DeploymentEvent, Instance, Node
+from fleet.selectors import list_catalogue
 from fleet.services import deployments, scheduler, served
 from fleet.services.served import ServedFate
+from fleet.widgets import CataloguePicker, LabelsField
 
 
 def size(value: int | None) -> str:
@@ -122,7 +124,12 @@ class DeploymentForm(forms.ModelForm):
             "cold_start_timeout", "max_concurrency", "dtype", "threads", "max_model_len", "extra_args",
             "runs_on", "placement", "required_labels", "memory_per_replica",
         )  # fmt: skip
-        widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
+        widgets = {"model_path": CataloguePicker()}
+
+    required_labels = LabelsField(
+        required=False,
+        help_text="Node labels a replica needs (runagent --labels), one key=value a row; blank: any node.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,11 +137,9 @@ class DeploymentForm(forms.ModelForm):
             return  # a user who may only view it: every field is shown read-only
         if self.instance.pk is not None:
             self.fields["name"].disabled = True  # workers' ids carry it
-        paths = sorted({e["path"] for node in Node.objects.online() for e in node.catalogue})
-        self.fields["model_path"].help_text += format_html(
-            "<datalist id='model-catalogue'>{}</datalist>",
-            format_html("".join(format_html("<option value='{}'>", p) for p in paths)),
-        )
+        picker = self.fields["model_path"].widget
+        if isinstance(picker, CataloguePicker):
+            picker.entries = list_catalogue()
 
     def clean_extra_args(self) -> str:
         extra: str = self.cleaned_data["extra_args"]
@@ -185,6 +190,10 @@ class DeploymentAdmin(admin.ModelAdmin):
     readonly_fields = ("generation", "pending_reason")
     inlines = [InstanceInline, EventInline]
     actions = ["restart", "stop"]
+
+    class Media:
+        css = {"all": ("fleet/deployment.css",)}
+        js = ("fleet/deployment.js",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
         return super().get_queryset(request).prefetch_related("instances")
