@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -74,7 +75,7 @@ def portal(live_portal: PortalProcess) -> PortalProcess:
     )  # fmt: skip
     node = Node.objects.create(
         name="gpu-node-01.example.internal", address="10.20.30.41", cpus=64, memory_bytes=512 * 2**30,
-        available_memory_bytes=400 * 2**30, gpus=[{"name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 * 2**30}] * 2,
+        available_memory_bytes=200 * 2**30, gpus=[{"name": "H100", "memory_bytes": 80 * 2**30}] * 2,
         labels={"zone": "eu-west-1a", "gpu": "h100"},
         catalogue=[
             {"path": "smollm2-135m-instruct", "bytes": 98 * 2**20},
@@ -115,3 +116,62 @@ def test_every_admin_list_fits_1280_pixels(portal, pages: Pages) -> None:
             overflowing[path] = widths
         page.screenshot(path=str(ARTIFACTS / f"admin-list-{path.replace('/', '-')}-1280.png"))
     assert overflowing == {}
+
+
+QWEN = "/srv/models/Qwen2.5-Coder-7B-Instruct-Q4_K_M.gguf"
+
+
+def deploy_from_the_catalogue(page: Any, base: str, width: int) -> None:
+    """Pick Qwen in the picker, give two labels as rows, save; the deployment holds them."""
+    page.goto(f"{base}/admin/fleet/deployment/add/")
+    picker = page.locator("#id_model_path_catalogue")
+    assert picker.is_visible()
+    assert picker.locator("tbody tr").count() == 3
+    qwen = picker.locator(f"tr[data-path='{QWEN}']")
+    assert qwen.locator("td").nth(1).inner_text() == "GGUF"
+    assert qwen.locator("td").nth(5).inner_text() == "yes: gpu-node-01.example.internal"
+    llama = picker.locator("tr[data-path='/srv/models/Meta-Llama-3.1-70B-Instruct']")
+    assert llama.locator("td").nth(5).inner_text() == "no node has 282.8 GiB free"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    qwen.locator("button.catalogue-use").click()
+    assert page.input_value("#id_model_path") == QWEN
+    assert "chosen" in (qwen.get_attribute("class") or "")
+    page.fill("#id_name", f"qwen-{width}")
+    page.locator("input[name=required_labels_key]").nth(0).fill("zone")
+    page.locator("input[name=required_labels_value]").nth(0).fill("eu-west-1a")
+    page.click(".labels-add")
+    page.locator("input[name=required_labels_key]").nth(1).fill("gpu")
+    page.locator("input[name=required_labels_value]").nth(1).fill("h100")
+    page.screenshot(path=str(ARTIFACTS / f"deployment-add-{width}.png"), full_page=True)
+    page.click("input[name=_save]")
+    page.wait_for_url(f"{base}/admin/fleet/deployment/")
+    saved = outside_the_event_loop(lambda: Deployment.objects.get(name=f"qwen-{width}"))
+    assert (saved.model_path, saved.required_labels) == (QWEN, {"zone": "eu-west-1a", "gpu": "h100"})
+
+
+def delete_a_stopped_deployment(page: Any, base: str) -> None:
+    """The confirmation asks what becomes of the served model; the default disables it."""
+
+    def stopped() -> int:
+        ServedModel.objects.create(name="old-model")
+        return Deployment.objects.create(name="old-model", model_path="canned", replicas=0).pk
+
+    pk = outside_the_event_loop(stopped)
+    page.goto(f"{base}/admin/fleet/deployment/{pk}/delete/")
+    assert "Its served model: old-model" in page.locator("#served-fate").inner_text()
+    assert page.locator("input[name=served_models][value=disable]").is_checked()
+    page.screenshot(path=str(ARTIFACTS / "deployment-delete-asks.png"), full_page=True)
+    page.click("#content form input[type=submit]")
+    page.wait_for_url(f"{base}/admin/fleet/deployment/")
+    assert "“old-model” disabled" in page.locator(".messagelist").inner_text()
+    assert not outside_the_event_loop(lambda: ServedModel.objects.get(name="old-model").enabled)
+
+
+def test_deploying_from_the_catalogue_and_deleting_at_desktop_and_phone_width(portal, pages: Pages) -> None:
+    """One test: the portal caches content types, which the database flush between tests renumbers."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width, height in ((1280, 800), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/")
+        deploy_from_the_catalogue(page, portal.url, width)
+    delete_a_stopped_deployment(page, portal.url)
