@@ -74,7 +74,7 @@ def test_deploying_the_name_again_enables_it(staff, node):
 
 async def test_a_deleted_deployments_requests_get_404_not_503_retry_later():
     forget_all()
-    await sync_to_async(deploy)("gone")
+    await sync_to_async(deploy)("gone", cold_start_timeout=1)  # its replica never comes: 503 after 1 s
     _, secret = await sync_to_async(keys.create_api_key)(name="t")
     body = json.dumps({"model": "gone", "messages": [{"role": "user", "content": "hi"}]})
 
