@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from io import StringIO
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.test import AsyncClient
 
 from fleet.models import Deployment
@@ -92,3 +94,14 @@ async def test_a_deleted_deployments_requests_get_404_not_503_retry_later():
     await sync_to_async(served.delete_deployments)([doomed], fate=served.ServedFate.DISABLE)
     assert await ask() == (404, "model_not_found")
     forget_all()
+
+
+def test_the_deploy_command_deletes_and_disables_or_removes_too(node):
+    deploy("echo", replicas=0)
+    deploy("other", replicas=0)  # stopped: the command deletes at once
+    out = StringIO()
+    call_command("deploy", "delete", "echo", stdout=out)
+    assert out.getvalue().strip() == "echo: deleted; served model(s) echo disabled"
+    call_command("deploy", "delete", "other", "--served-models", "remove", stdout=out)
+    assert out.getvalue().strip().endswith("other: deleted; served model(s) other removed")
+    assert list(ServedModel.objects.values_list("name", "enabled")) == [("echo", False)]
