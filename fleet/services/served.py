@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from fleet.models import Deployment
 from registry.models import ServedModel, WorkerStatus
-from registry.services.versions import bump_version
 
 
 class ServedFate(models.TextChoices):
@@ -45,16 +44,18 @@ def delete_deployments(deployments: Iterable[Deployment], *, fate: str) -> list[
     names = names_left_behind(doomed)
     for deployment in doomed:
         deployment.delete()
-    left = ServedModel.objects.filter(name__in=names)
-    if fate == ServedFate.REMOVE:
-        left.delete()  # a queryset delete sends post_delete per row: the registry version is bumped
-    else:
-        left.update(enabled=False)
-        transaction.on_commit(bump_version)
+    # Row by row, not update(): each save or delete is audited and bumps the registry version (signals).
+    for model in ServedModel.objects.filter(name__in=names):
+        if fate == ServedFate.REMOVE:
+            model.delete()
+        elif model.enabled:
+            model.enabled = False
+            model.save(update_fields=["enabled"])
     return names
 
 
 def enable_served_names(deployment: Deployment) -> None:
     """A new deployment serves its names again, though an earlier one's deletion disabled them."""
-    if ServedModel.objects.filter(name__in=deployment.served_names, enabled=False).update(enabled=True):
-        transaction.on_commit(bump_version)
+    for model in ServedModel.objects.filter(name__in=deployment.served_names, enabled=False):
+        model.enabled = True
+        model.save(update_fields=["enabled"])

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.test import AsyncClient
 
+from audit.models import AuditEntry
 from fleet.models import Deployment
 from fleet.services import deployments, served
 from portal.console.fleet import fleet_snapshot
@@ -42,6 +43,8 @@ def test_the_confirmation_asks_and_disables_the_served_model_by_default(staff, n
     said = [str(m) for m in done.context["messages"]]
     assert "Served model(s) “echo” disabled: their requests get 404 model_not_found." in said
     assert [m["name"] for m in fleet_snapshot()["models"]] == []  # not a live model with 0 replicas
+    audited = AuditEntry.objects.filter(object_type="registry.servedmodel", object_repr="echo")
+    assert list(audited.values_list("actor_name", "after")) == [("root", {"enabled": False})]
 
 
 def test_remove_deletes_the_served_model_and_a_shared_name_is_left_alone(staff, node):
