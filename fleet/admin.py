@@ -12,14 +12,18 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import SuspiciousOperation, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from fleet.models import Deployment, DeploymentEvent, Instance, Node
-from fleet.services import deployments, scheduler
+from fleet.selectors import list_catalogue
+from fleet.services import deployments, scheduler, served
+from fleet.services.served import ServedFate
+from fleet.widgets import CataloguePicker, LabelsField
 
 
 def size(value: int | None) -> str:
@@ -120,7 +124,12 @@ class DeploymentForm(forms.ModelForm):
             "cold_start_timeout", "max_concurrency", "dtype", "threads", "max_model_len", "extra_args",
             "runs_on", "placement", "required_labels", "memory_per_replica",
         )  # fmt: skip
-        widgets = {"model_path": forms.TextInput(attrs={"list": "model-catalogue", "size": 60})}
+        widgets = {"model_path": CataloguePicker()}
+
+    required_labels = LabelsField(
+        required=False,
+        help_text="Node labels a replica needs (runagent --labels), one key=value a row; blank: any node.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,11 +137,9 @@ class DeploymentForm(forms.ModelForm):
             return  # a user who may only view it: every field is shown read-only
         if self.instance.pk is not None:
             self.fields["name"].disabled = True  # workers' ids carry it
-        paths = sorted({e["path"] for node in Node.objects.online() for e in node.catalogue})
-        self.fields["model_path"].help_text += format_html(
-            "<datalist id='model-catalogue'>{}</datalist>",
-            format_html("".join(format_html("<option value='{}'>", p) for p in paths)),
-        )
+        picker = self.fields["model_path"].widget
+        if isinstance(picker, CataloguePicker):
+            picker.entries = list_catalogue()
 
     def clean_extra_args(self) -> str:
         extra: str = self.cleaned_data["extra_args"]
@@ -151,6 +158,11 @@ class DeploymentForm(forms.ModelForm):
             except ValidationError as exc:
                 self.add_error(None, exc)  # its errors name the model path field
         return cleaned
+
+
+def _fate_context(doomed: list[Deployment]) -> dict[str, Any]:
+    """What the delete confirmation asks: the served names left behind, and what becomes of them."""
+    return {"served_names": served.names_left_behind(doomed), "served_fates": ServedFate.choices}
 
 
 def _stop_first(names: list[str]) -> str:
@@ -178,6 +190,10 @@ class DeploymentAdmin(admin.ModelAdmin):
     readonly_fields = ("generation", "pending_reason")
     inlines = [InstanceInline, EventInline]
     actions = ["restart", "stop"]
+
+    class Media:
+        css = {"all": ("fleet/deployment.css",)}
+        js = ("fleet/deployment.js",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
         return super().get_queryset(request).prefetch_related("instances")
@@ -211,7 +227,27 @@ class DeploymentAdmin(admin.ModelAdmin):
         if running is not None and super().has_delete_permission(request, running):
             self.message_user(request, _stop_first([running.name]), messages.ERROR)
             return HttpResponseRedirect(reverse("admin:fleet_deployment_change", args=[running.pk]))
-        return super().delete_view(request, object_id, extra_context)
+        doomed = list(Deployment.objects.filter(pk=object_id))
+        return super().delete_view(request, object_id, {**(extra_context or {}), **_fate_context(doomed)})
+
+    def delete_model(self, request: HttpRequest, obj: Deployment) -> None:
+        self._delete(request, [obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._delete(request, list(queryset))
+
+    def _delete(self, request: HttpRequest, doomed: list[Deployment]) -> None:
+        """Delete, and disable (the default) or remove the served models that nothing else serves."""
+        fate = request.POST.get("served_models", ServedFate.DISABLE)
+        if fate not in ServedFate.values:
+            raise SuspiciousOperation(f"served_models must be one of {', '.join(ServedFate.values)}.")
+        names = served.delete_deployments(doomed, fate=fate)
+        if names:
+            done = "removed" if fate == ServedFate.REMOVE else "disabled"
+            listed = ", ".join(f"“{name}”" for name in names)
+            self.message_user(
+                request, f"Served model(s) {listed} {done}: their requests get 404 model_not_found."
+            )
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -224,7 +260,10 @@ class DeploymentAdmin(admin.ModelAdmin):
                 if running:
                     self.message_user(request, _stop_first(sorted(running)), messages.ERROR)
                     return None
-                return delete(modeladmin, request, queryset)
+                response = delete(modeladmin, request, queryset)
+                if isinstance(response, TemplateResponse) and response.context_data is not None:
+                    response.context_data.update(_fate_context(list(queryset)))  # the confirmation page
+                return response
 
             actions["delete_selected"] = (delete_stopped, name, description)
         return actions

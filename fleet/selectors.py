@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import PurePath
 from typing import Any
 
 from django.db.models import F, Prefetch, Window
 from django.db.models.functions import RowNumber
 
-from fleet.models import Deployment, DeploymentEvent, Instance
+from fleet.catalogue import estimate_memory
+from fleet.models import KUBE_NODE_PREFIX, Deployment, DeploymentEvent, Instance, Node
 from fleet.services.deployments import summarize
+from inference.loading import PACKAGED_MODELS
 
 EVENTS_SHOWN = 5  # per deployment on the dashboard; the admin's deployment page lists them all
 
@@ -66,3 +69,44 @@ def list_recent_events(*, per_deployment: int = EVENTS_SHOWN) -> dict[str, list[
         shown = {k: v for k, v in event.items() if k != "deployment_id"}
         by_deployment[str(event["deployment_id"])].append({**shown, "at": event["at"].isoformat()})
     return dict(by_deployment)
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One model of the online nodes' catalogues, as the deployment form offers it."""
+
+    path: str  # what the deployment's model path takes
+    name: str
+    format: str
+    bytes: int  # of its weights
+    memory: int  # a replica's estimate (fleet.catalogue.estimate_memory)
+    nodes: tuple[str, ...]  # the online nodes that have it
+    fits_on: tuple[str, ...]  # those of them with that much memory free at their last heartbeat
+
+
+def model_format(path: str) -> str:
+    if path in PACKAGED_MODELS:
+        return "packaged GGUF" if PACKAGED_MODELS[path][1].endswith(".gguf") else "packaged folder"
+    return "GGUF" if path.endswith(".gguf") else "Hugging Face folder"
+
+
+def list_catalogue() -> list[CatalogueEntry]:
+    """Every model some online agent's node can serve, once, with the nodes that have it (one query)."""
+    nodes = Node.objects.online().exclude(name__startswith=KUBE_NODE_PREFIX)
+    found: dict[str, list[tuple[Node, int]]] = defaultdict(list)
+    for node in nodes.only("name", "available_memory_bytes", "catalogue"):
+        for entry in node.catalogue:
+            if isinstance(entry, dict) and entry.get("path"):
+                found[str(entry["path"])].append((node, int(entry.get("bytes") or 0)))
+    entries = []
+    for path, holders in sorted(found.items(), key=lambda item: (item[0] not in PACKAGED_MODELS, item[0])):
+        weights = max(size for _, size in holders)
+        memory = estimate_memory(weights)
+        entries.append(
+            CatalogueEntry(
+                path=path, name=PurePath(path).name, format=model_format(path), bytes=weights, memory=memory,
+                nodes=tuple(n.name for n, _ in holders),
+                fits_on=tuple(n.name for n, _ in holders if n.available_memory_bytes >= memory),
+            )
+        )  # fmt: skip
+    return entries

@@ -17,7 +17,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, DecimalField, Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -101,6 +101,8 @@ class ServedModelAdmin(admin.ModelAdmin):
         "input_price_per_million", "output_price_per_million",
     )  # fmt: skip
     list_editable = ("input_price_per_million", "output_price_per_million")
+    # Prices are short figures: narrow boxes keep the list within 1280 px.
+    formfield_overrides = {DecimalField: {"widget": forms.NumberInput(attrs={"style": "width: 7em"})}}
     list_filter = ("task", "dispatch_policy", "enabled")
     search_fields = ("name", "aliases__name")
     inlines = [ModelAliasInline]
@@ -169,20 +171,15 @@ class WorkerForm(forms.ModelForm):
 class WorkerAdmin(admin.ModelAdmin):
     form = WorkerForm
     change_form_template = "admin/registry/worker/change_form.html"  # with drain and resume buttons
+    # What an operator scans for; address, role, backend, device and build are on each worker's page.
     list_display = (
         "identity",
         "live_status",
         "heartbeat_age_display",
-        "address",
         "models",
-        "in_flight",
-        "queued",
+        "load",
         "tokens_per_second_display",
         "kv_cache_display",
-        "role",
-        "backend",
-        "device",
-        "build",
     )
     list_filter = ("status", "intent", "kind", "role", "backend", "device", "served_models")
     search_fields = ("identity", "address", "hostname", "served_models__name")
@@ -259,6 +256,10 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="Models")
     def models(self, obj: Worker) -> str:
         return ", ".join(m.name for m in obj.served_models.all())
+
+    @admin.display(description="In flight / queued", ordering="in_flight")
+    def load(self, obj: Worker) -> str:
+        return f"{obj.in_flight} / {obj.queued}"
 
     @admin.display(description="Tokens/s", ordering="tokens_per_second")
     def tokens_per_second_display(self, obj: Worker) -> str:

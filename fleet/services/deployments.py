@@ -24,6 +24,7 @@ from django.utils import timezone
 from fleet import options
 from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.options import OptionError, parse_extra_options
+from fleet.services import served
 
 # The fields a running worker was started with: a change to one of them is a rolling restart.
 WORKER_OPTIONS = (
@@ -97,13 +98,16 @@ def save_deployment(deployment: Deployment) -> Deployment:
     deployment.full_clean()
     check_extra_args(deployment.extra_args)
     check_model_path(deployment)
-    if deployment.pk is not None:
+    created = deployment.pk is None
+    if not created:
         before = Deployment.objects.filter(pk=deployment.pk).values(*WORKER_OPTIONS, "generation").first()
         if before and any(before[f] != getattr(deployment, f) for f in WORKER_OPTIONS):
             deployment.generation = before["generation"] + 1
     elif deployment.autoscaled:
         deployment.replicas = min(max(deployment.min_replicas or 0, 1), deployment.max_replicas or 1)
     deployment.save()
+    if created:
+        served.enable_served_names(deployment)
     return deployment
 
 

@@ -111,6 +111,8 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
     """Each model's last five minutes; TTFT and inter-token latency also per serving role (both, decode)."""
     live = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=now)
     models = ServedModel.objects.annotate(online=Count("workers", filter=live)).order_by("name")
+    # A disabled model nothing serves is not live (e.g. its deployment was deleted): the admin lists it.
+    models = models.filter(Q(enabled=True) | Q(online__gt=0))
     recent = UsageRecord.objects.filter(created_at__gte=now - WINDOW).values_list(
         "model_name", "status_code", "time_to_first_token_ms", "total_time_ms", "completion_tokens",
         "worker__role", "prompt_tokens", "cached_tokens", "streamed",

@@ -132,4 +132,14 @@ def test_an_anonymous_battle_shows_no_names_and_sends_the_chat_pages_settings(po
         assert battle["anonymous"] is True
         assert battle["params"] == {"temperature": "0.3", "top_p": "0.95", "max_tokens": "256"}
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+        if (
+            width < 600
+        ):  # the settings fold away; the answers stack, the screen's width, clear of the vote bar
+            assert page.locator("#settings").is_hidden()
+            page.locator("#side-b").scroll_into_view_if_needed()
+            side, bar = page.locator("#side-b").bounding_box(), page.locator("#vote-bar").bounding_box()
+            assert side["width"] >= width - 40
+            assert side["y"] + 40 <= bar["y"]
+            page.screenshot(path=str(ARTIFACTS / f"arena-anonymous-{width}-b.png"))
+            page.locator("#side-a").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / f"arena-anonymous-{width}.png"))

@@ -21,7 +21,8 @@ from tests.processes import REPO_ROOT
 
 pytest_plugins = ["tests.browser_fixtures"]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "console"
-CHARTS = ["requests-per-day", "tokens-per-day", "top-keys", "top-apps", "top-users", "top-models"]
+CHARTS = ["requests-per-day", "tokens-per-day", "top-keys", "top-models"]  # with data; no app, user or team
+EMPTY = ["top-teams", "top-apps", "top-users"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
@@ -67,6 +68,8 @@ def test_usage_charts_render_and_the_csv_streams(portal, pages: Pages) -> None:
         timeout=15_000,
     )
     assert drawn
+    for chart in EMPTY:
+        assert page.locator(f"#chart-{chart}").locator("xpath=..").inner_text() == "No data in this range"
     per_day = page.evaluate("Chart.getChart('chart-requests-per-day').data")
     assert len(per_day["labels"]) == 30
     assert {d["label"] for d in per_day["datasets"]} == {"smollm2", "minilm", "remote-llama"}
@@ -88,3 +91,33 @@ def test_usage_charts_render_and_the_csv_streams(portal, pages: Pages) -> None:
     assert len(rows) == counts["b0000001"]
     assert {row["key_prefix"] for row in rows} == {"b0000001"}
     assert pages.errors == [], f"JavaScript errors on the page: {pages.errors}"
+
+
+def test_filters_suggest_existing_values_and_empty_charts_say_so(portal, pages: Pages) -> None:
+    portal, _ = portal
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width, height in ((1280, 800), (390, 844)):
+        page = pages.open(width, height)
+        log_in_to_admin(page, portal.url, "/admin/console/usage/")
+        for field, listed in (("key", "usage-keys"), ("user", "usage-users"), ("model", "usage-models")):
+            assert page.get_attribute(f"#id_{field}", "list") == listed
+        offered = page.eval_on_selector_all(
+            "#usage-keys option", "options => options.map(o => [o.value, o.label])"
+        )
+        assert sorted(offered) == [[f"b{n:07d}", f"team-{n}"] for n in range(4)]
+        assert page.eval_on_selector_all("#usage-users option", "os => os.map(o => o.value)") == ["root"]
+        assert "minilm" in page.eval_on_selector_all("#usage-models option", "os => os.map(o => o.value)")
+        assert page.get_attribute("#id_app", "placeholder") == "any app"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(ARTIFACTS / f"usage-filters-{width}.png"))
+
+        page.fill("#id_start", "2001-01-01")
+        page.fill("#id_end", "2001-01-31")
+        page.click("#usage-filters input[type=submit]")
+        page.wait_for_url("**start=2001-01-01**")
+        page.wait_for_function("document.querySelectorAll('.usage-empty').length === 7")
+        for chart in CHARTS + EMPTY:
+            box = page.locator(f"#chart-{chart}").locator("xpath=..")
+            assert box.locator(".usage-empty").inner_text() == "No data in this range"
+            assert page.locator(f"#chart-{chart}").is_hidden()
+        page.screenshot(path=str(ARTIFACTS / f"usage-empty-{width}.png"), full_page=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.models import Deployment, Instance, InstanceState
+from fleet.models import Deployment, Instance, InstanceState, Node
 from tests.fleet.conftest import ADD, FORM
 
 pytestmark = pytest.mark.django_db
@@ -18,8 +18,14 @@ def test_adding_a_deployment_places_its_replicas_at_once(staff, node):
 
 
 def test_the_form_offers_the_nodes_catalogue_and_refuses_bad_extra_options(staff, node):
+    Node.objects.filter(pk=node.pk).update(available_memory_bytes=3 * 2**30)
     page = staff.get(ADD).content.decode()
-    assert "<option value='/models/qwen.gguf'>" in page
+    qwen = page.split('<tr data-path="/models/qwen.gguf">')[1].split("</tr>")[0]
+    cells = [c.split(">", 1)[1].split("</td")[0] for c in qwen.split("<td")[1:]]
+    # A replica needs its runtime (768 MiB) and twice its weights: 2.8 GiB of the node's 3.0 GiB free.
+    assert cells[1:6] == ["GGUF", "1.0 GiB", "2.8 GiB", "node-a", "yes: node-a"]
+    assert '<button type="button" class="catalogue-use" data-path="/models/qwen.gguf">Use</button>' in qwen
+    assert "packaged GGUF" in page
     response = staff.post(ADD, {**FORM, "name": "bad", "model_path": "canned", "extra_args": "--port 1"})
     assert response.status_code == 200
     assert "--port is set by the deployment" in response.content.decode()
@@ -72,3 +78,33 @@ def test_the_change_page_renders_in_a_bounded_number_of_queries(
         page = staff.get(f"/admin/fleet/deployment/{deployment.pk}/change/")
     assert page.status_code == 200
     assert page.content.decode().count("<pre") == replicas
+
+
+def test_labels_are_key_value_rows_stored_as_json_and_bad_pairs_are_refused(staff, node):
+    rows = {"required_labels_key": ["zone", "gpu", ""], "required_labels_value": ["a", "a100", ""]}
+    form = {**FORM, "name": "echo", "model_path": "canned", "extra_args": ""}
+    del form["required_labels"]
+    assert staff.post(ADD, {**form, **rows}).status_code == 302
+    deployment = Deployment.objects.get(name="echo")
+    assert deployment.required_labels == {"zone": "a", "gpu": "a100"}
+    page = staff.get(f"/admin/fleet/deployment/{deployment.pk}/change/").content.decode()
+    assert 'name="required_labels_key" value="gpu"' in page
+    assert 'name="required_labels_value" value="a100"' in page
+    for keys, values, said in (
+        (["", "x"], ["a", ""], "The value &#x27;a&#x27; has no key."),
+        (["zone", "zone"], ["a", "b"], "The key &#x27;zone&#x27; is given twice."),
+        (["zo ne"], ["a"], "&#x27;zo ne&#x27; is not a label key"),
+        (["zone"], ["a,b"], "cannot hold a comma"),
+    ):
+        bad = {"required_labels_key": keys, "required_labels_value": values}
+        response = staff.post(ADD, {**form, "name": "bad", **bad})
+        assert response.status_code == 200
+        assert said in response.content.decode()
+    assert not Deployment.objects.filter(name="bad").exists()
+
+
+def test_a_canned_replica_books_little_memory(staff, node):
+    form = {**FORM, "name": "echo", "model_path": "canned", "extra_args": "", "memory_per_replica": ""}
+    assert staff.post(ADD, form).status_code == 302
+    booked = set(Instance.objects.values_list("memory_bytes", flat=True))
+    assert booked == {256 * 2**20}  # not the 2 GiB of unknown weights and their margin (4.75 GiB)

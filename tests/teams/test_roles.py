@@ -106,6 +106,13 @@ def test_a_key_manager_manages_their_own_teams_keys_and_credentials_only():
     # Not the fleet; their team's usage only (the usage tests check the figures).
     assert statuses(client, CONSOLE[:2]) == [403, 403]
     assert client.get("/admin/console/usage/", {"team": "red"}).status_code == 403
+    offered = client.get("/admin/console/usage/").context["choices"]  # the filters' suggestions: blue's only
+    assert [offered["keys"][0][1], offered["apps"], offered["teams"]] == [
+        "blue-key",
+        [("blue-app", "")],
+        [("blue", "")],
+    ]
+    assert [name for name, _ in offered["users"]] == ["key-manager"]
     assert client.get("/admin/console/usage/records.csv").status_code == 200
     assert client.get("/admin/console/audit/").status_code == 403
 

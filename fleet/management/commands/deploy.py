@@ -14,7 +14,8 @@ from audit.context import AuditedCommand
 from audit.services import recorded
 from fleet.models import Backend, Deployment, Instance, InstanceState, Placement, RunsOn
 from fleet.options import OptionError
-from fleet.services import deployments, scheduler
+from fleet.services import deployments, scheduler, served
+from fleet.services.served import ServedFate
 
 OPTION_FIELDS = (
     "role",
@@ -82,9 +83,15 @@ class Command(AuditedCommand):
         for verb, text in (
             ("restart", "Replace every replica, one at a time."),
             ("stop", "Scale to 0 (drains the workers)."),
-            ("delete", "Stop and delete once no replica is left."),
         ):
             verbs.add_parser(verb, help=text).add_argument("name")
+        delete = verbs.add_parser("delete", help="Stop and delete once no replica is left.")
+        delete.add_argument("name")
+        delete.add_argument(
+            "--served-models", choices=ServedFate.values, default=ServedFate.DISABLE,
+            help="What becomes of the served names nothing else serves: disable (default) or remove; "
+            "either way their requests get 404.",
+        )  # fmt: skip
         verbs.add_parser("list", help="Every deployment with its replicas, as JSON lines.")
         wait = verbs.add_parser("wait", help="Wait until every deployment has its replicas ready.")
         wait.add_argument("--timeout", type=float, default=300.0)
@@ -114,7 +121,7 @@ class Command(AuditedCommand):
                     deployments.scale(deployment, 0)
             scheduler.reconcile()
             if verb == "delete":
-                self.delete(deployment)
+                self.delete(deployment, options["served_models"])
         if verb not in ("list", "wait", "delete", "export"):
             self.stdout.write(f"{options['name']}: {self.summary(self.get(options['name']))}")
 
@@ -199,11 +206,12 @@ class Command(AuditedCommand):
                 raise CommandError("Not ready: " + "; ".join(f"{d.name} {self.summary(d)}" for d in waiting))
             time.sleep(1)
 
-    def delete(self, deployment: Deployment) -> None:
+    def delete(self, deployment: Deployment, fate: str) -> None:
         deadline = time.monotonic() + 120
         while deployment.instances.exists():
             if time.monotonic() > deadline:
                 raise CommandError(f"{deployment.name} still has replicas stopping; is its node's agent up?")
             time.sleep(1)
-        deployment.delete()
-        self.stdout.write(f"{deployment.name}: deleted")
+        names = served.delete_deployments([deployment], fate=fate)
+        done = f"; served model(s) {', '.join(names)} {fate}d" if names else ""
+        self.stdout.write(f"{deployment.name}: deleted{done}")

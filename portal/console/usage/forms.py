@@ -57,17 +57,30 @@ class UsageFilters:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
 
+def suggested(choices: str, placeholder: str) -> forms.TextInput:
+    """A text box offering the page's datalist `usage-<choices>` (filter_choices), still free to type in."""
+    return forms.TextInput(
+        attrs={"list": f"usage-{choices}", "placeholder": placeholder, "autocomplete": "off"}
+    )
+
+
 class UsageFilterForm(forms.Form):
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    model = forms.CharField(
-        required=False, max_length=200, widget=forms.TextInput(attrs={"list": "usage-models"})
-    )
+    model = forms.CharField(required=False, max_length=200, widget=suggested("models", "any model"))
     source = forms.ChoiceField(required=False, choices=SOURCES)
-    key = forms.CharField(required=False, max_length=40, help_text="Key prefix, or #id.")
-    app = forms.CharField(required=False, max_length=130, help_text="App id, or #id.")
-    user = forms.CharField(required=False, max_length=150, help_text="Username, or #id.")
-    team = forms.CharField(required=False, max_length=101, help_text="Team name, or #id.")
+    key = forms.CharField(
+        required=False, max_length=40, help_text="Key prefix, or #id.", widget=suggested("keys", "any key")
+    )
+    app = forms.CharField(
+        required=False, max_length=130, help_text="App id, or #id.", widget=suggested("apps", "any app")
+    )
+    user = forms.CharField(
+        required=False, max_length=150, help_text="Username, or #id.", widget=suggested("users", "any user")
+    )
+    team = forms.CharField(
+        required=False, max_length=101, help_text="Team name, or #id.", widget=suggested("teams", "any team")
+    )
     rank = forms.ChoiceField(required=False, choices=RANKS, label="Rank by")
 
     def clean_start(self) -> date | None:

@@ -34,6 +34,7 @@ from registry.services.rollups import COUNTS, day_bounds, usage_aggregates
 from teams.models import Team
 
 TOP = 10
+SUGGESTIONS = 200  # per filter: a datalist, not a directory of every key
 # The rollup's leaders fetched per top table: more than TOP, so that few
 # groups outside them can still reach the top with today's raw records.
 LEADERS = 100
@@ -242,6 +243,28 @@ def _labels(field: str, groups: list[Any]) -> dict[Any, str]:
     return {group: found.get(group, f"#{group} (deleted)") for group in groups}
 
 
-def filter_choices() -> dict[str, list[str]]:
-    """Model names to suggest in the filter (served models, not every name a client sent)."""
-    return {"models": list(ServedModel.objects.order_by("name").values_list("name", flat=True)[:200])}
+def _model_names() -> list[str]:
+    """The served models, and the names that usage was recorded under (a model since removed too)."""
+    served = ServedModel.objects.order_by().values_list("name", flat=True)
+    used = UsageDailyTotal.objects.order_by().values_list("model_name", flat=True)
+    return list(served.union(used).order_by("name")[:SUGGESTIONS])  # one query; UNION drops repeats
+
+
+def filter_choices(*, team_id: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """What each filter suggests, as (value, label): the models, and the keys, apps, users and teams
+    (the most recently used first, SUGGESTIONS of each). A team's viewer is offered its own rows only.
+    """
+    keys = ApiKey.objects.order_by(F("last_used_at").desc(nulls_last=True), "name")
+    apps = AppCredential.objects.order_by(F("last_used_at").desc(nulls_last=True), "app_id")
+    users = get_user_model().objects.order_by(F("last_login").desc(nulls_last=True), "username")
+    teams = Team.objects.order_by("name")
+    if team_id is not None:
+        keys, apps = keys.filter(team_id=team_id), apps.filter(team_id=team_id)
+        users, teams = users.filter(teams__id=team_id), teams.filter(pk=team_id)
+    return {
+        "models": [(name, "") for name in _model_names()],
+        "keys": list(keys.values_list("prefix", "name")[:SUGGESTIONS]),
+        "apps": list(apps.values_list("app_id", "name")[:SUGGESTIONS]),
+        "users": [(name, "") for name in users.values_list("username", flat=True)[:SUGGESTIONS]],
+        "teams": [(name, "") for name in teams.values_list("name", flat=True)[:SUGGESTIONS]],
+    }

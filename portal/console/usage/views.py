@@ -73,7 +73,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Usage",
         "form": form,
-        "choices": filter_choices(),
+        "choices": filter_choices(team_id=_own_team(request)),
         "query": request.GET.urlencode(),
         "retention_days": settings.USAGE_RETENTION_DAYS,
     }

@@ -63,6 +63,10 @@
     });
     if (!ok) { $("reveal").textContent = "Not connected to the server."; return; }
     setRunning(true);
+    // On a phone the open settings would leave the answers a sliver of the screen: fold them away.
+    if (window.matchMedia("(max-width: 600px)").matches && $("settings").classList.contains("open")) {
+      $("toggle-settings").click();
+    }
   }
 
   function sideError(side, message) {

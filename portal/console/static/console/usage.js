@@ -11,7 +11,24 @@
   Chart.defaults.animation = false;
   Chart.defaults.maintainAspectRatio = false;
 
+  // A chart with nothing to draw says so, rather than showing bare axes.
+  function nothing(canvas) {
+    const note = document.createElement("p");
+    note.className = "usage-empty";
+    note.textContent = "No data in this range";
+    canvas.hidden = true;
+    canvas.parentElement.appendChild(note);
+  }
+
+  function total(values) {
+    return values.reduce(function (sum, value) { return sum + (Number(value) || 0); }, 0);
+  }
+
   function stacked(id, series) {
+    if (!series.some(function (s) { return total(s.data) > 0; })) {
+      nothing(document.getElementById(id));
+      return;
+    }
     new Chart(document.getElementById(id), {
       type: "bar",
       data: {
@@ -29,6 +46,10 @@
 
   function ranking(name) {
     const top = data.top[name];
+    if (total(top.values) === 0) {
+      nothing(document.getElementById("chart-top-" + name));
+      return;
+    }
     new Chart(document.getElementById("chart-top-" + name), {
       type: "bar",
       data: {
