@@ -17,6 +17,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from registry.admin_request_log import RequestLogWarningAdmin
 from registry.models import ApiKey, ServedModel, UsageRecord
 from registry.services.keys import assign_secret
 from registry.services.versions import bump_version
@@ -24,12 +25,13 @@ from teams.admin_scoping import TeamScopedAdmin
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(TeamScopedAdmin):
+class ApiKeyAdmin(RequestLogWarningAdmin, TeamScopedAdmin):
     # Few columns, so that the list fits a laptop's width; the rest is on the key's page.
     list_display = (
         "name", "prefix", "owner", "team", "scope", "limits", "last_used_at", "expires_at", "state",
+        "request_log",
     )  # fmt: skip
-    list_filter = ("team", "all_models", "revoked_at", "expires_at")
+    list_filter = ("team", "all_models", "log_requests", "revoked_at", "expires_at")
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     filter_horizontal = ("allowed_models",)
