@@ -1,7 +1,7 @@
 """The usage page (charts over the daily rollup) and its CSV exports.
 
-Staff with the usage permission see everyone's usage; a staff member of a
-team without it sees their team's only (the first by name when several).
+Who sees which team's usage is `teams.scoping.usage_scope`: a team's members
+their own team's, the platform's staff with the usage permission every team's.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from django.views.decorators.http import require_GET
 from portal.console.usage import exports
 from portal.console.usage.forms import UsageFilterForm, UsageFilters
 from portal.console.usage.selectors import filter_choices, usage_charts
-from teams.models import Team
+from teams.scoping import usage_scope
 
-PERMISSION = "registry.view_usagerecord"
 # Per dimension: its heading and the filter that shows one of its rows alone.
 SECTIONS = {
     "teams": ("teams", "team"),
@@ -40,25 +39,17 @@ def staff_view(view: View) -> View:
 
     @wraps(view)
     def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.has_perm(PERMISSION) and _own_team(request) is None:
+        if not usage_scope(request.user).allowed:
             raise PermissionDenied
         return view(request, *args, **kwargs)
 
     return admin.site.admin_view(require_GET(checked))
 
 
-def _own_team(request: HttpRequest) -> int | None:
-    """The team whose usage alone this user may see (None: every team's, or none at all)."""
-    if request.user.has_perm(PERMISSION):
-        return None
-    mine = Team.objects.filter(members__id=int(request.user.pk or 0))
-    return mine.order_by("name").values_list("pk", flat=True).first()
-
-
-def _scoped(request: HttpRequest, form: UsageFilterForm) -> UsageFilters:
+def scoped(request: HttpRequest, form: UsageFilterForm) -> UsageFilters:
     """The form's filters, narrowed to the user's own team when they may see no other."""
     filters = form.filters()
-    team = _own_team(request)
+    team = usage_scope(request.user).team_id
     if team is None:
         return filters
     if filters.team_id not in (None, team):
@@ -78,7 +69,7 @@ def usage(request: HttpRequest) -> HttpResponse:
         "retention_days": settings.USAGE_RETENTION_DAYS,
     }
     if form.is_valid():
-        filters = _scoped(request, form)
+        filters = scoped(request, form)
         # Show the dates the page uses, defaults included.
         form.data = shown = request.GET.copy()
         shown["start"], shown["end"] = filters.start.isoformat(), filters.end.isoformat()
@@ -115,7 +106,7 @@ def _export(request: HttpRequest, kind: str) -> HttpResponseBase:
     form = UsageFilterForm(request.GET)
     if not form.is_valid():
         return HttpResponse(_error_text(form), status=400, content_type="text/plain; charset=utf-8")
-    filters = _scoped(request, form)
+    filters = scoped(request, form)
     span = f"{filters.start.isoformat()}-{filters.end.isoformat()}"
     header: tuple[str, ...]
     if kind == "records":
