@@ -18,8 +18,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 
-from portal.console.usage import exports
+from portal.console.usage import exports, logs
 from portal.console.usage.forms import UsageFilterForm, UsageFilters
+from portal.console.usage.logs import LogSearchForm
 from portal.console.usage.selectors import filter_choices, usage_charts
 from teams.scoping import usage_scope
 
@@ -123,6 +124,23 @@ def _error_text(form: UsageFilterForm) -> str:
         name = "" if field == NON_FIELD_ERRORS else f"{field}: "
         lines += [f"- {name}{error}" for error in errors]
     return "\n".join(lines) + "\n"
+
+
+@staff_view
+def request_log(request: HttpRequest) -> HttpResponse:
+    """The request log's search: logged bodies (opt-in per team or key) of requests the user may see."""
+    form = LogSearchForm(request.GET)
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Request log",
+        "form": form,
+        "shown": logs.SHOWN,
+        "logging": logs.anyone_logs(),
+    }
+    if form.is_valid():
+        found = list(logs.search_logs(scoped(request, form), form.cleaned_data["q"])[: logs.SHOWN + 1])
+        context.update(results=found[: logs.SHOWN], more=len(found) > logs.SHOWN)
+    return TemplateResponse(request, "console/request_log.html", context)
 
 
 @staff_view
