@@ -7,28 +7,31 @@ with totals per key and per model on the list page.
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet, Sum
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from registry.models import ApiKey, ServedModel, UsageRecord
+from registry.admin_request_log import RequestLogWarningAdmin
+from registry.models import ApiKey, RequestLog, ServedModel, UsageRecord
 from registry.services.keys import assign_secret
 from registry.services.versions import bump_version
 from teams.admin_scoping import TeamScopedAdmin
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(TeamScopedAdmin):
-    # Few columns, so that the list fits a laptop's width; the rest is on the key's page.
+class ApiKeyAdmin(RequestLogWarningAdmin, TeamScopedAdmin):
     # What fits 1280 px; the limits and budgets are on each key's page.
-    list_display = ("name", "prefix", "holder", "scope", "state", "last_used_at")
-    list_filter = ("team", "all_models", "revoked_at", "expires_at")
+    list_display = ("name", "prefix", "holder", "scope", "state", "last_used_at", "request_log")
+    list_filter = ("team", "all_models", "log_requests", "revoked_at", "expires_at")
     search_fields = ("name", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at", "limits")
     filter_horizontal = ("allowed_models",)
@@ -136,6 +139,16 @@ class UsageRecordAdmin(admin.ModelAdmin):
     search_fields = ("request_id", "=api_key__prefix", "model_name")
     list_select_related = ("api_key",)
     show_full_result_count = False
+    readonly_fields = ("request_log",)
+
+    @admin.display(description="Request log")
+    def request_log(self, record: UsageRecord) -> str:
+        """A link to its logged bodies in the request log's search, when its team or key kept them."""
+        if not RequestLog.objects.filter(usage_record=record).exists():
+            return "Not kept: its team's and its key's request logs were off."
+        day = record.created_at.astimezone(UTC).date().isoformat()
+        query = urlencode({"q": record.request_id, "start": day, "end": day})
+        return format_html('<a href="{}?{}">Its request and answer</a>', reverse("console:usage:log"), query)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -192,7 +192,35 @@ class Worker(models.Model):
         return None if self.last_heartbeat is None else timezone.now() - self.last_heartbeat
 
 
-class ApiKey(models.Model):
+REQUEST_LOG_DAYS = 7  # a request log's days when its team or key leaves them empty
+
+
+class RequestLogSwitch(models.Model):
+    """The opt-in request log of a team or an API key: keep its requests' bodies for some days."""
+
+    log_requests = models.BooleanField(
+        default=False,
+        help_text="Keep the bodies of its requests and of their answers (never headers or keys), "
+        "searchable from the usage page. Off by default: the bodies may hold personal data.",
+    )
+    request_log_days = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text=f"Days a logged request's bodies are kept, then deleted (no longer than its usage "
+        f"record). Empty: {REQUEST_LOG_DAYS}.",
+    )
+
+    class Meta:
+        abstract = True
+
+    @property
+    def log_days(self) -> int:
+        """Days its requests' bodies are kept: 0 when its request log is off."""
+        return (self.request_log_days or REQUEST_LOG_DAYS) if self.log_requests else 0
+
+
+class ApiKey(RequestLogSwitch):
     """A client key for the OpenAI-compatible API; only its hash is stored."""
 
     name = models.CharField(max_length=200)
@@ -345,6 +373,28 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class RequestLog(models.Model):
+    """The bodies of one request whose team or key keeps a request log (opt-in), beside its usage record.
+
+    The request as the client sent its JSON (no header, so no key), and the
+    answer's text: a stream's assembled from its chunks; an embedding's
+    vectors are not kept. Deleted at `expires_at` by the hourly prune job,
+    and with its usage record.
+    """
+
+    usage_record = models.OneToOneField(UsageRecord, on_delete=models.CASCADE, related_name="log")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    expires_at = models.DateTimeField(db_index=True)
+    request_body = models.TextField(help_text="The request's JSON, as the client sent it.")
+    response_text = models.TextField(blank=True, help_text="The answer's text (a stream's, assembled).")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"log of {self.usage_record_id}"
 
 
 class UsageRollupDay(models.Model):

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from django.conf import settings
 
-from registry.services import rollups
+from registry.services import request_log, rollups
 from registry.services.workers import expire_stale_workers as _expire_stale_workers
 
 # (name, dotted function, minutes between runs). Other areas append theirs.
@@ -23,6 +23,7 @@ SCHEDULES: list[tuple[str, str, int]] = [
     ("usage: roll up per day", "registry.tasks.roll_up_usage", 10),
     ("usage: prune rolled-up records", "registry.tasks.prune_usage", 60),
     ("audit: prune old entries", "audit.tasks.prune_audit", 60),
+    ("usage: prune expired request logs", "registry.tasks.prune_request_logs", 60),
 ]
 
 
@@ -46,6 +47,11 @@ def roll_up_usage() -> dict[str, int]:
 def prune_usage() -> int:
     """Delete raw usage older than USAGE_RETENTION_DAYS that a final rollup holds (hourly)."""
     return rollups.prune_usage(retention_days=settings.USAGE_RETENTION_DAYS)
+
+
+def prune_request_logs() -> int:
+    """Delete request logs (opt-in bodies) whose team's or key's days are over (hourly)."""
+    return request_log.prune_request_logs()
 
 
 def ensure_schedules() -> int:

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from channels.db import database_sync_to_async
 
+from registry.services.request_log import log_days
 from teams.models import Team
 
 MICRO = 1_000_000
@@ -93,6 +94,7 @@ class MemberTeam:
     team_id: int | None = None
     budgets: tuple[BudgetLimits, ...] = ()
     allowed_model_ids: frozenset[int] | None = None
+    log_days: int = 0  # the team's request log: days its chats' bodies are kept; 0: not kept
 
 
 def get_member_team(*, user_id: int) -> MemberTeam:
@@ -100,7 +102,12 @@ def get_member_team(*, user_id: int) -> MemberTeam:
     team = Team.objects.filter(members__id=user_id).order_by("name").first()
     if team is None:
         return MemberTeam()
-    return MemberTeam(team_id=team.id, budgets=team_budget(team), allowed_model_ids=team_model_ids(team))
+    return MemberTeam(
+        team_id=team.id,
+        budgets=team_budget(team),
+        allowed_model_ids=team_model_ids(team),
+        log_days=log_days(team),
+    )
 
 
 aget_member_team = database_sync_to_async(get_member_team)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from registry.models import ServedModel
+from registry.models import RequestLogSwitch, ServedModel
 
 BUDGET_HELP = "Empty: no such budget."
 
 
-class Team(models.Model):
+class Team(RequestLogSwitch):
     """A group of people and clients that share budgets: tokens a day and a month, dollars a month.
 
     A budget counts every request of the team's keys, app credentials and

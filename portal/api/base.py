@@ -131,6 +131,7 @@ class OpenAIView(APIView):
             model_first=True,
             queue_priority=key.queue_priority,
             max_queued=key.max_queued,
+            log_days=key.log_days,
         )
 
     def read_body(self, request: HttpRequest) -> dict[str, Any]:

@@ -74,6 +74,7 @@ async def chat_caller(owner: Owner) -> Caller:
         team_id=team.team_id,
         quota=chat_quota(owner, team),
         allowed_model_ids=team.allowed_model_ids,
+        log_days=team.log_days,
     )
 
 

@@ -16,9 +16,11 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from fleet.selectors import list_deployment_rows, list_recent_events
+from portal.console.teams import team_rows
 from portal.console.trends import empty_trend, hourly_trends, percentile
 from portal.metrics import outcomes
 from registry.models import ServedModel, UsageRecord, Worker, WorkerStatus
+from teams.scoping import NONE, UsageScope
 
 WINDOW = timedelta(minutes=5)
 
@@ -136,8 +138,8 @@ def _model_rows(now: Any) -> list[dict[str, Any]]:
     ]
 
 
-def fleet_snapshot() -> dict[str, Any]:
-    """Deployments and their newest scaling events, workers and models as the dashboard shows them.
+def fleet_snapshot(scope: UsageScope = NONE) -> dict[str, Any]:
+    """Deployments and their newest scaling events, workers, models, and the teams `scope` covers.
 
     A fixed number of queries, whatever the fleet and the traffic.
     """
@@ -149,4 +151,5 @@ def fleet_snapshot() -> dict[str, Any]:
         "deployment_events": list_recent_events(),  # deployment id → its newest events
         "workers": [_worker_row(worker, now) for worker in workers],
         "models": _model_rows(now),
+        "teams": team_rows(scope),
     }

@@ -25,6 +25,7 @@ from fleet.models import Deployment, DeploymentEvent, Instance
 from portal.console.fleet import fleet_snapshot
 from registry.models import UsageRecord, Worker
 from teams.roles import CONSOLE_PERMISSION
+from teams.scoping import UsageScope, usage_scope
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,11 @@ watch = FleetWatch()
 
 
 @database_sync_to_async
-def _may_watch(user: Any) -> bool:
-    return bool(user.has_perm(CONSOLE_PERMISSION))
+def _watcher_scope(user: Any) -> UsageScope | None:
+    """The teams this user's snapshots show; None when they may not watch the dashboard at all."""
+    if not user.has_perm(CONSOLE_PERMISSION):
+        return None
+    return usage_scope(user)
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
@@ -91,9 +95,11 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not (user.is_active and user.is_staff) or not await _may_watch(user):
+        scope = None if user is None or not (user.is_active and user.is_staff) else await _watcher_scope(user)
+        if scope is None:
             await self.close(code=FORBIDDEN_CLOSE_CODE)
             return
+        self.scope_of_teams = scope  # fixed for the connection: a change of team takes a reconnect
         self.last_sent = 0.0
         self.pending: asyncio.Task[None] | None = None
         await self.accept()
@@ -119,5 +125,5 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if delay:
             await asyncio.sleep(delay)
         self.last_sent = time.monotonic()
-        snapshot = await database_sync_to_async(fleet_snapshot)()
+        snapshot = await database_sync_to_async(fleet_snapshot)(self.scope_of_teams)
         await self.send_json({"type": "fleet.snapshot", **snapshot})

@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 
 from portal.console.fleet import fleet_snapshot
 from teams.roles import CONSOLE_PERMISSION
+from teams.scoping import usage_scope
 
 
 def console_view(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequest], HttpResponse]:
@@ -29,10 +30,11 @@ def console_view(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpR
 
 @console_view
 def dashboard(request: HttpRequest) -> HttpResponse:
-    context = {**admin.site.each_context(request), "title": "Fleet dashboard", "snapshot": fleet_snapshot()}
+    snapshot = fleet_snapshot(usage_scope(request.user))
+    context = {**admin.site.each_context(request), "title": "Fleet dashboard", "snapshot": snapshot}
     return TemplateResponse(request, "console/dashboard.html", context)
 
 
 @console_view
 def fleet(request: HttpRequest) -> HttpResponse:
-    return JsonResponse(fleet_snapshot())
+    return JsonResponse(fleet_snapshot(usage_scope(request.user)))

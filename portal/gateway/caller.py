@@ -34,6 +34,7 @@ class Caller:
     model_first: bool = False
     queue_priority: int = 0  # an API key's place in the shared queue (0-9, higher first)
     max_queued: int | None = None  # its cap on requests waiting there; None: QUEUE_MAX_PER_CALLER
+    log_days: int = 0  # days its requests' bodies are kept (its team's or key's request log); 0: not kept
 
     def may_use(self, model_id: int) -> bool:
         return self.allowed_model_ids is None or model_id in self.allowed_model_ids

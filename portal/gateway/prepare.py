@@ -21,6 +21,7 @@ from inference.errors import InvalidRequest
 from portal.gateway.caller import Caller, new_request_id
 from portal.gateway.errors import GatewayError, invalid, model_not_found, not_allowed
 from portal.gateway.limits import LimitExceeded, Reservation, TokenEstimate, estimate, reserve
+from portal.gateway.request_log import LogDraft
 from portal.gateway.ticket import Ticket
 from registry.models import DispatchPolicy, ModelTask, UsageStatus
 from registry.services.dispatch import MAX_MODEL_NAME_LENGTH, ResolvedModel, aresolve_model, valid_model_name
@@ -131,6 +132,8 @@ async def admit(
     name = str(body.get("model") or "")
     entry = caller.usage_entry(request_id=request_id or new_request_id(), endpoint=door, model_name=name)
     ticket = Ticket(gateway, entry, queue=caller.queue_terms, streamed=stream)
+    if caller.log_days:
+        ticket.log = LogDraft.of(body, caller.log_days)
     reserved = False
     try:
         await gateway.watch.check()  # an admin change reaches the cached lookups within a second

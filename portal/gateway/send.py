@@ -43,6 +43,8 @@ async def run(prepared: Prepared) -> dict[str, Any]:
         ticket.finish(UsageStatus.CANCELLED)
         raise
     ticket.set_usage(result.get("usage"))
+    if ticket.log is not None:
+        ticket.log.take_answer(result)
     ticket.finish()
     await ticket.recorded()
     return result

@@ -200,6 +200,8 @@ class ChatStream:
     def _relaying(self, payload: str) -> None:
         # Counted as it goes out: a stream cut short is billed for the chunks its client got.
         self._ticket.chunks += _has_content(payload)
+        if self._ticket.log is not None:
+            self._ticket.log.add_chunk(payload)
 
     def __aiter__(self) -> AsyncIterator[dict]:
         return self._dicts()

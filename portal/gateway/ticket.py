@@ -11,6 +11,7 @@ from portal.gateway.errors import GatewayError
 from portal.gateway.figures import cached_count, usage_counts
 from portal.gateway.limits import Reservation
 from portal.gateway.queue import QueueTerms
+from portal.gateway.request_log import LogDraft
 from portal.gateway.tasks import spawn
 from portal.gateway.worker_calls import abort_request
 from portal.metrics import instruments
@@ -49,6 +50,7 @@ class Ticket:
     worker_label: str = ""  # the identity of the last worker assigned, for the metrics
     prompt_key: str = ""  # what the prompt starts with, for the cache-aware policy ("" under others)
     role_label: str = "both"  # its role: "decode" when it continues from a prefill worker
+    log: LogDraft | None = field(default=None, repr=False)  # the opt-in request log's bodies
     _in_flight: Any = field(default=None, repr=False)  # its in-flight gauge while a worker holds it
     # The task adding its record to the shared buffer (Redis); None when it stays in memory.
     _recording: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -111,6 +113,8 @@ class Ticket:
             self.entry.status_code = 499
         if error is not None:
             self.entry.status_code, self.entry.error = error.status_code, error.message
+            if self.log is not None:
+                self.log.note_error(error.message)
         stopped = status == UsageStatus.CANCELLED or self.abort_on_finish
         if stopped and worker is not None and worker.kind != WorkerKind.REMOTE:
             spawn(self._abort_then_record(worker))
@@ -137,6 +141,8 @@ class Ticket:
     def _record(self) -> None:
         if not self.usage_known:
             self._estimate_usage()
+        if self.log is not None:
+            self.entry.log = self.log.entry_field()
         self._recording = self.gateway.usage.schedule(self.entry)
         if self.reservation is not None:
             self.reservation.settle(self.entry.prompt_tokens, self.entry.completion_tokens)

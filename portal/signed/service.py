@@ -133,6 +133,7 @@ async def _serve(
         app_id=credential.app_id,
         app_credential_id=credential.id,
         team_id=credential.team_id,
+        log_days=credential.log_days,
     )
     if pipeline.reserves_itself:  # the gateway reserves it against the app's quota, and settles it
         return await run_pipeline(pipeline, params, replace(context, quota=app_quota(credential)))

@@ -23,6 +23,7 @@ from django.db import transaction
 
 from registry.models import AppCredential
 from registry.services.cache import RefreshingCache
+from registry.services.request_log import log_days
 from signing.sm2 import normalize_public_key
 from teams.budgets import BudgetLimits, team_budget
 from teams.models import Team
@@ -52,6 +53,7 @@ class CredentialSnapshot:
     max_in_flight: int | None = None
     team_id: int | None = None
     budgets: tuple[BudgetLimits, ...] = ()  # its team's
+    log_days: int = 0  # its team's request log: days its requests' bodies are kept; 0: not kept
 
     def may_call(self, pipeline: str) -> bool:
         """An empty allow list means every pipeline."""
@@ -148,6 +150,7 @@ def snapshot_of(credential: AppCredential) -> CredentialSnapshot | None:
         max_in_flight=credential.max_in_flight,
         team_id=credential.team_id,
         budgets=team_budget(credential.team),
+        log_days=log_days(credential.team),
     )
 
 

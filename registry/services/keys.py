@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from registry.models import ApiKey, ServedModel
 from registry.services.cache import RefreshingCache
+from registry.services.request_log import log_days
 from teams.budgets import BudgetLimits, budget_of, narrow, team_budget, team_model_ids
 from teams.models import Team
 
@@ -59,6 +60,7 @@ class KeyInfo:
     max_queued: int | None = None
     team_id: int | None = None
     budgets: tuple[BudgetLimits, ...] = ()  # its team's, then its own
+    log_days: int = 0  # its requests' bodies are kept this long (its own or its team's request log); 0: not
 
     def allows(self, served_model_id: int) -> bool:
         return self.allowed_model_ids is None or served_model_id in self.allowed_model_ids
@@ -154,6 +156,7 @@ def get_key_info(*, hashed: str) -> KeyInfo | None:
         max_queued=key.max_queued,
         team_id=key.team_id,
         budgets=budgets,
+        log_days=log_days(key, key.team),
     )
 
 

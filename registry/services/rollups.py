@@ -244,5 +244,6 @@ def prune_usage(*, retention_days: int, batch_size: int = PRUNE_BATCH) -> int:
             created_at__gte=start, created_at__lt=end, id__lte=marker.last_record_id
         ).order_by()
         while ids := list(rows.values_list("id", flat=True)[:batch_size]):
-            deleted += UsageRecord.objects.filter(id__in=ids).delete()[0]
+            # Counted apart from the request logs (opt-in bodies) that go with them.
+            deleted += UsageRecord.objects.filter(id__in=ids).delete()[1].get(UsageRecord._meta.label, 0)
     return deleted

@@ -26,6 +26,7 @@ from django.db import (
 from django.utils import timezone
 
 from registry.models import ApiKey, AppCredential, ServedModel, UsageRecord, UsageStatus, Worker
+from registry.services.request_log import write_request_logs
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class UsageEntry:
     status_code: int = 200
     error: str = ""
     created_at: datetime | None = None  # when the request finished; set when it is scheduled
+    # The opt-in request log's bodies ({"days", "request", "response"}); None for nearly every request.
+    log: dict[str, Any] | None = None
 
 
 def record_usage_batch(*, entries: list[UsageEntry]) -> None:
@@ -72,10 +75,14 @@ def record_usage_batch(*, entries: list[UsageEntry]) -> None:
     UsageRecord.objects.bulk_create(
         [UsageRecord(**_fields(entry)) for entry in entries], ignore_conflicts=True
     )
+    logged = [entry for entry in entries if entry.log is not None]
+    if logged:
+        write_request_logs(entries=logged)
 
 
 def _fields(entry: UsageEntry) -> dict:
     fields = asdict(entry)
+    del fields["log"]
     fields["error"] = fields["error"][:2000]
     fields["created_at"] = fields["created_at"] or timezone.now()
     return fields

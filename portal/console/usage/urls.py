@@ -1,4 +1,4 @@
-"""/admin/console/usage/: the charts and the two CSV exports (namespace "console:usage")."""
+"""/admin/console/usage/: the charts, the two CSV exports, the request log's search ("console:usage")."""
 
 from django.urls import path
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("", views.usage, name="index"),
     path("records.csv", views.export_records, name="records-csv"),
     path("daily.csv", views.export_daily, name="daily-csv"),
+    path("log/", views.request_log, name="log"),
 ]

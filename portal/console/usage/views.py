@@ -1,7 +1,7 @@
 """The usage page (charts over the daily rollup) and its CSV exports.
 
-Staff with the usage permission see everyone's usage; a staff member of a
-team without it sees their team's only (the first by name when several).
+Who sees which team's usage is `teams.scoping.usage_scope`: a team's members
+their own team's, the platform's staff with the usage permission every team's.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 
-from portal.console.usage import exports
+from portal.console.usage import exports, logs
 from portal.console.usage.forms import UsageFilterForm, UsageFilters
+from portal.console.usage.logs import LogSearchForm
 from portal.console.usage.selectors import filter_choices, usage_charts
-from teams.models import Team
+from teams.scoping import usage_scope
 
-PERMISSION = "registry.view_usagerecord"
 # Per dimension: its heading and the filter that shows one of its rows alone.
 SECTIONS = {
     "teams": ("teams", "team"),
@@ -40,25 +40,17 @@ def staff_view(view: View) -> View:
 
     @wraps(view)
     def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.has_perm(PERMISSION) and _own_team(request) is None:
+        if not usage_scope(request.user).allowed:
             raise PermissionDenied
         return view(request, *args, **kwargs)
 
     return admin.site.admin_view(require_GET(checked))
 
 
-def _own_team(request: HttpRequest) -> int | None:
-    """The team whose usage alone this user may see (None: every team's, or none at all)."""
-    if request.user.has_perm(PERMISSION):
-        return None
-    mine = Team.objects.filter(members__id=int(request.user.pk or 0))
-    return mine.order_by("name").values_list("pk", flat=True).first()
-
-
-def _scoped(request: HttpRequest, form: UsageFilterForm) -> UsageFilters:
+def scoped(request: HttpRequest, form: UsageFilterForm) -> UsageFilters:
     """The form's filters, narrowed to the user's own team when they may see no other."""
     filters = form.filters()
-    team = _own_team(request)
+    team = usage_scope(request.user).team_id
     if team is None:
         return filters
     if filters.team_id not in (None, team):
@@ -73,12 +65,12 @@ def usage(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Usage",
         "form": form,
-        "choices": filter_choices(team_id=_own_team(request)),
+        "choices": filter_choices(team_id=usage_scope(request.user).team_id),
         "query": request.GET.urlencode(),
         "retention_days": settings.USAGE_RETENTION_DAYS,
     }
     if form.is_valid():
-        filters = _scoped(request, form)
+        filters = scoped(request, form)
         # Show the dates the page uses, defaults included.
         form.data = shown = request.GET.copy()
         shown["start"], shown["end"] = filters.start.isoformat(), filters.end.isoformat()
@@ -115,7 +107,7 @@ def _export(request: HttpRequest, kind: str) -> HttpResponseBase:
     form = UsageFilterForm(request.GET)
     if not form.is_valid():
         return HttpResponse(_error_text(form), status=400, content_type="text/plain; charset=utf-8")
-    filters = _scoped(request, form)
+    filters = scoped(request, form)
     span = f"{filters.start.isoformat()}-{filters.end.isoformat()}"
     header: tuple[str, ...]
     if kind == "records":
@@ -132,6 +124,23 @@ def _error_text(form: UsageFilterForm) -> str:
         name = "" if field == NON_FIELD_ERRORS else f"{field}: "
         lines += [f"- {name}{error}" for error in errors]
     return "\n".join(lines) + "\n"
+
+
+@staff_view
+def request_log(request: HttpRequest) -> HttpResponse:
+    """The request log's search: logged bodies (opt-in per team or key) of requests the user may see."""
+    form = LogSearchForm(request.GET)
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Request log",
+        "form": form,
+        "shown": logs.SHOWN,
+        "logging": logs.anyone_logs(),
+    }
+    if form.is_valid():
+        found = list(logs.search_logs(scoped(request, form), form.cleaned_data["q"])[: logs.SHOWN + 1])
+        context.update(results=found[: logs.SHOWN], more=len(found) > logs.SHOWN)
+    return TemplateResponse(request, "console/request_log.html", context)
 
 
 @staff_view

@@ -30,6 +30,7 @@ class PipelineContext:
     app_credential_id: int
     quota: Quota | None = None  # the app's limits, for a pipeline that reserves itself
     team_id: int | None = None  # the app's team, whose budget it spends
+    log_days: int = 0  # its team's request log: days its bodies are kept; 0: not kept
 
 
 class ParamsRefused(Exception):

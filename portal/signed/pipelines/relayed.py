@@ -51,6 +51,7 @@ async def call_relay(door: str, body: dict[str, Any], *, context: PipelineContex
         app_credential_id=context.app_credential_id,
         team_id=context.team_id,
         quota=context.quota,
+        log_days=context.log_days,
     )
     gateway = current()
     try:

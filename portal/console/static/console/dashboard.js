@@ -206,7 +206,31 @@
     }
   }
 
+  // Used against a budget: "1200 / 5000 (24%)"; without a budget, the figure alone.
+  function against(used, budget, share, prefix = "") {
+    if (budget === null || budget === undefined) return prefix + used;
+    return prefix + used + " / " + prefix + budget + " (" + percent(share) + ")";
+  }
+
+  function renderTeams(teams) {
+    const body = document.querySelector("#fleet-teams tbody");
+    body.replaceChildren();
+    for (const t of teams || []) {
+      const row = body.insertRow();
+      row.dataset.team = t.name;
+      cell(row, link(t.name, config.usage + "?team=" + encodeURIComponent("#" + t.id)));
+      cell(row, t.requests_today, "number");
+      const over = (share) => (share !== null && share >= 1 ? " fleet-over-budget" : "");
+      cell(row, against(t.tokens_today, t.daily_tokens, t.daily_tokens_used), "number" + over(t.daily_tokens_used));
+      cell(row, t.requests_month, "number");
+      cell(row, against(t.tokens_month, t.monthly_tokens, t.monthly_tokens_used), "number" + over(t.monthly_tokens_used));
+      cell(row, against(t.spend_month_usd.toFixed(2), t.monthly_budget_usd === null ? null : t.monthly_budget_usd.toFixed(2), t.monthly_budget_used, "$"), "number" + over(t.monthly_budget_used));
+      cell(row, t.request_log_days === null ? "off" : "⚠ on, " + t.request_log_days + " day(s)");
+    }
+  }
+
   function render(snapshot) {
+    renderTeams(snapshot.teams);
     renderDeployments(snapshot.deployments);
     renderEvents(snapshot.deployments, snapshot.deployment_events || {});
     renderModels(snapshot.models);
