@@ -35,7 +35,17 @@ NONE = UsageScope(allowed=False)
 
 
 def usage_scope(user: Any) -> UsageScope:
-    """The usage `user` may see (see the module)."""
+    """The usage `user` may see (see the module), kept on the user object as Django keeps its permissions.
+
+    A page asks several times (its gate, its filters, its choices): one query for them all.
+    """
+    scope = getattr(user, "_usage_scope", None)
+    if scope is None:
+        scope = user._usage_scope = _usage_scope(user)
+    return scope
+
+
+def _usage_scope(user: Any) -> UsageScope:
     if not user.is_active:
         return NONE
     if user.is_superuser or user.has_perm(EVERY_TEAM):
