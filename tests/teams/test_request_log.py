@@ -14,8 +14,6 @@ import pytest
 import redis
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -31,6 +29,7 @@ from registry.services.keys import aauthenticate_secret, create_api_key
 from teams.models import Team
 from tests.api.test_views import post
 from tests.gateway.conftest import add_worker, chat_result, chunk, served_model, sse, upstream
+from tests.teams.test_team_usage import staff
 
 __all__ = ["served_model", "upstream"]
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "where is the parrot?"}], "max_tokens": 5}
@@ -191,17 +190,6 @@ def _search_rows() -> dict[str, Team]:
     return teams
 
 
-def _staff(username: str, *, usage: bool, team: Team | None = None) -> Client:
-    user = get_user_model().objects.create_user(username, is_staff=True)
-    if usage:
-        user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
-    if team is not None:
-        team.members.add(user)
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def _found(response) -> list[str]:
     assert response.status_code == 200, response.content
     return [log.usage_record.request_id for log in response.context["results"]]
@@ -211,16 +199,16 @@ def _found(response) -> list[str]:
 def test_the_search_finds_text_in_either_body_under_the_usage_pages_scope():
     teams = _search_rows()
     url = reverse("console:usage:log")
-    everyone = _staff("platform", usage=True)
+    everyone = staff(usage_permission=True, username="platform")
     assert sorted(_found(everyone.get(url, {"q": "PARROT"}))) == ["blue-req", "red-req"]
     assert _found(everyone.get(url, {"q": "red parrot sleeps"})) == ["red-req"]
     assert _found(everyone.get(url, {"q": "blue-req"})) == ["blue-req"]  # a request id
     assert _found(everyone.get(url, {"q": "parrot", "team": "red"})) == ["red-req"]
-    member = _staff("blue-viewer", usage=True, team=teams["blue"])
+    member = staff(usage_permission=True, team=teams["blue"], username="blue-viewer")
     assert _found(member.get(url, {"q": "red"})) == []  # another team's bodies stay hidden
     assert _found(member.get(url, {"q": "parrot"})) == ["blue-req"]
     assert member.get(url, {"team": "red"}).status_code == 403
-    assert _staff("nobody", usage=False).get(url).status_code == 403
+    assert staff(usage_permission=False, username="nobody").get(url).status_code == 403
     page = everyone.get(reverse("console:usage:index")).content.decode()
     assert 'id="request-log"' in page  # the usage page links to the search
 

@@ -37,8 +37,9 @@ def teams_usage() -> dict[str, Team]:
     return teams
 
 
-def staff(*, usage_permission: bool, team: Team | None = None) -> Client:
-    user = get_user_model().objects.create_user("viewer", password="pw", is_staff=True)
+def staff(*, usage_permission: bool, team: Team | None = None, username: str = "viewer") -> Client:
+    """A logged-in staff user's client, with the usage permission or not, a member of `team` or not."""
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=True)
     if usage_permission:
         user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
     if team is not None:
