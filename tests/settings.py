@@ -13,12 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# Each pytest-xdist worker keeps its files (logs, converted models, the SQLite database) apart.
-if worker := os.environ.get("PYTEST_XDIST_WORKER"):
-    _var = os.environ.get("PORTAL_VAR_DIR") or os.path.join(os.path.dirname(os.path.dirname(__file__)), "var")
+# Each pytest-xdist worker keeps its files (logs, converted models, the SQLite database) apart; the
+# processes it starts inherit both variables and keep its directory.
+_var = os.environ.get("PORTAL_VAR_DIR") or os.path.join(os.path.dirname(os.path.dirname(__file__)), "var")
+if (worker := os.environ.get("PYTEST_XDIST_WORKER")) and os.path.basename(_var) != worker:
     os.environ["PORTAL_VAR_DIR"] = os.path.join(_var, worker)
 
-from portal.settings import *  # noqa: F403
+from portal.settings import *  # noqa: E402, F403
 
 # Two test runs at once on one checkout (a developer's beside another's) each get a database file of
 # their own; the processes a run starts are given its file's name (tests.processes.database_url).
