@@ -75,7 +75,10 @@ def completion_body(
     OpenAI ones we promise (top_k 40, top_p 0.95, min_p 0.05, penalties over
     the last 64 tokens only). `top_logprobs` is always at least 1: the chosen
     token's id arrives with its logprob, which is how stop token ids and the
-    usage of a cancelled request are known.
+    usage of a cancelled request are known. When the client asked for no
+    logprobs, the ids are taken after sampling (`post_sampling_probs`): the
+    same ids without llama.cpp sorting the whole vocabulary for every token
+    (4% of tokens/s at 16 slots here), and the values are not used.
     """
     params: SamplingParams = request.params
     body: dict[str, Any] = {
@@ -99,6 +102,8 @@ def completion_body(
         # differ in the last bits, enough to change a sample: a seeded request repeats only without it.
         "cache_prompt": reuse_prompts and params.seed is None,
     }
+    if params.logprobs is None:
+        body["post_sampling_probs"] = True
     if params.seed is not None:
         body["seed"] = params.seed % SEED_MODULUS
     if grammar:

@@ -50,6 +50,9 @@ def test_every_sampler_is_set_because_llama_cpp_defaults_differ_from_openai() ->
     assert body["seed"] < 2**32 - 1  # llama.cpp's seeds are uint32, and 0xFFFFFFFF means random
     assert (body["stop"], body["stream"], body["logprobs"]) == (["x"], True, 1)
     assert body["cache_prompt"] is False  # a cached prompt's logits differ in the last bits
+    assert body["post_sampling_probs"] is True  # ids only: no logprobs were asked for
+    wanted = SamplingParams(logprobs=2)
+    assert "post_sampling_probs" not in completion_body(GenerationRequest("r", [1], wanted), top_logprobs=2)
     assert completion_body(GenerationRequest("r", [1], SamplingParams()), top_logprobs=1)["cache_prompt"]
     unseeded = GenerationRequest("r", [1], SamplingParams())
     assert not completion_body(unseeded, top_logprobs=1, reuse_prompts=False)["cache_prompt"]  # cache off
