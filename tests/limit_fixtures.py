@@ -12,14 +12,19 @@ from portal.gateway.gateway import current
 from portal.gateway.limit_stores import WINDOW_SECONDS
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
-    """Run a test against each store, through the settings that choose it, each from zero."""
+def use_store(request: pytest.FixtureRequest, settings) -> None:
+    """Point the settings at an empty Redis database (param "redis") or at none ("memory")."""
     if request.param == "redis":
         settings.REDIS_URL = request.getfixturevalue("redis_url")
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
     else:
         settings.REDIS_URL = None
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest, settings) -> Iterator[str]:
+    """Run a test against each store, through the settings that choose it, each from zero."""
+    use_store(request, settings)
     current().limits.memory.clear()
     yield request.param
     current().limits.memory.clear()

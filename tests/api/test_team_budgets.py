@@ -13,7 +13,6 @@ from decimal import Decimal
 
 import httpx2
 import pytest
-import redis
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
@@ -24,6 +23,7 @@ from registry.models import ApiKey, ServedModel, UsageRecord
 from teams.models import Team
 from tests.api.test_views import error_of, post
 from tests.gateway.conftest import add_worker, chat_result
+from tests.limit_fixtures import use_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -31,11 +31,7 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 @pytest.fixture(params=["memory", "redis"])
 def counted_in(request: pytest.FixtureRequest, settings) -> str:
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    else:
-        settings.REDIS_URL = None
+    use_store(request, settings)
     settings.USAGE_FLUSH_SECONDS = 0.05
     current().limits.memory.clear()
     return request.param

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import httpx2
 import pytest
-import redis
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -29,6 +28,7 @@ from registry.services.keys import aauthenticate_secret, create_api_key
 from teams.models import Team
 from tests.api.test_views import post
 from tests.gateway.conftest import add_worker, chat_result, chunk, served_model, sse, upstream
+from tests.limit_fixtures import use_store
 from tests.teams.test_team_usage import staff
 
 __all__ = ["served_model", "upstream"]
@@ -39,11 +39,7 @@ ANSWER = "The parrot is in the cage."
 @pytest.fixture(params=["memory", "redis"])
 async def buffered_in(request: pytest.FixtureRequest, settings) -> AsyncIterator[str]:
     """Usage entries (and the logs riding on them) through this process's memory, or the Redis stream."""
-    if request.param == "redis":
-        settings.REDIS_URL = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    else:
-        settings.REDIS_URL = None
+    use_store(request, settings)
     settings.USAGE_FLUSH_SECONDS = 0.05
     yield request.param
     # The stream's writer ends with the test: one left to the loop's closing can outlive it (a cancel
