@@ -14,11 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db import models, transaction
-from django.db.models import Q
-from django.utils import timezone
 
 from fleet.models import Deployment
-from registry.models import ServedModel, WorkerStatus
+from registry.models import ServedModel, Worker
 
 
 class ServedFate(models.TextChoices):
@@ -32,9 +30,8 @@ def names_left_behind(deployments: Iterable[Deployment]) -> list[str]:
     names = {name for deployment in doomed for name in deployment.served_names}
     others = Deployment.objects.exclude(pk__in=[d.pk for d in doomed])
     names -= {name for deployment in others for name in deployment.served_names}
-    online = Q(workers__status=WorkerStatus.ONLINE, workers__expires_at__gt=timezone.now())
-    served = ServedModel.objects.filter(online, name__in=names).values_list("name", flat=True)
-    return sorted(names - set(served))
+    online = Worker.objects.online().filter(served_models__name__in=names)
+    return sorted(names - set(online.values_list("served_models__name", flat=True)))
 
 
 @transaction.atomic
