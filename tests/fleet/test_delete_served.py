@@ -18,6 +18,7 @@ from registry.models import ModelAlias, ServedModel
 from registry.services import keys
 from registry.services.cache import forget_all
 from tests.fleet.conftest import ADD, FORM
+from tests.gateway.conftest import add_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the registry version is bumped on commit
 DELETE = "/admin/fleet/deployment/{}/delete/"
@@ -45,6 +46,12 @@ def test_the_confirmation_asks_and_disables_the_served_model_by_default(staff, n
     assert [m["name"] for m in fleet_snapshot()["models"]] == []  # not a live model with 0 replicas
     audited = AuditEntry.objects.filter(object_type="registry.servedmodel", object_repr="echo")
     assert list(audited.values_list("actor_name", "after")) == [("root", {"enabled": False})]
+
+
+def test_a_name_an_online_worker_still_serves_is_not_left_behind(node):
+    kept, gone = deploy("kept"), deploy("gone")
+    add_worker(ServedModel.objects.get(name="kept"), "w-kept")  # started by hand, outside the fleet
+    assert served.names_left_behind([kept, gone]) == ["gone"]
 
 
 def test_remove_deletes_the_served_model_and_a_shared_name_is_left_alone(staff, node):
