@@ -30,8 +30,13 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own limit
     seed: int | None = None
     cache_dir: str | None = None  # where converted GGUF models are kept; None: ~/.cache/modelportal
-    prefix_cache_mb: int = 512  # prompt prefixes kept across requests (transformers, llama.cpp); 0: none
+    # MiB of prompt prefixes kept across requests; 0: none; None: the engine's default.
+    prefix_cache_mb: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific options
+
+    def prefix_cache_mib(self, default: int) -> int:
+        """`prefix_cache_mb`, or the engine's `default` where it was not given."""
+        return default if self.prefix_cache_mb is None else self.prefix_cache_mb
 
 
 @dataclass(frozen=True)

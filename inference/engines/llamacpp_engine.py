@@ -58,6 +58,9 @@ from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
 
 logger = logging.getLogger(__name__)
+# Idle slots' prompts kept in host memory (llama.cpp's default: 8 GiB). The slots' own KV cache already
+# holds the recent prompts; this second tier stays small so that several workers fit a small machine.
+PREFIX_CACHE_MB = 128
 SEED_MODULUS = 2**32 - 1  # llama.cpp seeds are uint32; 0xFFFFFFFF means "random"
 
 
@@ -147,7 +150,7 @@ class LlamaCppEngine(Engine):
         params.n_ctx = limit
         params.kv_unified = True
         # Prompts of idle slots are kept in host memory up to this (llama.cpp's default is 8 GiB).
-        params.cache_ram_mib = config.prefix_cache_mb
+        params.cache_ram_mib = config.prefix_cache_mib(PREFIX_CACHE_MB)
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         if task == "embed":  # a sentence encoder sees each input whole, in one batch
@@ -287,7 +290,7 @@ class LlamaCppEngine(Engine):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
         rid = request.request_id
-        reuse = self.config.prefix_cache_mb > 0
+        reuse = self.config.prefix_cache_mib(PREFIX_CACHE_MB) > 0
         body = completion_body(request, max(1, request.params.logprobs or 0), reuse, grammar)
 
         def hand_over(item: dict[str, Any] | Exception | None) -> None:

@@ -46,6 +46,7 @@ from inference.errors import HandoffRefused, ModelLoadError
 from inference.templates import render_chat
 
 logger = logging.getLogger(__name__)
+PREFIX_CACHE_MB = 512  # KV blocks of past prompts and answers: this engine's only prefix cache
 
 
 def pick_device(requested: str) -> str:
@@ -130,7 +131,7 @@ class TransformersEngine(Engine):
             self.model,
             _eos_ids(self.model, self.tokenizer),
             keep_tokens=limit,
-            prefix_cache_bytes=config.prefix_cache_mb * 2**20,
+            prefix_cache_bytes=config.prefix_cache_mib(PREFIX_CACHE_MB) * 2**20,
         )
         self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.batcher.stop_ids)
         self._waiting: set[str] = set()

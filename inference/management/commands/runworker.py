@@ -68,10 +68,10 @@ def vllm_knobs(options: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def prefix_cache_mb(options: dict[str, Any]) -> int:
+def prefix_cache_mb(options: dict[str, Any]) -> int | None:
     given = options.get("prefix_cache_mb")
     if given is None:
-        return EngineConfig.prefix_cache_mb
+        return None  # the engine's own default
     if options["backend"] in ("vllm", "canned"):
         raise CommandError(
             "--prefix-cache-mb is for the transformers and llama.cpp engines (vLLM: --enable-prefix-caching)."
@@ -157,7 +157,7 @@ class Command(BaseCommand):
             "--prefix-cache-mb",
             type=int,
             default=None,
-            help="MiB of prompt prefixes kept across requests (transformers, llama.cpp); 512, 0: off.",
+            help="MiB of prompt prefixes kept across requests: transformers 512, llama.cpp 128; 0: off.",
         )
         add("--drain-timeout", type=float, default=None, help="Seconds (default WORKER_DRAIN_TIMEOUT).")
         add("--canned-token-delay", type=float, default=0.0, help="Canned engine: seconds per token.")
