@@ -12,9 +12,11 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
 import torch
 
 from inference import loading
+from inference.errors import ModelLoadError
 from inference.loading import resolve_model
 
 
@@ -73,3 +75,25 @@ def test_a_folder_converted_before_the_fix_is_converted_again(tmp_path, monkeypa
     assert calls == [gguf]
     assert resolved.path != stale
     assert json.loads((resolved.path / "config.json").read_text()) == {}
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_conversion_leaves_the_process_that_asked_for_it_no_larger(tmp_path):
+    """It runs in a child: in the worker itself it left 660 MiB behind for the worker's lifetime."""
+    before = resident_mib()
+    folder = resolve_model("smollm2-135m-instruct", cache_dir=tmp_path).path
+    assert (folder / "model.safetensors").stat().st_size > 500_000_000  # float32 weights of 135M parameters
+    assert resident_mib() - before < 100
+
+
+def test_a_failed_conversion_names_the_childs_error(tmp_path):
+    fake = tmp_path / "Broken.Q4_0.gguf"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match=r"^Could not convert Broken.Q4_0.gguf: .*GGUF"):
+        resolve_model(str(fake), cache_dir=tmp_path / "cache")
