@@ -89,8 +89,13 @@ class EmbeddingEngine(Engine):
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
+            # sentence-transformers draws a progress bar per call when logging is at INFO: never in a worker.
             array = self.model.encode(
-                texts, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
+                texts,
+                batch_size=BATCH_SIZE,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return [[float(x) for x in row] for row in array]
 
