@@ -119,7 +119,7 @@ def server_process(
         backend, _, variant = kind.partition("-")
         dtype = "auto" if backend == "llamacpp" else variant
         if variant in ("native", "portable"):
-            env["LLAMACPP_NATIVE"] = "auto" if variant == "native" else "off"
+            env["LLAMACPP_NATIVE"] = "on" if variant == "native" else "off"
         command = [sys.executable, "manage.py", "runworker", "--model-path", model, "--port", "0",
                    "--no-register", "--max-concurrency", str(slots), "--backend", backend,
                    "--dtype", dtype or "auto"]  # fmt: skip

@@ -57,9 +57,11 @@ HANDOFF_MAX_BYTES: int = env.int("HANDOFF_MAX_BYTES", default=1 << 30)
 MODEL_DIRS: list[str] = env.list("MODEL_DIRS", default=[])
 LOG_DIR = Path(env.str("LOG_DIR", default=str(VAR_DIR / "log")))
 # llama.cpp built for this CPU (xllamacpp's sdist, GGML_NATIVE): "auto" builds it in the agent's
-# background on first start and workers load it from their next start; "off": the portable wheel only.
-# Off by default until it is measured faster than the portable wheel (it was not, on a loaded machine).
-LLAMACPP_NATIVE: str = env.str("LLAMACPP_NATIVE", default="off")
+# background on first start, tries it against the portable wheel and, where it is faster, workers load
+# it from their next start; "on": load a ready build whatever its trial said; "off": the wheel only.
+LLAMACPP_NATIVE: str = env.str("LLAMACPP_NATIVE", default="auto")
+if LLAMACPP_NATIVE not in ("off", "auto", "on"):
+    raise environ.ImproperlyConfigured(f"LLAMACPP_NATIVE={LLAMACPP_NATIVE!r}: choose off, auto or on.")
 LLAMACPP_BUILD_DIR = Path(env.str("LLAMACPP_BUILD_DIR", default=str(VAR_DIR / "llamacpp")))
 # Shared secret workers require (Authorization: Bearer) on all but /health; empty: none.
 WORKER_TOKEN: str | None = env.str("WORKER_TOKEN", default="") or None

@@ -12,6 +12,9 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No process a test starts builds llama.cpp (minutes of compiling); `LLAMACPP_NATIVE=on pytest …` with
+# LLAMACPP_BUILD_DIR set runs the llama.cpp tests on a build made beforehand.
+os.environ.setdefault("LLAMACPP_NATIVE", "off")
 
 # Each pytest-xdist worker keeps its files (logs, converted models, the SQLite database) apart; the
 # processes it starts inherit both variables and keep its directory.

@@ -70,6 +70,7 @@ class AgentOptions:
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0
     llamacpp_build_dir: Path | None = None  # where the native llama.cpp is built and cached; None: no build
+    llamacpp_native_forced: bool = False  # roll onto a ready build even where its trial found it slower
 
 
 class Agent:
@@ -83,7 +84,9 @@ class Agent:
         self.native: NativeBuild | None = None
         if options.llamacpp_build_dir is not None:
             self.native = NativeBuild(
-                options.llamacpp_build_dir, options.log_dir.parent / "llamacpp-build.log"
+                options.llamacpp_build_dir,
+                options.log_dir.parent / "llamacpp-build.log",
+                forced=options.llamacpp_native_forced,
             )
 
     # The loop
@@ -113,7 +116,7 @@ class Agent:
             logger.warning("Database unavailable: %s", exc)
 
     def roll_onto_native(self) -> None:
-        """Once the native llama.cpp build is ready: a rolling restart of this node's llama.cpp workers."""
+        """Once the native llama.cpp build is adopted: a rolling restart of this node's llama.cpp workers."""
         if self.native is not None and self.native.poll():
             try:
                 restart_llamacpp_deployments(self.mine())

@@ -3,12 +3,14 @@
 A fresh machine serves at once on the portable xllamacpp wheel. The agent
 starts `manage.py build_llamacpp` (niced, in a session of its own, logging to
 LOG_DIR/llamacpp-build.log) when this CPU and xllamacpp version have no build
-yet; when the build's `build.json` appears, it asks for a rolling restart of
+yet; when the build's `build.json` appears and its trial found it faster
+than the wheel (or LLAMACPP_NATIVE=on), it asks for a rolling restart of
 each deployment whose workers on this node run llama.cpp: their new replicas
 load the native build (runworker puts it first on sys.path), one at a time,
-so the model stays served. A failed build is logged and not retried (the
-portable wheel keeps serving; `manage.py build_llamacpp --force` retries). An
-agent that stops kills a build still under way; the next one starts it again.
+so the model stays served. A build slower than the wheel is kept, unused.
+A failed build is logged and not retried (the portable wheel keeps serving;
+`manage.py build_llamacpp --force` retries). An agent that stops kills a
+build still under way; the next one starts it again.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ logger = logging.getLogger(__name__)
 
 
 class NativeBuild:
-    """One node's build: `begin` once, `poll` every tick (True once, when the build has just become ready)."""
+    """One node's build: `begin` once, `poll` every tick (True once, when the build has just been adopted)."""
 
-    def __init__(self, root: Path, log_path: Path, command: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, log_path: Path, command: list[str] | None = None, forced: bool = False
+    ) -> None:
         self.folder = llamacpp_build.current_dir(root)
+        self.forced = forced
         self.log_path = log_path
         self.command = command or [*worker_prefix()[:2], "build_llamacpp"]
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,14 +60,17 @@ class NativeBuild:
         logger.info("Building llama.cpp for this CPU in the background (log: %s)", self.log_path)
 
     def poll(self) -> bool:
-        """True the first time the build is found ready; a build that ended without one is given up."""
+        """True the first time the build is found ready and adopted; a build that ended unready: given up."""
         if not self.pending or self.folder is None:
             return False
         if llamacpp_build.is_ready(self.folder):
             self.pending = False
             self._reap()
-            logger.info("Native llama.cpp ready in %s", self.folder)
-            return True
+            if llamacpp_build.is_adopted(self.folder, self.forced):
+                logger.info("Native llama.cpp ready in %s", self.folder)
+                return True
+            logger.info("Native llama.cpp built in %s but slower than the wheel: kept unused", self.folder)
+            return False
         if self.process is not None and self.process.poll() is not None:
             self.pending = False
             logger.warning("The native llama.cpp build failed; see %s", self.log_path)

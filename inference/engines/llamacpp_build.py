@@ -8,6 +8,13 @@ git), which these machines cannot reach, so both are turned off through
 the archives that were not built). Structured outputs then go through
 llama.cpp's GBNF grammars (see `inference.engines.gbnf`).
 
+The build is adopted only where it is faster: after compiling, a trial
+decodes with the native build and the portable wheel in turn (the packaged
+SmolLM2, Q4_1) and `build.json` records both speeds and whether the native
+one won by `ADOPT_RATIO`. On the development machines it did not (it came
+out 0.7–0.85× the wheel), and the wheel has llguidance inside; where
+LLAMACPP_NATIVE=on, a ready build is loaded whatever its trial said.
+
 One build per xllamacpp version and CPU feature set, under
 `<root>/xllamacpp-<version>-<cpu key>/`: `site/` (the unpacked wheel, put
 first on `sys.path` by `activate`), `llama-server` (the same tree's server,
@@ -47,6 +54,24 @@ CPU_FLAGS = (
     "avx512vl", "avx512_vnni", "avx512_bf16", "avx512vbmi", "avx512_fp16", "amx_tile", "amx_int8",
     "amx_bf16", "sse3", "ssse3", "sse4_1", "sse4_2",
 )  # fmt: skip
+
+
+# The native build replaces the wheel where it decodes at least this much faster (a trial's noise: a few %).
+ADOPT_RATIO = 1.05
+# One trial run in a fresh interpreter: argv = site folder ("" for the wheel), GGUF, threads; prints tok/s.
+TRIAL = """
+import sys
+if sys.argv[1]:
+    sys.path.insert(0, sys.argv[1])
+import xllamacpp
+params = xllamacpp.CommonParams()
+params.model.path, params.n_parallel, params.n_ctx, params.verbosity = sys.argv[2], 1, 512, 0
+params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[3])
+server = xllamacpp.Server(params)
+body = {"prompt": "A story about the sea:", "n_predict": 64, "ignore_eos": True, "temperature": 0,
+        "cache_prompt": False}
+print(max(server.handle_completions(body)["timings"]["predicted_per_second"] for _ in range(3)))
+"""
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,13 @@ def is_ready(folder: Path) -> bool:
     return (folder / "build.json").is_file()
 
 
+def is_adopted(folder: Path, forced: bool = False) -> bool:
+    """Ready, and faster than the portable wheel in its trial (or `forced`: LLAMACPP_NATIVE=on)."""
+    if not is_ready(folder):
+        return False
+    return forced or bool(json.loads((folder / "build.json").read_text()).get("adopted"))
+
+
 def has_failed(folder: Path) -> bool:
     return (folder / "failed.json").is_file()
 
@@ -115,14 +147,14 @@ def label(system_info: str, native: bool) -> str:
     return f"llama.cpp {'native' if native else 'portable'} {level.lower() or 'generic'}".rstrip()
 
 
-def activate(root: Path) -> bool:
-    """Put this machine's native build first on sys.path if it is ready; True if it was put there.
+def activate(root: Path, forced: bool = False) -> bool:
+    """Put this machine's native build first on sys.path if it is adopted; True if it was put there.
 
     Called before anything imports xllamacpp (the worker does it first thing);
-    without a ready build the installed portable wheel loads.
+    otherwise the installed portable wheel loads.
     """
     folder = current_dir(root)
-    if "xllamacpp" in sys.modules or folder is None or not is_ready(folder):
+    if "xllamacpp" in sys.modules or folder is None or not is_adopted(folder, forced):
         return False
     sys.path.insert(0, str(folder / "site"))
     return True
@@ -162,11 +194,15 @@ def build(root: Path, *, jobs: int, force: bool = False, log: TextIO = sys.stdou
             with tempfile.TemporaryDirectory(dir=root, prefix=f".{folder.name}.build-") as work:
                 _build_into(folder, Path(work), jobs, log)
             built = _probe(folder)
-        except (OSError, subprocess.CalledProcessError, BuildFailed) as exc:
+            seconds = round(time.monotonic() - started)
+            speeds = _trial(folder)
+        except (OSError, subprocess.SubprocessError, BuildFailed) as exc:
             _write_json(folder / "failed.json", {"error": str(exc), "at": time.time()})
             raise BuildFailed(f"The native llama.cpp build failed: {exc}") from exc
-        info = {"seconds": round(time.monotonic() - started), "cmake_args": NATIVE_CMAKE_ARGS, "jobs": jobs}
-        info["label"] = built
+        info: dict[str, object] = {"seconds": seconds, "cmake_args": NATIVE_CMAKE_ARGS, "jobs": jobs}
+        info |= {"label": built, "trial_tokens_per_s": speeds}
+        info["adopted"] = speeds["native"] >= ADOPT_RATIO * speeds["portable"]
+        print(f"Trial: native {speeds['native']} tok/s, portable {speeds['portable']} tok/s.", file=log)
         _write_json(folder / "build.json", info)  # last: the folder is a build from now on
         return folder
 
@@ -208,6 +244,22 @@ def _probe(folder: Path) -> str:
     if done.returncode != 0:
         raise BuildFailed(f"the built xllamacpp does not load: {done.stderr.strip()[-500:]}")
     return label(done.stdout, native=True)
+
+
+def _trial(folder: Path) -> dict[str, float]:
+    """Decode tok/s of the native build and of the portable wheel, each its best of two turns about."""
+    from inference.loading import packaged_model_path
+
+    gguf = packaged_model_path("smollm2-135m-instruct")
+    runs: dict[str, list[float]] = {"native": [], "portable": []}
+    for _ in range(2):
+        for name, site in (("native", str(folder / "site")), ("portable", "")):
+            command = [sys.executable, "-c", TRIAL, site, str(gguf), str(os.cpu_count() or 1)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise BuildFailed(f"the {name} build did not generate: {done.stderr.strip()[-500:]}")
+            runs[name].append(float(done.stdout.split()[-1]))
+    return {name: round(max(speeds), 1) for name, speeds in runs.items()}
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:

@@ -6,6 +6,7 @@ A stand-in command plays the build (the real one compiles for minutes; see
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -23,16 +24,18 @@ from registry.models import Worker
 pytest.importorskip("xllamacpp")
 
 
-def stand_in(root: Path, succeed: bool) -> NativeBuild:
+def stand_in(root: Path, succeed: bool, faster: bool = True, forced: bool = False) -> NativeBuild:
+    """A build that writes its folder's build.json (its trial found it `faster` than the wheel, or not)."""
     folder = llamacpp_build.current_dir(root)
     assert folder is not None, "this machine has no native build folder (x86-64 Linux with xllamacpp)"
+    info = json.dumps({"adopted": faster})
     code = (
         f"import pathlib; f = pathlib.Path({str(folder)!r}); f.mkdir(parents=True); "
-        "(f / 'build.json').write_text('{}')"
+        f"(f / 'build.json').write_text({info!r})"
         if succeed
         else "raise SystemExit(3)"
     )
-    return NativeBuild(root, root / "build.log", command=[sys.executable, "-c", code])
+    return NativeBuild(root, root / "build.log", command=[sys.executable, "-c", code], forced=forced)
 
 
 def test_a_build_is_started_once_and_reported_ready_once(tmp_path: Path) -> None:
@@ -46,6 +49,20 @@ def test_a_build_is_started_once_and_reported_ready_once(tmp_path: Path) -> None
     again.begin()  # the build is there: nothing is started
     assert again.process is None
     assert not again.pending
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_build_its_trial_found_slower_is_kept_unused_unless_forced(tmp_path: Path, forced: bool) -> None:
+    build = stand_in(tmp_path, succeed=True, faster=False, forced=forced)
+    build.begin()
+    assert build.process is not None
+    assert build.process.wait(30) == 0
+    assert build.poll() is forced  # no rolling restart onto a slower build
+    assert not build.pending
+    folder = llamacpp_build.current_dir(tmp_path)
+    assert folder is not None
+    assert llamacpp_build.is_ready(folder)
+    assert llamacpp_build.is_adopted(folder, forced) is forced
 
 
 def test_a_failed_build_is_given_up_and_the_portable_wheel_keeps_serving(tmp_path: Path) -> None:

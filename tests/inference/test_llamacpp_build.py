@@ -5,7 +5,10 @@ The compile itself (minutes) is stood in for; `manage.py build_llamacpp` runs it
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,7 @@ def test_a_build_is_made_once_and_a_failed_one_is_kept_until_forced(
 
     monkeypatch.setattr(llamacpp_build, "_build_into", stand_in)
     monkeypatch.setattr(llamacpp_build, "_probe", lambda folder: "llama.cpp native avx512")
+    monkeypatch.setattr(llamacpp_build, "_trial", lambda folder: {"native": 30.0, "portable": 20.0})
     folder = llamacpp_build.current_dir(tmp_path)
     assert folder is not None
     left = tmp_path / f".{folder.name}.build-killed"
@@ -57,3 +61,28 @@ def test_a_build_is_made_once_and_a_failed_one_is_kept_until_forced(
     assert not llamacpp_build.has_failed(folder)
     llamacpp_build.build(tmp_path, jobs=1, force=True)  # ready: never rebuilt
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(("native", "adopted"), [(20.9, False), (21.5, True), (14.0, False)])
+def test_a_build_is_adopted_only_where_its_trial_decoded_faster_than_the_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: float, adopted: bool
+) -> None:
+    monkeypatch.setattr(llamacpp_build, "_build_into", lambda folder, work, jobs, log: None)
+    monkeypatch.setattr(llamacpp_build, "_probe", lambda folder: "llama.cpp native avx512")
+    monkeypatch.setattr(llamacpp_build, "_trial", lambda folder: {"native": native, "portable": 20.0})
+    folder = llamacpp_build.build(tmp_path, jobs=1, log=io.StringIO())
+    info = json.loads((folder / "build.json").read_text())
+    assert info["trial_tokens_per_s"] == {"native": native, "portable": 20.0}
+    assert info["adopted"] is adopted
+    assert llamacpp_build.is_adopted(folder) is adopted  # LLAMACPP_NATIVE=auto
+    assert llamacpp_build.is_adopted(folder, forced=True)  # =on: loaded all the same
+
+
+def test_the_trial_decodes_with_the_wheel_and_prints_its_speed() -> None:
+    """The trial's script run for real, on the portable wheel (the native side is the same with its site)."""
+    from inference.loading import packaged_model_path
+
+    gguf = packaged_model_path("smollm2-135m-instruct")
+    command = [sys.executable, "-c", llamacpp_build.TRIAL, "", str(gguf), "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    assert float(done.stdout.split()[-1]) > 1.0  # tokens a second

@@ -61,7 +61,8 @@ class Command(BaseCommand):
             interval=options["interval"],
             drain_timeout=settings.WORKER_DRAIN_TIMEOUT,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL,
-            llamacpp_build_dir=settings.LLAMACPP_BUILD_DIR if settings.LLAMACPP_NATIVE == "auto" else None,
+            llamacpp_build_dir=settings.LLAMACPP_BUILD_DIR if settings.LLAMACPP_NATIVE != "off" else None,
+            llamacpp_native_forced=settings.LLAMACPP_NATIVE == "on",
         )
         self.stdout.write(f"AGENT READY {agent_options.name}", ending="\n")
         self.stdout.flush()

@@ -192,7 +192,8 @@ class Command(BaseCommand):
         if options["backend"] in ("llamacpp", "auto") and settings.LLAMACPP_NATIVE != "off":
             from inference.engines import llamacpp_build
 
-            llamacpp_build.activate(settings.LLAMACPP_BUILD_DIR)  # llama.cpp built for this CPU, if ready
+            # llama.cpp built for this CPU, where it is ready and adopted
+            llamacpp_build.activate(settings.LLAMACPP_BUILD_DIR, forced=settings.LLAMACPP_NATIVE == "on")
         engine = build_engine(engine_config(options), options["backend"])
         info = engine.info
         if options["seed"] is not None and info.backend != "vllm":
