@@ -219,18 +219,29 @@ async def one_request(client: httpx2.AsyncClient, url: str, body: dict) -> Answe
     return Answer(ttft, time.perf_counter() - started, produced)
 
 
-async def measure(url: str, args: argparse.Namespace) -> list[tuple[int, float, list[Answer]]]:
-    """For each level: (concurrency, wall seconds, answers) of `level` closed-loop users."""
+async def capital_of_france(client: httpx2.AsyncClient, url: str, model: str) -> str:
+    """The answer to QUESTIONS[0] at temperature 0, which every row should give alike (and say Paris)."""
+    body = {"model": model, "messages": [{"role": "user", "content": QUESTIONS[0]}], "temperature": 0}
+    body["max_tokens"] = 24
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = await client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+    response.raise_for_status()
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+async def measure(url: str, args: argparse.Namespace) -> tuple[str, list[tuple[int, float, list[Answer]]]]:
+    """The server's answer to QUESTIONS[0] (also its warm-up); for each level: (concurrency, wall seconds,
+    answers) of `level` closed-loop users."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
     async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await until_healthy(client, url)
-        await one_request(client, url, request_body(args.mode, args.model, 8, QUESTIONS[0]))  # warm-up
+        answer = await capital_of_france(client, url, args.model)
         for level in args.levels:
             started = time.perf_counter()
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
             results.append((level, time.perf_counter() - started, [a for answers in users for a in answers]))
-    return results
+    return answer, results
 
 
 async def until_healthy(client: httpx2.AsyncClient, url: str, timeout: float = 300.0) -> None:
@@ -364,14 +375,17 @@ def main() -> None:
         report_rates(measure_transformers_batching(args.model, args.levels, args.tokens))
         return
     print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
-    rates = {}
+    rates, answers = {}, {}
     for kind in args.servers:
         with server_process(kind, args.model, max(args.levels), args.threads) as url:
-            rates[kind] = report(kind, asyncio.run(measure(url, args)))
+            answers[kind], results = asyncio.run(measure(url, args))
+            print(f"  {QUESTIONS[0]} (temperature 0) {answers[kind]!r}")
+            rates[kind] = report(kind, results)
     for bare in ("llama.cpp-server", "llama.cpp-server-native"):
         if "llamacpp" in rates and bare in rates:
             ratios = ", ".join(f"c={c}: {rates['llamacpp'][c] / rates[bare][c]:.2f}" for c in args.levels)
             print(f"llamacpp worker ÷ {bare}, tok/s: {ratios}")
+    print(f"Same answer at temperature 0 on every row: {'yes' if len(set(answers.values())) == 1 else 'no'}")
 
 
 if __name__ == "__main__":
