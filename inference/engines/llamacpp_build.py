@@ -208,8 +208,8 @@ def build(root: Path, *, jobs: int, force: bool = False, log: TextIO = sys.stdou
                 built = _probe(folder)
                 seconds = round(time.monotonic() - started)
                 speeds = _trial(folder, Path(work))
-        except (OSError, subprocess.SubprocessError, BuildFailed) as exc:
-            _write_json(folder / "failed.json", {"error": str(exc), "at": time.time()})
+        except Exception as exc:  # any failure is kept, so that no agent start tries it again by itself
+            _write_json(folder / "failed.json", {"error": repr(exc), "at": time.time()})
             raise BuildFailed(f"The native llama.cpp build failed: {exc}") from exc
         info: dict[str, object] = {"seconds": seconds, "cmake_args": NATIVE_CMAKE_ARGS, "jobs": jobs}
         info |= {"label": built, "trial_tokens_per_s": speeds}
@@ -227,8 +227,7 @@ def _build_into(folder: Path, work: Path, jobs: int, log: TextIO) -> None:
     run = _runner(log)
     run([*pip, "download", "--no-deps", "--no-binary", "xllamacpp", f"xllamacpp=={version}", "-d", str(work)])
     (sdist,) = work.glob("xllamacpp-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        archive.extractall(work, filter="data")
+    unpack(sdist, work)
     source = work / f"xllamacpp-{version}"
     env = {**os.environ, "CMAKE_ARGS": NATIVE_CMAKE_ARGS, "NPROC": str(jobs)}
     run([*pip, "wheel", "-v", "--no-deps", "-w", str(work / "wheel"), str(source)], env=env)  # -v: progress
@@ -238,6 +237,28 @@ def _build_into(folder: Path, work: Path, jobs: int, log: TextIO) -> None:
     server = source / "thirdparty/llama.cpp/build/bin/llama-server"
     if server.is_file():
         shutil.copy2(server, folder / "llama-server")
+
+
+def unpack(sdist: Path, into: Path) -> None:
+    """Unpack the sdist into `into`; a member that would land outside it refuses the build.
+
+    Python 3.11.4 and later check this themselves (`filter="data"`); before, every member is
+    checked here first (Debian 12's Python is 3.11.2).
+    """
+    with tarfile.open(sdist) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(into, filter="data")
+            return
+        root = into.resolve()
+        for member in archive.getmembers():
+            target = (root / member.name).resolve()
+            if member.issym() or member.islnk():
+                base = root if member.islnk() else target.parent
+                target = (base / member.linkname).resolve()
+            plain = member.isfile() or member.isdir() or member.issym() or member.islnk()
+            if not plain or not target.is_relative_to(root):
+                raise BuildFailed(f"the sdist has a member outside its folder, or a device: {member.name}")
+        archive.extractall(into)
 
 
 def _runner(log: TextIO) -> Callable[..., None]:

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,26 @@ def test_the_trial_decodes_with_the_wheel_and_prints_its_speed() -> None:
     command = [sys.executable, "-c", llamacpp_build.TRIAL, "", str(gguf), "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     assert float(done.stdout.split()[-1]) > 1.0  # tokens a second
+
+
+def tar_with(path: Path, name: str) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = 7
+        archive.addfile(info, io.BytesIO(b"print()"))
+    return path
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["python-3.11.4+", "python-3.11.2"])
+def test_the_sdist_is_unpacked_inside_its_folder_and_nowhere_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool
+) -> None:
+    if not filters:  # Debian 12's Python has no extraction filters: our own check runs
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    llamacpp_build.unpack(tar_with(tmp_path / "good.tar.gz", "xllamacpp-1/setup.py"), tmp_path / "a")
+    assert (tmp_path / "a/xllamacpp-1/setup.py").read_bytes() == b"print()"
+    evil = tar_with(tmp_path / "evil.tar.gz", "xllamacpp-1/../../outside.py")
+    refused = (llamacpp_build.BuildFailed, tarfile.TarError)  # TarError: Python's own filter (a FilterError)
+    with pytest.raises(refused):
+        llamacpp_build.unpack(evil, tmp_path / "b" / "c")
+    assert not (tmp_path / "outside.py").exists()
