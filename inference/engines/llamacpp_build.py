@@ -251,12 +251,12 @@ def unpack(sdist: Path, into: Path) -> None:
             return
         root = into.resolve()
         for member in archive.getmembers():
-            target = (root / member.name).resolve()
+            path = (root / member.name).resolve()
+            targets = [path]  # a link's own path and what it points at both stay inside
             if member.issym() or member.islnk():
-                base = root if member.islnk() else target.parent
-                target = (base / member.linkname).resolve()
+                targets.append(((root if member.islnk() else path.parent) / member.linkname).resolve())
             plain = member.isfile() or member.isdir() or member.issym() or member.islnk()
-            if not plain or not target.is_relative_to(root):
+            if not plain or not all(target.is_relative_to(root) for target in targets):
                 raise BuildFailed(f"the sdist has a member outside its folder, or a device: {member.name}")
         archive.extractall(into)
 

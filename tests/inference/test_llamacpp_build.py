@@ -123,3 +123,10 @@ def test_the_sdist_is_unpacked_inside_its_folder_and_nowhere_else(
     with pytest.raises(refused):
         llamacpp_build.unpack(evil, tmp_path / "b" / "c")
     assert not (tmp_path / "outside.py").exists()
+    with tarfile.open(tmp_path / "link.tar", "w") as archive:  # a link placed outside, pointing inside
+        link = tarfile.TarInfo("../outside-link")
+        link.type, link.linkname = tarfile.SYMTYPE, "xllamacpp-1/setup.py"
+        archive.addfile(link)
+    with pytest.raises(refused):
+        llamacpp_build.unpack(tmp_path / "link.tar", tmp_path / "d" / "e")
+    assert not (tmp_path / "d" / "outside-link").exists()
