@@ -165,6 +165,7 @@ class LlamaCppEngine(Engine):
         params.kv_unified = True
         # Prompts of idle slots are kept in host memory up to this (llama.cpp's default is 8 GiB).
         params.cache_ram_mib = config.prefix_cache_mib(PREFIX_CACHE_MB)
+        self.reuse_prompts = params.cache_ram_mib > 0  # --prefix-cache-mb 0: no slot reuses a prompt
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         if task == "embed":  # a sentence encoder sees each input whole, in one batch
@@ -305,8 +306,7 @@ class LlamaCppEngine(Engine):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
         rid = request.request_id
-        reuse = self.config.prefix_cache_mib(PREFIX_CACHE_MB) > 0
-        body = completion_body(request, max(1, request.params.logprobs or 0), reuse, grammar)
+        body = completion_body(request, max(1, request.params.logprobs or 0), self.reuse_prompts, grammar)
 
         def hand_over(item: dict[str, Any] | Exception | None) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
