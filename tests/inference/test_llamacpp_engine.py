@@ -50,9 +50,8 @@ def test_every_sampler_is_set_because_llama_cpp_defaults_differ_from_openai() ->
     assert body["seed"] < 2**32 - 1  # llama.cpp's seeds are uint32, and 0xFFFFFFFF means random
     assert (body["stop"], body["stream"], body["logprobs"]) == (["x"], True, 1)
     assert body["cache_prompt"] is False  # a cached prompt's logits differ in the last bits
-    assert body["post_sampling_probs"] is True  # ids only: no logprobs were asked for
-    wanted = SamplingParams(logprobs=2)
-    assert "post_sampling_probs" not in completion_body(GenerationRequest("r", [1], wanted), top_logprobs=2)
+    assert (body["verbose"], body["response_fields"]) == (True, ["tokens"])  # each chunk's token ids
+    assert completion_body(GenerationRequest("r", [1], SamplingParams()), top_logprobs=0)["logprobs"] == 0
     assert completion_body(GenerationRequest("r", [1], SamplingParams()), top_logprobs=1)["cache_prompt"]
     unseeded = GenerationRequest("r", [1], SamplingParams())
     assert not completion_body(unseeded, top_logprobs=1, reuse_prompts=False)["cache_prompt"]  # cache off
@@ -65,7 +64,8 @@ def _chunk(text: str, ids: list[int]) -> dict[str, Any]:
     """A streamed llama.cpp completion chunk, with two top logprobs per token."""
     top = [{"id": 9, "logprob": -1.0}]
     content = [{"id": i, "logprob": -0.5, "top_logprobs": [{"id": i, "logprob": -0.5}, *top]} for i in ids]
-    return {"choices": [{"text": text, "finish_reason": None, "logprobs": {"content": content}}]}
+    choice = {"text": text, "finish_reason": None, "logprobs": {"content": content}}
+    return {"choices": [choice], "__verbose": {"tokens": ids}}
 
 
 def test_chunks_become_deltas_and_a_stop_token_ends_the_answer_billed_and_listed_without_its_text() -> None:
@@ -84,6 +84,8 @@ def test_chunks_become_deltas_and_a_stop_token_ends_the_answer_billed_and_listed
 
 def test_the_final_chunk_carries_llama_cpp_usage_and_an_error_chunk_fails_the_request() -> None:
     reader = ChunkReader(GenerationRequest("r", [1, 2, 3], SamplingParams()), tokenizer=None)
+    plain = reader.read({"choices": [{"text": "Hi", "finish_reason": None}], "__verbose": {"tokens": [5]}})
+    assert (plain.token_ids, plain.logprobs) == ((5,), ())  # no logprobs asked: the ids still come
     last = reader.read(
         {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"completion_tokens": 4}}
     )
