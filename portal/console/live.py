@@ -52,12 +52,21 @@ class FleetWatch:
     def __init__(self) -> None:
         self.clients = 0
         self._task: asyncio.Task[None] | None = None
+        self._baseline: asyncio.Future[None] | None = None
 
-    def attach(self) -> None:
+    async def attach(self) -> None:
+        """Count a client; return once the watcher has read the fleet it compares against.
+
+        The client's first snapshot is read after that, so a change that lands
+        between the two is still told (the watcher's first read is its baseline).
+        """
         self.clients += 1
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._run())
+            self._baseline = loop.create_future()
+            self._task = loop.create_task(self._run(self._baseline))
+        assert self._baseline is not None
+        await asyncio.shield(self._baseline)
 
     def detach(self) -> None:
         self.clients = max(0, self.clients - 1)
@@ -65,18 +74,24 @@ class FleetWatch:
             self._task.cancel()
             self._task = None
 
-    async def _run(self) -> None:
+    async def _run(self, baseline: asyncio.Future[None]) -> None:
         layer = get_channel_layer()
         seen = None
-        while True:
-            try:
-                signature = await database_sync_to_async(fleet_signature)()
-                if seen is not None and signature != seen:
-                    await layer.group_send(GROUP, {"type": "fleet.changed"})
-                seen = signature
-            except Exception as exc:  # the database being away must not end the watch
-                logger.warning("Fleet watch: %s", exc)
-            await asyncio.sleep(POLL_SECONDS)
+        try:
+            while True:
+                try:
+                    signature = await database_sync_to_async(fleet_signature)()
+                    if seen is not None and signature != seen:
+                        await layer.group_send(GROUP, {"type": "fleet.changed"})
+                    seen = signature
+                except Exception as exc:  # the database being away must not end the watch
+                    logger.warning("Fleet watch: %s", exc)
+                if not baseline.done():
+                    baseline.set_result(None)
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            if not baseline.done():  # cancelled before its first read: no client waits for ever
+                baseline.set_result(None)
 
 
 watch = FleetWatch()
@@ -104,7 +119,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.pending: asyncio.Task[None] | None = None
         await self.accept()
         await self.channel_layer.group_add(GROUP, self.channel_name)
-        watch.attach()
+        await watch.attach()
         await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:

@@ -194,7 +194,6 @@ async def test_a_scaling_decision_pushes_a_snapshot_with_its_event(monkeypatch) 
     assert (await socket.connect())[0]
     first = await socket.receive_json_from(timeout=5)
     assert first["deployment_events"] == {}
-    await asyncio.sleep(0.3)  # the watcher has seen the fleet as it is
     why = "the queue waited 1.6 s > target 0.5 s for 5 s"
     await database_sync_to_async(record)(deployment, ScaleAction.UP, 4, why, timezone.now())
     update = await socket.receive_json_from(timeout=5)
@@ -222,6 +221,18 @@ async def test_the_websocket_sends_an_update_when_a_heartbeat_arrives(monkeypatc
     monkeypatch.setattr(live, "POLL_SECONDS", 0.1)
     worker = await database_sync_to_async(add_worker)(1)
     staff = await database_sync_to_async(get_user_model().objects.create_superuser)("boss")
+    snapshot = live.fleet_snapshot
+
+    def heartbeat_just_after_the_first_snapshot(scope):
+        """A heartbeat lands the moment the client's first snapshot is read: it must still be told."""
+        first = snapshot(scope)
+        if worker.identity not in landed:
+            landed.append(worker.identity)
+            record_heartbeat(identity=worker.identity, in_flight=3, queued=1, tokens_per_second=42.0)
+        return first
+
+    landed: list[str] = []
+    monkeypatch.setattr(live, "fleet_snapshot", heartbeat_just_after_the_first_snapshot)
     socket = WebsocketCommunicator(live.FleetConsumer.as_asgi(), "/ws/console/fleet/")
     socket.scope["user"] = staff
     connected, _ = await socket.connect()
@@ -229,10 +240,6 @@ async def test_the_websocket_sends_an_update_when_a_heartbeat_arrives(monkeypatc
     first = await socket.receive_json_from(timeout=5)
     assert first["type"] == "fleet.snapshot"
     assert first["workers"][0]["in_flight"] == 0
-    await asyncio.sleep(0.3)  # the watcher has seen the fleet as it is
-    await database_sync_to_async(record_heartbeat)(
-        identity=worker.identity, in_flight=3, queued=1, tokens_per_second=42.0
-    )
     update = await socket.receive_json_from(timeout=5)
     row = update["workers"][0]
     assert (row["in_flight"], row["queued"], row["tokens_per_second"]) == (3, 1, 42.0)
