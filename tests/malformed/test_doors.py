@@ -72,7 +72,18 @@ def post_all(tally: Tally, door: str, url: str, all_cases: Iterable[Case], heade
 def fleet() -> Iterator[tuple[PortalProcess, list[WorkerProcess]]]:
     env = subprocess_env({"WORKER_TOKEN": TOKEN, "CHAT_ALLOW_ANONYMOUS": "true"})
     workers = [
-        start_worker("--model-path", CHAT_MODEL, "--heartbeat-interval", "1", env=env, timeout=300),
+        # A 512-token context: the corpus's 5,000-token prompt is refused (400) instead of prefilled
+        # for a minute, and an answer without max_tokens stops within it; every case is still sent.
+        start_worker(
+            "--model-path",
+            CHAT_MODEL,
+            "--heartbeat-interval",
+            "1",
+            "--max-model-len",
+            "512",
+            env=env,
+            timeout=300,
+        ),
         start_worker("--model-path", EMBED_MODEL, "--heartbeat-interval", "1", env=env, timeout=300),
     ]
     try:
