@@ -96,7 +96,7 @@ def completion_body(
     known. Logprobs are asked for only when the client asked (`top_logprobs`
     is then at least 1, for the chosen token's own): with any, llama.cpp
     sorts the whole vocabulary for every token, and at temperature 0 it
-    samples greedily only without them (16% of tokens/s at 16 slots here).
+    samples greedily only without them (16 slots here: 182 → 230 tokens/s).
     """
     params: SamplingParams = request.params
     body: dict[str, Any] = {
