@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +27,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# How long a file's tests take, by their marks: a cluster of processes, then real models.
+FILE_WEIGHTS = {"cluster": 2, "slow": 1}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With --database-tests-only, deselect the tests whose outcome the database cannot change."""
+    """Heaviest files first; with --database-tests-only, only the tests that use the database.
+
+    pytest-xdist (scripts/test: --dist loadfile --no-loadscope-reorder) hands files out in
+    this order: a file that starts a cluster or a real model, handed out last, would run
+    alone while the other worker has nothing left to do.
+    """
+    weights: dict[Path, int] = {}
+    for item in items:
+        weight = max((FILE_WEIGHTS.get(mark.name, 0) for mark in item.iter_markers()), default=0)
+        weights[item.path] = max(weight, weights.get(item.path, 0))
+    items.sort(key=lambda item: -weights[item.path])  # stable: the files' own order within a weight
     if not config.getoption("--database-tests-only"):
         return
     kept: list[pytest.Item] = []
