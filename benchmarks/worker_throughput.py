@@ -328,9 +328,9 @@ def measure_transformers_batching(model: str, levels: list[int], tokens: int) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from inference.loading import resolve_model
+    from inference.loading import resolve_model, weights_folder
 
-    folder = resolve_model(model, cache_dir=cache_dir()).path
+    folder = weights_folder(resolve_model(model, cache_dir=cache_dir()), cache_dir=cache_dir())
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as our engine does
     tokenizer = AutoTokenizer.from_pretrained(folder)
     lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

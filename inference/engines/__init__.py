@@ -32,7 +32,7 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
         from inference.engines.canned import CannedTokenEngine
 
         return CannedTokenEngine(config)
-    from inference.loading import resolve_model
+    from inference.loading import resolve_model, weights_folder
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
     resolved = resolve_model(config.model_path, cache_dir=cache_dir)
@@ -59,13 +59,14 @@ def create_engine(config: EngineConfig, backend: str = "auto") -> Engine:
         return LlamaCppEngine(
             config, gguf=gguf, folder=resolved.path, default_name=resolved.default_name, task=resolved.task
         )
+    folder = weights_folder(resolved, cache_dir=cache_dir)
     if backend == "vllm":
         from inference.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(config, folder=resolved.path, default_name=resolved.default_name)
+        return VllmEngine(config, folder=folder, default_name=resolved.default_name)
     from inference.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(config, folder=resolved.path, default_name=resolved.default_name)
+    return TransformersEngine(config, folder=folder, default_name=resolved.default_name)
 
 
 def _llamacpp_fits(device: str) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import secrets
@@ -146,13 +145,11 @@ class LlamaCppEngine(Engine):
         if folder.is_dir():
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(folder)
-                model_config = json.loads((folder / "config.json").read_text())
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(
                     f"Could not load the tokenizer of {folder}: {exc}".splitlines()[0]
                 ) from exc
-        else:
-            model_config = gguf_limits(gguf)
+        model_config = gguf_limits(gguf)
         limit = int(model_config.get("max_position_embeddings") or 2048)
         if config.max_model_len:
             limit = min(limit, config.max_model_len)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from inference.loading import resolve_model
+from inference.loading import convert_gguf, packaged_model_path
 from portal import env
 from tests.clients.conftest import LivePortal
 
@@ -96,7 +96,7 @@ def test_lm_eval_scores_through_the_portal_equal_its_hf_backend(
     smollm2_portal: LivePortal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    folder = str(resolve_model("smollm2-135m-instruct", cache_dir=env.MODEL_CACHE_DIR).path)
+    folder = str(convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=env.MODEL_CACHE_DIR))
     # One thread, as the worker has: on 2 cores, two processes' spinning threads slow both tenfold.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ import torch
 
 from inference.engines import create_engine, llamacpp_build
 from inference.engines.base import Delta, Engine, EngineConfig, GenerationRequest
-from inference.loading import resolve_model
+from inference.loading import convert_gguf, packaged_model_path
 from inference.sampling import SamplingParams
 from portal import env
 
@@ -48,7 +48,7 @@ def reference_model(model_cache_dir: Path) -> Any:
     """SmolLM2 loaded straight from transformers, float32: what the engine's figures are checked against."""
     from transformers import AutoModelForCausalLM
 
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    folder = convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=model_cache_dir)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 

@@ -17,7 +17,7 @@ import torch
 
 from inference import loading
 from inference.errors import ModelLoadError
-from inference.loading import resolve_model
+from inference.loading import convert_gguf, packaged_model_path
 
 
 class Records(logging.Handler):
@@ -30,7 +30,7 @@ class Records(logging.Handler):
 
 
 def test_a_converted_folder_has_no_quantization_config(model_cache_dir):
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    folder = convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=model_cache_dir)
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["architectures"] == ["LlamaForCausalLM"]
@@ -39,7 +39,7 @@ def test_a_converted_folder_has_no_quantization_config(model_cache_dir):
 def test_a_converted_folder_loads_in_transformers_without_the_gguf_warning(model_cache_dir):
     from transformers import AutoModelForCausalLM
 
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    folder = convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=model_cache_dir)
     records = Records()
     library = logging.getLogger("transformers")  # transformers does not propagate to the root logger
     library.addHandler(records)
@@ -71,10 +71,10 @@ def test_a_folder_converted_before_the_fix_is_converted_again(tmp_path, monkeypa
         (out / "config.json").write_text("{}")
 
     monkeypatch.setattr(loading, "_convert_into", convert)
-    resolved = resolve_model(str(gguf), cache_dir=cache)
+    folder = convert_gguf(gguf, cache_dir=cache)
     assert calls == [gguf]
-    assert resolved.path != stale
-    assert json.loads((resolved.path / "config.json").read_text()) == {}
+    assert folder != stale
+    assert json.loads((folder / "config.json").read_text()) == {}
 
 
 def resident_mib() -> float:
@@ -87,7 +87,7 @@ def resident_mib() -> float:
 def test_the_conversion_leaves_the_process_that_asked_for_it_no_larger(tmp_path):
     """It runs in a child: in the worker itself it left 660 MiB behind for the worker's lifetime."""
     before = resident_mib()
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=tmp_path).path
+    folder = convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=tmp_path)
     assert (folder / "model.safetensors").stat().st_size > 500_000_000  # float32 weights of 135M parameters
     assert resident_mib() - before < 100
 
@@ -96,4 +96,4 @@ def test_a_failed_conversion_names_the_childs_error(tmp_path):
     fake = tmp_path / "Broken.Q4_0.gguf"
     fake.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match=r"^Could not convert Broken.Q4_0.gguf: .*GGUF"):
-        resolve_model(str(fake), cache_dir=tmp_path / "cache")
+        convert_gguf(fake, cache_dir=tmp_path / "cache")

@@ -22,7 +22,7 @@ from inference.engines import create_engine
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
 from inference.engines.llamacpp_engine import ChunkReader, completion_body
 from inference.errors import InvalidRequest, ModelLoadError, WrongTask
-from inference.loading import gguf_for_llamacpp, gguf_from_folder, packaged_model_path, resolve_model
+from inference.loading import convert_gguf, gguf_for_llamacpp, gguf_from_folder, packaged_model_path
 from inference.sampling import Guide, SamplingParams
 from tests.inference.conftest import chat_request, collect
 
@@ -239,7 +239,7 @@ async def test_a_llama_folder_is_exported_once_and_samples_like_the_gguf_it_came
     engine: Engine, model_cache_dir: Path, tmp_path: Path
 ) -> None:
     # The cached folder holds the packaged GGUF's weights: exported, they must sample the same text.
-    folder = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    folder = convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=model_cache_dir)
     exported = gguf_from_folder(folder, "auto", cache_dir=model_cache_dir)
     stamp = exported.stat().st_mtime_ns
     config = EngineConfig(str(folder), device="cpu", max_concurrency=2, cache_dir=str(model_cache_dir))

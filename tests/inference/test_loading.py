@@ -11,31 +11,33 @@ import pytest
 
 from inference import loading
 from inference.errors import ModelLoadError
-from inference.loading import gguf_cache_folder, packaged_model_path, resolve_model
+from inference.loading import convert_gguf, gguf_cache_folder, packaged_model_path, resolve_model
 
 
 def test_short_names_resolve_to_the_packaged_models(model_cache_dir):
     chat = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir)
     embed = resolve_model("all-minilm-l6-v2", cache_dir=model_cache_dir)
     assert (chat.task, chat.default_name) == ("generate", "smollm2-135m-instruct")
-    assert (chat.path / "model.safetensors").exists()
+    assert chat.gguf == packaged_model_path("smollm2-135m-instruct")  # llama.cpp loads it as it is
+    assert (chat.path / "tokenizer.json").exists()
+    assert not (chat.path / "model.safetensors").exists()  # weights only when transformers asks
     assert (embed.task, embed.default_name) == ("embed", "all-minilm-l6-v2")
     assert (embed.path / "modules.json").exists()
 
 
-def test_second_resolve_reuses_the_converted_gguf(model_cache_dir, monkeypatch):
-    resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir)  # converts if needed
+def test_second_conversion_reuses_the_converted_gguf(model_cache_dir, monkeypatch):
+    gguf = packaged_model_path("smollm2-135m-instruct")
+    convert_gguf(gguf, cache_dir=model_cache_dir)  # converts if needed
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached conversion should have been reused")
 
     monkeypatch.setattr(loading, "_convert_into", no_conversion)
-    again = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir)
-    gguf = packaged_model_path("smollm2-135m-instruct")
-    assert again.path == gguf_cache_folder(gguf, cache_dir=model_cache_dir)
+    again = convert_gguf(gguf, cache_dir=model_cache_dir)
+    assert again == gguf_cache_folder(gguf, cache_dir=model_cache_dir)
 
 
-def test_gguf_file_path_converts_into_the_cache_under_a_lock(tmp_path, monkeypatch):
+def test_gguf_file_is_named_after_its_file_and_converts_into_the_cache_under_a_lock(tmp_path, monkeypatch):
     gguf = tmp_path / "Tiny-Model.Q8_0.gguf"
     gguf.write_bytes(b"GGUF")
     calls = []
@@ -45,13 +47,15 @@ def test_gguf_file_path_converts_into_the_cache_under_a_lock(tmp_path, monkeypat
         (out / "config.json").write_text("{}")
 
     monkeypatch.setattr(loading, "_convert_into", fake_convert)
+    monkeypatch.setattr(loading, "gguf_tokenizer", lambda gguf, cache_dir: cache_dir / "tokenizer")
     cache = tmp_path / "cache"
-    first = resolve_model(str(gguf), cache_dir=cache)
-    second = resolve_model(str(gguf), cache_dir=cache)
+    resolved = resolve_model(str(gguf), cache_dir=cache)
+    assert (resolved.default_name, resolved.task, resolved.gguf) == ("tiny-model", "generate", gguf)
+    first = convert_gguf(gguf, cache_dir=cache)
+    second = convert_gguf(gguf, cache_dir=cache)
     assert first == second
     assert calls == [gguf]
-    assert (first.path / "config.json").exists()
-    assert first.default_name == "tiny-model"
+    assert (first / "config.json").exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
@@ -65,7 +69,7 @@ def test_failed_conversion_leaves_no_cache_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loading, "_convert_into", failing)
     with pytest.raises(ModelLoadError, match="bad magic") as caught:
-        resolve_model(str(gguf), cache_dir=tmp_path / "cache")
+        convert_gguf(gguf, cache_dir=tmp_path / "cache")
     assert "\n" not in str(caught.value)
     assert not gguf_cache_folder(gguf, cache_dir=tmp_path / "cache").exists()
 
@@ -93,7 +97,7 @@ def test_converted_model_answers_like_the_gguf_it_came_from(model_cache_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = packaged_model_path("smollm2-135m-instruct")
-    converted = resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    converted = convert_gguf(gguf, cache_dir=model_cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(converted)
     prompt: Any = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -120,9 +124,9 @@ def _slow_fake_convert(gguf: Path, out: Path) -> None:
     (out / "config.json").write_text("{}")
 
 
-def _resolve_in_child(gguf: str, cache: str) -> None:
+def _convert_in_child(gguf: str, cache: str) -> None:
     loading._convert_into = _slow_fake_convert  # the child is forked: patch its own copy
-    resolve_model(gguf, cache_dir=Path(cache))
+    convert_gguf(Path(gguf), cache_dir=Path(cache))
 
 
 def test_processes_converting_at_once_convert_only_once(tmp_path):
@@ -130,7 +134,7 @@ def test_processes_converting_at_once_convert_only_once(tmp_path):
     gguf.write_bytes(b"GGUF")
     cache = tmp_path / "cache"
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=_resolve_in_child, args=(str(gguf), str(cache))) for _ in range(2)]
+    children = [context.Process(target=_convert_in_child, args=(str(gguf), str(cache))) for _ in range(2)]
     for child in children:
         child.start()
     for child in children:

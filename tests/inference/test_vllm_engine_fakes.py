@@ -25,7 +25,7 @@ from inference.engines.base import BeamSearch, EngineConfig, GenerationRequest
 from inference.engines.vllm_engine import VllmEngine
 from inference.engines.vllm_mapping import invalid_request, loopback_host
 from inference.errors import EngineError, HandoffRefused, InvalidRequest, PromptTooLong
-from inference.loading import resolve_model
+from inference.loading import convert_gguf, packaged_model_path
 from inference.sampling import Guide, SamplingParams
 from inference.worker.app import build_app
 from inference.worker.serving import WorkerContext
@@ -43,7 +43,7 @@ HANDOFF = {
 @pytest.fixture(scope="module")
 def folder(model_cache_dir: Path) -> Path:
     """The packaged SmolLM2 converted to a folder: its tokenizer and config.json are what vLLM reads."""
-    return resolve_model("smollm2-135m-instruct", cache_dir=model_cache_dir).path
+    return convert_gguf(packaged_model_path("smollm2-135m-instruct"), cache_dir=model_cache_dir)
 
 
 def make_engine(
