@@ -5,7 +5,9 @@ default (its own SQLite, .env and logs in a temporary folder) with both packaged
 models. While a chat websocket is open and a streamed completion is in flight,
 the signal goes to the script's whole process group, as a terminal's Ctrl-C
 does; within 30 s no process that carries the run's marker may be left. The
-same holds when its output goes through `| tee` and tee is gone first.
+same holds when its output goes through `| tee` and tee is gone first. The runs
+share one var folder and .env, as a user's starts do: the first run sets them
+up, the later ones start again on what the earlier ones left.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
-def script_env(tmp_path: Path, marker: str, port: int) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runs' var folder and .env."""
+    return tmp_path_factory.mktemp("start-script")
+
+
+def script_env(home: Path, marker: str, port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -61,8 +69,8 @@ def script_env(tmp_path: Path, marker: str, port: int) -> dict[str, str]:
         SKIP_INSTALL="1",
         PORT=str(port),
         DRAIN_SECONDS="10",
-        PORTAL_VAR_DIR=str(tmp_path / "var"),
-        ENV_FILE=str(tmp_path / ".env"),
+        PORTAL_VAR_DIR=str(home / "var"),
+        ENV_FILE=str(home / ".env"),
         CHAT_ALLOW_ANONYMOUS="true",
     )
     return env
@@ -132,12 +140,12 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def launch(tmp_path: Path, marker: str, port: int, stdout: IO[bytes]) -> subprocess.Popen:
+def launch(home: Path, marker: str, port: int, stdout: IO[bytes]) -> subprocess.Popen:
     """scripts/start, writing to `stdout`, as a terminal's foreground job."""
     return subprocess.Popen(
         [str(REPO_ROOT / "scripts" / "start")],
         cwd=REPO_ROOT,
-        env=script_env(tmp_path, marker, port),
+        env=script_env(home, marker, port),
         stdout=stdout,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # a group of its own, like a terminal's foreground job
@@ -167,10 +175,12 @@ def kill_what_is_left(proc: subprocess.Popen, marker: str) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: signal.Signals) -> None:
+def test_signal_stops_every_process_the_script_started(
+    home: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
     marker, port, log = uuid.uuid4().hex, free_port(), tmp_path / "start.log"
     with log.open("wb") as out:
-        proc = launch(tmp_path, marker, port, out)
+        proc = launch(home, marker, port, out)
     try:
         output = wait_for_line(log, READY_LINE, proc, timeout=300)
         base = f"http://127.0.0.1:{port}"
@@ -187,12 +197,12 @@ def test_signal_stops_every_process_the_script_started(tmp_path: Path, sig: sign
         kill_what_is_left(proc, marker)
 
 
-def test_ctrl_c_stops_everything_when_the_output_pipe_is_gone_first(tmp_path: Path) -> None:
+def test_ctrl_c_stops_everything_when_the_output_pipe_is_gone_first(home: Path, tmp_path: Path) -> None:
     """`scripts/start | tee start.log`, then Ctrl-C: tee ends first, the script writes to a closed pipe."""
     marker, log = uuid.uuid4().hex, tmp_path / "start.log"
     tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert tee.stdin is not None
-    proc = launch(tmp_path, marker, free_port(), tee.stdin)
+    proc = launch(home, marker, free_port(), tee.stdin)
     tee.stdin.close()  # the script holds the pipe's only write end
     try:
         wait_for_line(log, READY_LINE, proc, timeout=300)
