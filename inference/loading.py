@@ -162,7 +162,8 @@ def weights_folder(resolved: ResolvedModel, *, cache_dir: Path) -> Path:
 def convert_gguf(gguf: Path, *, cache_dir: Path) -> Path:
     """Return the cached safetensors folder for `gguf`, converting it the first time."""
     target = gguf_cache_folder(gguf, cache_dir=cache_dir)
-    return _cached_folder(target, lambda out: _convert_into(gguf, out), f"Could not convert {gguf.name}")
+    failure = f"Could not convert {gguf.name}"
+    return _cached(target, lambda out: _convert_into(gguf, out), failure, folder=True)
 
 
 def gguf_tokenizer(gguf: Path, *, cache_dir: Path) -> Path:
@@ -179,15 +180,15 @@ def gguf_tokenizer(gguf: Path, *, cache_dir: Path) -> Path:
 
     folder = gguf_cache_folder(gguf, cache_dir=cache_dir)
     target = folder.parent / f"{folder.name}.tokenizer"
-    return _cached_folder(target, write, f"Could not read the tokenizer of {gguf.name}")
+    return _cached(target, write, f"Could not read the tokenizer of {gguf.name}", folder=True)
 
 
-def _cached_folder(target: Path, write: Callable[[Path], None], failure: str) -> Path:
-    """`target`, written by `write` into a temporary folder the first time.
+def _cached(target: Path, write: Callable[[Path], None], failure: str, *, folder: bool = False) -> Path:
+    """`target` (a file, or a folder), written by `write` into a temporary one the first time.
 
     Concurrent workers may start together: an exclusive file lock serialises
-    them, and an atomic rename publishes the folder, so a reader never sees a
-    half-written one.
+    them, and an atomic rename publishes what was written, so a reader never
+    sees half of it.
     """
     if target.exists():
         return target
@@ -195,14 +196,25 @@ def _cached_folder(target: Path, write: Callable[[Path], None], failure: str) ->
     with _file_lock(target.parent / f"{target.name}.lock"):
         if target.exists():  # another process finished while we waited for the lock
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        prefix = f".{target.name}-"
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        else:
+            handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+            os.close(handle)
+            tmp = Path(name)
         try:
             write(tmp)
             os.rename(tmp, target)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"{failure}: {exc}".splitlines()[0]) from exc
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if folder:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
     return target
 
 
@@ -235,7 +247,7 @@ def _convert_into(gguf: Path, out: Path) -> None:
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else f"the conversion exited with status {done.returncode}"
-        raise ModelLoadError(last.partition(": ")[2] or last)  # the child's exception, without its type
+        raise RuntimeError(last.partition(": ")[2] or last)  # the child's exception, without its type
 
 
 def _dequantise(gguf: Path, out: Path) -> None:
@@ -294,13 +306,7 @@ def gguf_for_llamacpp(gguf: Path, dtype: str, *, cache_dir: Path) -> Path:
         return gguf
     folder = gguf_cache_folder(gguf, cache_dir=cache_dir)
     target = folder.parent / f"{folder.name}.{dtype}.gguf"
-    if target.exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"{target.name}.lock"):
-        if not target.exists():
-            _publish(target, lambda tmp: _widen_gguf(reader, tmp, dtype), f"Could not convert {gguf.name}")
-    return target
+    return _cached(target, lambda tmp: _widen_gguf(reader, tmp, dtype), f"Could not convert {gguf.name}")
 
 
 def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
@@ -315,28 +321,7 @@ def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
     stamp = ":".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
     key = hashlib.sha256(f"{folder.resolve()}:{stamp}".encode()).hexdigest()[:12]
     target = cache_dir / f"{folder.name}-{key}.float16.gguf"
-    if target.exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f"{target.name}.lock"):
-        if not target.exists():
-            _publish(target, lambda tmp: export_folder(folder, tmp), f"Could not convert {folder.name}")
-    return target
-
-
-def _publish(target: Path, write: Any, failure: str) -> None:
-    """Write `target` through a temporary file and an atomic rename; a reader never sees half a file."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.rename(tmp, target)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"{failure}: {exc}".splitlines()[0]) from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return _cached(target, lambda tmp: export_folder(folder, tmp), f"Could not convert {folder.name}")
 
 
 def _widen_gguf(reader: Any, out: Path, dtype: str) -> None:
