@@ -215,7 +215,8 @@ def _top(
         _add(merged[group], live[group])
     for figures in merged.values():
         figures["tokens"] = figures["prompt"] + figures["completion"]
-    ranked = sorted(merged.items(), key=lambda item: (-item[1][rank], str(item[0])))[:TOP]
+    # Ties go by the group's own value (a number for ids: "10" must not sort before "9").
+    ranked = sorted(merged.items(), key=lambda item: (-item[1][rank], item[0]))[:TOP]
     labels = _labels(field, [group for group, _ in ranked])
     return [{"id": group, "label": labels[group], **figures} for group, figures in ranked]
 
