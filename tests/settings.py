@@ -16,9 +16,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # LLAMACPP_BUILD_DIR set runs the llama.cpp tests on a build made beforehand.
 os.environ.setdefault("LLAMACPP_NATIVE", "off")
 
-# Each pytest-xdist worker keeps its files (logs, converted models, the SQLite database) apart; the
-# processes it starts inherit both variables and keep its directory.
+# Each pytest-xdist worker keeps its files (logs, the SQLite database) apart; the processes it starts
+# inherit both variables and keep its directory. The model cache is the run's, shared: a packaged
+# model is converted once per run, not once per worker (its writer locks and renames atomically).
 _var = os.environ.get("PORTAL_VAR_DIR") or os.path.join(os.path.dirname(os.path.dirname(__file__)), "var")
+os.environ.setdefault("MODEL_CACHE_DIR", os.path.join(_var, "models"))
 if (worker := os.environ.get("PYTEST_XDIST_WORKER")) and os.path.basename(_var) != worker:
     os.environ["PORTAL_VAR_DIR"] = os.path.join(_var, worker)
 

@@ -25,7 +25,11 @@ REDIS_URL = TEST_REDIS_URL
 
 
 def cluster_env(directory: Path, database: str) -> dict[str, str]:
-    """The environment of a user's shell (none of the test run's settings) plus the cluster's ports."""
+    """The environment of a user's shell (none of the test run's settings) plus the cluster's ports.
+
+    The run's model cache goes with it (a user may name one too): the cluster's workers find the
+    packaged models converted once per run instead of converting them again.
+    """
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed (apt-get install nginx)")
     try:
@@ -33,7 +37,8 @@ def cluster_env(directory: Path, database: str) -> dict[str, str]:
         redis.Redis.from_url(REDIS_URL).ping()
     except (psycopg.Error, redis.RedisError) as exc:
         pytest.skip(f"PostgreSQL or Redis is not answering on 127.0.0.1: {exc}")
-    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR", "USER"}}
+    shell = {"PATH", "HOME", "LANG", "TMPDIR", "USER", "MODEL_CACHE_DIR"}
+    env = {k: v for k, v in os.environ.items() if k in shell}
     env.update(
         CLUSTER_DIR=str(directory),
         CLUSTER_DB=database,
