@@ -107,7 +107,9 @@ def signed_cases(app_id: str) -> Iterator[Case]:
     yield from raw_cases()
 
     def envelope(**fields: Any) -> dict[str, Any]:
-        base = {"appId": app_id, "signType": "plain", "timestamp": int(time.time()), "data": {"prompt": "hi"}}
+        # Two tokens, as the OpenAI bodies ask: an envelope the API accepts answers at once.
+        data = {"prompt": "hi", "max_tokens": 2}
+        base = {"appId": app_id, "signType": "plain", "timestamp": int(time.time()), "data": data}
         return {**base, **fields}
 
     for field in ("appId", "signType", "timestamp", "data", "version", "signData"):
