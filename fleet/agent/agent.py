@@ -53,9 +53,9 @@ STABLE_AFTER = timedelta(seconds=60)  # ready this long: its crash count starts 
 CATALOGUE_EVERY = 60.0  # seconds between rescans of the model folders
 
 
-def backoff(crashes: int) -> float:
-    """Seconds before the next start after `crashes` crashes in a row: 1, 2, 4, ... 60."""
-    return min(MAX_BACKOFF_SECONDS, 2.0 ** max(0, crashes - 1))
+def backoff(crashes: int, first: float = 1.0) -> float:
+    """Seconds before the next start after `crashes` crashes in a row: `first`, twice that, ... 60."""
+    return min(MAX_BACKOFF_SECONDS, first * 2.0 ** max(0, crashes - 1))
 
 
 @dataclass
@@ -67,6 +67,7 @@ class AgentOptions:
     model_dirs: list[str] = field(default_factory=list)
     log_dir: Path = Path("var/log/instances")
     interval: float = 2.0
+    restart_backoff: float = 1.0  # seconds before the first restart of a crashed worker
     drain_timeout: float = 30.0
     heartbeat_interval: float = 5.0
     llamacpp_build_dir: Path | None = None  # where the native llama.cpp is built and cached; None: no build
@@ -233,7 +234,7 @@ class Agent:
             instance,
             state=InstanceState.FAILED if failed else InstanceState.CRASHED,
             crashes_in_a_row=crashes,
-            next_start_at=timezone.now() + timedelta(seconds=backoff(crashes)),
+            next_start_at=timezone.now() + timedelta(seconds=backoff(crashes, self.options.restart_backoff)),
             detail=f"{how}; " + (f"gave up after {crashes} crashes in a row" if failed else "restarting"),
             log_tail=log_tail(instance.log_path),
             pid=None,

@@ -21,6 +21,8 @@ AGENT_ENV = {
     "AGENT_ONLY_SECRET": "agent-only",
     "LLAMACPP_NATIVE": "off",
 }
+# Quick ticks and restarts: the tests wait on what the agent does, not on its timers.
+AGENT_TIMERS = ("--interval", "0.5", "--restart-backoff", "0.1")
 
 
 class AgentProcess:
@@ -29,7 +31,7 @@ class AgentProcess:
         dirs = ",".join(str(d) for d in model_dirs or [])
         env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir), "MODEL_DIRS": dirs})
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runagent", "--name", name, "--interval", "0.5"],
+            [sys.executable, "manage.py", "runagent", "--name", name, *AGENT_TIMERS],
             cwd=REPO_ROOT,
             env=env,
             stdout=self.log,

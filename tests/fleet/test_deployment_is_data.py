@@ -22,7 +22,7 @@ from django.utils.html import escape
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.agent.agent import Agent, AgentOptions
+from fleet.agent.agent import Agent, AgentOptions, backoff
 from fleet.agent.processes import WorkerProcess, command_line, is_worker, start_time
 from fleet.models import Deployment, Instance, InstanceState
 from fleet.options import ALLOWED_FLAGS, OptionError, check_worker_argv, parse_extra_options
@@ -229,3 +229,8 @@ def test_a_hub_download_takes_no_code_or_pickles(tmp_path, monkeypatch):
     assert "*.safetensors" in patterns
     assert "*.json" in patterns
     assert not any(p.endswith((".py", ".bin", ".pt", ".pkl", "*")) for p in patterns)
+
+
+def test_a_crashed_worker_waits_the_restart_backoff_doubled_per_crash_up_to_a_minute():
+    assert [backoff(n) for n in (1, 2, 3, 4, 7, 20)] == [1, 2, 4, 8, 60, 60]
+    assert [backoff(n, first=0.1) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])

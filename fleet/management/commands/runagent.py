@@ -38,6 +38,12 @@ class Command(BaseCommand):
         add("--labels", default="", help="Node labels, e.g. zone=a,gpu=a100.")
         add("--model-dirs", default=None, help="Comma-separated folders to list models from (MODEL_DIRS).")
         add("--interval", type=float, default=2.0, help="Seconds between ticks.")
+        add(
+            "--restart-backoff",
+            type=float,
+            default=1.0,
+            help="Seconds before a crashed worker starts again, doubled per crash in a row (up to 60).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         loopback = options["address"] in ("127.0.0.1", "localhost")
@@ -59,6 +65,7 @@ class Command(BaseCommand):
             model_dirs=[d for d in model_dirs if d.strip()],
             log_dir=Path(settings.LOG_DIR) / "instances",
             interval=options["interval"],
+            restart_backoff=options["restart_backoff"],
             drain_timeout=settings.WORKER_DRAIN_TIMEOUT,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL,
             llamacpp_build_dir=settings.LLAMACPP_BUILD_DIR if settings.LLAMACPP_NATIVE != "off" else None,
