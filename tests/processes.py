@@ -132,6 +132,21 @@ def start_worker(*args: str, env: dict[str, str] | None = None, timeout: float =
     return worker
 
 
+def all_ready(*workers: WorkerProcess, timeout: float = 120) -> tuple[WorkerProcess, ...]:
+    """Wait until each of `workers` is ready: started together, their loads overlap.
+
+    If one fails, all are stopped and the failure is raised.
+    """
+    try:
+        for worker in workers:
+            worker.wait_ready(timeout)
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    return workers
+
+
 def run_command(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess:

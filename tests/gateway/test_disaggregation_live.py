@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry.models import Worker
 from registry.services.keys import create_api_key
 from tests.portal_process import PortalProcess, start_portal
-from tests.processes import WorkerProcess, start_worker
+from tests.processes import WorkerProcess, all_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
@@ -28,15 +28,13 @@ QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbo
 
 def smol(role: str) -> WorkerProcess:
     args = ["--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--backend", "transformers"]
-    return start_worker(
-        *args, "--dtype", "float32", "--role", role, "--heartbeat-interval", "0.5", timeout=240
-    )
+    return WorkerProcess([*args, "--dtype", "float32", "--role", role, "--heartbeat-interval", "0.5"], None)
 
 
 @pytest.fixture
 def fleet() -> Iterator[tuple[PortalProcess, WorkerProcess, WorkerProcess]]:
-    portal_env = {"WORKER_CACHE_SECONDS": "0.2"}
-    with smol("prefill") as prefill, smol("decode") as decode, start_portal(extra_env=portal_env) as portal:
+    prefill, decode = all_ready(smol("prefill"), smol("decode"), timeout=240)
+    with prefill, decode, start_portal(extra_env={"WORKER_CACHE_SECONDS": "0.2"}) as portal:
         yield portal, prefill, decode
 
 

@@ -26,7 +26,7 @@ from registry.services.credentials import create_app_credential
 from registry.services.keys import create_api_key
 from tests.malformed.corpus import Case, cases, encode, field_cases, hostile_values, raw_cases
 from tests.portal_process import PortalProcess, start_portal
-from tests.processes import WorkerProcess, start_worker, subprocess_env
+from tests.processes import WorkerProcess, all_ready, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 TOKEN = "malformed-corpus-worker-token"
@@ -79,27 +79,13 @@ def post_all(tally: Tally, door: str, url: str, all_cases: Iterable[Case], heade
 @pytest.fixture
 def fleet() -> Iterator[tuple[PortalProcess, list[WorkerProcess]]]:
     env = subprocess_env({"WORKER_TOKEN": TOKEN, "CHAT_ALLOW_ANONYMOUS": "true"})
-    workers = [
-        # A 512-token context: the corpus's 5,000-token prompt is refused (400) instead of prefilled
-        # for a minute, and an answer without max_tokens stops within it; every case is still sent.
-        start_worker(
-            "--model-path",
-            CHAT_MODEL,
-            "--heartbeat-interval",
-            "1",
-            "--max-model-len",
-            "512",
-            env=env,
-            timeout=300,
-        ),
-        start_worker("--model-path", EMBED_MODEL, "--heartbeat-interval", "1", env=env, timeout=300),
-    ]
-    try:
-        with start_portal(env=env) as portal:
-            yield portal, workers
-    finally:
-        for worker in workers:
-            worker.kill()
+    beat = ["--heartbeat-interval", "1"]
+    # A 512-token context: the corpus's 5,000-token prompt is refused (400) instead of prefilled
+    # for a minute, and an answer without max_tokens stops within it; every case is still sent.
+    chat = WorkerProcess(["--model-path", CHAT_MODEL, *beat, "--max-model-len", "512"], env)
+    chat, embed = all_ready(chat, WorkerProcess(["--model-path", EMBED_MODEL, *beat], env), timeout=300)
+    with chat, embed, start_portal(env=env) as portal:
+        yield portal, [chat, embed]
 
 
 def signed_cases(app_id: str) -> Iterator[Case]:

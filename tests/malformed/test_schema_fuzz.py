@@ -26,7 +26,7 @@ from portal import env
 from registry.services.credentials import create_app_credential
 from registry.services.keys import create_api_key
 from tests.portal_process import start_portal
-from tests.processes import REPO_ROOT, start_worker, subprocess_env
+from tests.processes import REPO_ROOT, WorkerProcess, all_ready, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 TOKEN = "schema-fuzz-worker-token"
@@ -38,16 +38,11 @@ MAX_EXAMPLES = 20  # per operation and mode in the fuzzing phase; the coverage p
 def portal_url() -> Iterator[str]:
     env = subprocess_env({"WORKER_TOKEN": TOKEN})
     base = ["--backend", "canned", "--heartbeat-interval", "1", "--max-concurrency", "8"]
-    chat = start_worker("--model-path", "canned", "--model-names", "canned", *base, env=env)
-    embed = start_worker(
-        "--model-path", "canned-embed", "--model-names", "embedder", "--canned-task", "embed", *base, env=env
-    )
-    try:
-        with start_portal(env=env) as portal:
-            yield portal.url
-    finally:
-        chat.kill()
-        embed.kill()
+    chat = WorkerProcess(["--model-path", "canned", "--model-names", "canned", *base], env)
+    embed_args = ["--model-path", "canned-embed", "--model-names", "embedder", "--canned-task", "embed"]
+    chat, embed = all_ready(chat, WorkerProcess([*embed_args, *base], env))
+    with chat, embed, start_portal(env=env) as portal:
+        yield portal.url
 
 
 def test_every_operation_does_what_the_schema_says_under_all_checks(portal_url: str, tmp_path: Path) -> None:

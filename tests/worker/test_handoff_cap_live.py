@@ -13,7 +13,7 @@ import httpx2
 import pytest
 
 from inference.protocol.headers import PREFILL_WORKERS
-from tests.processes import WorkerProcess, start_worker, subprocess_env, wait_for
+from tests.processes import WorkerProcess, all_ready, subprocess_env, wait_for
 
 pytestmark = pytest.mark.slow
 BODY = {
@@ -26,9 +26,7 @@ BODY = {
 
 def smol(role: str, **env: str) -> WorkerProcess:
     args = ["--model-path", "smollm2-135m-instruct", "--model-names", "smol", "--backend", "transformers"]
-    return start_worker(
-        *args, "--dtype", "float32", "--role", role, "--no-register", env=subprocess_env(env), timeout=240
-    )
+    return WorkerProcess([*args, "--dtype", "float32", "--role", role, "--no-register"], subprocess_env(env))
 
 
 def answer(worker: WorkerProcess, headers: dict[str, str] | None = None) -> str:
@@ -42,7 +40,8 @@ def status(worker: WorkerProcess) -> dict:
 
 
 def test_a_decode_worker_prefills_itself_when_the_handoff_passes_its_cap() -> None:
-    with smol("prefill") as prefill, smol("decode", HANDOFF_MAX_BYTES="1000") as decode:
+    prefill, decode = all_ready(smol("prefill"), smol("decode", HANDOFF_MAX_BYTES="1000"), timeout=240)
+    with prefill, decode:
         alone = answer(decode)
         assert "Paris" in alone
         assert answer(decode, {PREFILL_WORKERS: prefill.address}) == alone
