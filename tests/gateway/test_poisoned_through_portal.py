@@ -22,7 +22,7 @@ from django.utils import timezone
 from registry.models import UsageRecord, Worker
 from registry.services.keys import create_api_key
 from tests.portal_process import PortalProcess, start_portal
-from tests.processes import WorkerProcess, start_worker, subprocess_env, wait_for
+from tests.processes import WorkerProcess, all_ready, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 TOKEN = "poisoned-through-portal-token"
@@ -48,14 +48,10 @@ POISONS: list[tuple[str, dict[str, Any], str]] = [
 def fleet() -> Iterator[tuple[PortalProcess, list[WorkerProcess]]]:
     env = subprocess_env({"WORKER_TOKEN": TOKEN, "WORKER_CACHE_SECONDS": "0.2"})
     args = ["--model-path", MODEL, "--heartbeat-interval", "1", "--max-concurrency", "8", "--device", "cpu"]
-    workers = [start_worker(*args, env=env, timeout=300) for _ in range(2)]
-    try:
-        with start_portal(env=env) as portal:
-            assert wait_for(lambda: Worker.objects.filter(status="online").count() == 2, timeout=30)
-            yield portal, workers
-    finally:
-        for worker in workers:
-            worker.kill()
+    first, second = all_ready(WorkerProcess(args, env), WorkerProcess(args, env), timeout=300)
+    with first, second, start_portal(env=env) as portal:
+        assert wait_for(lambda: Worker.objects.filter(status="online").count() == 2, timeout=30)
+        yield portal, [first, second]
 
 
 def chat(question: str) -> dict[str, Any]:
