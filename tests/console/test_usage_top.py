@@ -28,7 +28,7 @@ def brute_force(rank: str, top: int) -> list[tuple[int | None, int]]:
     for record in UsageRecord.objects.exclude(api_key=None):
         tokens = record.prompt_tokens + record.completion_tokens
         figures[record.api_key_id] += 1 if rank == "requests" else tokens
-    return sorted(figures.items(), key=lambda item: (-item[1], str(item[0])))[:top]
+    return sorted(figures.items(), key=lambda item: (-item[1], item[0] or 0))[:top]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
