@@ -31,3 +31,7 @@ from portal.settings import *  # noqa: E402, F403
 _default = DATABASES["default"]  # noqa: F405
 if _default["ENGINE"].endswith("sqlite3"):
     _default["TEST"]["NAME"] = _default["TEST"]["NAME"].replace(".sqlite3", f"-{os.getpid()}.sqlite3")
+
+# Django's advice for test runs: its default hasher spends a quarter of a second on each password
+# set or checked, by design; the suite creates and logs in users by the hundred.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
