@@ -17,12 +17,17 @@ from registry.services import keys
 from registry.services.cache import forget_all
 from tests.api.test_views import CHAT, error_of, make_key, post
 from tests.gateway.conftest import add_worker, chat_result, chunk, sse
-from tests.limit_fixtures import tokens_counted
+from tests.limit_fixtures import clear_of_a_minute_edge, tokens_counted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 STREAM = {**CHAT, "stream": True, "max_tokens": 60}  # reserves 82 (the prompt's bound) + 60
 EMBEDDING = {"model": "mini", "input": "!" * 240}  # 242 tokens for MiniLM; its bound is 244
+
+
+@pytest.fixture(autouse=True)
+def _one_minute() -> None:
+    clear_of_a_minute_edge()  # a per-minute refusal must fall in the minute its counts are in
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,16 @@ from portal.gateway.gateway import current
 from portal.gateway.tasks import drain
 from registry.models import AppCredential
 from tests.gateway.conftest import add_worker, chat_result, served_model, upstream
-from tests.limit_fixtures import tokens_counted
+from tests.limit_fixtures import clear_of_a_minute_edge, tokens_counted
 from tests.signed.conftest import App, post
 
 __all__ = ["served_model", "upstream"]
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_minute() -> None:
+    clear_of_a_minute_edge()  # a per-minute refusal must fall in the minute its counts are in
 
 
 @pytest.fixture(autouse=True)
