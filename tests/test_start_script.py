@@ -2,9 +2,10 @@
 
 The script runs as a user runs it, in a session of its own, on the embedded
 default (its own SQLite, .env and logs in a temporary folder) with both packaged
-models, converted once in the run's model cache (MODEL_CACHE_DIR, as a user may set). While a chat websocket is open and a streamed completion is in flight,
-the signal goes to the script's whole process group, as a terminal's Ctrl-C
-does; within 30 s no process that carries the run's marker may be left. The
+models, converted once in the run's model cache (MODEL_CACHE_DIR, as a user
+may set). While a chat websocket is open and a streamed completion is in
+flight, the signal goes to the script's whole process group, as a terminal's
+Ctrl-C does; within 30 s no process that carries the run's marker may be left. The
 same holds when its output goes through `| tee` and tee is gone first. The runs
 share one var folder and .env, as a user's starts do: the first run sets them
 up, the later ones start again on what the earlier ones left.
