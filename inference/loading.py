@@ -117,27 +117,26 @@ def gguf_pools(gguf: Path) -> bool:
 
     A file that cannot be read says no: the conversion then reports what is wrong with it.
     """
-    import gguf as gguflib
+    from inference.gguf_header import read_gguf_header
 
     try:
-        reader = gguflib.GGUFReader(gguf)
-        arch = reader.fields[gguflib.Keys.General.ARCHITECTURE].contents()
-    except (ValueError, KeyError, IndexError, OSError):
+        header = read_gguf_header(gguf)
+        return f"{header.architecture}.pooling_type" in header.fields
+    except (ValueError, KeyError, OSError):
         return False
-    return f"{arch}.pooling_type" in reader.fields
 
 
 def gguf_limits(gguf: Path) -> dict[str, int]:
     """The context length and vocabulary size a GGUF's metadata declares, as config.json names them."""
     import gguf as gguflib
 
-    reader = gguflib.GGUFReader(gguf)
-    arch = reader.fields[gguflib.Keys.General.ARCHITECTURE].contents()
-    context = reader.fields.get(f"{arch}.context_length")
-    tokens = reader.fields.get(gguflib.Keys.Tokenizer.LIST)
+    from inference.gguf_header import read_gguf_header
+
+    header = read_gguf_header(gguf)
+    tokens = header.fields.get(gguflib.Keys.Tokenizer.LIST)
     return {
-        "max_position_embeddings": int(context.contents()) if context else 2048,
-        "vocab_size": len(tokens.data) if tokens else 0,
+        "max_position_embeddings": int(header.fields.get(f"{header.architecture}.context_length", 2048)),
+        "vocab_size": tokens.length if tokens else 0,
     }
 
 
@@ -292,21 +291,30 @@ def gguf_for_llamacpp(gguf: Path, dtype: str, *, cache_dir: Path) -> Path:
     """
     import gguf as gguflib
 
+    from inference.gguf_header import read_gguf_header
+
     if dtype not in LLAMACPP_DTYPES:
         choices = ", ".join(LLAMACPP_DTYPES)
         raise ModelLoadError(f"--dtype {dtype} is not one llama.cpp serves; choose {choices}.")
-    reader = gguflib.GGUFReader(gguf)
     if dtype == "auto":
         types = gguflib.GGMLQuantizationType
         wide = {types.F32, types.F16, types.BF16, types.Q8_0}
-        low_bit = any(t.tensor_type not in wide for t in reader.tensors)
-        parameters = sum(int(t.n_elements) for t in reader.tensors)
+        try:
+            tensors = read_gguf_header(gguf).tensors
+        except ValueError as exc:
+            raise ModelLoadError(f"Could not read {gguf.name}: {exc}") from exc
+        low_bit = any(t.tensor_type not in wide for t in tensors)
+        parameters = sum(t.n_elements for t in tensors)
         dtype = "float16" if low_bit and parameters < 1_000_000_000 else "keep"
     if dtype == "keep":
         return gguf
     folder = gguf_cache_folder(gguf, cache_dir=cache_dir)
     target = folder.parent / f"{folder.name}.{dtype}.gguf"
-    return _cached(target, lambda tmp: _widen_gguf(reader, tmp, dtype), f"Could not convert {gguf.name}")
+
+    def widen(out: Path) -> None:
+        _widen_gguf(gguflib.GGUFReader(gguf), out, dtype)
+
+    return _cached(target, widen, f"Could not convert {gguf.name}")
 
 
 def gguf_from_folder(folder: Path, dtype: str, *, cache_dir: Path) -> Path:
