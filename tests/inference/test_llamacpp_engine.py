@@ -262,18 +262,18 @@ async def test_a_llama_folder_is_exported_once_and_samples_like_the_gguf_it_came
 async def test_requests_that_would_overflow_the_shared_kv_cache_wait_instead_of_failing(
     model_cache_dir: Path,
 ) -> None:
-    # A 256-token cache and three answers of 200 tokens: together they would not fit, and
+    # A 128-token cache and three answers of 90 tokens: together they would not fit, and
     # llama.cpp fails every sequence when its cache runs out. Each waits for its share instead.
     config = EngineConfig(
         "smollm2-135m-instruct",
         device="cpu",
         max_concurrency=3,
-        max_model_len=256,
+        max_model_len=128,
         cache_dir=str(model_cache_dir),
     )
     small = create_engine(config, backend="llamacpp")
     requests = [
-        chat_request(small, f"kv{i}", f"Tale {i}", temperature=0, max_tokens=200, ignore_eos=True)
+        chat_request(small, f"kv{i}", f"Tale {i}", temperature=0, max_tokens=90, ignore_eos=True)
         for i in range(3)
     ]
     results = await asyncio.gather(*(collect(small, r) for r in requests))
