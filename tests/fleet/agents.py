@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from fleet.agent.processes import command_line
-from tests.processes import REPO_ROOT, subprocess_env, wait_for
+from tests.processes import REPO_ROOT, database_url, subprocess_env, wait_for
 
 # AGENT_ONLY_SECRET stands for the agent's own secrets, which its workers must not inherit.
 # LLAMACPP_NATIVE off: no agent here starts a native llama.cpp build (minutes of compiling).
@@ -56,14 +56,26 @@ class AgentProcess:
         self.proc.wait(10)
 
 
+def environment_of(pid: int) -> dict[str, str]:
+    try:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return {}
+    return dict(v.split("=", 1) for v in variables if "=" in v)
+
+
 def workers_of(deployment: str) -> list[int]:
-    """Pids of the runworker processes of `deployment` (their --worker-id starts with its name)."""
+    """Pids of this test's runworker processes of `deployment` (their --worker-id starts with its name).
+
+    Only those on this test's database: a test beside it (the Kubernetes one) may run a
+    deployment of the same name.
+    """
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            args = command_line(int(entry.name))
-            if "runworker" in args and any(a.startswith(f"--worker-id={deployment}/") for a in args):
-                found.append(int(entry.name))
+    for pid in (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()):
+        args = command_line(pid)
+        ours = any(a.startswith(f"--worker-id={deployment}/") for a in args) and "runworker" in args
+        if ours and environment_of(pid).get("DATABASE_URL") == database_url():
+            found.append(pid)
     return found
 
 

@@ -24,7 +24,7 @@ from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.services import deployments, scheduler
 from registry.models import Worker
 from registry.services.keys import create_api_key
-from tests.fleet.agents import AgentProcess, kill_workers_of, workers_of
+from tests.fleet.agents import AgentProcess, environment_of, kill_workers_of, workers_of
 from tests.portal_process import PortalProcess, start_portal
 from tests.processes import wait_for
 
@@ -77,11 +77,6 @@ def test_a_worker_that_keeps_crashing_fails_with_its_last_log_lines(agent, tmp_p
     assert workers_of("broken") == []
 
 
-def worker_environment(pid: int) -> dict[str, str]:
-    variables = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
-    return dict(v.split("=", 1) for v in variables if "=" in v)
-
-
 def pids(instances: list[Instance]) -> set[int]:
     return {int(i.pid or 0) for i in instances}
 
@@ -117,7 +112,7 @@ def test_a_deployment_serves_a_chat_comes_back_from_kill_9_and_stops_at_scale_0(
     scheduler.reconcile()
     (first,) = wait_ready("smol", 1, agent[0], timeout=240)
     assert "Paris" in chat(portal, secret, "smol")
-    environment = worker_environment(first.pid or 0)
+    environment = environment_of(first.pid or 0)
     assert "AGENT_ONLY_SECRET" not in environment  # the agent's other secrets stay with it
     assert environment["SECRET_KEY"] != os.environ["SECRET_KEY"]  # a key of its own
     assert environment["ENV_FILE"] == os.devnull
