@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from inference.engines.rate import TokenRate
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import Clock
 
 
 def test_tokens_are_averaged_over_the_last_ten_seconds() -> None:

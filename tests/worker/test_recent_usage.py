@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from inference.engines.base import Usage
 from inference.worker.recent import RecentUsage
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import Clock
 
 
 def test_usage_is_kept_for_the_ttl_then_forgotten() -> None:
