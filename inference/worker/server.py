@@ -1,10 +1,11 @@
 """Serve a `WorkerContext` with uvicorn: self-check, register, heartbeat, drain on SIGTERM.
 
 uvicorn on uvloop with httptools, as vLLM's server runs: the worker's event
-loop relays every token, and this stack takes 40% less of its CPU a token
-than daphne's Twisted reactor did (0.33 against 0.54 ms at one stream, 0.12
-against 0.18 at sixteen), CPU taken from the model's threads on a small machine.
-The portal stays on daphne (Channels).
+loop relays every token, and this stack takes a third less of its CPU a
+token than daphne's Twisted reactor did (0.33–0.40 against 0.50–0.54 ms at
+one stream, 0.12 against 0.18 at sixteen: README, "llama.cpp: native and
+portable builds"), CPU the model's threads get back on a small machine. The
+portal stays on daphne (Channels).
 
 Start order: the socket listens → engine started on the server's loop → the
 advertised address is called back (GET /health must return our nonce) → the
