@@ -4,7 +4,8 @@ In one run, for each server in `--servers`, starts it on the packaged SmolLM2
 and drives it with closed-loop users: each of `c` users streams a chat
 request, waits for the answer, and sends the next (`--rounds` each). Printed
 per level: tokens/s (completion tokens the server reports ÷ wall time), TTFT
-p50/p95 and the median time per output token.
+p50/p95, the median time per output token, and the server process's CPU a
+token (Linux): its main thread's (our worker's event loop) and all its threads'.
 
     python benchmarks/worker_throughput.py [--servers llamacpp llama.cpp-server ...]
         [--levels 1 4 16] [--mode natural|fixed] [--tokens 64] [--rounds 3]
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -109,8 +111,8 @@ class Answer:
 @contextmanager
 def server_process(
     kind: str, model: str, slots: int, threads: int | None = None, timeout: float = 300.0
-) -> Iterator[str]:
-    """Start one server until the block ends; yield its base URL once it is ready."""
+) -> Iterator[tuple[str, int]]:
+    """Start one server until the block ends; yield its base URL (once it is ready) and its pid."""
     env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1", "WORKER_TOKEN": TOKEN}
     env["TOKENIZERS_PARALLELISM"] = "false"
     if kind.startswith("llama.cpp-server"):
@@ -129,7 +131,7 @@ def server_process(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=None, text=True
     )
     try:
-        yield wait_ready(proc, kind, ready, timeout)
+        yield wait_ready(proc, kind, ready, timeout), proc.pid  # sh execs llama-server: the same pid
     finally:
         proc.terminate()
         try:
@@ -229,18 +231,38 @@ async def capital_of_france(client: httpx2.AsyncClient, url: str, model: str) ->
     return str(response.json()["choices"][0]["message"]["content"])
 
 
-async def measure(url: str, args: argparse.Namespace) -> tuple[str, list[tuple[int, float, list[Answer]]]]:
-    """The server's answer to QUESTIONS[0] (also its warm-up); for each level: (concurrency, wall seconds,
-    answers) of `level` closed-loop users."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of process `pid`'s main thread and of all its threads (schedstat: ns)."""
+    main, total = 0.0, 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+            total += seconds
+            main += seconds if task.name == str(pid) else 0.0
+    return main, total
+
+
+@dataclass
+class Level:
+    concurrency: int
+    seconds: float
+    answers: list[Answer]
+    cpu: tuple[float, float]  # the server's main thread and whole process, CPU seconds
+
+
+async def measure(url: str, pid: int, args: argparse.Namespace) -> tuple[str, list[Level]]:
+    """The server's answer to QUESTIONS[0] (also its warm-up), and each level's `level` closed-loop users."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
     async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await until_healthy(client, url)
         answer = await capital_of_france(client, url, args.model)
         for level in args.levels:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds(pid)
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
-            results.append((level, time.perf_counter() - started, [a for answers in users for a in answers]))
+            seconds, used = time.perf_counter() - started, cpu_seconds(pid)
+            cpu = (used[0] - cpu[0], used[1] - cpu[1])
+            results.append(Level(level, seconds, [a for answers in users for a in answers], cpu))
     return answer, results
 
 
@@ -271,13 +293,15 @@ async def user(
     return answers
 
 
-def report(kind: str, results: list[tuple[int, float, list[Answer]]]) -> dict[int, float]:
+def report(kind: str, results: list[Level]) -> dict[int, float]:
     print(kind)
     print(
         f"{'c':>4} {'answers':>8} {'tokens':>7} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'ms/token':>9}"
+        f" {'CPU ms/token: main thread':>26} {'all':>6}"
     )
     rates = {}
-    for level, seconds, answers in results:
+    for result in results:
+        level, seconds, answers = result.concurrency, result.seconds, result.answers
         tokens = sum(a.tokens for a in answers)
         ttfts = sorted(a.ttft * 1000 for a in answers)
         per_token = [(a.seconds - a.ttft) * 1000 / (a.tokens - 1) for a in answers if a.tokens > 1]
@@ -287,6 +311,7 @@ def report(kind: str, results: list[tuple[int, float, list[Answer]]]) -> dict[in
         print(
             f"{level:>4} {len(answers):>8} {tokens:>7} {rates[level]:>7.1f} "
             f"{statistics.median(ttfts):>7.0f}ms {p95:>7.0f}ms {per_token_ms:>7.1f}ms"
+            f" {result.cpu[0] * 1000 / tokens:>26.3f} {result.cpu[1] * 1000 / tokens:>6.2f}"
         )
     return rates
 
@@ -377,8 +402,8 @@ def main() -> None:
     print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
     rates, answers = {}, {}
     for kind in args.servers:
-        with server_process(kind, args.model, max(args.levels), args.threads) as url:
-            answers[kind], results = asyncio.run(measure(url, args))
+        with server_process(kind, args.model, max(args.levels), args.threads) as (url, pid):
+            answers[kind], results = asyncio.run(measure(url, pid, args))
             print(f"  {QUESTIONS[0]} (temperature 0) {answers[kind]!r}")
             rates[kind] = report(kind, results)
     for bare in ("llama.cpp-server", "llama.cpp-server-native"):
