@@ -109,8 +109,8 @@ class WorkerServer:
             timeout_graceful_shutdown=5,
         )
         self.server = QuietServer(config)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # until the loop runs and drains on them
+            signal.signal(signum, self._exit_on_signal)
         try:
             uvloop.run(self._serve())
         finally:
@@ -137,7 +137,8 @@ class WorkerServer:
     def stop(self, now: bool = False) -> None:
         """End `serve`: after the connections close (5 s at most), or at once."""
         self.server.should_exit = True
-        self.server.force_exit = self.server.force_exit or now
+        if now:
+            self.server.force_exit = True
 
     async def _start(self) -> None:
         try:
@@ -209,11 +210,9 @@ class WorkerServer:
             await asyncio.to_thread(self.heartbeat.mark, workers.mark_drained)
             logger.info("Drained: offline until resumed")
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        loop = getattr(self, "loop", None)
-        if loop is None or not loop.is_running():
-            sys.exit(128 + signum)
-        loop.call_soon_threadsafe(self._begin_drain)
+    def _exit_on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Before the loop runs there is nothing to drain; once it runs, its own handlers drain."""
+        sys.exit(128 + signum)
 
     def _begin_drain(self) -> None:
         if self._drain_task is not None:
