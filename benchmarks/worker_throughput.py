@@ -258,10 +258,10 @@ async def measure(url: str, pid: int, args: argparse.Namespace) -> tuple[str, li
         await until_healthy(client, url)
         answer = await capital_of_france(client, url, args.model)
         for level in args.levels:
-            started, cpu = time.perf_counter(), cpu_seconds(pid)
+            started, before = time.perf_counter(), cpu_seconds(pid)
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
-            seconds, used = time.perf_counter() - started, cpu_seconds(pid)
-            cpu = (used[0] - cpu[0], used[1] - cpu[1])
+            seconds, after = time.perf_counter() - started, cpu_seconds(pid)
+            cpu = (after[0] - before[0], after[1] - before[1])
             results.append(Level(level, seconds, [a for answers in users for a in answers], cpu))
     return answer, results
 
