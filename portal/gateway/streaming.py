@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from portal.gateway.client import fault_name, timed_out
 from portal.gateway.errors import GatewayError, worker_failed, worker_timeout
 from portal.gateway.figures import clean_usage
 from portal.gateway.prepare import Prepared
@@ -188,8 +189,8 @@ class ChatStream:
             await self._ticket.recorded()
             await self._read_to_end()
         except (httpx2.HTTPError, WorkerDied) as exc:
-            error = worker_timeout(timeout_seconds()) if isinstance(exc, httpx2.TimeoutException) else None
-            error = error or worker_failed(f"the stream broke ({type(exc).__name__}).")
+            error = worker_timeout(timeout_seconds()) if timed_out(exc) else None
+            error = error or worker_failed(f"the stream broke ({fault_name(exc)}).")
             self._ticket.finish(UsageStatus.ERROR, error)
             yield [json.dumps(error.to_openai())]
         finally:

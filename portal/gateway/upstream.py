@@ -14,6 +14,7 @@ import httpx2
 from django.conf import settings
 
 from portal.gateway import queue
+from portal.gateway.client import fault_name, timed_out
 from portal.gateway.errors import (
     GatewayError,
     credentials_refused,
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Timeouts before the request left this portal: the worker never saw it, another may take it.
-NEVER_SENT = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 COLD_POLL_SECONDS = 0.25  # how often the head of a model's queue looks for a worker that is coming
 CREDENTIALS_LOG_SECONDS = 60.0  # a worker refusing the token is logged at most this often
 LOGGED_WORKERS_CAP = 10_000
@@ -225,7 +224,7 @@ class _Tries:
         self.gateway.counters.exclude(worker.id)
         self.failed.add(worker.id)
         self.failures += 1
-        self.last_error = worker_failed(f"{worker.identity} failed before answering ({type(exc).__name__}).")
+        self.last_error = worker_failed(f"{worker.identity} failed before answering ({fault_name(exc)}).")
         self.left = (worker.identity, "connection")
 
     def served(self) -> None:
@@ -307,7 +306,7 @@ async def with_failover(model: ResolvedModel, ticket: Ticket, attempt: Callable[
             except GatewayError as exc:
                 tries.refused(worker, exc)
             except (httpx2.HTTPError, WorkerDied) as exc:
-                if isinstance(exc, httpx2.TimeoutException) and not isinstance(exc, NEVER_SENT):
+                if timed_out(exc):
                     ticket.abort_on_finish = True
                     raise worker_timeout(timeout_seconds()) from None
                 tries.broke(worker, exc)
