@@ -1,8 +1,9 @@
-"""The floor of any relay on our stack: a bare ASGI app under daphne, streaming through httpx2.
+"""The floor of any relay on our stack: a bare ASGI app under daphne, streaming through the portal's client.
 
 No authentication, limits, dispatch, queue or usage record: only the hop
-(daphne in front, a pooled httpx2 client behind). `gateway_overhead.py`
-runs it beside the portal, so the portal's own cost is the difference.
+(daphne in front; behind, a pooled httpx2 client on aiohttp's transport, as
+the portal's). `gateway_overhead.py` runs it beside the portal, so the
+portal's own cost is the difference.
 
     UPSTREAM=http://127.0.0.1:PORT daphne -b 127.0.0.1 -p PORT2 benchmarks.bare_relay:app
 """
@@ -13,6 +14,7 @@ import os
 from typing import Any
 
 import httpx2
+from httpx_aiohttp.httpx2 import AiohttpTransport
 
 _client: httpx2.AsyncClient | None = None
 
@@ -29,7 +31,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     if _client is None:
         limits = httpx2.Limits(max_connections=1024, max_keepalive_connections=1024)
-        _client = httpx2.AsyncClient(timeout=300, limits=limits)
+        _client = httpx2.AsyncClient(timeout=300, transport=AiohttpTransport(limits=limits, trust_env=False))
     url = os.environ["UPSTREAM"] + scope["path"]
     request = _client.build_request("POST", url, content=body, headers={"Content-Type": "application/json"})
     response = await _client.send(request, stream=True)

@@ -8,8 +8,8 @@ each concurrency level streams the same chat requests to the worker directly
 and through the portal. Two engines: the canned-token engine (a named fake,
 no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU
 (llama.cpp unless `--backend` says otherwise).
-Beside them, a bare relay (`benchmarks/bare_relay.py`: daphne and a pooled
-httpx2 client, nothing else), the floor of any relay on this stack.
+Beside them, a bare relay (`benchmarks/bare_relay.py`: daphne and the portal's
+pooled client, httpx2 on aiohttp, nothing else), the floor of any relay on this stack.
 Reported: added TTFT p50/p95 (portal − direct), the bare relay's added p50,
 and throughput ratios portal ÷ direct and bare ÷ direct, for arrivals spread
 over time (independent users) and in synchronized waves. The client, the
