@@ -4,8 +4,8 @@ The gateway holds one per event loop (`Gateway.client`), so that a request
 does not pay a TCP handshake. Its API is httpx2's (tests pass their own
 transports); its network layer is aiohttp's (httpx-aiohttp's transport),
 whose C parser and pool relay a stream's chunks with less CPU than httpx2's
-own: at 64 concurrent streams from a canned worker the portal kept 0.97–1.00
-of direct throughput with it, 0.83–0.85 without (benchmarks/gateway_overhead.py).
+own: at 64 concurrent streams from a canned worker, side by side, the portal
+kept 0.81–0.91 of direct throughput with it, 0.71–0.83 without (README).
 """
 
 from __future__ import annotations
