@@ -60,19 +60,22 @@ async def _failure(handler: Handler | None, read_timeout: float = 5.0) -> httpx2
     return info.value
 
 
-async def _read_head(reader: asyncio.StreamReader) -> None:
-    await reader.readuntil(b"\r\n\r\n")
-    await reader.readuntil(b"}")  # the JSON body, {}
+def _worker(sends: bytes, then_wait: float = 0.0) -> Handler:
+    """A worker that reads the request, sends `sends`, waits `then_wait` seconds and hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"}")  # the JSON body, {}
+        writer.write(sends)
+        await writer.drain()
+        await asyncio.sleep(then_wait)
+        writer.close()
+
+    return handle
 
 
 async def test_a_whole_stream_reads_as_sent():
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(HEAD + CHUNK + CHUNK + b"0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async with _serving(answer) as port:
+    async with _serving(_worker(HEAD + CHUNK + CHUNK + b"0\r\n\r\n")) as port:
         assert b"".join(await _fetch(port)) == EVENT + EVENT
 
 
@@ -84,36 +87,19 @@ async def test_a_refused_connection_was_never_sent():
 
 
 async def test_a_connection_dropped_before_the_answer_is_not_a_timeout():
-    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.close()
-
-    error = await _failure(drop)
+    error = await _failure(_worker(b""))
     assert not timed_out(error)
     assert fault_name(error) == "ServerDisconnectedError"
 
 
 async def test_a_stream_cut_after_its_first_event_breaks():
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(HEAD + CHUNK)
-        await writer.drain()
-        writer.close()
-
-    error = await _failure(cut)
+    error = await _failure(_worker(HEAD + CHUNK))
     assert isinstance(error, httpx2.ReadError)
     assert not timed_out(error)
     assert fault_name(error) == "ClientPayloadError"
 
 
 async def test_a_worker_that_stops_sending_times_out():
-    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(HEAD + CHUNK)
-        await writer.drain()
-        await asyncio.sleep(3)
-        writer.close()
-
-    error = await _failure(stall, read_timeout=0.3)
+    error = await _failure(_worker(HEAD + CHUNK, then_wait=3), read_timeout=0.3)
     assert timed_out(error)
     assert isinstance(error, httpx2.ReadTimeout)
