@@ -30,7 +30,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         more = message.get("more_body", False)
     if _client is None:
-        limits = httpx2.Limits(max_connections=1024, max_keepalive_connections=1024)
+        limits = httpx2.Limits(max_connections=1024)  # aiohttp's pool keeps every idle connection it may
         _client = httpx2.AsyncClient(timeout=300, transport=AiohttpTransport(limits=limits, trust_env=False))
     url = os.environ["UPSTREAM"] + scope["path"]
     request = _client.build_request("POST", url, content=body, headers={"Content-Type": "application/json"})
