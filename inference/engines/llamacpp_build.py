@@ -17,7 +17,7 @@ matter: on the development machine the native build decoded one sequence as
 fast as the wheel, and eight float16 ones 1.6× as fast. Where
 LLAMACPP_NATIVE=on, a ready build is loaded whatever its trial said.
 
-One build per xllamacpp version and CPU feature set, under
+One build per xllamacpp version, CPU feature set and build recipe, under
 `<root>/xllamacpp-<version>-<cpu key>/`: `site/` (the unpacked wheel, put
 first on `sys.path` by `activate`), `llama-server` (the same tree's server,
 for benchmarks) and `build.json`, written last: a folder without it is not a
@@ -37,6 +37,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -48,8 +49,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-# CMake options of the native build: no GitHub-fetched parts, this CPU's instructions.
-NATIVE_CMAKE_ARGS = "-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON"
+# The compiler flags that keep AMX out of a native build: llama.cpp's AMX kernels crash at their first
+# matrix product (SIGSEGV at `ldtilecfg`, its tile configuration) on the AMX machines we run on, while
+# AVX-512 with VNNI and BF16 serves the same models. GCC and Clang let an explicit -mno-* win over
+# -march=native, whatever their order.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# CMake options of the native build: no GitHub-fetched parts, this CPU's instructions but AMX.
+NATIVE_CMAKE_ARGS = (
+    "-DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON"
+    f" '-DCMAKE_C_FLAGS={NO_AMX}' '-DCMAKE_CXX_FLAGS={NO_AMX}'"
+)
 # The /proc/cpuinfo flags that change what ggml's CPU backend compiles to.
 CPU_FLAGS = (
     "avx", "avx2", "f16c", "fma", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512cd", "avx512dq",
@@ -108,12 +117,17 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_key(flags: set[str]) -> str:
-    """A short name for the feature set ggml compiles for: its best level and a hash of its flags."""
+    """A short name for what a build compiles to: its best level and a hash of its flags and recipe.
+
+    The recipe (NATIVE_CMAKE_ARGS) is in the hash so that a build made, or failed, with other
+    options is not taken for this one: a changed recipe builds once more.
+    """
     relevant = sorted(flags & set(CPU_FLAGS))
     level = (
         "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "avx" if "avx" in flags else "sse"
     )
-    digest = hashlib.sha256(" ".join([platform.machine(), *relevant]).encode()).hexdigest()[:10]
+    recipe = [platform.machine(), *relevant, NATIVE_CMAKE_ARGS]
+    digest = hashlib.sha256(" ".join(recipe).encode()).hexdigest()[:10]
     return f"{level}-{digest}"
 
 
@@ -276,8 +290,16 @@ def _probe(folder: Path) -> str:
         [sys.executable, "-c", code, str(folder / "site")], capture_output=True, text=True, timeout=120
     )
     if done.returncode != 0:
-        raise BuildFailed(f"the built xllamacpp does not load: {done.stderr.strip()[-500:]}")
+        raise BuildFailed(f"the built xllamacpp does not load: {_failure(done)}")
     return label(done.stdout, native=True)
+
+
+def _failure(done: subprocess.CompletedProcess[str]) -> str:
+    """Why a trial process failed: its last words, or the signal that killed it (a crash says nothing)."""
+    said = done.stderr.strip()[-500:]
+    if done.returncode < 0:
+        return f"killed by {signal.Signals(-done.returncode).name}" + (f": {said}" if said else "")
+    return said or f"exit status {done.returncode}"
 
 
 def is_faster(speeds: dict[str, dict[str, float]]) -> bool:
@@ -299,7 +321,7 @@ def _trial(folder: Path, work: Path) -> dict[str, dict[str, float]]:
                 command = [sys.executable, "-c", TRIAL, site, str(gguf), str(os.cpu_count() or 1)]
                 done = subprocess.run(command, capture_output=True, text=True, timeout=300)
                 if done.returncode != 0:
-                    raise BuildFailed(f"the {name} build did not generate: {done.stderr.strip()[-500:]}")
+                    raise BuildFailed(f"the {name} build did not generate: {_failure(done)}")
                 speeds[model][name] = max(speeds[model][name], round(float(done.stdout.split()[-1]), 1))
     return speeds
 

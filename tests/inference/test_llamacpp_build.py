@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,6 +31,44 @@ def test_a_build_is_named_by_what_the_cpu_has_and_labelled_by_what_llama_cpp_com
         llamacpp_build.label("CPU : AVX = 1 | AVX2 = 1 | AVX512 = 0 |", native=False)
         == "llama.cpp portable avx2"
     )
+
+
+def test_a_build_with_another_recipe_is_another_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build made, or failed, with other CMake arguments is not taken for this one."""
+    flags = {"avx", "avx2", "avx512f", "amx_tile"}
+    key = llamacpp_build.cpu_key(flags)
+    monkeypatch.setattr(llamacpp_build, "NATIVE_CMAKE_ARGS", "-DGGML_NATIVE=ON")
+    assert llamacpp_build.cpu_key(flags) != key
+
+
+def test_the_native_build_leaves_amx_out_and_nothing_else_march_native_turns_on() -> None:
+    """The flags reach both compilers as one argument each (xllamacpp splits CMAKE_ARGS with shlex)."""
+    arguments = shlex.split(llamacpp_build.NATIVE_CMAKE_ARGS)
+    no_amx = llamacpp_build.NO_AMX
+    assert {f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}", "-DGGML_NATIVE=ON"} <= set(arguments)
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no gcc here")
+
+    def macros(*flags: str) -> set[str]:
+        command = [compiler, *flags, "-march=native", "-dM", "-E", "-"]
+        return set(
+            subprocess.run(command, input="", capture_output=True, text=True, check=True).stdout.splitlines()
+        )
+
+    native, built = macros(), macros(*no_amx.split())
+    assert not any("AMX" in line for line in built)
+    assert all("AMX" in line for line in native - built)
+
+
+def test_a_trial_that_crashed_says_which_signal_killed_it() -> None:
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True)
+    assert llamacpp_build._failure(done) == "killed by SIGSEGV"
+    failed = subprocess.run(
+        [sys.executable, "-c", "raise SystemExit('no model')"], capture_output=True, text=True
+    )
+    assert llamacpp_build._failure(failed) == "no model"
 
 
 def test_a_build_is_made_once_and_a_failed_one_is_kept_until_forced(
