@@ -173,14 +173,23 @@ def label(system_info: str, native: bool) -> str:
     return f"llama.cpp {'native' if native else 'portable'} {level.lower() or 'generic'}".rstrip()
 
 
-def activate(root: Path, forced: bool = False) -> bool:
-    """Put this machine's native build first on sys.path if it is adopted; True if it was put there.
+def loads_native(root: Path, setting: str) -> bool:
+    """Whether a worker started with LLAMACPP_NATIVE=`setting` loads this machine's native build.
+
+    `off`: never; `auto`: a ready build that won its trial; `on`: any ready build.
+    """
+    folder = current_dir(root)
+    return setting != "off" and folder is not None and is_adopted(folder, forced=setting == "on")
+
+
+def activate(root: Path, setting: str) -> bool:
+    """Put this machine's native build first on sys.path where `setting` loads it; True if it was put there.
 
     Called before anything imports xllamacpp (the worker does it first thing);
     otherwise the installed portable wheel loads.
     """
     folder = current_dir(root)
-    if "xllamacpp" in sys.modules or folder is None or not is_adopted(folder, forced):
+    if "xllamacpp" in sys.modules or folder is None or not loads_native(root, setting):
         return False
     sys.path.insert(0, str(folder / "site"))
     return True

@@ -17,8 +17,7 @@ from inference.sampling import SamplingParams
 from portal import env
 
 # The llama.cpp engine tests run on the build a worker here loads: the native one once it is built.
-if env.LLAMACPP_NATIVE != "off":
-    llamacpp_build.activate(env.LLAMACPP_BUILD_DIR, forced=env.LLAMACPP_NATIVE == "on")
+llamacpp_build.activate(env.LLAMACPP_BUILD_DIR, env.LLAMACPP_NATIVE)
 
 
 @pytest.fixture(scope="session")

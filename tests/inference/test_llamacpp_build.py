@@ -128,8 +128,9 @@ def test_a_build_is_adopted_only_where_its_trial_decoded_faster_than_the_wheel(
     info = json.loads((folder / "build.json").read_text())
     assert info["trial_tokens_per_s"] == speeds
     assert info["adopted"] is adopted
-    assert llamacpp_build.is_adopted(folder) is adopted  # LLAMACPP_NATIVE=auto
-    assert llamacpp_build.is_adopted(folder, forced=True)  # =on: loaded all the same
+    assert llamacpp_build.loads_native(tmp_path, "auto") is adopted
+    assert llamacpp_build.loads_native(tmp_path, "on")  # loaded all the same
+    assert not llamacpp_build.loads_native(tmp_path, "off")
 
 
 def test_the_trial_decodes_with_the_wheel_and_prints_its_speed() -> None:

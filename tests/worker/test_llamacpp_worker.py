@@ -38,9 +38,7 @@ def llama() -> Iterator[WorkerProcess]:
 
 
 def test_the_worker_says_which_engine_serves_and_answers_paris(llama: WorkerProcess) -> None:
-    folder = llamacpp_build.current_dir(env.LLAMACPP_BUILD_DIR)
-    forced = env.LLAMACPP_NATIVE == "on"
-    native = env.LLAMACPP_NATIVE != "off" and folder is not None and llamacpp_build.is_adopted(folder, forced)
+    native = llamacpp_build.loads_native(env.LLAMACPP_BUILD_DIR, env.LLAMACPP_NATIVE)
     build = "native" if native else "portable"
     assert re.search(
         rf"Engine: llamacpp on cpu \(llama\.cpp {build} \w+, SmolLM2-135M-Instruct", llama.output

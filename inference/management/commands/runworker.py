@@ -189,11 +189,11 @@ class Command(BaseCommand):
             raise CommandError("--stream-interval and --max-concurrency must be at least 1.")
         token = options["worker_token"] or settings.WORKER_TOKEN
         check_exposure(options["host"], token)
-        if options["backend"] in ("llamacpp", "auto") and settings.LLAMACPP_NATIVE != "off":
+        if options["backend"] in ("llamacpp", "auto"):
             from inference.engines import llamacpp_build
 
             # llama.cpp built for this CPU, where it is ready and adopted
-            llamacpp_build.activate(settings.LLAMACPP_BUILD_DIR, forced=settings.LLAMACPP_NATIVE == "on")
+            llamacpp_build.activate(settings.LLAMACPP_BUILD_DIR, settings.LLAMACPP_NATIVE)
         engine = build_engine(engine_config(options), options["backend"])
         info = engine.info
         if options["seed"] is not None and info.backend != "vllm":
