@@ -48,6 +48,8 @@ from registry.services.controls import remove_workers
 logger = logging.getLogger(__name__)
 
 MAX_CRASHES = 5
+# Deaths of a fault in native code: what a build that miscompiled, or a kernel that misbehaves, ends in.
+NATIVE_FAULTS = frozenset({signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE})
 MAX_BACKOFF_SECONDS = 60.0
 STABLE_AFTER = timedelta(seconds=60)  # ready this long: its crash count starts again from zero
 CATALOGUE_EVERY = 60.0  # seconds between rescans of the model folders
@@ -217,6 +219,7 @@ class Agent:
         if process is not None:
             self.processes.pop(instance.pk)
             self.crashed(instance, process.exit_description())
+            self.blame_native_build(instance, process)
         elif instance.state in (InstanceState.STARTING, InstanceState.READY):
             self.crashed(instance, "was not running when this agent started")
         if instance.state in (InstanceState.PENDING, InstanceState.CRASHED) and (
@@ -240,6 +243,17 @@ class Agent:
             pid=None,
         )
 
+    def blame_native_build(self, instance: Instance, process: WorkerProcess) -> None:
+        """Set the native llama.cpp build aside if a llama.cpp worker on it died of a native fault."""
+        if self.native is None or not process.on_native_build or process.killed_by() not in NATIVE_FAULTS:
+            return
+        # `auto` may have chosen another engine: its registration (if it got that far) says which.
+        ran_llamacpp = instance.deployment.backend == "llamacpp" or (
+            Worker.objects.filter(identity=instance.identity, backend="llamacpp").exists()
+        )
+        if ran_llamacpp:
+            self.native.set_aside(instance.identity, process.exit_description())
+
     def start(self, instance: Instance) -> None:
         options = self.options
         port = free_port(options.worker_host)
@@ -255,6 +269,7 @@ class Agent:
             return
         log_path = options.log_dir / f"{instance.deployment.name}-{instance.pk}.log"
         process = WorkerProcess.start(command, worker_environment(secrets.token_urlsafe(50)), log_path)
+        process.on_native_build = self.native is not None and self.native.in_use()
         self.processes[instance.pk] = process
         restarted = instance.state == InstanceState.CRASHED
         logger.info("Started %s on port %d (pid %d)", instance.identity, port, process.pid)

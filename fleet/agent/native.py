@@ -11,6 +11,11 @@ so the model stays served. A build slower than the wheel is kept, unused.
 A failed build is logged and not retried (the portable wheel keeps serving;
 `manage.py build_llamacpp --force` retries). An agent that stops kills a
 build still under way; the next one starts it again.
+
+And back: a llama.cpp worker that loaded the build and died of a fault in
+native code (SIGILL, SIGSEGV, SIGBUS, SIGFPE) sets the build aside, and its
+restart, like every later start on this node, loads the portable wheel. The
+trial decodes one model; another model's kernels are first run by a worker.
 """
 
 from __future__ import annotations
@@ -75,6 +80,22 @@ class NativeBuild:
             self.pending = False
             logger.warning("The native llama.cpp build failed; see %s", self.log_path)
         return False
+
+    def in_use(self) -> bool:
+        """Whether a llama.cpp worker started now loads this build."""
+        return self.folder is not None and llamacpp_build.is_adopted(self.folder, self.forced)
+
+    def set_aside(self, identity: str, how: str) -> None:
+        """A worker that loaded this build died of a native fault: later starts load the portable wheel."""
+        if self.folder is None or not llamacpp_build.is_ready(self.folder):
+            return  # set aside already (another of its workers died first)
+        llamacpp_build.set_aside(self.folder, f"{identity} {how} on this build")
+        logger.warning(
+            "%s %s on the native llama.cpp build: set aside, llama.cpp workers here start on the portable "
+            "wheel (`manage.py build_llamacpp --force` builds it again)",
+            identity,
+            how,
+        )
 
     def stop(self) -> None:
         """Kill a build still under way (its whole session: pip, cmake, the compilers)."""

@@ -59,6 +59,7 @@ class WorkerProcess:
         self.command = command
         self.started = started
         self.popen = popen
+        self.on_native_build = False  # started while the native llama.cpp build was in use
 
     @classmethod
     def start(cls, command: list[str], environment: dict[str, str], log_path: Path) -> WorkerProcess:
@@ -89,10 +90,15 @@ class WorkerProcess:
     def exit_description(self) -> str:
         if self.popen is None:
             return "exited (an adopted process: its exit code is unknown)"
-        code = self.popen.returncode
-        if code is not None and code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exited with code {code}"
+        killer = self.killed_by()
+        if killer is not None:
+            return f"killed by {killer.name}"
+        return f"exited with code {self.popen.returncode}"
+
+    def killed_by(self) -> signal.Signals | None:
+        """The signal that ended it (a process this agent started and reaped); None otherwise."""
+        code = self.popen.returncode if self.popen is not None else None
+        return signal.Signals(-code) if code is not None and code < 0 else None
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -166,6 +166,15 @@ def has_failed(folder: Path) -> bool:
     return (folder / "failed.json").is_file()
 
 
+def set_aside(folder: Path, reason: str) -> None:
+    """Stop loading a build that crashed a worker: it becomes a failed build (`build --force` makes it again).
+
+    Its trial decodes one model; a fault on another model's path shows only when a worker runs it.
+    """
+    _write_json(folder / "failed.json", {"error": reason, "at": time.time()})
+    (folder / "build.json").unlink(missing_ok=True)  # after: never ready and not failed at once
+
+
 def label(system_info: str, native: bool) -> str:
     """`llama.cpp native avx512` from llama.cpp's system info (`AVX512 = 1 | ...`)."""
     features = set(re.findall(r"(\w+) = 1", system_info))

@@ -26,10 +26,16 @@ AGENT_TIMERS = ("--interval", "0.5", "--restart-backoff", "0.1")
 
 
 class AgentProcess:
-    def __init__(self, name: str, log_dir: Path, model_dirs: list[Path] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        model_dirs: list[Path] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="agent-", suffix=".log", delete=False)  # noqa: SIM115
         dirs = ",".join(str(d) for d in model_dirs or [])
-        env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir), "MODEL_DIRS": dirs})
+        env = subprocess_env({**AGENT_ENV, "LOG_DIR": str(log_dir), "MODEL_DIRS": dirs, **(env or {})})
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "runagent", "--name", name, *AGENT_TIMERS],
             cwd=REPO_ROOT,

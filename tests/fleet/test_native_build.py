@@ -1,7 +1,8 @@
 """The agent's native llama.cpp build: started once in the background, then a rolling restart of llama.cpp.
 
 A stand-in command plays the build (the real one compiles for minutes; see
-`manage.py build_llamacpp`): it writes the folder's build.json, or fails.
+`manage.py build_llamacpp`): it writes the folder's build.json, or fails. A
+stand-in build that crashes is loaded by a real worker under a real agent.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import pytest
 from django.utils import timezone
 
 from fleet.agent.native import NativeBuild, restart_llamacpp_deployments
-from fleet.models import Deployment, Node
+from fleet.models import Deployment, Instance, InstanceState, Node
 from fleet.services import deployments
 from fleet.services.scheduler import reconcile
 from inference.engines import llamacpp_build
 from registry.models import Worker
+from tests.fleet.agents import AgentProcess, kill_workers_of
+from tests.processes import wait_for
 
 pytest.importorskip("xllamacpp")
 
@@ -93,3 +96,42 @@ def test_only_the_deployments_running_llama_cpp_here_roll() -> None:
     assert sorted(d.name for d in rolled) == ["auto", "llama"]
     generations = {d.name: d.generation for d in Deployment.objects.all()}
     assert generations == {"llama": 2, "auto": 2, "other": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_a_build_that_crashes_a_worker_is_set_aside_and_the_worker_comes_back_on_the_wheel(
+    tmp_path: Path,
+) -> None:
+    """A ready, adopted build whose xllamacpp dies of SIGSEGV on import: one crash, then the wheel."""
+    root = tmp_path / "llamacpp"
+    folder = llamacpp_build.current_dir(root)
+    assert folder is not None
+    (folder / "site" / "xllamacpp").mkdir(parents=True)
+    crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    (folder / "site" / "xllamacpp" / "__init__.py").write_text(crash)
+    (folder / "build.json").write_text(json.dumps({"adopted": True}))
+    env = {"LLAMACPP_NATIVE": "auto", "LLAMACPP_BUILD_DIR": str(root)}
+    agent = AgentProcess("node-native", tmp_path / "logs", env=env)
+    try:
+        deployments.create_deployment(
+            name="smol-native", model_path="smollm2-135m-instruct", backend="llamacpp", replicas=1
+        )
+        reconcile()
+
+        def ready() -> Instance | None:
+            return Instance.objects.filter(deployment__name="smol-native", state=InstanceState.READY).first()
+
+        assert wait_for(lambda: ready() is not None, timeout=240, interval=0.5), agent.output()
+        instance = ready()
+        assert instance is not None
+        assert instance.restarts == 1  # one crash on the build, then the wheel
+        assert "killed by SIGSEGV on the native llama.cpp build: set aside" in agent.output()
+        assert not llamacpp_build.is_ready(folder)
+        assert "killed by SIGSEGV" in json.loads((folder / "failed.json").read_text())["error"]
+        worker = Worker.objects.get(identity=instance.identity)
+        assert worker.build.startswith("llama.cpp portable"), worker.build
+    finally:
+        agent.stop()
+        kill_workers_of("smol-native")

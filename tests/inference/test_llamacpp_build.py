@@ -133,6 +133,28 @@ def test_a_build_is_adopted_only_where_its_trial_decoded_faster_than_the_wheel(
     assert not llamacpp_build.loads_native(tmp_path, "off")
 
 
+def test_a_build_set_aside_is_a_failed_build_until_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[Path] = []
+    monkeypatch.setattr(llamacpp_build, "_build_into", lambda folder, work, jobs, log: built.append(folder))
+    monkeypatch.setattr(llamacpp_build, "_probe", lambda folder: "llama.cpp native avx512")
+    monkeypatch.setattr(
+        llamacpp_build, "_trial", lambda folder, work: {"m": {"native": 2.0, "portable": 1.0}}
+    )
+    folder = llamacpp_build.build(tmp_path, jobs=1, log=io.StringIO())
+    assert llamacpp_build.loads_native(tmp_path, "auto")
+    llamacpp_build.set_aside(folder, "node-1/smol-1 killed by SIGSEGV on this build")
+    assert not llamacpp_build.loads_native(tmp_path, "on")
+    assert llamacpp_build.has_failed(folder)
+    llamacpp_build.build(tmp_path, jobs=1, log=io.StringIO())
+    assert len(built) == 1  # not built again by itself
+    llamacpp_build.build(tmp_path, jobs=1, force=True, log=io.StringIO())
+    assert len(built) == 2
+    assert llamacpp_build.loads_native(tmp_path, "auto")
+    assert not llamacpp_build.has_failed(folder)
+
+
 def test_the_trial_decodes_with_the_wheel_and_prints_its_speed() -> None:
     """The trial's script run for real, on the portable wheel (the native side is the same with its site)."""
     from inference.loading import packaged_model_path
