@@ -172,7 +172,7 @@ def set_aside(folder: Path, reason: str) -> None:
     Its trial decodes one model; a fault on another model's path shows only when a worker runs it.
     """
     _write_json(folder / "failed.json", {"error": reason, "at": time.time()})
-    (folder / "build.json").unlink(missing_ok=True)  # after: never ready and not failed at once
+    (folder / "build.json").unlink(missing_ok=True)  # second: never neither ready nor failed (rebuilt)
 
 
 def label(system_info: str, native: bool) -> str:
