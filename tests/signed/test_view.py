@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import AsyncClient
 from django.urls import path
 from rest_framework.authentication import BasicAuthentication
+from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from portal.gateway.gateway import current
@@ -86,7 +87,7 @@ async def test_methods_other_than_post_are_405(method: str) -> None:
 
 def test_drfs_sync_authenticate_hook_never_passes_a_request() -> None:
     # The signature is in the body: only the view's async path verifies it.
-    request = APIRequestFactory().post("/api/echo", {}, format="json")
+    request = Request(APIRequestFactory().post("/api/echo", {}, format="json"))  # as DRF passes it
     for policy in (Sha256Signature(), Sm2Signature(), PlainSignature()):
         with pytest.raises(NotImplementedError):
             policy.authenticate(request)
