@@ -182,13 +182,17 @@ def label(system_info: str, native: bool) -> str:
     return f"llama.cpp {'native' if native else 'portable'} {level.lower() or 'generic'}".rstrip()
 
 
-def loads_native(root: Path, setting: str) -> bool:
-    """Whether a worker started with LLAMACPP_NATIVE=`setting` loads this machine's native build.
+def native_folder(root: Path, setting: str) -> Path | None:
+    """The build folder a worker started with LLAMACPP_NATIVE=`setting` loads; None: the portable wheel.
 
     `off`: never; `auto`: a ready build that won its trial; `on`: any ready build.
     """
-    folder = current_dir(root)
-    return setting != "off" and folder is not None and is_adopted(folder, forced=setting == "on")
+    folder = current_dir(root) if setting != "off" else None
+    return folder if folder is not None and is_adopted(folder, forced=setting == "on") else None
+
+
+def loads_native(root: Path, setting: str) -> bool:
+    return native_folder(root, setting) is not None
 
 
 def activate(root: Path, setting: str) -> bool:
@@ -197,8 +201,8 @@ def activate(root: Path, setting: str) -> bool:
     Called before anything imports xllamacpp (the worker does it first thing);
     otherwise the installed portable wheel loads.
     """
-    folder = current_dir(root)
-    if "xllamacpp" in sys.modules or folder is None or not loads_native(root, setting):
+    folder = None if "xllamacpp" in sys.modules else native_folder(root, setting)
+    if folder is None:
         return False
     sys.path.insert(0, str(folder / "site"))
     return True
