@@ -1,9 +1,9 @@
 """The floor of any relay on our stack: a bare ASGI app under daphne, streaming through the portal's client.
 
 No authentication, limits, dispatch, queue or usage record: only the hop
-(daphne in front; behind, a pooled httpx2 client on aiohttp's transport, as
-the portal's). `gateway_overhead.py` runs it beside the portal, so the
-portal's own cost is the difference.
+(daphne in front, writing at once as the portal's does; behind, a pooled
+httpx2 client on aiohttp's transport, as the portal's). `gateway_overhead.py`
+runs it beside the portal, so the portal's own cost is the difference.
 
     UPSTREAM=http://127.0.0.1:PORT daphne -b 127.0.0.1 -p PORT2 benchmarks.bare_relay:app
 """
@@ -15,6 +15,10 @@ from typing import Any
 
 import httpx2
 from httpx_aiohttp.httpx2 import AiohttpTransport
+
+from portal import eager_writes
+
+eager_writes.install()
 
 _client: httpx2.AsyncClient | None = None
 

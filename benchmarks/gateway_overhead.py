@@ -11,7 +11,8 @@ no model: isolates the gateway's own cost) and SmolLM2-135M on the CPU
 Beside them, a bare relay (`benchmarks/bare_relay.py`: daphne and the portal's
 pooled client, httpx2 on aiohttp, nothing else), the floor of any relay on this stack.
 Reported: added TTFT p50/p95 (portal − direct), the bare relay's added p50,
-and throughput ratios portal ÷ direct and bare ÷ direct, for arrivals spread
+throughput ratios portal ÷ direct and bare ÷ direct, the CPU each relay
+process spent a request (user + system, from /proc: steadier than the ratios), for arrivals spread
 over time (independent users) and in synchronized waves. The client, the
 relays and the worker share the machine's cores: at high concurrency the
 ratios measure how much CPU a relay takes from the others as much as its
@@ -94,6 +95,21 @@ async def measure(
     return Run([r[0] for r in results], sum(r[1] for r in results), elapsed)
 
 
+def cpu_ms(pid: int) -> float:
+    """The process's CPU time so far (user + system), in ms."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(
+    pid: int, url: str, body: dict, headers: dict, level: int, total: int, spread: float
+) -> tuple[Run, float]:
+    """`measure`, and the CPU process `pid` spent on it, in ms a request."""
+    before = cpu_ms(pid)
+    run = asyncio.run(measure(url, body, headers, level, total, spread))
+    return run, (cpu_ms(pid) - before) / total
+
+
 def environment(tmp: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -171,8 +187,8 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
             spread = single.seconds / 4  # one request's duration: arrivals spread over it
             print(f"\n== {label}: {args.max_tokens} tokens per request")
             header = ("arrivals", "c", "direct p50", "portal p50", "added p50", "added p95", "ratio",
-                      "bare added p50", "bare ratio")  # fmt: skip
-            print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6} {:>15} {:>10}".format(*header))
+                      "cpu/req", "bare added p50", "bare ratio", "bare cpu/req")  # fmt: skip
+            print("{:>8} {:>3} {:>11} {:>11} {:>10} {:>10} {:>6} {:>8} {:>15} {:>10} {:>12}".format(*header))
             for level in args.levels:
                 total = max(4 * level, args.requests_per_level)  # each client sends 4 or more
                 for arrivals, offset in (("spread", spread), ("waves", 0.0)):
@@ -181,20 +197,20 @@ def bench_engine(label: str, worker_args: list[str], env: dict[str, str], args: 
                     direct = asyncio.run(
                         measure(f"{worker.address}/v1/chat/completions", body, {}, level, total, offset)
                     )
-                    relayed = asyncio.run(
-                        measure(f"{portal.url}/v1/chat/completions", body, auth, level, total, offset)
+                    relayed, cpu = measure_cpu(
+                        portal.proc.pid, f"{portal.url}/v1/chat/completions", body, auth, level, total, offset
                     )
-                    floor = asyncio.run(
-                        measure(f"{bare_url}/v1/chat/completions", body, {}, level, total, offset)
+                    floor, bare_cpu = measure_cpu(
+                        bare.pid, f"{bare_url}/v1/chat/completions", body, {}, level, total, offset
                     )
                     added50 = relayed.pct(0.5) - direct.pct(0.5)
                     added95 = relayed.pct(0.95) - direct.pct(0.95)
                     ratio = relayed.throughput / direct.throughput
                     print(
                         f"{arrivals:>8} {level:>3} {direct.pct(0.5):>9.1f}ms {relayed.pct(0.5):>9.1f}ms "
-                        f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f} "
+                        f"{added50:>8.1f}ms {added95:>8.1f}ms {ratio:>6.3f} {cpu:>6.1f}ms "
                         f"{floor.pct(0.5) - direct.pct(0.5):>13.1f}ms "
-                        f"{floor.throughput / direct.throughput:>10.3f}",
+                        f"{floor.throughput / direct.throughput:>10.3f} {bare_cpu:>10.1f}ms",
                         flush=True,
                     )
         finally:

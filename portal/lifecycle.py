@@ -1,8 +1,9 @@
 """What the portal does when its server starts and stops: start the usage writer, drain it.
 
 Daphne runs on Twisted and does not speak ASGI lifespan, so the hooks go on
-its reactor. SIGTERM stops the reactor, which waits for the drain first: a
-record of a request that finished before the signal reaches the database.
+its reactor; its TCP connections are made to write at once (`eager_writes`).
+SIGTERM stops the reactor, which waits for the drain first: a record of a
+request that finished before the signal reaches the database.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def install() -> None:
     if reactor is None:
         return
     from twisted.internet.defer import Deferred
+
+    from portal import eager_writes
+
+    eager_writes.install()
 
     def start() -> None:
         if settings.REDIS_URL:
