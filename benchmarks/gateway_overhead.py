@@ -12,7 +12,7 @@ Beside them, a bare relay (`benchmarks/bare_relay.py`: daphne and the portal's
 pooled client, httpx2 on aiohttp, nothing else), the floor of any relay on this stack.
 Reported: added TTFT p50/p95 (portal − direct), the bare relay's added p50,
 throughput ratios portal ÷ direct and bare ÷ direct, the CPU each relay
-process spent a request (user + system, from /proc: steadier than the ratios), for arrivals spread
+process spent a request (its threads' schedstat: steadier than the ratios), for arrivals spread
 over time (independent users) and in synchronized waves. The client, the
 relays and the worker share the machine's cores: at high concurrency the
 ratios measure how much CPU a relay takes from the others as much as its
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -96,9 +97,15 @@ async def measure(
 
 
 def cpu_ms(pid: int) -> float:
-    """The process's CPU time so far (user + system), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    """The CPU time the process's threads have had so far, in ms (the scheduler's count, in ns).
+
+    A thread that ended between two readings takes its time with it (the portal's pools last).
+    """
+    total = 0
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((thread / "schedstat").read_text().split()[0])
+    return total / 1e6
 
 
 def measure_cpu(
