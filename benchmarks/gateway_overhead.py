@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import httpx2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.worker_throughput import cpu_seconds  # noqa: E402
 from tests.portal_process import PortalProcess, free_port  # noqa: E402
 from tests.processes import start_worker  # noqa: E402
 
@@ -96,25 +96,13 @@ async def measure(
     return Run([r[0] for r in results], sum(r[1] for r in results), elapsed)
 
 
-def cpu_ms(pid: int) -> float:
-    """The CPU time the process's threads have had so far, in ms (the scheduler's count, in ns).
-
-    A thread that ended between two readings takes its time with it (the portal's pools last).
-    """
-    total = 0
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += int((thread / "schedstat").read_text().split()[0])
-    return total / 1e6
-
-
 def measure_cpu(
     pid: int, url: str, body: dict, headers: dict, level: int, total: int, spread: float
 ) -> tuple[Run, float]:
     """`measure`, and the CPU process `pid` spent on it, in ms a request."""
-    before = cpu_ms(pid)
+    before = cpu_seconds(pid)[1]
     run = asyncio.run(measure(url, body, headers, level, total, spread))
-    return run, (cpu_ms(pid) - before) / total
+    return run, (cpu_seconds(pid)[1] - before) * 1000 / total
 
 
 def environment(tmp: str) -> dict[str, str]:
