@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from twisted.internet import tcp
 
 _queued_write = tcp.Connection.write
-_queued_write_sequence = tcp.Connection.writeSequence
 
 
 def _nothing_queued(connection: tcp.Connection) -> bool:
@@ -41,10 +40,7 @@ def write_now(connection: tcp.Connection, data: bytes) -> None:
 
 
 def write_sequence_now(connection: tcp.Connection, iovec: Iterable[bytes]) -> None:
-    if connection.TLS:
-        _queued_write_sequence(connection, iovec)
-    else:
-        write_now(connection, b"".join(iovec))
+    write_now(connection, b"".join(iovec))  # a TLS connection's goes on to Twisted's write as one piece
 
 
 def install() -> None:
