@@ -172,9 +172,10 @@ def gguf_tokenizer(gguf: Path, *, cache_dir: Path) -> Path:
     whole conversion: the packaged SmolLM2's first start took 50 s, now 29 s, and the
     cache held 540 MB of float32 weights llama.cpp never read.
     """
-    from transformers import AutoTokenizer
 
     def write(out: Path) -> None:
+        from transformers import AutoTokenizer  # once per GGUF: later starts read the folder without it
+
         AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
 
     folder = gguf_cache_folder(gguf, cache_dir=cache_dir)

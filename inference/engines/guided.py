@@ -25,13 +25,16 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from copy import copy
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from inference.errors import InvalidRequest
 from inference.sampling import Guide
+
+if TYPE_CHECKING:
+    import torch  # the transformers engine's masks; the llama.cpp engine runs without torch
 
 # One fixed layout, `{"a": 1, "b": [2, 3]}`: with free whitespace SmolLM2 spent its tokens on
 # newlines and ran out before closing the object; with none it wrote odd keys after "{".
@@ -71,13 +74,13 @@ class Grammar:
 class GrammarCompiler:
     """Per engine: the tokenizer as llguidance sees it, a thread pool, a bitmask and compiled templates.
 
-    The llguidance tokenizer takes about a second to build from the HF one, so
-    it is built once, on first use. `eos_ids` are the ids that end a turn: the
+    The llguidance tokenizer takes about a second to build from the fast
+    tokenizer's JSON, so it is built once, on first use. `eos_ids` are the ids that end a turn: the
     grammar allows them exactly when it accepts what was generated.
     """
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int]) -> None:
-        self.hf_tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.vocab_size = max(vocab_size, len(tokenizer))
         self.eos_ids = sorted(eos_ids)
         self._lock = threading.Lock()
@@ -90,10 +93,14 @@ class GrammarCompiler:
     def ll_tokenizer(self) -> Any:
         with self._lock:
             if self._ll_tokenizer is None:
-                import llguidance.hf
+                import llguidance
 
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_ids
+                # What llguidance.hf.from_tokenizer does, without its import of transformers.
+                backend = copy(self.tokenizer.backend_tokenizer)
+                backend.no_padding()
+                backend.no_truncation()
+                self._ll_tokenizer = llguidance.LLTokenizer(
+                    backend.to_str(), n_vocab=self.vocab_size, eos_token=self.eos_ids
                 )
             return self._ll_tokenizer
 
@@ -211,6 +218,8 @@ def unpack_bitmask(bitmask: np.ndarray, vocab_size: int) -> torch.Tensor:
     numpy's unpackbits does it in a tenth of a millisecond for a batch of 16;
     shifting and masking in torch took 50 times longer here.
     """
+    import torch
+
     raw = np.ascontiguousarray(bitmask).view(np.uint8)
     bits = np.unpackbits(raw, axis=1, bitorder="little")[:, :vocab_size]
     return torch.from_numpy(bits).view(torch.bool)

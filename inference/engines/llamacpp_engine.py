@@ -9,13 +9,14 @@ Each request calls `Server.handle_completions` in a thread of its own with
 our prompt's token ids; llama.cpp streams OpenAI completion chunks into a
 callback, which hands them to the event loop and returns True to cancel the
 request (abort, or a stop token). Tokenising, the chat template and tool
-prompts stay ours (the Hugging Face tokenizer), so every engine renders the
-same prompt. A grammar is compiled by our llguidance first, so that a spec
-that does not compile is refused before a slot, naming its field. The
-portable wheel has llguidance inside and is sent the grammar as Lark; a
-build without it (the native one, `llamacpp_build`) is sent GBNF
-(`inference.engines.gbnf`), and a grammar llama.cpp cannot parse fails its
-request: never generated without its grammar.
+prompts stay ours (the model's Hugging Face tokenizer, read without torch by
+`inference.tokenizer`), so every engine renders the same prompt. A grammar
+is compiled by our llguidance first, so that a spec that does not compile
+is refused before a slot, naming its field. The portable wheel has
+llguidance inside and is sent the grammar as Lark; a build without it (the
+native one, `llamacpp_build`) is sent GBNF (`inference.engines.gbnf`), and a
+grammar llama.cpp cannot parse fails its request: never generated without
+its grammar.
 
 llama.cpp's HTTP listener (which xllamacpp always starts, on loopback) is
 locked with a random API key: the worker's own HTTP app, behind WORKER_TOKEN,
@@ -56,6 +57,7 @@ from inference.errors import InvalidRequest, ModelLoadError, RequestFailed, Wron
 from inference.loading import gguf_limits
 from inference.sampling import Guide, SamplingParams
 from inference.templates import render_chat
+from inference.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 # Idle slots' prompts kept in host memory (llama.cpp's default: 8 GiB). The slots' own KV cache already
@@ -134,8 +136,6 @@ class LlamaCppEngine(Engine):
     def __init__(
         self, config: EngineConfig, *, gguf: Path, folder: Path, default_name: str, task: str = "generate"
     ) -> None:
-        from transformers import AutoTokenizer
-
         try:
             import xllamacpp
         except ImportError as exc:
@@ -144,7 +144,7 @@ class LlamaCppEngine(Engine):
         self.tokenizer: Any = None  # an encoder GGUF on its own: llama.cpp tokenises its inputs
         if folder.is_dir():
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(folder)
+                self.tokenizer = load_tokenizer(folder)
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(
                     f"Could not load the tokenizer of {folder}: {exc}".splitlines()[0]
@@ -374,6 +374,11 @@ class ChunkReader:
         completion = self.streamed if completion_tokens is None else completion_tokens
         return Usage(self.prompt_tokens, completion, cached_tokens)
 
+    def text(self, ids: tuple[int, ...]) -> str:
+        """The text of `ids` as llama.cpp streams it: special tokens left out, spaces as they are."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return str(text)
+
     def read(self, chunk: dict[str, Any]) -> Delta:
         """One chunk as a Delta; an error chunk raises InvalidRequest (for this request only)."""
         if "error" in chunk or not chunk.get("choices"):
@@ -389,7 +394,7 @@ class ChunkReader:
         hit = next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
         if hit is not None:  # a stop token ends the answer: billed and listed, as EOS is, but not its text
             ids, entries, finish = ids[: hit + 1], entries[: hit + 1], "stop"
-            text = str(self.tokenizer.decode(list(ids[:hit]), skip_special_tokens=True)) if hit else ""
+            text = self.text(ids[:hit]) if hit else ""
         self.streamed += len(ids)
         usage = None
         if finish is not None:
