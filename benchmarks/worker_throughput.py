@@ -6,6 +6,8 @@ request, waits for the answer, and sends the next (`--rounds` each). Printed
 per level: tokens/s (completion tokens the server reports ÷ wall time), TTFT
 p50/p95, the median time per output token, and the server process's CPU a
 token (Linux): its main thread's (our worker's event loop) and all its threads'.
+Per server also: how long it took from its start to answering /health, and its
+resident memory after its first answer (model files cached: a first start converts).
 
     python benchmarks/worker_throughput.py [--servers llamacpp llama.cpp-server ...]
         [--levels 1 4 16] [--mode natural|fixed] [--tokens 64] [--rounds 3]
@@ -111,8 +113,8 @@ class Answer:
 @contextmanager
 def server_process(
     kind: str, model: str, slots: int, threads: int | None = None, timeout: float = 300.0
-) -> Iterator[tuple[str, int]]:
-    """Start one server until the block ends; yield its base URL (once it is ready) and its pid."""
+) -> Iterator[tuple[str, int, float]]:
+    """Start one server until the block ends; yield its URL (once it is ready), its pid, its start time."""
     env = {"SECRET_KEY": "benchmark-only-secret-key", "HF_HUB_OFFLINE": "1", "WORKER_TOKEN": TOKEN}
     env["TOKENIZERS_PARALLELISM"] = "false"
     if kind.startswith("llama.cpp-server"):
@@ -127,11 +129,12 @@ def server_process(
                    "--dtype", dtype or "auto"]  # fmt: skip
         command += ["--threads", str(threads)] if threads else []
         ready = "WORKER READY "
+    started = time.perf_counter()
     proc = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=None, text=True
     )
     try:
-        yield wait_ready(proc, kind, ready, timeout), proc.pid  # sh execs llama-server: the same pid
+        yield wait_ready(proc, kind, ready, timeout), proc.pid, started  # sh execs llama-server: the same pid
     finally:
         proc.terminate()
         try:
@@ -250,20 +253,32 @@ class Level:
     cpu: tuple[float, float]  # the server's main thread and whole process, CPU seconds
 
 
-async def measure(url: str, pid: int, args: argparse.Namespace) -> tuple[str, list[Level]]:
-    """The server's answer to QUESTIONS[0] (also its warm-up), and each level's `level` closed-loop users."""
+async def measure(
+    url: str, pid: int, started: float, args: argparse.Namespace
+) -> tuple[str, list[Level], str]:
+    """The server's answer to QUESTIONS[0] (also its warm-up), each level's `level` closed-loop users,
+    and how it started (seconds to its first 200 on /health, resident memory after its first answer)."""
     results = []
     timeout = httpx2.Timeout(600.0, connect=10.0)
     async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await until_healthy(client, url)
+        ready_seconds = time.perf_counter() - started
         answer = await capital_of_france(client, url, args.model)
+        startup = (
+            f"ready in {ready_seconds:.1f} s, {resident_mib(pid):.0f} MiB resident after its first answer"
+        )
         for level in args.levels:
             started, before = time.perf_counter(), cpu_seconds(pid)
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
             seconds, after = time.perf_counter() - started, cpu_seconds(pid)
             cpu = (after[0] - before[0], after[1] - before[1])
             results.append(Level(level, seconds, [a for answers in users for a in answers], cpu))
-    return answer, results
+    return answer, results, startup
+
+
+def resident_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
 async def until_healthy(client: httpx2.AsyncClient, url: str, timeout: float = 300.0) -> None:
@@ -402,8 +417,9 @@ def main() -> None:
     print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
     rates, answers = {}, {}
     for kind in args.servers:
-        with server_process(kind, args.model, max(args.levels), args.threads) as (url, pid):
-            answers[kind], results = asyncio.run(measure(url, pid, args))
+        with server_process(kind, args.model, max(args.levels), args.threads) as (url, pid, started):
+            answers[kind], results, startup = asyncio.run(measure(url, pid, started, args))
+            print(f"  {startup}")
             print(f"  {QUESTIONS[0]} (temperature 0) {answers[kind]!r}")
             rates[kind] = report(kind, results)
     for bare in ("llama.cpp-server", "llama.cpp-server-native"):
