@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet.agent.agent import Agent, AgentOptions
@@ -24,6 +25,8 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 class Command(BaseCommand):
+    # The models' checks only: an agent serves no Django URL (checking the URL conf imports every view).
+    requires_system_checks = [Tags.models]
     help = "Run this machine's node agent: start, watch and restart the workers deployments place here."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

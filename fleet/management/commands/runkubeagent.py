@@ -6,6 +6,7 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand
 
 from fleet.kube.agent import KubeAgent, KubeAgentOptions
@@ -14,6 +15,8 @@ from fleet.kube.spec import cluster_config
 
 
 class Command(BaseCommand):
+    # The models' checks only: an agent serves no Django URL (checking the URL conf imports every view).
+    requires_system_checks = [Tags.models]
     help = "Realise the deployments that run on Kubernetes as Deployments of one namespace, and watch them."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
