@@ -52,8 +52,9 @@ from tests.processes import REPO_ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 MODEL = "smollm2-135m-instruct"
 REQUESTS, CONCURRENCY = 64, 8  # the victim is killed once a quarter of the requests have finished
+TOKENS = 16  # a request's stream: its victims are cut mid-stream all the same
 PORTAL_KILL_REQUESTS = 128
-POSTGRES_CUT_REQUESTS = 96  # enough that the 10 s cut expires the workers' heartbeats mid-load
+POSTGRES_CUT_REQUESTS = 160  # a load long enough that the 10 s cut expires the workers' heartbeats mid-load
 CLAIM_SECONDS = 5  # USAGE_CLAIM_SECONDS: a live portal takes over the dead one's unwritten records
 BOUND_SECONDS = 60  # no request may take longer, fault or not
 HEARTBEAT_SECONDS = 5.0  # the default HEARTBEAT_INTERVAL
@@ -109,7 +110,7 @@ class Outcome:
 async def stream_one(client: httpx2.AsyncClient, key: str, n: int) -> Outcome:
     outcome = Outcome(started=time.monotonic())
     body = {
-        "model": MODEL, "stream": True, "max_tokens": 32, "temperature": 0.8, "seed": n,
+        "model": MODEL, "stream": True, "max_tokens": TOKENS, "temperature": 0.8, "seed": n,
         "messages": [{"role": "user", "content": f"Tell me fact number {n} about the sea."}],
     }  # fmt: skip
     try:
