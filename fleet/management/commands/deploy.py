@@ -7,6 +7,7 @@ import time
 from argparse import ArgumentParser
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
@@ -50,6 +51,7 @@ SCALING_OPTIONS = (
 
 
 class Command(AuditedCommand):
+    requires_system_checks = [Tags.models]  # no URL to serve: checking the URL conf imports every view
     help = "Manage deployments: create, update, scale, restart, stop, delete, list, wait, export."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

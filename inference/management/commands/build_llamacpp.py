@@ -11,12 +11,14 @@ import sys
 from typing import Any
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.engines import llamacpp_build
 
 
 class Command(BaseCommand):
+    requires_system_checks = [Tags.models]  # no URL to serve: checking the URL conf imports every view
     help = "Build xllamacpp (llama.cpp) from its sdist for this CPU, once per CPU and version."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -13,6 +13,7 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError
 
 from inference.engines.base import Engine, EngineConfig, GenerationRequest
@@ -24,6 +25,7 @@ EXIT_WORDS = {"exit", "quit", "/exit", "/quit"}
 
 
 class Command(BaseCommand):
+    requires_system_checks = [Tags.models]  # no URL to serve: checking the URL conf imports every view
     help = "Chat with a model in the terminal (in-process engine); empty line or 'exit' quits."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

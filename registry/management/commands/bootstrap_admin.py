@@ -4,10 +4,12 @@ import secrets
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
+    requires_system_checks = [Tags.models]  # no URL to serve: checking the URL conf imports every view
     help = "Create an 'admin' superuser with a random password if no superuser exists yet."
 
     def add_arguments(self, parser: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management.base import CommandError
 
 from audit.context import AuditedCommand
@@ -13,6 +14,7 @@ from teams.models import Team
 
 
 class Command(AuditedCommand):
+    requires_system_checks = [Tags.models]  # no URL to serve: checking the URL conf imports every view
     help = "Create an API key for the OpenAI-compatible API; the secret is printed once, as the last line."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
