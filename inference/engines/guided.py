@@ -75,8 +75,9 @@ class GrammarCompiler:
     """Per engine: the tokenizer as llguidance sees it, a thread pool, a bitmask and compiled templates.
 
     The llguidance tokenizer takes about a second to build from the fast
-    tokenizer's JSON, so it is built once, on first use. `eos_ids` are the ids that end a turn: the
-    grammar allows them exactly when it accepts what was generated.
+    tokenizer's JSON, so it is built once, on first use. `eos_ids` are the ids
+    that end a turn: the grammar allows them exactly when it accepts what was
+    generated.
     """
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Iterable[int]) -> None:
@@ -96,6 +97,8 @@ class GrammarCompiler:
                 import llguidance
 
                 # What llguidance.hf.from_tokenizer does, without its import of transformers.
+                if getattr(self.tokenizer, "backend_tokenizer", None) is None:
+                    raise ValueError("Only fast tokenizers are supported")  # as llguidance.hf says
                 backend = copy(self.tokenizer.backend_tokenizer)
                 backend.no_padding()
                 backend.no_truncation()
