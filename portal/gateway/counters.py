@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import replace
+from datetime import datetime
 
 from django.conf import settings
 
@@ -20,7 +21,9 @@ class Counters:
 
     def __init__(self) -> None:
         self._in_flight: defaultdict[int, int] = defaultdict(int)
-        self._excluded_until: dict[int, float] = {}
+        # worker id → (until, the registration it failed under): a worker that registers again
+        # (its process restarted) is a new process, asked at once.
+        self._excluded: dict[int, tuple[float, datetime | None]] = {}
 
     def acquire(self, worker_id: int) -> None:
         self._in_flight[worker_id] += 1
@@ -32,22 +35,26 @@ class Counters:
     def in_flight(self, worker_id: int) -> int:
         return self._in_flight.get(worker_id, 0)
 
-    def exclude(self, worker_id: int) -> None:
-        """Keep a worker that just failed out of dispatch for a short while."""
+    def exclude(self, worker: WorkerSnapshot) -> None:
+        """Keep a worker that just failed out of dispatch for a short while, or until it registers again."""
         seconds = float(getattr(settings, "GATEWAY_EXCLUDE_SECONDS", 10.0))
-        self._excluded_until[worker_id] = time.monotonic() + seconds
+        self._excluded[worker.id] = (time.monotonic() + seconds, worker.registered_at)
 
     def is_excluded(self, worker_id: int) -> bool:
-        until = self._excluded_until.get(worker_id)
-        if until is None:
+        entry = self._excluded.get(worker_id)
+        if entry is None:
             return False
-        if until <= time.monotonic():
-            del self._excluded_until[worker_id]
+        if entry[0] <= time.monotonic():
+            del self._excluded[worker_id]
             return False
         return True
 
     def with_local_counts(self, candidates: list[WorkerSnapshot], skip: set[int]) -> list[WorkerSnapshot]:
         """Candidates not skipped nor excluded, each carrying this portal's in-flight count."""
+        for candidate in candidates:
+            entry = self._excluded.get(candidate.id)
+            if entry is not None and entry[1] != candidate.registered_at:
+                del self._excluded[candidate.id]  # registered again since it failed
         return [
             replace(c, local_in_flight=self._in_flight.get(c.id, 0))
             for c in candidates
@@ -56,4 +63,4 @@ class Counters:
 
     def forget_exclusions(self) -> None:
         """Let every excluded worker be asked again."""
-        self._excluded_until.clear()
+        self._excluded.clear()

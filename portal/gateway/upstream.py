@@ -192,7 +192,7 @@ class _Tries:
     gateway: Gateway = field(repr=False)
     failed: set[int] = field(default_factory=set)  # failed this request: not asked again
     busy: set[int] = field(default_factory=set)  # refused it as busy since it last waited
-    suspects: list[int] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
+    suspects: list[Any] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
     last_error: GatewayError | None = None
     left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
     failures: int = 0  # attempts that count against GATEWAY_MAX_ATTEMPTS
@@ -209,9 +209,9 @@ class _Tries:
             # A worker refusing the token says nothing of the request: it costs no attempt.
             self.failures += fault != "credentials"
         if fault in ("misrouted", "credentials"):
-            self.gateway.counters.exclude(worker.id)
+            self.gateway.counters.exclude(worker)
         elif fault == "worker":
-            self.suspects.append(worker.id)
+            self.suspects.append(worker)
         if fault == "credentials":
             _count_credentials_refused(self.gateway, worker)
         self.last_error, self.left = error, (worker.identity, fault)
@@ -221,17 +221,15 @@ class _Tries:
 
         A stale keep-alive socket to a killed worker reads as ReadError.
         """
-        self.gateway.counters.exclude(worker.id)
+        self.gateway.counters.exclude(worker)
         self.failed.add(worker.id)
         self.failures += 1
         self.last_error = worker_failed(f"{worker.identity} failed before answering ({fault_name(exc)}).")
         self.left = (worker.identity, "connection")
 
     def served(self) -> None:
-        for suspect in self.suspects:
-            self.gateway.counters.exclude(
-                suspect
-            )  # another worker served what it failed: the fault was its own
+        for suspect in self.suspects:  # another worker served what it failed: the fault was its own
+            self.gateway.counters.exclude(suspect)
 
 
 def _count_credentials_refused(gateway: Gateway, worker: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -56,6 +57,7 @@ class WorkerSnapshot:
     speed: float = 1.0
     local_in_flight: int = 0
     role: str = "both"  # prefill workers only make hand-offs for decode workers
+    registered_at: datetime | None = None  # a new value: the worker's process started again
     prefill_from: tuple[str, ...] = ()  # set on a decode worker: the prefill workers it asks, best first
 
     @property
@@ -183,7 +185,7 @@ def list_candidates(*, served_model_id: int) -> list[WorkerSnapshot]:
         served_models__id=served_model_id, status=WorkerStatus.ONLINE, expires_at__gt=timezone.now()
     ).values(
         "id", "identity", "address", "kind", "remote_api_key", "max_concurrency", "max_queue",
-        "in_flight", "queued", "tokens_per_second", "speed", "role",
+        "in_flight", "queued", "tokens_per_second", "speed", "role", "registered_at",
     )  # fmt: skip
     return [WorkerSnapshot(**row) for row in rows]
 

@@ -8,6 +8,7 @@ import time
 
 import httpx2
 import pytest
+from django.utils import timezone
 
 from portal.gateway import relay
 from portal.gateway.gateway import current
@@ -74,6 +75,38 @@ async def test_refused_connection_fails_over_and_excludes_the_dead_worker(served
     dead_id = (await sync(lambda: served_model.workers.get(identity="dead"))).id
     assert current().counters.is_excluded(dead_id)
     assert current().counters.in_flight(dead_id) == 0
+
+
+async def test_an_excluded_worker_that_registers_again_is_asked_at_once(served_model, upstream, settings):
+    """Its exclusion was for the process that failed: a restarted worker takes requests before it ends."""
+    settings.WORKER_CACHE_SECONDS = 0  # the portal sees the new registration at its next request
+    dead = await sync(add_worker, served_model, "dead")
+    await sync(add_worker, served_model, "alive")
+    restarted = False
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.host == "dead" and not restarted:
+            raise httpx2.ConnectError("refused", request=request)
+        return httpx2.Response(200, json=chat_result())
+
+    seen = upstream(handler)
+    for _ in range(100):  # until the lottery has drawn the dead worker once
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+        if any(request.url.host == "dead" for request in seen):
+            break
+    assert current().counters.is_excluded(dead.id)
+    for _ in range(20):  # still excluded: every request goes to the other worker
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+    assert sum(request.url.host == "dead" for request in seen) == 1
+
+    restarted = True
+    await sync(lambda: type(dead).objects.filter(pk=dead.pk).update(registered_at=timezone.now()))
+    for _ in range(100):
+        await relay.chat_completion(dict(BODY), caller=CALLER)
+        if sum(request.url.host == "dead" for request in seen) > 1:
+            break
+    assert sum(request.url.host == "dead" for request in seen) > 1
+    assert not current().counters.is_excluded(dead.id)
 
 
 async def test_worker_400_is_passed_through_without_failover(served_model, upstream):
