@@ -34,7 +34,7 @@ import httpx2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the project importable
 
-from benchmarks.worker_throughput import LIMITS, QUESTIONS, TOKEN  # noqa: E402
+from benchmarks.worker_throughput import LIMITS, QUESTIONS, TOKEN, rss_mib  # noqa: E402
 
 
 @contextmanager
@@ -63,13 +63,6 @@ def worker(model: str, extra: list[str]) -> Iterator[tuple[str, int]]:
     finally:
         proc.terminate()
         proc.wait(60)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def one(client: httpx2.AsyncClient, chat: str, embed: str, rng: random.Random) -> bool:

@@ -254,7 +254,7 @@ class Level:
 
 
 async def measure(
-    url: str, pid: int, started: float, args: argparse.Namespace
+    url: str, pid: int, launched: float, args: argparse.Namespace
 ) -> tuple[str, list[Level], str]:
     """The server's answer to QUESTIONS[0] (also its warm-up), each level's `level` closed-loop users,
     and how it started (seconds to its first 200 on /health, resident memory after its first answer)."""
@@ -262,11 +262,9 @@ async def measure(
     timeout = httpx2.Timeout(600.0, connect=10.0)
     async with httpx2.AsyncClient(timeout=timeout, limits=LIMITS) as client:
         await until_healthy(client, url)
-        ready_seconds = time.perf_counter() - started
+        ready_seconds = time.perf_counter() - launched
         answer = await capital_of_france(client, url, args.model)
-        startup = (
-            f"ready in {ready_seconds:.1f} s, {resident_mib(pid):.0f} MiB resident after its first answer"
-        )
+        startup = f"ready in {ready_seconds:.1f} s, {rss_mib(pid):.0f} MiB resident after its first answer"
         for level in args.levels:
             started, before = time.perf_counter(), cpu_seconds(pid)
             users = await asyncio.gather(*(user(client, url, args, i, level) for i in range(level)))
@@ -276,9 +274,12 @@ async def measure(
     return answer, results, startup
 
 
-def resident_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+def rss_mib(pid: int) -> float:
+    """Process `pid`'s resident memory (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 async def until_healthy(client: httpx2.AsyncClient, url: str, timeout: float = 300.0) -> None:
@@ -417,8 +418,8 @@ def main() -> None:
     print(f"{args.mode} answers, up to {args.tokens} tokens, {args.rounds} requests per user, temperature 0")
     rates, answers = {}, {}
     for kind in args.servers:
-        with server_process(kind, args.model, max(args.levels), args.threads) as (url, pid, started):
-            answers[kind], results, startup = asyncio.run(measure(url, pid, started, args))
+        with server_process(kind, args.model, max(args.levels), args.threads) as (url, pid, launched):
+            answers[kind], results, startup = asyncio.run(measure(url, pid, launched, args))
             print(f"  {startup}")
             print(f"  {QUESTIONS[0]} (temperature 0) {answers[kind]!r}")
             rates[kind] = report(kind, results)
