@@ -51,15 +51,17 @@ class Counters:
 
     def with_local_counts(self, candidates: list[WorkerSnapshot], skip: set[int]) -> list[WorkerSnapshot]:
         """Candidates not skipped nor excluded, each carrying this portal's in-flight count."""
-        for candidate in candidates:
-            entry = self._excluded.get(candidate.id)
-            if entry is not None and entry[1] != candidate.registered_at:
-                del self._excluded[candidate.id]  # registered again since it failed
         return [
             replace(c, local_in_flight=self._in_flight.get(c.id, 0))
             for c in candidates
-            if c.id not in skip and not self.is_excluded(c.id)
+            if c.id not in skip and not self._excludes(c)
         ]
+
+    def _excludes(self, worker: WorkerSnapshot) -> bool:
+        entry = self._excluded.get(worker.id)
+        if entry is not None and entry[1] != worker.registered_at:
+            del self._excluded[worker.id]  # registered again since it failed: a new process
+        return self.is_excluded(worker.id)
 
     def forget_exclusions(self) -> None:
         """Let every excluded worker be asked again."""

@@ -28,6 +28,7 @@ from registry.models import WorkerKind
 from registry.services.dispatch import (
     NoWorkerAvailable,
     ResolvedModel,
+    WorkerSnapshot,
     aget_candidates,
     choose_worker,
     with_prefill_workers,
@@ -192,7 +193,8 @@ class _Tries:
     gateway: Gateway = field(repr=False)
     failed: set[int] = field(default_factory=set)  # failed this request: not asked again
     busy: set[int] = field(default_factory=set)  # refused it as busy since it last waited
-    suspects: list[Any] = field(default_factory=list)  # answered a 5xx: excluded if another serves it
+    # Answered a 5xx: excluded if another worker serves the request.
+    suspects: list[WorkerSnapshot] = field(default_factory=list)
     last_error: GatewayError | None = None
     left: tuple[str, str] | None = None  # (identity, reason) of the worker that just failed
     failures: int = 0  # attempts that count against GATEWAY_MAX_ATTEMPTS
