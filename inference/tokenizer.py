@@ -36,10 +36,8 @@ class FolderTokenizer:
         self.backend_tokenizer.no_padding()
         self.backend_tokenizer.no_truncation()
         config = _json(folder / "tokenizer_config.json")
-        named = {
-            **config,
-            **_json(folder / "special_tokens_map.json"),
-        }  # the older file wins, as in transformers
+        # Where both name a token, special_tokens_map.json (the older file) wins, as in transformers.
+        named = {**config, **_json(folder / "special_tokens_map.json")}
         self.special_tokens_map = {
             name: _content(named[name]) for name in NAMED_TOKENS if named.get(name) is not None
         }
